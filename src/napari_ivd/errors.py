@@ -1,0 +1,39 @@
+"""Typed errors and warnings raised by the napari-ivd core.
+
+Every message names the file (or case), the problem and, where there is one, the fix,
+so the CLI can print it and the widgets can show it as a notification unchanged.
+"""
+
+from __future__ import annotations
+
+
+class IvdError(Exception):
+    """Base class of every error the napari-ivd core raises on purpose."""
+
+
+class UnreadableFileError(IvdError):
+    """A file is missing, truncated, corrupt or not of the format its name claims."""
+
+
+class UnsupportedScanError(IvdError):
+    """A readable file holds something napari-ivd cannot use (2D, 4D, no finite voxels)."""
+
+
+class GeometryError(IvdError):
+    """Voxel-to-scanner geometry is unusable: zero/negative spacing, singular affine."""
+
+
+class GeometryMismatchError(GeometryError):
+    """Two arrays or layers that must share a voxel grid do not."""
+
+
+class DicomSeriesError(IvdError):
+    """A DICOM folder is empty, mixes series, or its slices are inconsistent."""
+
+
+class UnknownLevelError(IvdError):
+    """A structure/level name or label value that the anatomy vocabulary does not know."""
+
+
+class IvdWarning(UserWarning):
+    """Something was repaired on the fly; the user should know, nothing failed."""

@@ -1,0 +1,46 @@
+"""The napari-ivd command line as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from skimage.io import imread
+
+from napari_ivd.cli import main
+
+
+def test_help_lists_the_demo(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    assert "demo" in capsys.readouterr().out
+
+
+def test_unknown_command_exits_with_usage(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["segment-everything"])
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_headless_demo_writes_a_sagittal_screenshot(tmp_path):
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_ivd", "demo", "--headless", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["display_orientation"] == "LIP"
+    assert summary["file_orientation"] == "RAS"
+    assert summary["shown_slice"] == 19  # mid-sagittal slice of 38
+    shot = imread(out / "screenshot.png")
+    assert shot.shape[0] > 400 and shot.shape[1] > 400
+    assert np.ptp(shot[..., :3]) > 100  # an image, not a blank canvas
