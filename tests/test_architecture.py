@@ -11,7 +11,19 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-CORE_MODULES = ["napari_ivd.anatomy", "napari_ivd.errors", "napari_ivd.io", "napari_ivd.layer_data", "napari_ivd.data"]
+CORE_MODULES = [
+    "napari_ivd.anatomy",
+    "napari_ivd.errors",
+    "napari_ivd.io",
+    "napari_ivd.layer_data",
+    "napari_ivd.data",
+    "napari_ivd.inference",
+    "napari_ivd.metrics",
+    "napari_ivd.models",
+    "napari_ivd.skeleton",
+    "napari_ivd.store",
+    "napari_ivd.training.engine",
+]
 
 
 def test_importing_core_modules_loads_neither_qt_nor_napari():

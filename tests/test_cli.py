@@ -28,7 +28,7 @@ def test_unknown_command_exits_with_usage(capsys):
 
 
 @pytest.mark.slow
-def test_headless_demo_writes_a_sagittal_screenshot(tmp_path):
+def test_headless_demo_predicts_on_the_sample_and_writes_a_screenshot(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run(
         [sys.executable, "-m", "napari_ivd", "demo", "--headless", "--out", str(out)],
@@ -40,7 +40,11 @@ def test_headless_demo_writes_a_sagittal_screenshot(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["display_orientation"] == "LIP"
     assert summary["file_orientation"] == "RAS"
-    assert summary["shown_slice"] == 19  # mid-sagittal slice of 38
+    assert 10 <= summary["shown_slice"] <= 28  # the found mid-sagittal slice of 38 slices
+    assert len(summary["levels"]) >= 4 and {"L4-L5", "L4"} <= set(summary["levels"])
+    assert summary["layers"] == ["t2_lumbar", "t2_lumbar mask", "t2_lumbar vertebrae", "t2_lumbar discs"]
+    for name in ("points.csv", "discs.nii.gz", "mask.nii.gz"):
+        assert (out / name).is_file()
     shot = imread(out / "screenshot.png")
     assert shot.shape[0] > 400 and shot.shape[1] > 400
     assert np.ptp(shot[..., :3]) > 100  # an image, not a blank canvas

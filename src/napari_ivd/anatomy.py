@@ -26,6 +26,8 @@ from napari_ivd.errors import UnknownLevelError
 
 __all__ = [
     "DISCS",
+    "KIND_PLURAL",
+    "LUMBAR_LABELS",
     "RGBA",
     "STRUCTURES",
     "TSS_CANAL",
@@ -40,12 +42,15 @@ __all__ = [
     "from_tss",
     "normalize_name",
     "shift",
+    "span",
     "structure",
     "tss_colormap",
     "tss_names",
 ]
 
 Kind = Literal["vertebra", "disc"]
+#: Plural of each kind, for layer names and reports.
+KIND_PLURAL: dict[str, str] = {"vertebra": "vertebrae", "disc": "discs"}
 RGBA = tuple[float, float, float, float]
 
 #: TotalSpineSeg mask values that are not vertebrae or discs.
@@ -349,6 +354,20 @@ def shift(name: str | Structure, steps: int) -> Structure:
     return sequence[target]
 
 
+def span(first: str | Structure, last: str | Structure) -> tuple[str, ...]:
+    """Names of every structure from ``first`` to ``last`` inclusive, cranio-caudal.
+
+    Raises
+    ------
+    UnknownLevelError
+        When a name is unknown or ``last`` lies above ``first``.
+    """
+    top, bottom = structure(first), structure(last)
+    if bottom.order < top.order:
+        raise UnknownLevelError(f"{bottom.name} lies above {top.name}; give the span top first")
+    return tuple(s.name for s in STRUCTURES[top.order : bottom.order + 1])
+
+
 def tss_colormap() -> dict[int, RGBA]:
     """Colours for a TotalSpineSeg label image, ready for a napari Labels layer.
 
@@ -365,3 +384,7 @@ def tss_names() -> dict[int, str]:
     names: dict[int, str] = dict(_TSS_OTHER_NAMES)
     names.update((value, s.name) for value, s in sorted(_BY_TSS.items()))
     return names
+
+
+#: The levels the bundled lumbar data annotates (T11 ... L5-S1): the default model label set.
+LUMBAR_LABELS: tuple[str, ...] = span("T11", "L5-S1")

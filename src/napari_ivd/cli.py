@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from napari_ivd import __version__
+from napari_ivd._cli_predict import add_subcommands as add_predict_subcommands
+from napari_ivd._cli_store import add_subcommands as add_store_subcommands
+from napari_ivd._cli_train import add_subcommands as add_train_subcommands
 from napari_ivd.errors import IvdError
 
 log = logging.getLogger("napari_ivd")
@@ -45,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("napari-ivd-demo"), help="output folder (default: %(default)s)")
     demo.add_argument("--headless", action="store_true", help="write the screenshot even when a display exists")
     demo.set_defaults(func=_demo)
+    add_predict_subcommands(sub)
+    add_train_subcommands(sub)
+    add_store_subcommands(sub)
     return parser
 
 

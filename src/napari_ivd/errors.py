@@ -35,5 +35,25 @@ class UnknownLevelError(IvdError):
     """A structure/level name or label value that the anatomy vocabulary does not know."""
 
 
+class CheckpointError(IvdError):
+    """A model folder (card.json + weights.safetensors) is missing, corrupt or does not fit its card."""
+
+
+class StoreError(IvdError):
+    """The annotation store refuses an operation: bad input, a damaged or half-written store, a conflict."""
+
+
+class StoreVersionError(StoreError):
+    """The annotation store was written by a newer (or unknown) napari-ivd store format."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the annotation store's writer lock."""
+
+
+class CorrectionError(IvdError):
+    """A point correction cannot be applied: no neighbours to insert between, a level off the spine, a duplicate."""
+
+
 class IvdWarning(UserWarning):
     """Something was repaired on the fly; the user should know, nothing failed."""

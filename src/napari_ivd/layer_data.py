@@ -9,18 +9,24 @@ so napari's world coordinates are millimetres.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from napari_ivd import anatomy
 from napari_ivd.errors import GeometryError
 from napari_ivd.io import DISPLAY_AXIS_LABELS, SagittalView, Volume, VolumeGeometry, write_nifti
+from napari_ivd.io.annotations import LabelledPoint
 
 #: Key of napari-ivd's entry in a layer's ``metadata``.
 METADATA_KEY = "napari_ivd"
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
+#: Half-thickness (mm, left-right) of the slab within which points are drawn on a slice:
+#: structures sit at their own left-right position, a few mm off the shown slice.
+POINTS_SLAB_MM = 10.0
 
 
 def layer_metadata(volume: Volume) -> dict[str, Any]:
@@ -83,3 +89,56 @@ def write_display_labels(
     view = view_from_metadata(metadata, layer_name)
     on_file_grid = np.ascontiguousarray(view.to_file(np.asarray(data)))
     return write_nifti(path, on_file_grid, view.file, like=metadata[METADATA_KEY].get("source"))
+
+
+def points_layer_data(
+    points: Sequence[LabelledPoint], source: Volume, kind: str, low_score: float = 0.5
+) -> LayerDataTuple:
+    """A Points layer tuple with the ``kind`` structures of ``points``, named and coloured.
+
+    Each point carries features ``kind``, ``level`` and ``score``, shows its level as text
+    and takes its structure's fixed colour; points scoring under ``low_score`` get a
+    thick red border so they stand out for review. Points are projected onto the shown
+    slice from within the viewer's slice margins (set them to :data:`POINTS_SLAB_MM`).
+    """
+    view = source.view
+    chosen = [p for p in points if p.kind == kind]
+    coords = view.vox_to_display(np.array([p.ijk_vox for p in chosen])) if chosen else np.zeros((0, 3))
+    scores = np.array([p.score for p in chosen], float)
+    features = {
+        "kind": [p.kind for p in chosen],
+        "level": [p.level for p in chosen],
+        "score": scores,
+    }
+    kwargs = _display_kwargs(view, f"{source.name} {anatomy.KIND_PLURAL[kind]}", layer_metadata(source))
+    kwargs.update(
+        features=features,
+        face_color=[anatomy.structure(p.level).colour for p in chosen] or "white",
+        border_color=["red" if s < low_score else "white" for s in scores] or "white",
+        border_width=np.where(scores < low_score, 0.35, 0.1) if chosen else 0.1,
+        border_width_is_relative=True,
+        size=6.0 if kind == "disc" else 8.0,
+        projection_mode="all",
+        symbol="disc" if kind == "disc" else "square",
+        text={"string": "{level}", "size": 10, "color": "white", "anchor": "upper_left", "translation": (0, -3, 4)},
+    )
+    return coords, kwargs, "points"
+
+
+def labels_layer_data(mask_tss: np.ndarray, source: Volume, name: str | None = None) -> LayerDataTuple:
+    """A Labels layer tuple for a TotalSpineSeg mask on ``source``'s file grid.
+
+    Colours are the anatomy module's; hovering shows the structure's name (``features``).
+    """
+    view = source.view
+    shown = view.to_display(mask_tss)
+    names = anatomy.tss_names()
+    colours: dict[int | None, tuple[float, float, float, float]] = {None: (0.8, 0.8, 0.8, 1.0)}
+    colours.update(anatomy.tss_colormap())
+    kwargs = _display_kwargs(view, name or f"{source.name} mask", layer_metadata(source))
+    kwargs.update(
+        colormap=colours,
+        features={"index": [0, *names], "structure": ["background", *names.values()]},
+        opacity=0.5,
+    )
+    return shown, kwargs, "labels"

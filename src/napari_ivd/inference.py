@@ -1,0 +1,467 @@
+"""From a volume in any orientation to named disc/vertebra points and a TotalSpineSeg mask.
+
+Steps (see docs/pipeline.md for the shared conventions):
+
+1. show the volume sagittally (``SagittalView``), normalise intensities, resample every
+   sagittal slice in-plane to the model's spacing;
+2. run the network on sagittal slices every few millimetres to find the spine: the
+   mid-sagittal slab is where the keypoint heatmaps respond most; then on every slice the
+   spine covers (for the masks);
+3. average heatmaps and offsets over the slab, decode candidates by Hough voting, and keep
+   the combination that best fits the learned skeleton (Azad 2021), so false positives drop,
+   levels stay in order and nothing is named that is not seen;
+4. find each structure's left-right position from where its heatmap responds across slices;
+5. threshold the per-slice vertebral-body/disc masks, keep the 3D components that hold a
+   named structure, give each voxel the level of the nearest named structure of its kind,
+   and return the mask on the file's own grid.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from napari_ivd import anatomy
+from napari_ivd.errors import CheckpointError
+from napari_ivd.io import Volume, write_nifti
+from napari_ivd.io.annotations import LabelledPoint, write_points_csv, write_sct_discs
+from napari_ivd.models.decode import Candidate, decode
+from napari_ivd.skeleton import SkeletonPrior, search
+from napari_ivd.training.data import normalize_volume, resample_slice
+
+log = logging.getLogger(__name__)
+
+KIND_CHANNEL = {"vertebra": 0, "disc": 1}
+#: Fewer structures than this are proposed only when one of them scores CONFIDENT_SCORE.
+MIN_STRUCTURES = 3
+CONFIDENT_SCORE = 0.5
+#: A mask voxel is given a level only this fraction of the level spacing (S-I) from it.
+LEVEL_REACH = 0.6
+#: Vertebra-to-vertebra (or disc-to-disc) distance assumed when only one is named, in mm.
+TYPICAL_LEVEL_STEP_MM = 33.0
+#: Slices are padded to a multiple of this (three stride-2 steps in IvdNet).
+PAD_MULTIPLE = 8
+
+
+@dataclass(frozen=True)
+class PredictedStructure:
+    """One named disc or vertebra: where it is and how sure the model is."""
+
+    name: str
+    kind: str
+    score: float
+    ijk_vox: np.ndarray  # (3,) fractional voxel index on the file grid
+    xyz_mm: np.ndarray  # (3,) scanner RAS mm
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Everything ``predict`` proposes for one volume, on the volume's own file grid."""
+
+    structures: tuple[PredictedStructure, ...]
+    mask_tss: np.ndarray  # file grid, TotalSpineSeg values
+    model: str
+    mid_sagittal_mm: float  # left-right position of the slab centre, display mm
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def by_name(self) -> dict[str, PredictedStructure]:
+        """Structures keyed by level name."""
+        return {s.name: s for s in self.structures}
+
+
+@dataclass(frozen=True)
+class PredictProgress:
+    """Reported while predicting: ``step`` of ``total`` units done, and what is happening."""
+
+    step: int
+    total: int
+    message: str
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The in-plane resampled display grid the network sees."""
+
+    display_spacing_mm: tuple[float, float, float]
+    spacing_mm: float
+    shape: tuple[int, int, int]  # (slices, rows, cols) after resampling
+
+    def to_display(self, lrc: np.ndarray) -> np.ndarray:
+        """(N, 3) (slice, row, col) on this grid -> display voxel indices."""
+        _, row_mm, col_mm = self.display_spacing_mm
+        return np.asarray(lrc, float) * np.array([1.0, self.spacing_mm / row_mm, self.spacing_mm / col_mm])
+
+
+def _resample_volume(display: np.ndarray, display_spacing_mm: tuple[float, ...], spacing_mm: float) -> np.ndarray:
+    return np.stack([resample_slice(s, display_spacing_mm[1:], spacing_mm) for s in display])
+
+
+def _pad_to(x: np.ndarray, multiple: int) -> np.ndarray:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return np.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, ph), (0, pw)])
+
+
+def _stack(resampled: np.ndarray, index: int, in_channels: int) -> np.ndarray:
+    half = in_channels // 2
+    picks = np.clip(np.arange(index - half, index - half + in_channels), 0, len(resampled) - 1)
+    return resampled[picks]
+
+
+class _SliceRunner:
+    """Runs the network on chosen slices once each and keeps their outputs at full slice size."""
+
+    def __init__(self, model: torch.nn.Module, resampled: np.ndarray, in_channels: int, device: torch.device):
+        self.model, self.resampled, self.in_channels, self.device = model, resampled, in_channels, device
+        self.heatmap: dict[int, np.ndarray] = {}
+        self.offset: dict[int, np.ndarray] = {}
+        self.seg: dict[int, np.ndarray] = {}
+        self.rows, self.cols = resampled.shape[1:]
+        self.padded = (self.rows + (-self.rows) % PAD_MULTIPLE, self.cols + (-self.cols) % PAD_MULTIPLE)
+
+    @torch.inference_mode()
+    def run(
+        self,
+        indices: list[int],
+        window: tuple[int, int, int, int] | None = None,
+        seg_only: bool = False,
+        batch_size: int = 8,
+    ) -> None:
+        """Run slices not run yet; ``window`` (r0, r1, c0, c1), multiples of 8, limits them in-plane.
+
+        ``seg_only`` skips the keypoint head: such slices get masks but no heatmaps.
+        """
+        r0, r1, c0, c1 = window or (0, self.padded[0], 0, self.padded[1])
+        todo = [i for i in indices if i not in (self.seg if seg_only else self.heatmap)]
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            stacks = [
+                _pad_to(_stack(self.resampled, i, self.in_channels), PAD_MULTIPLE)[:, r0:r1, c0:c1] for i in chunk
+            ]
+            x = torch.from_numpy(np.stack(stacks).astype(np.float32)).to(self.device)
+            out = self.model(x, seg_only=True) if seg_only else self.model(x)
+            seg = torch.sigmoid(out["seg"]).float().cpu().numpy()
+            for j, i in enumerate(chunk):
+                self.seg[i] = self._paste(seg[j], r0, c0, 1)[:, : self.rows, : self.cols]
+            if not seg_only:
+                heat = torch.sigmoid(out["heatmap"]).float().cpu().numpy()
+                offset = out["offset"].float().cpu().numpy()
+                for j, i in enumerate(chunk):
+                    self.heatmap[i] = self._paste(heat[j], r0 // 2, c0 // 2, 2)
+                    self.offset[i] = self._paste(offset[j], r0 // 2, c0 // 2, 2)
+
+    def _paste(self, part: np.ndarray, r0: int, c0: int, stride: int) -> np.ndarray:
+        full = np.zeros((part.shape[0], self.padded[0] // stride, self.padded[1] // stride), np.float32)
+        full[:, r0 : r0 + part.shape[1], c0 : c0 + part.shape[2]] = part
+        return full
+
+    def window(self, indices: list[int], margin_px: int = 32) -> tuple[int, int, int, int] | None:
+        """In-plane box (multiples of 8) around every vertebra/disc pixel seen on ``indices``."""
+        seen = np.any([self.seg[i].max(axis=0) > 0.5 for i in indices], axis=0)
+        if not seen.any():
+            return None
+        rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
+        r0, c0 = (max(0, (v[0] - margin_px) // PAD_MULTIPLE * PAD_MULTIPLE) for v in (rows, cols))
+        r1 = min(self.padded[0], -(-(rows[-1] + margin_px + 1) // PAD_MULTIPLE) * PAD_MULTIPLE)
+        c1 = min(self.padded[1], -(-(cols[-1] + margin_px + 1) // PAD_MULTIPLE) * PAD_MULTIPLE)
+        return int(r0), int(r1), int(c0), int(c1)
+
+
+def _spine_centre(runner: _SliceRunner, indices: list[int]) -> float:
+    """Slice index (fractional) where the heatmaps respond most: the mid-sagittal plane."""
+    scores = np.array([runner.heatmap[i].reshape(runner.heatmap[i].shape[0], -1).max(axis=1).sum() for i in indices])
+    best = int(np.argmax(scores))
+    if 0 < best < len(indices) - 1:  # parabolic refinement between coarse samples
+        left, mid, right = scores[best - 1 : best + 2]
+        denom = left - 2 * mid + right
+        shift = 0.5 * (left - right) / denom if denom < 0 else 0.0
+        step = indices[best + 1] - indices[best]
+        return float(indices[best] + shift * step)
+    return float(indices[best])
+
+
+def _spine_extent(runner: _SliceRunner, indices: list[int], n_slices: int, step: int) -> list[int]:
+    """Every slice between the outermost sampled slices that show a vertebral body or disc."""
+    areas = np.array([(runner.seg[i] > 0.5).sum() for i in indices], float)
+    if areas.max() <= 0:
+        return []
+    covered = [i for i, a in zip(indices, areas, strict=True) if a >= 0.1 * areas.max()]
+    return list(range(max(0, covered[0] - step), min(n_slices, covered[-1] + step + 1)))
+
+
+def _lateral_position(runner: _SliceRunner, channel: int, row: float, col: float, stride: int) -> float:
+    """Left-right slice index of a structure: heatmap-weighted mean over the slices seen."""
+    y, x = round((row + 0.5) / stride - 0.5), round((col + 0.5) / stride - 0.5)
+    slices = sorted(runner.heatmap)
+    values = []
+    for i in slices:
+        h = runner.heatmap[i][channel]
+        window = h[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2]
+        values.append(float(window.max()) if window.size else 0.0)
+    values_arr = np.array(values)
+    weights = np.where(values_arr >= 0.5 * values_arr.max(), values_arr, 0.0)
+    return float(np.dot(weights, slices) / weights.sum())
+
+
+def _label_masks(runner: _SliceRunner, grid: _Grid, named: dict[str, np.ndarray], threshold: float = 0.5) -> np.ndarray:
+    """TotalSpineSeg mask on the resampled grid: components holding a named structure, by nearest level.
+
+    A voxel takes the level of the nearest named structure of its kind, but only within
+    :data:`LEVEL_REACH` of the spacing between named neighbours (superior-inferior): a
+    vertebra the model did not name stays unlabelled instead of swelling its neighbour.
+    """
+    out = np.zeros(grid.shape, np.uint8)
+    voxel_mm = np.array([grid.display_spacing_mm[0], grid.spacing_mm, grid.spacing_mm])
+    for kind, channel in KIND_CHANNEL.items():
+        points = {n: p for n, p in named.items() if anatomy.structure(n).kind == kind}
+        if not points:
+            continue
+        fg = np.zeros(grid.shape, bool)
+        for i, seg in runner.seg.items():
+            fg[i] = seg[channel] > threshold
+        components, _ = ndimage.label(fg)
+        lrc = np.array(list(points.values()))
+        idx = np.clip(np.round(lrc).astype(int), 0, np.array(grid.shape) - 1)
+        kept = {_nearest_component(components, p, voxel_mm) for p in idx} - {0}
+        region = np.isin(components, sorted(kept))
+        if not region.any():
+            continue
+        coords = np.argwhere(region)
+        mm, centres = coords * voxel_mm, lrc * voxel_mm
+        nearest_level = np.argmin(((mm[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+        step_mm = _level_step_mm(points, centres[:, 1])
+        close = np.abs(mm[:, 1] - centres[nearest_level, 1]) <= LEVEL_REACH * step_mm
+        values = np.array([anatomy.structure(n).tss_value or 0 for n in points], np.uint8)
+        out[tuple(coords[close].T)] = values[nearest_level[close]]
+    return out
+
+
+def _level_step_mm(points: dict[str, np.ndarray], rows_mm: np.ndarray) -> float:
+    """Median S-I distance from one level to the next of the same kind, skipped levels allowed for."""
+    levels = [anatomy.structure(n).order / 2 for n in points]  # vertebrae and discs alternate in order
+    pairs = sorted(zip(levels, rows_mm, strict=True))
+    steps = [(b_mm - a_mm) / (b - a) for (a, a_mm), (b, b_mm) in itertools.pairwise(pairs)]
+    return float(np.median(steps)) if steps else TYPICAL_LEVEL_STEP_MM
+
+
+def _nearest_component(components: np.ndarray, point: np.ndarray, voxel_mm: np.ndarray, reach_mm: float = 5.0) -> int:
+    """Label of the component at ``point``, else of the nearest one within ``reach_mm``; 0 if none."""
+    if components[tuple(point)]:
+        return int(components[tuple(point)])
+    reach = np.ceil(reach_mm / voxel_mm).astype(int)
+    lo = np.maximum(point - reach, 0)
+    box = components[tuple(slice(a, b) for a, b in zip(lo, point + reach + 1, strict=True))]
+    found = np.argwhere(box)
+    if not found.size:
+        return 0
+    distance_mm = np.linalg.norm((found + lo - point) * voxel_mm, axis=1)
+    best = int(np.argmin(distance_mm))
+    return int(box[tuple(found[best])]) if distance_mm[best] <= reach_mm else 0
+
+
+def _mask_to_display(mask: np.ndarray, grid: _Grid, display_shape: tuple[int, int, int]) -> np.ndarray:
+    """Nearest-neighbour lookup of each display pixel's resampled pixel (same mm position)."""
+    index = [
+        np.clip(
+            np.round(np.arange(display_shape[a]) * grid.display_spacing_mm[a] / grid.spacing_mm), 0, grid.shape[a] - 1
+        )
+        for a in (1, 2)
+    ]
+    return mask[:, index[0].astype(int)][:, :, index[1].astype(int)]
+
+
+def iter_predict(
+    volume: Volume,
+    model: torch.nn.Module,
+    card: dict[str, Any],
+    device: str | torch.device = "cpu",
+    coarse_step_mm: float = 4.0,
+) -> Iterator[PredictProgress]:
+    """Predict step by step, yielding progress; the :class:`Prediction` is the generator's return value.
+
+    Yielding lets a GUI worker show progress and cancel between steps; use :func:`predict`
+    for a plain call.
+    """
+    import time
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    labels: list[str] = list(card["labels"])
+    spacing_mm = float(card["input"]["spacing_mm"])
+    in_channels = int(card["input"].get("in_channels", 1))
+    stride = int(card["input"].get("output_stride", 2))
+    prior = SkeletonPrior.from_dict(card["skeleton"]) if card.get("skeleton") else None
+    device = torch.device(device)
+
+    view = volume.view
+    display = view.to_display(normalize_volume(volume.array))
+    display_spacing = view.spacing_mm
+    resampled = _resample_volume(display, display_spacing, spacing_mm)
+    grid = _Grid(display_spacing, spacing_mm, resampled.shape)  # type: ignore[arg-type]
+    timings["prepare_s"] = time.perf_counter() - t0
+    n_slices = resampled.shape[0]
+    step = max(1, round(coarse_step_mm / display_spacing[0]))
+    coarse = list(range(step // 2, n_slices, step)) or [n_slices // 2]
+    runner = _SliceRunner(model, resampled, in_channels, device)
+
+    yield PredictProgress(0, 3, f"finding the spine on {len(coarse)} sagittal slices")
+    t1 = time.perf_counter()
+    runner.run(coarse)
+    centre = _spine_centre(runner, coarse)
+    extent = _spine_extent(runner, coarse, n_slices, step)
+    slab_half = max(1, math.ceil(3.0 / display_spacing[0]))
+    slab = list(range(max(0, round(centre) - slab_half), min(n_slices, round(centre) + slab_half + 1)))
+    yield PredictProgress(1, 3, f"segmenting {len(set(extent) | set(slab))} slices")
+    runner.run(slab)  # whole slices: naming levels needs the context
+    runner.run(extent, window=runner.window(coarse), seg_only=True)  # masks: only the spine's surroundings
+    timings["network_s"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    heat = np.mean([runner.heatmap[i] for i in slab], axis=0)
+    offset = np.mean([runner.offset[i] for i in slab], axis=0)
+    decoded = decode(heat, offset, labels, stride=stride)
+    inside = [c for c in decoded if c.row < grid.shape[1] and c.col < grid.shape[2]]
+    chosen: dict[str, Candidate] = search(inside, prior, spacing_mm=spacing_mm) if prior else _best_per_label(inside)
+    if len(chosen) < MIN_STRUCTURES and all(c.score < CONFIDENT_SCORE for c in chosen.values()):
+        chosen = {}  # a lone, doubtful pair is no spine: name nothing rather than invent levels
+    named_lrc = {
+        name: np.array([_lateral_position(runner, labels.index(name), c.row, c.col, stride), c.row, c.col])
+        for name, c in chosen.items()
+    }
+    yield PredictProgress(2, 3, f"naming {len(chosen)} structures and labelling masks")
+    mask_res = _label_masks(runner, grid, named_lrc)
+    mask_display = _mask_to_display(mask_res, grid, view.display.shape)
+    mask_file = np.ascontiguousarray(view.to_file(mask_display))
+
+    structures = []
+    for name in sorted(chosen, key=lambda n: anatomy.structure(n).order):
+        ijk_display = grid.to_display(named_lrc[name][None])[0]
+        ijk_vox = view.display_to_vox(ijk_display[None])[0]
+        structures.append(
+            PredictedStructure(
+                name=name,
+                kind=anatomy.structure(name).kind,
+                score=float(chosen[name].score),
+                ijk_vox=ijk_vox,
+                xyz_mm=volume.geometry.vox_to_mm(ijk_vox[None])[0],
+            )
+        )
+    timings["decode_s"] = time.perf_counter() - t2
+    timings["total_s"] = time.perf_counter() - t0
+    yield PredictProgress(3, 3, "done")
+    return Prediction(
+        structures=tuple(structures),
+        mask_tss=mask_file,
+        model=str(card.get("name", card.get("arch", "model"))),
+        mid_sagittal_mm=centre * display_spacing[0],
+        seconds=timings,
+    )
+
+
+def _best_per_label(candidates: list[Candidate]) -> dict[str, Candidate]:
+    best: dict[str, Candidate] = {}
+    for c in candidates:
+        if c.label not in best or c.score > best[c.label].score:
+            best[c.label] = c
+    return best
+
+
+def predict(
+    volume: Volume,
+    model: torch.nn.Module,
+    card: dict[str, Any],
+    device: str | torch.device = "cpu",
+    progress: Callable[[PredictProgress], None] | None = None,
+) -> Prediction:
+    """Predict named discs and vertebrae (points and masks) for one volume.
+
+    Parameters
+    ----------
+    volume : Volume
+        Any orientation; geometry is honoured exactly.
+    model, card : from :func:`napari_ivd.models.load_checkpoint`.
+    device : "cpu", "cuda", or a torch device.
+    progress : called with each :class:`PredictProgress`.
+    """
+    steps = iter_predict(volume, model, card, device)
+    while True:
+        try:
+            report = next(steps)
+        except StopIteration as done:
+            return done.value
+        if progress is not None:
+            progress(report)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+BUNDLED_MODELS_DIR = Path(__file__).parent / "weights"
+DEFAULT_MODEL = "ivdnet-lumbar"
+
+
+def find_model_dir(name_or_path: str | Path | None = None) -> Path:
+    """A model folder (``card.json`` + ``weights.safetensors``): a path, or a bundled model's name.
+
+    Raises
+    ------
+    CheckpointError
+        Neither a model folder nor the name of a bundled model; the message lists those.
+    """
+    candidate = Path(name_or_path or DEFAULT_MODEL)
+    if (candidate / "card.json").is_file():
+        return candidate
+    bundled = BUNDLED_MODELS_DIR / candidate.name
+    if (name_or_path is None or not candidate.exists()) and (bundled / "card.json").is_file():
+        return bundled
+    names = sorted(p.parent.name for p in BUNDLED_MODELS_DIR.glob("*/card.json"))
+    raise CheckpointError(
+        f"model {str(name_or_path or DEFAULT_MODEL)!r}: not a model folder (no card.json) and not a bundled model; "
+        f"bundled: {', '.join(names) or 'none'}"
+    )
+
+
+def prediction_points(prediction: Prediction) -> list[LabelledPoint]:
+    """The prediction's structures as annotation points on the image grid."""
+    return [LabelledPoint(s.name, tuple(float(v) for v in s.ijk_vox), s.score) for s in prediction.structures]
+
+
+def save_prediction(prediction: Prediction, volume: Volume, out_dir: Path) -> dict[str, Path]:
+    """Write ``points.csv``, ``discs.nii.gz`` (SCT disc labels) and ``mask.nii.gz`` (TotalSpineSeg).
+
+    All three lie on ``volume``'s own grid; the NIfTI files reuse its header when it is a
+    NIfTI file, so their affines equal the image's exactly. ``prediction.json`` records the
+    source image, the model and the timings, so ``evaluate`` can find the ground truth.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    like = volume.path if volume.path.is_file() else None
+    points = prediction_points(prediction)
+    files = {
+        "points": write_points_csv(out_dir / "points.csv", points, volume.geometry),
+        "discs": write_sct_discs(out_dir / "discs.nii.gz", points, volume.geometry, like=like),
+        "mask": write_nifti(out_dir / "mask.nii.gz", prediction.mask_tss, volume.geometry, like=like),
+    }
+    summary = {
+        "source": str(volume.path.resolve()),
+        "model": prediction.model,
+        "mid_sagittal_mm": prediction.mid_sagittal_mm,
+        "seconds": prediction.seconds,
+        "levels": [s.name for s in prediction.structures],
+    }
+    files["summary"] = out_dir / "prediction.json"
+    files["summary"].write_text(json.dumps(summary, indent=2))
+    return files

@@ -1,0 +1,177 @@
+"""The papers' accuracy figures: distance to target, FNR/FPR, identification, PCK, Dice.
+
+Keypoints are compared in scanner millimetres, per kind (discs, vertebrae):
+
+- **distance to target** (DTT): distance between the predicted and the true position of
+  the *same level*, over every annotated level the model also named (mean ± sd);
+- **FNR** at ``threshold_mm``: share of annotated structures with no prediction of the same
+  kind within the threshold (level-agnostic, one-to-one matching);
+- **FPR** at ``threshold_mm``: share of predictions with no annotated structure of the same
+  kind within the threshold (level-agnostic, one-to-one matching);
+- **identification rate**: share of annotated structures whose own level was predicted
+  within the threshold — a detection one level off counts as a miss;
+- **PCK@t**: share of annotated structures whose own level was predicted within t mm.
+
+Only levels annotated in the ground truth are judged: a prediction of a level the ground
+truth does not annotate (e.g. L5-S1 on a scan whose labels stop at L4-L5) is neither right
+nor wrong. Dice is computed per TotalSpineSeg value and per kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from napari_ivd import anatomy
+
+KINDS: tuple[str, ...] = ("disc", "vertebra")
+PCK_THRESHOLDS_MM: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0)
+
+
+@dataclass(frozen=True)
+class KeypointRow:
+    """One annotated structure (``role="gt"``) or one prediction (``role="pred"``) of a case."""
+
+    case: str
+    kind: str
+    level: str
+    role: str
+    distance_mm: float | None = None  # gt rows: distance to the same-level prediction
+    detected: bool = False  # gt rows: a prediction of its kind lies within the threshold
+    identified: bool = False  # gt rows: its own level was predicted within the threshold
+    false_positive: bool = False  # pred rows: no annotated structure of its kind nearby
+
+
+def _kind_matching(pred: dict[str, np.ndarray], gt: dict[str, np.ndarray], threshold_mm: float) -> set[tuple[str, str]]:
+    """One-to-one, level-agnostic pairs (pred level, gt level) closer than the threshold."""
+    if not pred or not gt:
+        return set()
+    p_names, g_names = list(pred), list(gt)
+    pred_xyz, gt_xyz = np.stack([pred[n] for n in p_names]), np.stack([gt[n] for n in g_names])
+    dist = np.linalg.norm(pred_xyz[:, None] - gt_xyz[None], axis=-1)
+    rows, cols = linear_sum_assignment(dist)
+    return {(p_names[r], g_names[c]) for r, c in zip(rows, cols, strict=True) if dist[r, c] <= threshold_mm}
+
+
+def keypoint_rows(
+    case: str,
+    pred_mm: Mapping[str, Sequence[float]],
+    gt_mm: Mapping[str, Sequence[float]],
+    threshold_mm: float = 5.0,
+) -> list[KeypointRow]:
+    """Compare one case's predicted and annotated positions (structure name -> RAS mm).
+
+    Predictions of levels that the ground truth does not annotate are left out (see the
+    module docstring). Returns one row per annotated structure and per judged prediction.
+    """
+    rows: list[KeypointRow] = []
+    for kind in KINDS:
+        gt = {n: np.asarray(p, float) for n, p in gt_mm.items() if anatomy.structure(n).kind == kind}
+        pred = {n: np.asarray(p, float) for n, p in pred_mm.items() if n in gt}
+        matched = _kind_matching(pred, gt, threshold_mm)
+        detected_gt = {g for _, g in matched}
+        matched_pred = {p for p, _ in matched}
+        for name, position in gt.items():
+            distance = float(np.linalg.norm(pred[name] - position)) if name in pred else None
+            rows.append(
+                KeypointRow(
+                    case,
+                    kind,
+                    name,
+                    "gt",
+                    distance_mm=distance,
+                    detected=name in detected_gt,
+                    identified=distance is not None and distance <= threshold_mm,
+                )
+            )
+        rows.extend(KeypointRow(case, kind, name, "pred", false_positive=name not in matched_pred) for name in pred)
+    return rows
+
+
+def summarize_keypoints(rows: Iterable[KeypointRow], pck_thresholds_mm: Sequence[float] = PCK_THRESHOLDS_MM) -> dict:
+    """Aggregate rows of many cases into the papers' figures, per kind.
+
+    Returns ``{kind: {n_annotated, n_predicted, dtt_mean_mm, dtt_sd_mm, dtt_median_mm, fnr,
+    fpr, identification, pck: {t: rate}}}``; rates are fractions in [0, 1], ``None`` where
+    undefined (nothing annotated or predicted).
+    """
+    rows = list(rows)
+    out: dict[str, dict] = {}
+    for kind in KINDS:
+        gt = [r for r in rows if r.kind == kind and r.role == "gt"]
+        pred = [r for r in rows if r.kind == kind and r.role == "pred"]
+        distances = np.array([r.distance_mm for r in gt if r.distance_mm is not None])
+
+        def rate(count: int, total: int) -> float | None:
+            return count / total if total else None
+
+        out[kind] = {
+            "n_annotated": len(gt),
+            "n_predicted": len(pred),
+            "dtt_mean_mm": float(distances.mean()) if distances.size else None,
+            "dtt_sd_mm": float(distances.std()) if distances.size else None,
+            "dtt_median_mm": float(np.median(distances)) if distances.size else None,
+            "fnr": rate(sum(not r.detected for r in gt), len(gt)),
+            "fpr": rate(sum(r.false_positive for r in pred), len(pred)),
+            "identification": rate(sum(r.identified for r in gt), len(gt)),
+            "pck": {
+                f"{t:g}mm": rate(sum(r.distance_mm is not None and r.distance_mm <= t for r in gt), len(gt))
+                for t in pck_thresholds_mm
+            },
+        }
+    return out
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float | None:
+    """Dice of two boolean masks; ``None`` when both are empty."""
+    total = int(pred.sum()) + int(gt.sum())
+    return 2.0 * int(np.logical_and(pred, gt).sum()) / total if total else None
+
+
+def dice_rows(case: str, pred_tss: np.ndarray, gt_tss: np.ndarray) -> list[dict]:
+    """Dice per structure annotated in ``gt_tss`` and per kind (all discs, all vertebrae).
+
+    Both masks hold TotalSpineSeg values on the same grid. Only kinds present in the ground
+    truth are scored, so a disc-only annotation does not penalise predicted vertebrae.
+    """
+    if pred_tss.shape != gt_tss.shape:
+        raise ValueError(f"{case}: predicted mask {pred_tss.shape} and ground truth {gt_tss.shape} differ in shape")
+    rows: list[dict] = []
+    present = [int(v) for v in np.unique(gt_tss) if v and int(v) in anatomy.tss_names() and int(v) > anatomy.TSS_CANAL]
+    for value in present:
+        s = anatomy.from_tss(value)
+        score = dice(pred_tss == value, gt_tss == value)
+        rows.append({"case": case, "structure": s.name, "kind": s.kind, "dice": score})
+    for kind in {anatomy.from_tss(v).kind for v in present}:
+        values = [s.tss_value for s in anatomy.STRUCTURES if s.kind == kind and s.tss_value is not None]
+        rows.append(
+            {
+                "case": case,
+                "structure": f"all {anatomy.KIND_PLURAL[kind]}",
+                "kind": kind,
+                "dice": dice(np.isin(pred_tss, values), np.isin(gt_tss, values)),
+            }
+        )
+    return rows
+
+
+def summarize_dice(rows: Iterable[dict]) -> dict[str, dict[str, float | None]]:
+    """Mean Dice per kind over structures (``per_structure``) and over whole-kind masks (``per_kind``)."""
+    rows = list(rows)
+    out: dict[str, dict[str, float | None]] = {}
+    for kind in KINDS:
+        single = [r["dice"] for r in rows if r["kind"] == kind and not r["structure"].startswith("all ")]
+        whole = [r["dice"] for r in rows if r["kind"] == kind and r["structure"].startswith("all ")]
+        out[kind] = {
+            "per_structure": float(np.mean([d for d in single if d is not None])) if single else None,
+            "per_kind": float(np.mean([d for d in whole if d is not None])) if whole else None,
+        }
+    return out
+
+
+def rows_as_dicts(rows: Iterable[KeypointRow]) -> list[dict]:
+    """Rows as plain dicts, for JSON reports."""
+    return [asdict(r) for r in rows]

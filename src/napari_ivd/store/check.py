@@ -1,0 +1,232 @@
+"""Integrity check of an annotation store: is every committed thing there, whole and linked?
+
+Run after a crash, before a training run, or in a nightly job. Every committed revision
+and proposal is read back as a reader would (records, points, masks rebuilt from their
+keyframes and deltas) and compared with the sha256 its commit recorded; parents and
+restore sources must be earlier committed revisions; images must match their digest;
+stored models their card. What an interrupted writer left behind (never committed, never
+read) is listed as a note, not a problem: the next writer overwrites it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_ivd import anatomy
+from napari_ivd.io.geometry import VolumeGeometry
+from napari_ivd.store import schema
+from napari_ivd.store.content import canonical_json, image_sha256, mask_sha256, points_from_table, sha256_hex
+from napari_ivd.store.lock import WriterLock
+from napari_ivd.store.models import read_model_record
+from napari_ivd.store.records import CaseInfo, Head
+
+if TYPE_CHECKING:
+    from napari_ivd.store.store import AnnotationStore
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CheckReport", "check_store"]
+
+
+@dataclass
+class CheckReport:
+    """Result of :func:`check_store`: problems make it fail, notes are for information."""
+
+    location: str
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    cases: int = 0
+    revisions: int = 0
+    proposals: int = 0
+    models: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+    def format(self) -> str:
+        """The report as text: a verdict line, then problems and notes."""
+        verdict = "OK" if self.ok else f"{len(self.problems)} PROBLEM(S)"
+        lines = [
+            f"{self.location}: {verdict} — checked {self.cases} case(s), {self.revisions} revision(s), "
+            f"{self.proposals} proposal(s), {self.models} model(s)"
+        ]
+        lines += [f"  problem: {p}" for p in self.problems]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _check_entries(
+    store: AnnotationStore, report: CheckReport, head: Head, group: str, geometry: VolumeGeometry
+) -> None:
+    committed: list[str] = []
+    entries = head.revisions if group == schema.REVISIONS else head.proposals
+    for position, (entry_id, digest) in enumerate(entries, start=1):
+        where = f"case {head.case_id} {entry_id}"
+        expected = schema.revision_id(position) if group == schema.REVISIONS else schema.proposal_id(position)
+        if entry_id != expected:
+            report.problems.append(f"{where}: committed as number {position}, expected id {expected}")
+        try:
+            record = store._read_record(head.case_id, group, entry_id)
+        except Exception as exc:  # a checker reports, whatever went wrong
+            report.problems.append(f"{where}: record unreadable ({exc})")
+            continue
+        if sha256_hex(canonical_json(record)) != digest:
+            report.problems.append(
+                f"{where}: record does not match the sha256 its commit recorded (changed after commit)"
+            )
+        if group == schema.REVISIONS:
+            parent = record.get("parent")
+            if parent != (committed[-1] if committed else None):
+                report.problems.append(f"{where}: parent {parent} is not the previous committed revision")
+            if record.get("restored_from") is not None and record["restored_from"] not in committed:
+                report.problems.append(f"{where}: restored_from {record['restored_from']} is no earlier revision")
+        try:
+            _check_content(store, report, head.case_id, group, record, committed, geometry, where)
+        except Exception as exc:  # a checker reports, whatever went wrong
+            report.problems.append(f"{where}: content unreadable ({type(exc).__name__}: {exc})")
+        committed.append(entry_id)
+
+
+def _check_content(
+    store: AnnotationStore,
+    report: CheckReport,
+    case_id: str,
+    group: str,
+    record: dict[str, Any],
+    committed: list[str],
+    geometry: VolumeGeometry,
+    where: str,
+) -> None:
+    table = record.get("points")
+    if table is None:
+        source = record.get("points_from")
+        if source not in committed:
+            report.problems.append(f"{where}: points_from {source} is no earlier revision")
+            return
+        table = store._read_record(case_id, group, source)["points"]
+    if sha256_hex(canonical_json(table)) != record["points_sha256"]:
+        report.problems.append(f"{where}: points do not match their sha256")
+    points = points_from_table(table)
+    for p in points:
+        anatomy.structure(p.level)
+    if points and not np.allclose(geometry.vox_to_mm(np.asarray(table["ijk_vox"])), table["xyz_mm"], atol=1e-6):
+        report.problems.append(f"{where}: stored mm positions disagree with the voxel positions and the image affine")
+    mask_info = record.get("mask")
+    if mask_info is None:
+        return
+    if mask_info["storage"] == "delta":
+        parent = store._read_record(case_id, group, record["parent"])
+        if parent.get("mask") is None:
+            report.problems.append(f"{where}: a mask delta whose parent {record['parent']} has no mask")
+            return
+    mask = store._mask(case_id, group, record["id"])
+    if mask is None or mask_sha256(mask) != mask_info["sha256"]:
+        report.problems.append(f"{where}: the mask rebuilt from its chunks does not match its sha256")
+
+
+def _leftovers(store: AnnotationStore, report: CheckReport, head: Head) -> None:
+    keys = store._keys
+    for group, ids in ((schema.REVISIONS, head.revision_ids), (schema.PROPOSALS, head.proposal_ids)):
+        present = keys.children(schema.case_key(head.case_id, group))
+        stray = [c for c in present if c not in ids and c not in (schema.MASKS, schema.ZARR_JSON)]
+        chunks = keys.children(schema.case_key(head.case_id, group, schema.MASKS))
+        indices = sorted({int(c.split(".")[1]) for c in chunks if c.startswith("c.") and c.split(".")[1].isdigit()})
+        stray += [f"{schema.MASKS} slice {i}" for i in indices if i > len(ids)]
+        if stray:
+            report.notes.append(
+                f"case {head.case_id}: uncommitted {group} left by an interrupted write: {', '.join(stray)} "
+                "(invisible; the next save overwrites them)"
+            )
+
+
+def _check_case(store: AnnotationStore, report: CheckReport, case_id: str) -> None:
+    try:
+        head = store._head(case_id)
+        record = store._case_record(case_id)
+        info = CaseInfo.from_records(record, head)
+    except Exception as exc:  # a checker reports, whatever went wrong
+        report.problems.append(f"case {case_id}: {exc}")
+        return
+    report.cases += 1
+    try:
+        image = store._array(case_id, schema.IMAGE)[...]
+        if image_sha256(np.asarray(image)) != info.image_sha256:
+            report.problems.append(f"case {case_id}: the stored image does not match its sha256")
+    except Exception as exc:  # a checker reports, whatever went wrong
+        report.problems.append(f"case {case_id}: image unreadable ({exc})")
+    _check_entries(store, report, head, schema.REVISIONS, info.geometry)
+    _check_entries(store, report, head, schema.PROPOSALS, info.geometry)
+    report.revisions += len(head.revisions)
+    report.proposals += len(head.proposals)
+    if head.head != (head.revision_ids[-1] if head.revisions else None):
+        report.problems.append(f"case {case_id}: head {head.head} is not the last committed revision")
+    _leftovers(store, report, head)
+
+
+def check_store(store: AnnotationStore, case_ids: Iterable[str] | None = None) -> CheckReport:
+    """Verify a store (or some of its cases) as a reader would see it.
+
+    Parameters
+    ----------
+    store : AnnotationStore
+        The store to check; it is read through a fresh handle, so no cached state hides damage.
+    case_ids : iterable of str, optional
+        Only these cases (default: all, plus models and leftovers).
+
+    Returns
+    -------
+    CheckReport
+        ``ok`` is False when anything committed is missing, unreadable, unlinked or does not
+        match its sha256.
+    """
+    from napari_ivd.store.store import AnnotationStore
+
+    fresh = AnnotationStore(store._keys, store.settings)
+    keys = fresh._keys
+    report = CheckReport(fresh.location)
+    everything = case_ids is None
+    for case_id in fresh.case_ids() if case_ids is None else list(case_ids):
+        _check_case(fresh, report, case_id)
+    if not everything:
+        return report
+    for name in keys.children(schema.CASES):
+        if (
+            name != schema.ZARR_JSON
+            and not name.startswith(".")
+            and keys.get(schema.case_key(name, schema.HEAD)) is None
+        ):
+            report.notes.append(
+                f"case {name}: files of an interrupted import, never committed (the next import redoes it)"
+            )
+    for model_id in keys.children(schema.MODELS):
+        if model_id == schema.ZARR_JSON:
+            continue
+        record = read_model_record(keys, model_id)
+        if record is None:
+            report.notes.append(f"model {model_id}: files of an interrupted upload, never committed")
+            continue
+        report.models += 1
+        for name, digest in (
+            (schema.MODEL_WEIGHTS, record["weights_sha256"]),
+            (schema.MODEL_CARD, record["card_sha256"]),
+        ):
+            data = keys.get(f"{schema.MODELS}/{model_id}/{name}")
+            if data is None or sha256_hex(data) != digest:
+                report.problems.append(f"model {model_id}: {name} is missing or does not match its sha256")
+    holder = WriterLock(keys).holder()
+    if holder is not None:
+        lock = WriterLock(keys)
+        state = "stale (its process is gone)" if lock.is_stale(holder) else "active"
+        report.notes.append(f"writer lock held by {holder.describe()}: {state}")
+    temp = [f for f in keys.files("") if f.rsplit("/", 1)[-1].endswith((".tmp", ".partial"))]
+    if temp:
+        report.notes.append(f"{len(temp)} temporary file(s) of interrupted writes (harmless), e.g. {temp[0]}")
+    log.info("checked %s: %s", fresh.location, "ok" if report.ok else f"{len(report.problems)} problems")
+    return report

@@ -1,0 +1,251 @@
+"""Import existing annotation files into the store, and export any revision back to files.
+
+Labs arrive with SCT disc labels, SCT vertebral-level labels, TotalSpineSeg masks and the
+``points.csv`` that ``napari-ivd predict`` writes; they leave with the same files. Both
+directions work on the image's own voxel grid, so an import followed by an export
+reproduces the input voxel for voxel, in any orientation. Exports reuse the source image's
+NIfTI header when the source file is still there and unchanged (affines equal to the bit),
+and otherwise write the stored affine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_ivd.errors import StoreError, UnreadableFileError
+from napari_ivd.io import read_volume, write_nifti
+from napari_ivd.io.annotations import (
+    LabelledPoint,
+    read_points_csv,
+    read_sct_discs,
+    read_sct_levels,
+    read_tss_mask,
+    write_points_csv,
+    write_sct_discs,
+    write_sct_levels,
+)
+from napari_ivd.io.geometry import VolumeGeometry
+from napari_ivd.io.nifti import is_nifti_path
+from napari_ivd.io.volume import Volume
+from napari_ivd.store import schema
+from napari_ivd.store.content import check_mask_values, check_points, file_sha256, image_sha256, prepare_mask
+from napari_ivd.store.records import CaseInfo
+from napari_ivd.store.store import AnnotationStore
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PreparedImport", "commit_import", "export_revision", "import_case", "prepare_import", "read_points_file"]
+
+#: File names an export writes (the names ``predict`` uses, plus ``levels.nii.gz``).
+EXPORT_NAMES = {
+    "points": "points.csv",
+    "discs": "discs.nii.gz",
+    "levels": "levels.nii.gz",
+    "mask": "mask.nii.gz",
+    "summary": "annotation.json",
+}
+
+
+def read_points_file(path: Path, geometry: VolumeGeometry) -> list[LabelledPoint]:
+    """Points from a ``points.csv`` (as ``predict`` writes it) or an SCT disc-label NIfTI.
+
+    Raises
+    ------
+    UnreadableFileError
+        Neither a ``.csv`` nor a NIfTI file, or not readable as one.
+    GeometryMismatchError
+        A NIfTI label file on another grid than the image.
+    UnknownLevelError
+        An unknown level name or label value.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        if not path.is_file():
+            raise UnreadableFileError(f"{path}: no such file")
+        return read_points_csv(path)
+    if is_nifti_path(path):
+        return read_sct_discs(path, geometry)
+    raise UnreadableFileError(f"{path}: expected a points.csv or an SCT disc-label NIfTI (.nii, .nii.gz)")
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedImport:
+    """One image and its annotations, read and checked, ready to write (nothing written yet)."""
+
+    volume: Volume
+    case_id: str
+    points: tuple[LabelledPoint, ...] | None
+    mask: np.ndarray | None
+    files: tuple[Path, ...]
+
+
+def prepare_import(
+    store: AnnotationStore | None,
+    image: Path,
+    *,
+    case_id: str | None = None,
+    points: Path | None = None,
+    levels: Path | None = None,
+    mask: Path | None = None,
+) -> PreparedImport:
+    """Read and check an image and its annotation files against it and against the store.
+
+    Parameters
+    ----------
+    store : AnnotationStore or None
+        The store the case will go to (None: a store yet to be created).
+    image : Path
+        NIfTI file or DICOM series folder.
+    case_id : str, optional
+        Default: the image file name without suffixes.
+    points : Path, optional
+        ``points.csv`` or SCT disc-label NIfTI.
+    levels : Path, optional
+        SCT vertebral-level NIfTI (value N = vertebral body N).
+    mask : Path, optional
+        NIfTI in TotalSpineSeg values.
+
+    Raises
+    ------
+    IvdError
+        Any problem with the files (unreadable, another grid, unknown levels or mask
+        values, points outside the image) or the case id (holds another image).
+    """
+    volume = read_volume(image)
+    geometry = volume.geometry
+    case_id = schema.check_case_id(case_id or volume.name)
+    where = f"{image} (case {case_id})"
+    files = [Path(image)]
+    found: list[LabelledPoint] | None = None
+    if points is not None:
+        found = read_points_file(points, geometry)
+        files.append(Path(points))
+    if levels is not None:
+        found = [*(found or []), *read_sct_levels(levels, geometry)]
+        files.append(Path(levels))
+    checked = check_points(found, geometry, where) if found is not None else None
+    checked_mask = None
+    if mask is not None:
+        checked_mask = prepare_mask(read_tss_mask(mask, geometry), geometry, f"{mask} (case {case_id})")
+        check_mask_values(checked_mask, f"{mask} (case {case_id})")
+        files.append(Path(mask))
+    if store is not None and store.has_case(case_id):
+        info = store.case(case_id)
+        if info.image_sha256 != image_sha256(volume.array) or info.geometry != geometry:
+            raise StoreError(
+                f"{store.location}: case {case_id} holds another image (from {info.source_path}) than {image}; "
+                "give this one another case id (--case)"
+            )
+    return PreparedImport(volume, case_id, checked, checked_mask, tuple(files))
+
+
+def commit_import(
+    store: AnnotationStore,
+    prepared: PreparedImport,
+    *,
+    author: str | None = None,
+    note: str | None = None,
+    status: str | None = None,
+) -> CaseInfo:
+    """Write a prepared import: the case (if new) and, with annotations, a revision."""
+    has_annotations = prepared.points is not None or prepared.mask is not None
+    if note is None:
+        note = "imported from " + ", ".join(p.name for p in prepared.files[1:]) if has_annotations else ""
+    return store.add_case(
+        prepared.volume,
+        prepared.case_id,
+        points=prepared.points,
+        mask=prepared.mask,
+        author=author,
+        note=note,
+        status=status,
+    )
+
+
+def import_case(
+    store: AnnotationStore,
+    image: Path,
+    *,
+    case_id: str | None = None,
+    points: Path | None = None,
+    levels: Path | None = None,
+    mask: Path | None = None,
+    author: str | None = None,
+    note: str | None = None,
+    status: str | None = None,
+) -> CaseInfo:
+    """Import one image (and its annotation files) as a case: :func:`prepare_import` then :func:`commit_import`.
+
+    Example
+    -------
+    >>> import_case(store, Path("IVD/case-11/image.nii.gz"), case_id="IVD_case-11",
+    ...             points=Path("IVD/case-11/discs_sct_centroid.nii.gz"),
+    ...             mask=Path("IVD/case-11/mask_tss.nii.gz"), status="verified")
+    """
+    prepared = prepare_import(store, image, case_id=case_id, points=points, levels=levels, mask=mask)
+    return commit_import(store, prepared, author=author, note=note, status=status)
+
+
+def _like(info: CaseInfo) -> Path | None:
+    """The source NIfTI when it still exists unchanged (its header gives bit-equal affines)."""
+    source = Path(info.source_path)
+    if not info.source_path or not is_nifti_path(source) or not source.is_file():
+        return None
+    if info.source_file_sha256 is not None and file_sha256(source) != info.source_file_sha256:
+        log.info("%s changed since import; exporting with the stored affine", source)
+        return None
+    return source
+
+
+def export_revision(
+    store: AnnotationStore, case_id: str, out_dir: Path, revision: str | int | None = None
+) -> dict[str, Path]:
+    """Write a revision (default: the head) as files on the case's original image grid.
+
+    Writes ``points.csv`` (always), ``discs.nii.gz`` (SCT disc labels, if there are discs),
+    ``levels.nii.gz`` (SCT vertebral levels, if there are vertebrae), ``mask.nii.gz``
+    (TotalSpineSeg values, if the revision has a mask) and ``annotation.json`` (case,
+    revision, source image).
+
+    Returns
+    -------
+    dict of str to Path
+        The files written, by kind.
+    """
+    info = store.case(case_id)
+    annotation = store.load(case_id, revision)
+    geometry, like = info.geometry, _like(info)
+    out_dir = Path(out_dir)
+    files = {"points": write_points_csv(out_dir / EXPORT_NAMES["points"], annotation.points, geometry)}
+    discs = [p for p in annotation.points if p.kind == "disc"]
+    vertebrae = [p for p in annotation.points if p.kind == "vertebra"]
+    for kind, group in (("discs", discs), ("levels", vertebrae)):
+        voxels = [tuple(np.clip(np.round(p.ijk_vox), 0, np.array(geometry.shape) - 1).astype(int)) for p in group]
+        if len(set(voxels)) < len(voxels):
+            log.warning(
+                "case %s: two points share a voxel; %s.nii.gz keeps one of them (points.csv has both)", case_id, kind
+            )
+    if discs:
+        files["discs"] = write_sct_discs(out_dir / EXPORT_NAMES["discs"], discs, geometry, like=like)
+    if vertebrae:
+        files["levels"] = write_sct_levels(out_dir / EXPORT_NAMES["levels"], vertebrae, geometry, like=like)
+    if annotation.mask_tss is not None:
+        files["mask"] = write_nifti(out_dir / EXPORT_NAMES["mask"], annotation.mask_tss, geometry, like=like)
+    summary = {
+        "store": store.location,
+        "case_id": case_id,
+        "revision": annotation.entry_id,
+        "status": info.status,
+        "source": info.source_path,
+        "image_sha256": info.image_sha256,
+        "header_from": str(like) if like else "stored affine",
+        "revision_info": None if annotation.info is None else annotation.info.__dict__,
+    }
+    files["summary"] = out_dir / EXPORT_NAMES["summary"]
+    files["summary"].write_text(json.dumps(summary, indent=2))
+    return files

@@ -1,0 +1,149 @@
+"""Models trained from the store, kept beside the annotations they were trained on.
+
+A model folder (``weights.safetensors`` + ``card.json``, see
+:mod:`napari_ivd.models.registry`) is stored byte for byte under ``models/<model_id>/``;
+``model.json`` is written last and is what makes the model visible, so an interrupted
+upload is never listed. The card's ``weights_sha256`` is checked on the way in and out.
+No torch import here: the store only moves bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from napari_ivd.errors import CheckpointError, StoreError
+from napari_ivd.store import schema
+from napari_ivd.store.backend import KeyValue
+from napari_ivd.store.content import sha256_hex
+from napari_ivd.store.records import ModelInfo
+
+log = logging.getLogger(__name__)
+
+__all__ = ["add_model", "export_model", "list_models", "read_model_record"]
+
+_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _key(model_id: str, name: str = "") -> str:
+    return "/".join(p for p in (schema.MODELS, model_id, name) if p)
+
+
+def _info(record: dict[str, Any]) -> ModelInfo:
+    return ModelInfo(
+        model_id=record["model_id"],
+        name=record["name"],
+        arch=record.get("arch", ""),
+        weights_sha256=record["weights_sha256"],
+        card_sha256=record["card_sha256"],
+        size_bytes=int(record["size_bytes"]),
+        added_utc=record["added_utc"],
+        card=record.get("card", {}),
+    )
+
+
+def read_model_record(keys: KeyValue, model_id: str) -> dict[str, Any] | None:
+    """The commit record of a stored model, or None when it is not (completely) stored."""
+    data = keys.get(_key(model_id, schema.MODEL_RECORD))
+    return None if data is None else json.loads(data)
+
+
+def add_model(keys: KeyValue, model_dir: Path, model_id: str | None = None) -> ModelInfo:
+    """Copy a model folder into the store (the caller holds the writer lock).
+
+    Parameters
+    ----------
+    keys : KeyValue
+        The store location.
+    model_dir : Path
+        Folder with ``weights.safetensors`` and ``card.json``.
+    model_id : str, optional
+        Default: ``<card name>-<first 12 hex of the weights' sha256>``.
+
+    Returns
+    -------
+    ModelInfo
+        The stored model (the existing one when the same weights are stored under that id).
+
+    Raises
+    ------
+    CheckpointError
+        Missing files, unreadable card, or weights that do not match the card's sha256.
+    StoreError
+        ``model_id`` is taken by other weights.
+    """
+    card_path, weights_path = model_dir / schema.MODEL_CARD, model_dir / schema.MODEL_WEIGHTS
+    for path in (card_path, weights_path):
+        if not path.is_file():
+            raise CheckpointError(f"{model_dir}: {path.name} is missing; a model folder holds card.json and weights")
+    card_bytes, weights = card_path.read_bytes(), weights_path.read_bytes()
+    try:
+        card = json.loads(card_bytes)
+        name = str(card["name"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{card_path}: not a model card with a name ({exc})") from exc
+    weights_sha = sha256_hex(weights)
+    if card.get("weights_sha256") not in (None, "", weights_sha):
+        raise CheckpointError(
+            f"{model_dir}: weights.safetensors does not match the card's weights_sha256; the folder is damaged"
+        )
+    model_id = schema.check_case_id(model_id or f"{_SLUG.sub('-', name)}-{weights_sha[:12]}", "model id")
+    existing = read_model_record(keys, model_id)
+    if existing is not None:
+        if existing["weights_sha256"] != weights_sha:
+            raise StoreError(f"{keys.location}: model id {model_id!r} already holds other weights; pick another id")
+        return _info(existing)
+    keys.delete_tree(_key(model_id))  # leftovers of an interrupted upload
+    keys.write(_key(model_id, schema.MODEL_WEIGHTS), weights)
+    keys.write(_key(model_id, schema.MODEL_CARD), card_bytes)
+    keys.make_durable([_key(model_id, schema.MODEL_WEIGHTS), _key(model_id, schema.MODEL_CARD)], schema.MODELS)
+    record = {
+        "format_version": schema.FORMAT_VERSION,
+        "model_id": model_id,
+        "name": name,
+        "arch": str(card.get("arch", card.get("name", ""))),
+        "weights_sha256": weights_sha,
+        "card_sha256": sha256_hex(card_bytes),
+        "size_bytes": len(weights),
+        "added_utc": schema.utc_now(),
+        "source_dir": str(model_dir.resolve()),
+        "card": card,
+    }
+    keys.put(_key(model_id, schema.MODEL_RECORD), json.dumps(record, indent=1).encode())  # commit
+    log.info("%s: stored model %s (%d bytes)", keys.location, model_id, len(weights))
+    return _info(record)
+
+
+def list_models(keys: KeyValue) -> list[ModelInfo]:
+    """Every committed model, sorted by id."""
+    out = []
+    for model_id in keys.children(schema.MODELS):
+        record = read_model_record(keys, model_id) if model_id != schema.ZARR_JSON else None
+        if record is not None:
+            out.append(_info(record))
+    return out
+
+
+def export_model(keys: KeyValue, model_id: str, out_dir: Path) -> Path:
+    """Write a stored model as a model folder, after checking both files' sha256.
+
+    Raises
+    ------
+    StoreError
+        No such model, or its stored bytes no longer match their digests.
+    """
+    record = read_model_record(keys, model_id)
+    if record is None:
+        known = ", ".join(m.model_id for m in list_models(keys)) or "none"
+        raise StoreError(f"{keys.location}: no model {model_id!r} (models: {known})")
+    weights = keys.get(_key(model_id, schema.MODEL_WEIGHTS)) or b""
+    card = keys.get(_key(model_id, schema.MODEL_CARD)) or b""
+    if sha256_hex(weights) != record["weights_sha256"] or sha256_hex(card) != record["card_sha256"]:
+        raise StoreError(f"{keys.location}: model {model_id}'s stored files do not match their sha256; it is damaged")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / schema.MODEL_WEIGHTS).write_bytes(weights)
+    (out_dir / schema.MODEL_CARD).write_bytes(card)
+    return out_dir

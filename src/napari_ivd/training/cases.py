@@ -1,0 +1,292 @@
+"""Labelled training cases: a scan, its named keypoints and its masks, on the file's grid.
+
+Training data comes in several shapes (disc centroids, vertebral-body masks, derived disc
+points, masks whose levels nobody named). :class:`LabelledCase` is the one form the data
+pipeline consumes, so :mod:`napari_ivd.training.data` never needs to know which dataset a
+case came from. All label values are translated to structure names through
+:mod:`napari_ivd.anatomy` here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_ivd.anatomy import from_sct_disc, from_tss, structure
+from napari_ivd.errors import GeometryMismatchError, UnknownLevelError, UnreadableFileError, UnsupportedScanError
+from napari_ivd.io import Volume, read_volume
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CONTRASTS",
+    "MASK_KINDS",
+    "LabelledCase",
+    "load_lumbar_case",
+    "load_lumbar_cases",
+    "split_cases",
+]
+
+#: Image contrasts a case may have.
+CONTRASTS: tuple[str, ...] = ("T1w", "T2w", "water")
+#: Structure kinds a mask may annotate.
+MASK_KINDS: tuple[str, ...] = ("vertebra", "disc")
+
+# ../shared/data/lumbar: set folder -> contrast (see its MANIFEST.md).
+_CONTRAST_BY_SET = {"IVD": "T2w", "VB1": "T1w", "VB2": "T2w", "VB3": "water"}
+_IMAGE_FILE = "image.nii.gz"
+_MASK_TSS_FILE = "mask_tss.nii.gz"
+# Disc points with SCT disc values, best first: expert centroids, then derived body midpoints.
+_DISC_FILES = ("discs_sct_centroid.nii.gz", "discs_sct_vbmidpoint_DERIVED.nii.gz")
+# Vertebral bodies numbered top-down whose levels are unknown (VB1).
+_UNNAMED_BODY_MASK_FILE = "mask_vb_topdown.nii.gz"
+
+
+@dataclass(frozen=True, eq=False)
+class LabelledCase:
+    """One labelled scan on its file's voxel grid.
+
+    Parameters
+    ----------
+    name : str
+        Case id, e.g. ``"VB2/case-07"``.
+    contrast : {"T1w", "T2w", "water"}
+        Image contrast, used to stratify train/dev splits.
+    volume : Volume
+        The image, on the file's grid.
+    keypoints_vox : dict of str to (3,) float array
+        Canonical structure name (``"L4"``, ``"L4-L5"``) -> fractional voxel index (i, j, k)
+        on the file grid. Only annotated structures appear.
+    mask_tss : (I, J, K) integer array or None
+        Label mask on the file grid in TotalSpineSeg values (41 = L1, 92 = L1-L2, ...).
+    mask_kinds : frozenset of {"vertebra", "disc"}
+        Kinds the mask (``mask_tss`` or ``mask_kind_only``) annotates completely for the
+        levels it contains; the other kind must not be taught as background.
+    mask_kind_only : (I, J, K) uint8 array or None
+        Binary vertebral-body mask (1 = body) for cases whose bodies carry no level names;
+        segmentation only.
+
+    Raises
+    ------
+    ValueError
+        For an unknown contrast or mask kind.
+    GeometryMismatchError
+        When a mask's shape differs from the image's.
+    """
+
+    name: str
+    contrast: str
+    volume: Volume
+    keypoints_vox: dict[str, np.ndarray] = field(default_factory=dict)
+    mask_tss: np.ndarray | None = None
+    mask_kinds: frozenset[str] = frozenset()
+    mask_kind_only: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.contrast not in CONTRASTS:
+            raise ValueError(f"case {self.name}: contrast {self.contrast!r} is not one of {CONTRASTS}")
+        unknown = set(self.mask_kinds) - set(MASK_KINDS)
+        if unknown:
+            raise ValueError(f"case {self.name}: mask kinds {sorted(unknown)} are not among {MASK_KINDS}")
+        for what, mask in (("mask_tss", self.mask_tss), ("mask_kind_only", self.mask_kind_only)):
+            if mask is not None:
+                self.volume.geometry.check_array(mask, f"case {self.name}: {what}")
+        keypoints = {
+            structure(n).name: np.asarray(v, dtype=np.float64).reshape(3) for n, v in self.keypoints_vox.items()
+        }
+        object.__setattr__(self, "keypoints_vox", keypoints)
+        object.__setattr__(self, "mask_kinds", frozenset(self.mask_kinds))
+
+    @property
+    def has_mask(self) -> bool:
+        """True when the case carries any segmentation mask."""
+        return self.mask_tss is not None or self.mask_kind_only is not None
+
+
+def _read_label_file(path: Path, image: Volume) -> np.ndarray:
+    """Read a label image that must share the image's grid; returns its array."""
+    labels = read_volume(path)
+    if labels.geometry != image.geometry:
+        raise GeometryMismatchError(
+            f"{path}: its voxel grid (shape {labels.geometry.shape}) differs from the image {image.path} "
+            f"(shape {image.geometry.shape}); the labels must be on the image's grid"
+        )
+    return np.asarray(labels.array)
+
+
+def _value_centroids_vox(labels: np.ndarray) -> dict[int, np.ndarray]:
+    """Centroid (fractional voxel index, (3,)) of every non-zero value of a label image."""
+    flat = np.flatnonzero(labels)
+    if flat.size == 0:
+        return {}
+    values = labels.ravel()[flat].astype(np.int64)
+    counts = np.bincount(values)
+    coords = np.unravel_index(flat, labels.shape)
+    sums = np.stack([np.bincount(values, weights=c, minlength=counts.size) for c in coords], axis=1)
+    present = np.flatnonzero(counts)
+    return {int(v): sums[v] / counts[v] for v in present}
+
+
+def _tss_keypoints_and_kinds(mask_tss: np.ndarray, where: str) -> tuple[dict[str, np.ndarray], frozenset[str]]:
+    """Vertebra centroids of a TotalSpineSeg mask, and the kinds of structure it holds."""
+    keypoints: dict[str, np.ndarray] = {}
+    kinds: set[str] = set()
+    for value, centroid_vox in _value_centroids_vox(mask_tss).items():
+        try:
+            s = from_tss(value)
+        except UnknownLevelError:
+            log.debug("%s: TotalSpineSeg value %d is no vertebra or disc; ignored for keypoints", where, value)
+            continue
+        kinds.add(s.kind)
+        if s.is_vertebra:
+            keypoints[s.name] = centroid_vox
+    return keypoints, frozenset(kinds)
+
+
+def _sct_disc_keypoints(discs: np.ndarray, where: str) -> dict[str, np.ndarray]:
+    """Disc keypoints from an SCT disc-point image (one voxel per disc, value = vertebra below)."""
+    keypoints: dict[str, np.ndarray] = {}
+    for value in np.unique(discs[discs > 0]):
+        ijk_vox = np.argwhere(discs == value)
+        if len(ijk_vox) > 1:
+            log.warning("%s: SCT disc value %d marks %d voxels; using their mean", where, value, len(ijk_vox))
+        keypoints[from_sct_disc(int(value)).name] = ijk_vox.mean(axis=0).astype(np.float64)
+    return keypoints
+
+
+def load_lumbar_case(case_dir: Path) -> LabelledCase:
+    """Load one case of the ``../shared/data/lumbar`` layout (``<set>/<case>/``).
+
+    Vertebra keypoints are the centroids of the TotalSpineSeg-valued bodies in
+    ``mask_tss.nii.gz``; disc keypoints come from ``discs_sct_centroid.nii.gz`` (expert disc
+    centroids) or else ``discs_sct_vbmidpoint_DERIVED.nii.gz`` (midpoints of neighbouring
+    body centroids). A case with only ``mask_vb_topdown.nii.gz`` (levels unknown) gets no
+    keypoints and a binary body mask in ``mask_kind_only``.
+
+    Parameters
+    ----------
+    case_dir : Path
+        Folder holding ``image.nii.gz`` and its label files; its parent's name is the set
+        (IVD, VB1, VB2, VB3), which fixes the contrast.
+
+    Returns
+    -------
+    LabelledCase
+        Named ``"<set>/<case>"``.
+
+    Raises
+    ------
+    UnsupportedScanError
+        When the set is unknown (so the contrast is too).
+    IvdError
+        Unreadable files, or labels on another grid than the image.
+    """
+    case_dir = Path(case_dir)
+    set_name = case_dir.parent.name
+    name = f"{set_name}/{case_dir.name}"
+    if set_name not in _CONTRAST_BY_SET:
+        raise UnsupportedScanError(
+            f"{case_dir}: unknown set {set_name!r}, so its contrast is unknown; "
+            f"expected one of {sorted(_CONTRAST_BY_SET)}"
+        )
+    volume = read_volume(case_dir / _IMAGE_FILE)
+
+    keypoints_vox: dict[str, np.ndarray] = {}
+    mask_tss: np.ndarray | None = None
+    mask_kind_only: np.ndarray | None = None
+    mask_kinds: frozenset[str] = frozenset()
+    if (case_dir / _MASK_TSS_FILE).is_file():
+        mask_tss = _read_label_file(case_dir / _MASK_TSS_FILE, volume)
+        keypoints_vox, mask_kinds = _tss_keypoints_and_kinds(mask_tss, name)
+    elif (case_dir / _UNNAMED_BODY_MASK_FILE).is_file():
+        mask_kind_only = (_read_label_file(case_dir / _UNNAMED_BODY_MASK_FILE, volume) > 0).astype(np.uint8)
+        mask_kinds = frozenset({"vertebra"})
+    for disc_file in _DISC_FILES:
+        if (case_dir / disc_file).is_file():
+            discs = _read_label_file(case_dir / disc_file, volume)
+            keypoints_vox.update(_sct_disc_keypoints(discs, name))
+            break
+
+    log.debug("loaded %s: keypoints %s, mask kinds %s", name, sorted(keypoints_vox), sorted(mask_kinds))
+    return LabelledCase(name, _CONTRAST_BY_SET[set_name], volume, keypoints_vox, mask_tss, mask_kinds, mask_kind_only)
+
+
+def load_lumbar_cases(root: Path) -> list[LabelledCase]:
+    """Load every case under a ``lumbar/`` folder (``<root>/<set>/<case>/image.nii.gz``).
+
+    Parameters
+    ----------
+    root : Path
+        The ``lumbar`` folder, e.g. ``../shared/data/lumbar``.
+
+    Returns
+    -------
+    list of LabelledCase
+        Sorted by name (set, then case).
+
+    Raises
+    ------
+    UnreadableFileError
+        When no case is found under ``root``.
+    """
+    root = Path(root)
+    case_dirs = sorted(p.parent for p in root.glob(f"*/*/{_IMAGE_FILE}"))
+    if not case_dirs:
+        raise UnreadableFileError(f"{root}: no <set>/<case>/{_IMAGE_FILE} found; point to the lumbar/ data folder")
+    cases = [load_lumbar_case(d) for d in case_dirs]
+    log.info("loaded %d lumbar cases from %s", len(cases), root)
+    return cases
+
+
+def split_cases(
+    cases: Sequence[LabelledCase], dev_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[LabelledCase], list[LabelledCase]]:
+    """Split cases into train and dev sets, stratified by contrast, deterministically.
+
+    Each contrast contributes ``round(dev_fraction * n)`` of its ``n`` cases to dev, at
+    least one when ``n >= 3`` and never all of them, so every contrast is both trained on
+    and (when it has enough cases) evaluated. The draw depends only on the case names,
+    ``dev_fraction`` and ``seed``, not on the input order.
+
+    Parameters
+    ----------
+    cases : sequence of LabelledCase
+    dev_fraction : float
+        Target fraction of each contrast's cases held out, in [0, 1).
+    seed : int
+
+    Returns
+    -------
+    train, dev : lists of LabelledCase
+        In the input order.
+
+    Raises
+    ------
+    ValueError
+        For a fraction outside [0, 1) or duplicate case names.
+    """
+    if not 0.0 <= dev_fraction < 1.0:
+        raise ValueError(f"dev_fraction must be in [0, 1), got {dev_fraction}")
+    names = [c.name for c in cases]
+    if len(set(names)) != len(names):
+        raise ValueError("case names must be unique to split them deterministically")
+    dev_names: set[str] = set()
+    for contrast in sorted({c.contrast for c in cases}):
+        group = sorted(c.name for c in cases if c.contrast == contrast)
+        n = len(group)
+        n_dev = round(dev_fraction * n)
+        if n >= 3:
+            n_dev = max(n_dev, 1)
+        n_dev = min(n_dev, n - 1)
+        # A per-contrast stream, so adding cases of one contrast leaves the others' split alone.
+        rng = np.random.default_rng([seed, zlib.crc32(contrast.encode())])
+        dev_names.update(group[i] for i in rng.permutation(n)[:n_dev])
+    train = [c for c in cases if c.name not in dev_names]
+    dev = [c for c in cases if c.name in dev_names]
+    log.info("split %d cases: %d train, %d dev (dev: %s)", len(cases), len(train), len(dev), sorted(dev_names))
+    return train, dev

@@ -1,0 +1,554 @@
+"""Sagittal training samples for keypoint + segmentation models, as fixed in docs/pipeline.md.
+
+A sample is one sagittal slice of the display grid (rows S→I, cols A→P) near the case's
+mid-sagittal plane, resampled to ``spacing_mm``, augmented and cropped. Resampling,
+augmentation and cropping are composed into ONE affine map from network-input pixels to
+display-slice indices, so the image is interpolated once, and keypoints and masks follow
+exactly the same geometry.
+
+Pixel conventions (docs/pipeline.md):
+
+- Resampled pixel (r, c) lies ``r * spacing_mm`` mm below the top and ``c * spacing_mm`` mm
+  behind the front of the display slice (pixel centres at ``index * spacing``).
+- Output (stride-2) pixel (y, x) is centred on input pixel ``(2y + 0.5, 2x + 0.5)``, i.e.
+  it covers input pixels 2y and 2y + 1 (as in ``napari_ivd.models.decode``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from napari_ivd.anatomy import LUMBAR_LABELS, from_tss, structure
+from napari_ivd.errors import UnknownLevelError
+from napari_ivd.models.decode import input_to_output_px
+from napari_ivd.training.cases import LabelledCase
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_LABELS",
+    "OUTPUT_STRIDE",
+    "SampleConfig",
+    "SliceDataset",
+    "normalize_volume",
+    "resample_slice",
+]
+
+#: The lumbar labels our training data annotates, cranio-caudal (= model channel order).
+DEFAULT_LABELS: tuple[str, ...] = LUMBAR_LABELS
+#: Input pixels per output pixel of the heatmap / offset heads.
+OUTPUT_STRIDE = 2
+_PERCENTILES = (0.5, 99.5)
+_SEG_KINDS = ("vertebra", "disc")  # seg channel order
+
+
+def _intensity_range(array: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.percentile(array, _PERCENTILES)
+    return float(lo), float(hi)
+
+
+def normalize_volume(array: np.ndarray) -> np.ndarray:
+    """Clip a volume to its 0.5 / 99.5 intensity percentiles and scale it to [0, 1].
+
+    One normalisation for training and inference, so a model sees the same intensities
+    whatever the scanner's units. A constant volume maps to all zeros.
+
+    Parameters
+    ----------
+    array : (...) real array
+        Intensities of the whole volume.
+
+    Returns
+    -------
+    (...) float32 array in [0, 1]
+    """
+    lo, hi = _intensity_range(array)
+    if not hi > lo:
+        return np.zeros(np.shape(array), dtype=np.float32)
+    out = (np.asarray(array, dtype=np.float32) - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _resampled_shape(shape: tuple[int, ...], spacing_in: Sequence[float], spacing_out: float) -> tuple[int, int]:
+    """Pixels of spacing_out that fit within the span of the input pixel centres."""
+    return tuple(  # type: ignore[return-value]
+        math.floor((n - 1) * s / spacing_out + 1e-6) + 1 for n, s in zip(shape, spacing_in, strict=True)
+    )
+
+
+def resample_slice(slice2d: np.ndarray, spacing_in: tuple[float, float], spacing_out: float) -> np.ndarray:
+    """Resample a 2D slice to isotropic ``spacing_out`` mm by linear interpolation.
+
+    Output pixel (r, c) lies at ``(r * spacing_out, c * spacing_out)`` mm from the centre of
+    input pixel (0, 0), as docs/pipeline.md fixes, so keypoints convert by a pure scale:
+    ``row = j * spacing_in[0] / spacing_out``. The output covers the input's pixel centres.
+
+    Parameters
+    ----------
+    slice2d : (J, K) array
+        A display slice (rows S→I, cols A→P).
+    spacing_in : (float, float)
+        Its row and column spacing in mm.
+    spacing_out : float
+        Target spacing in mm.
+
+    Returns
+    -------
+    (R, C) float32 array
+        ``R = floor((J - 1) * spacing_in[0] / spacing_out) + 1``, likewise C.
+    """
+    if spacing_out <= 0 or min(spacing_in) <= 0:
+        raise ValueError(f"spacings must be positive, got in={spacing_in}, out={spacing_out}")
+    src = np.asarray(slice2d)
+    if src.ndim != 2:
+        raise ValueError(f"expected a 2D slice, got shape {src.shape}")
+    shape_px = _resampled_shape(src.shape, spacing_in, spacing_out)
+    step_vox = np.array([spacing_out / spacing_in[0], spacing_out / spacing_in[1]])
+    return ndimage.affine_transform(src, step_vox, output_shape=shape_px, order=1, mode="nearest", output=np.float32)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How training samples are drawn: labels, geometry, targets and augmentation.
+
+    Parameters
+    ----------
+    labels : tuple of str
+        Structure names predicted, cranio-caudal; channel order of heatmap and offsets.
+    spacing_mm : float
+        In-plane pixel size of the network input.
+    in_channels : int
+        Adjacent sagittal slices stacked as channels (odd; 1 = the slice alone).
+    crop : (int, int)
+        Input crop (H, W) in pixels, multiples of 8.
+    heatmap_sigma_px : float
+        Gaussian sigma of heatmap targets, in output (stride-2) pixels.
+    offset_radius_px : float
+        Offsets are supervised within this radius of the keypoint, in output pixels.
+    slab_mm : float
+        Slices are drawn within ±slab_mm/2 of the mid-sagittal plane; a keypoint is a
+        positive target only within slab_mm (left-right) of the drawn slice.
+    lateral_fraction : float
+        Share of samples drawn instead from any slice across the annotated masks' left-right
+        extent (± ``seg_margin_mm``), so the masks are learnt on every slice the spine covers,
+        not only near the midline.
+    negative_lr_mm : float
+        An annotated keypoint farther than this (left-right) from the drawn slice is taught
+        as absent (visible, all-zero heatmap): the heatmaps then peak only near each
+        structure's own sagittal plane, which is how inference finds its left-right position.
+        Between ``slab_mm`` and this distance the label is ignored.
+    seg_margin_mm : float
+        The segmentation loss covers the annotated structures' S-I extent plus this margin.
+    crop_margin_px : float
+        Keypoints are kept at least this far inside the crop when the spine fits.
+    caudal_context_mm : float
+        The crop also holds this much below the lowest annotated keypoint (where the image
+        allows), so the sacrum — the landmark levels are counted from — is in view; without
+        it, crops of tall scans cut the sacrum off and level names become guesswork.
+    augment : bool
+        Random affine + intensity augmentation and random crop position; when False the
+        crop is centred on the labelled spine.
+    scale_range, rotation_deg : augmentation of geometry (isotropic scale, ±degrees).
+    gamma_range, contrast_range, brightness_range, noise_std_range : intensity augmentation
+        (gamma, contrast factor around the mean, additive shift, Gaussian noise sigma, all
+        on [0, 1]-normalised intensities).
+    """
+
+    labels: tuple[str, ...] = DEFAULT_LABELS
+    spacing_mm: float = 1.0
+    in_channels: int = 1
+    crop: tuple[int, int] = (256, 256)
+    heatmap_sigma_px: float = 2.0
+    offset_radius_px: float = 3.0
+    slab_mm: float = 6.0
+    lateral_fraction: float = 0.3
+    negative_lr_mm: float = 12.0
+    seg_margin_mm: float = 5.0
+    crop_margin_px: float = 16.0
+    caudal_context_mm: float = 45.0
+    augment: bool = True
+    scale_range: tuple[float, float] = (0.85, 1.15)
+    rotation_deg: float = 10.0
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    contrast_range: tuple[float, float] = (0.75, 1.25)
+    brightness_range: tuple[float, float] = (-0.1, 0.1)
+    noise_std_range: tuple[float, float] = (0.0, 0.05)
+
+    def __post_init__(self) -> None:
+        names = tuple(structure(n).name for n in self.labels)
+        orders = [structure(n).order for n in names]
+        if not names or orders != sorted(set(orders)):
+            raise ValueError(f"labels must be distinct and cranio-caudal, got {self.labels}")
+        object.__setattr__(self, "labels", names)
+        crop = tuple(int(n) for n in self.crop)
+        if len(crop) != 2 or any(n <= 0 or n % 8 for n in crop):
+            raise ValueError(f"crop must be two positive multiples of 8, got {self.crop}")
+        object.__setattr__(self, "crop", crop)
+        if self.in_channels < 1 or self.in_channels % 2 == 0:
+            raise ValueError(f"in_channels must be odd (centred on the slice of interest), not {self.in_channels}")
+        for name in ("spacing_mm", "heatmap_sigma_px", "offset_radius_px", "slab_mm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("scale_range", "gamma_range", "contrast_range", "brightness_range", "noise_std_range"):
+            lo, hi = (float(v) for v in getattr(self, name))
+            if lo > hi:
+                raise ValueError(f"{name} must be (low, high), got {getattr(self, name)}")
+            object.__setattr__(self, name, (lo, hi))
+
+    @property
+    def n_labels(self) -> int:
+        """K, the number of heatmap channels."""
+        return len(self.labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form, for model cards and training logs."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SampleConfig:
+        """Inverse of :meth:`to_dict`; rejects unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown SampleConfig keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+@dataclass(frozen=True, eq=False)
+class _Prepared:
+    """A case in display orientation with everything the sampler needs precomputed."""
+
+    name: str
+    image: np.ndarray  # (L, J, K) display view of the raw intensities
+    spacing_mm: tuple[float, float, float]  # display (lr, si, ap)
+    intensity_range: tuple[float, float]
+    labels: np.ndarray | None  # (L, J, K) display view of the label mask
+    is_kind: np.ndarray  # (2, n_values) bool look-up: label value -> vertebral body / disc
+    kind_rows: tuple[tuple[float, float] | None, ...]  # per seg kind: display rows (top, bottom) annotated
+    keypoints_display: np.ndarray  # (K, 3) display index, NaN where not annotated
+    annotated: np.ndarray  # (K,) bool
+    slices: np.ndarray  # display slice indices within the slab
+    lateral_slices: np.ndarray  # display slice indices across the annotated masks (may be empty)
+    anchors_jk: np.ndarray  # (N, 2) display (row, col) points the crop must hold
+
+
+def _kind_lookup(case: LabelledCase) -> tuple[np.ndarray | None, np.ndarray]:
+    """The case's label array (file grid) and a (2, n_values) value -> kind table."""
+    if case.mask_tss is not None:
+        n_values = max(int(case.mask_tss.max()) + 1, 1)
+        table = np.zeros((2, n_values), dtype=bool)
+        for value in range(n_values):
+            try:
+                s = from_tss(value)
+            except UnknownLevelError:
+                continue
+            table[_SEG_KINDS.index(s.kind), value] = s.kind in case.mask_kinds
+        return case.mask_tss, table
+    if case.mask_kind_only is not None:
+        table = np.zeros((2, 2), dtype=bool)
+        table[0, 1] = "vertebra" in case.mask_kinds
+        table[1, 1] = "disc" in case.mask_kinds
+        return case.mask_kind_only, table
+    return None, np.zeros((2, 1), dtype=bool)
+
+
+def _prepare(case: LabelledCase, cfg: SampleConfig) -> _Prepared:
+    view = case.volume.view
+    spacing = view.spacing_mm
+    image = view.to_display(case.volume.array)
+    mask_file, is_kind = _kind_lookup(case)
+    labels = None if mask_file is None else view.to_display(mask_file)
+
+    keypoints = np.full((cfg.n_labels, 3), np.nan)
+    for k, name in enumerate(cfg.labels):
+        if name in case.keypoints_vox:
+            keypoints[k] = view.vox_to_display(case.keypoints_vox[name])[0]
+    annotated = np.all(np.isfinite(keypoints), axis=1)
+
+    kind_rows: list[tuple[float, float] | None] = []
+    annotated_any = None
+    for kind_index in range(len(_SEG_KINDS)):
+        if labels is None or not is_kind[kind_index].any():
+            kind_rows.append(None)
+            continue
+        kind_mask = is_kind[kind_index][labels]
+        rows = np.flatnonzero(kind_mask.any(axis=(0, 2)))
+        kind_rows.append((float(rows[0]), float(rows[-1])) if rows.size else None)
+        if rows.size:
+            annotated_any = kind_mask if annotated_any is None else annotated_any | kind_mask
+
+    if annotated.any():
+        mid_lr = float(np.mean(keypoints[annotated, 0]))
+        anchors = keypoints[annotated, 1:]
+        lowest = anchors[np.argmax(anchors[:, 0])]
+        below = lowest + np.array([cfg.caudal_context_mm / spacing[1], 0.0])
+        anchors = np.vstack([anchors, np.minimum(below, np.array(image.shape[1:]) - 1)])
+    elif annotated_any is not None:
+        lr, si, ap = np.nonzero(annotated_any)
+        mid_lr = float(lr.mean())
+        anchors = np.array([[si.min(), ap.min()], [si.max(), ap.max()]], dtype=np.float64)
+    else:
+        raise ValueError(f"case {case.name}: no keypoint among {cfg.labels} and no mask; nothing to train on")
+
+    n_lr = image.shape[0]
+    all_slices = np.arange(n_lr)
+    slices = all_slices[np.abs(all_slices - mid_lr) * spacing[0] <= cfg.slab_mm / 2 + 1e-9]
+    if slices.size == 0:
+        slices = np.array([int(np.clip(round(mid_lr), 0, n_lr - 1))])
+    lateral_slices = np.array([], dtype=int)
+    if labels is not None:
+        annotated_kinds = np.any(is_kind, axis=0)[labels]  # (L, J, K) voxels of annotated kinds
+        on_slice = np.flatnonzero(annotated_kinds.any(axis=(1, 2)))
+        if on_slice.size:
+            margin = cfg.seg_margin_mm / spacing[0]
+            lateral_slices = all_slices[(all_slices >= on_slice[0] - margin) & (all_slices <= on_slice[-1] + margin)]
+    return _Prepared(
+        name=case.name,
+        image=image,
+        spacing_mm=spacing,
+        intensity_range=_intensity_range(case.volume.array),
+        labels=labels,
+        is_kind=is_kind,
+        kind_rows=tuple(kind_rows),
+        keypoints_display=keypoints,
+        annotated=annotated,
+        slices=slices,
+        lateral_slices=lateral_slices,
+        anchors_jk=anchors,
+    )
+
+
+def _choose_origin(
+    lo_px: float, hi_px: float, image_lo_px: float, image_hi_px: float, size: int, margin: float, rng
+) -> int:
+    """Crop start along one axis: keep [lo, hi] (+margin) inside, prefer staying in the image.
+
+    ``rng=None`` centres the crop on the points. When the points span more than the crop,
+    the crop lies within their span, keeping as many of them as it can.
+    """
+    first, last = hi_px + margin - (size - 1), lo_px - margin  # origins that hold every point
+    if first > last:  # spine longer than the crop: stay within the points
+        first, last = last, first
+    img_first, img_last = image_lo_px, image_hi_px - (size - 1)
+    if img_first <= img_last and max(first, img_first) <= min(last, img_last):
+        first, last = max(first, img_first), min(last, img_last)
+    value = (first + last) / 2 if rng is None else rng.uniform(first, last)
+    return math.floor(value + 0.5)
+
+
+class SliceDataset(torch.utils.data.Dataset):
+    """Random augmented sagittal crops of labelled cases, with keypoint and mask targets.
+
+    Each item draws, deterministically from ``(seed, epoch, index)``, a case, a slice
+    within ``cfg.slab_mm`` of its mid-sagittal plane, an augmentation and a crop. One
+    affine map takes network-input pixels back to display-slice indices; the image is
+    interpolated linearly, masks by nearest neighbour, keypoints by the same map.
+
+    Parameters
+    ----------
+    cases : sequence of LabelledCase
+    cfg : SampleConfig
+    samples_per_epoch : int
+        ``len(dataset)``.
+    seed : int
+
+    Items are dicts of tensors (K = ``cfg.n_labels``, (H, W) = ``cfg.crop``):
+
+    - ``image`` (in_channels, H, W) float32 in [0, 1] (roughly, after augmentation)
+    - ``heatmap`` (K, H/2, W/2) Gaussian targets, peak 1 at the keypoint, zero unless a positive
+    - ``visible`` (K,) 1.0 where the label is annotated and either a positive (inside the
+      crop, within ``slab_mm`` left-right of the slice) or taught absent (farther than
+      ``negative_lr_mm``); 0.0 where the loss ignores it
+    - ``offset`` (2K, H/2, W/2) output-pixel offsets (row, col) to the keypoint
+    - ``offset_mask`` (K, H/2, W/2) 1.0 within ``offset_radius_px`` of visible keypoints
+    - ``seg`` (2, H, W) binary vertebral body / disc masks
+    - ``seg_valid`` (2, H, W) 1.0 where the seg loss applies (annotated kind, within its
+      annotated S-I extent ± ``seg_margin_mm``)
+    - ``keypoints`` (K, 2) input-pixel (row, col), NaN where not visible
+    - ``origin_px`` (2,) the crop's top-left in (augmented) resampled pixels; without
+      augmentation, resampled-slice px = input px + origin_px
+    - ``case_index``, ``slice_index`` () int64, for debugging and metrics
+
+    Example
+    -------
+    >>> ds = SliceDataset(cases, SampleConfig(), samples_per_epoch=512, seed=0)
+    >>> batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=8)))
+    """
+
+    def __init__(
+        self, cases: Sequence[LabelledCase], cfg: SampleConfig, samples_per_epoch: int = 1000, seed: int = 0
+    ) -> None:
+        if not cases:
+            raise ValueError("SliceDataset needs at least one case")
+        if samples_per_epoch < 1:
+            raise ValueError(f"samples_per_epoch must be positive, got {samples_per_epoch}")
+        self.cfg = cfg
+        self.samples_per_epoch = int(samples_per_epoch)
+        self.seed = int(seed)
+        self.epoch = 0
+        self._cases = [_prepare(c, cfg) for c in cases]
+        self.case_names = [c.name for c in self._cases]
+        log.info("SliceDataset: %d cases, %d samples per epoch", len(self._cases), self.samples_per_epoch)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw a fresh set of samples for ``epoch`` (still deterministic)."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < self.samples_per_epoch:
+            raise IndexError(index)
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        case_index = int(rng.integers(len(self._cases)))
+        case = self._cases[case_index]
+        lateral = case.lateral_slices.size and rng.random() < self.cfg.lateral_fraction
+        slice_index = int(rng.choice(case.lateral_slices if lateral else case.slices))
+        return self.sample(case_index, slice_index, rng)
+
+    def sample(self, case_index: int, slice_index: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Build the sample of one case and display slice; ``rng`` drives the augmentation."""
+        cfg, case = self.cfg, self._cases[case_index]
+        crop = np.array(cfg.crop)
+        sp_lr, sp_si, sp_ap = case.spacing_mm
+        to_res = np.array([sp_si, sp_ap]) / cfg.spacing_mm  # display (j, k) -> resampled px
+
+        # Augmentation in resampled pixels: p_aug = A (p_res - centre) + centre.
+        anchors_res = case.anchors_jk * to_res
+        centre = anchors_res.mean(axis=0)
+        if cfg.augment:
+            scale = rng.uniform(*cfg.scale_range)
+            angle = math.radians(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg))
+            cos, sin = math.cos(angle), math.sin(angle)
+            warp = scale * np.array([[cos, -sin], [sin, cos]])
+        else:
+            warp = np.eye(2)
+        anchors_aug = (anchors_res - centre) @ warp.T + centre
+        corners_res = (np.array([[0, 0], [0, 1], [1, 0], [1, 1]]) * (np.array(case.image.shape[1:]) - 1)) * to_res
+        corners_aug = (corners_res - centre) @ warp.T + centre
+        origin = np.array(
+            [
+                _choose_origin(
+                    anchors_aug[:, a].min(),
+                    anchors_aug[:, a].max(),
+                    corners_aug[:, a].min(),
+                    corners_aug[:, a].max(),
+                    int(crop[a]),
+                    cfg.crop_margin_px,
+                    rng if cfg.augment else None,
+                )
+                for a in range(2)
+            ]
+        )
+
+        # Input px q -> display (j, k): jk = D (A^-1 (q + origin - centre) + centre), D = 1 / to_res.
+        inv_warp = np.linalg.inv(warp)
+        matrix = inv_warp / to_res[:, None]
+        offset = (inv_warp @ (origin - centre) + centre) / to_res
+        h, w = cfg.crop
+
+        image = np.empty((cfg.in_channels, h, w), dtype=np.float32)
+        lo, hi = case.intensity_range
+        half = cfg.in_channels // 2
+        for ch in range(cfg.in_channels):
+            src = case.image[int(np.clip(slice_index - half + ch, 0, case.image.shape[0] - 1))]
+            ndimage.affine_transform(
+                src, matrix, offset=offset, output_shape=(h, w), order=1, output=image[ch], mode="constant", cval=lo
+            )
+        image -= lo
+        image *= 1.0 / (hi - lo) if hi > lo else 0.0
+        np.clip(image, 0.0, 1.0, out=image)
+
+        rows = np.arange(h, dtype=np.float64)[:, None]
+        cols = np.arange(w, dtype=np.float64)[None, :]
+        src_j = matrix[0, 0] * rows + matrix[0, 1] * cols + offset[0]
+        src_k = matrix[1, 0] * rows + matrix[1, 1] * cols + offset[1]
+        n_j, n_k = case.image.shape[1:]
+        inside = (src_j > -0.5) & (src_j < n_j - 0.5) & (src_k > -0.5) & (src_k < n_k - 0.5)
+        if cfg.augment:
+            self._augment_intensity(image, inside, rng)
+
+        seg = np.zeros((2, h, w), dtype=np.float32)
+        seg_valid = np.zeros((2, h, w), dtype=np.float32)
+        if case.labels is not None:
+            label_slice = case.labels[slice_index]
+            warped = ndimage.affine_transform(
+                label_slice, matrix, offset=offset, output_shape=(h, w), order=0, mode="constant", cval=0
+            )
+            seg[:] = case.is_kind[:, warped]
+        margin_rows = cfg.seg_margin_mm / sp_si
+        for kind_index, span in enumerate(case.kind_rows):
+            if span is not None:
+                seg_valid[kind_index] = (src_j >= span[0] - margin_rows) & (src_j <= span[1] + margin_rows)
+
+        # Keypoints: display -> resampled -> augmented -> crop (input px).
+        keypoints_px = ((case.keypoints_display[:, 1:] * to_res - centre) @ warp.T + centre) - origin
+        in_crop = np.all((keypoints_px >= 0) & (keypoints_px <= crop - 1), axis=1)
+        distance_lr_mm = np.abs(case.keypoints_display[:, 0] - slice_index) * sp_lr
+        positive = case.annotated & in_crop & (distance_lr_mm <= cfg.slab_mm)
+        absent = case.annotated & (distance_lr_mm > cfg.negative_lr_mm)
+        visible = positive | absent
+        keypoints_px[~positive] = np.nan
+        heatmap, offsets, offset_mask = self._keypoint_targets(keypoints_px, positive)
+
+        return {
+            "image": torch.from_numpy(image),
+            "heatmap": torch.from_numpy(heatmap),
+            "visible": torch.from_numpy(visible.astype(np.float32)),
+            "offset": torch.from_numpy(offsets),
+            "offset_mask": torch.from_numpy(offset_mask),
+            "seg": torch.from_numpy(seg),
+            "seg_valid": torch.from_numpy(seg_valid),
+            "keypoints": torch.from_numpy(keypoints_px.astype(np.float32)),
+            "origin_px": torch.from_numpy(origin.astype(np.float32)),
+            "case_index": torch.tensor(case_index, dtype=torch.int64),
+            "slice_index": torch.tensor(slice_index, dtype=torch.int64),
+        }
+
+    def _augment_intensity(self, image: np.ndarray, inside: np.ndarray, rng: np.random.Generator) -> None:
+        """Gamma, contrast, brightness and noise, in place, on the image only (padding stays 0)."""
+        cfg = self.cfg
+        gamma = math.exp(rng.uniform(math.log(cfg.gamma_range[0]), math.log(cfg.gamma_range[1])))
+        np.power(image, gamma, out=image)
+        mean = float(image[:, inside].mean()) if inside.any() else 0.0
+        image -= mean
+        image *= rng.uniform(*cfg.contrast_range)
+        image += mean + rng.uniform(*cfg.brightness_range)
+        np.clip(image, 0.0, 1.0, out=image)
+        noise_std = rng.uniform(*cfg.noise_std_range)
+        if noise_std > 0:
+            image += rng.normal(0.0, noise_std, size=image.shape).astype(np.float32)
+        image *= inside
+
+    def _keypoint_targets(
+        self, keypoints_px: np.ndarray, visible: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Gaussian heatmaps, offsets and offset masks on the stride-2 output grid."""
+        cfg = self.cfg
+        k_count = cfg.n_labels
+        h_out, w_out = cfg.crop[0] // OUTPUT_STRIDE, cfg.crop[1] // OUTPUT_STRIDE
+        heatmap = np.zeros((k_count, h_out, w_out), dtype=np.float32)
+        offsets = np.zeros((2 * k_count, h_out, w_out), dtype=np.float32)
+        offset_mask = np.zeros((k_count, h_out, w_out), dtype=np.float32)
+        ys = np.arange(h_out, dtype=np.float32)
+        xs = np.arange(w_out, dtype=np.float32)
+        two_sigma2 = 2.0 * cfg.heatmap_sigma_px**2
+        for k in np.flatnonzero(visible):
+            ky, kx = input_to_output_px(np.asarray(keypoints_px[k], dtype=np.float64), OUTPUT_STRIDE)
+            dy = (np.float32(ky) - ys)[:, None]
+            dx = (np.float32(kx) - xs)[None, :]
+            heatmap[k] = np.exp(-(dy**2) / two_sigma2) * np.exp(-(dx**2) / two_sigma2)
+            near = (dy**2 + dx**2) <= cfg.offset_radius_px**2
+            offset_mask[k] = near
+            offsets[2 * k] = np.where(near, dy, 0.0)
+            offsets[2 * k + 1] = np.where(near, dx, 0.0)
+        return heatmap, offsets, offset_mask

@@ -1,0 +1,103 @@
+"""Prediction on real MRI with the starter model: files on the input's grid, named levels, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_ivd import anatomy
+from napari_ivd._cli_predict import unique_names
+from napari_ivd.cli import main
+from napari_ivd.errors import CheckpointError
+from napari_ivd.inference import find_model_dir
+from napari_ivd.models import read_card
+
+CASE = "lumbar/VB2/case-07"  # stored I, P, R; 381 x 381 x 77; vertebrae T11-L5 annotated
+
+
+@pytest.fixture(scope="module")
+def predicted(shared_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("predict") / "case-07"
+    assert main(["predict", str(shared_data / CASE / "image.nii.gz"), "--out", str(out), "--device", "cpu"]) == 0
+    return out
+
+
+def test_predict_cli_writes_files_on_the_input_grid(predicted, shared_data):
+    image = nib.load(shared_data / CASE / "image.nii.gz")
+    for name in ("discs.nii.gz", "mask.nii.gz"):
+        written = nib.load(predicted / name)
+        assert written.shape == image.shape
+        assert np.array_equal(written.affine, image.affine)
+    rows = list(csv.DictReader((predicted / "points.csv").open()))
+    assert list(rows[0]) == ["kind", "level", "i", "j", "k", "x_mm", "y_mm", "z_mm", "score"]
+    for row in rows:
+        ijk = np.array([float(row[c]) for c in "ijk"])
+        assert np.all(ijk >= -0.5) and np.all(ijk <= np.array(image.shape) - 0.5)
+        xyz = image.affine @ np.append(ijk, 1.0)
+        assert np.allclose(xyz[:3], [float(row["x_mm"]), float(row["y_mm"]), float(row["z_mm"])], atol=2e-3)
+        assert row["kind"] == anatomy.structure(row["level"]).kind
+
+
+def test_predicted_levels_are_known_ordered_and_consistent_with_files(predicted):
+    rows = list(csv.DictReader((predicted / "points.csv").open()))
+    labels = read_card(find_model_dir())["labels"]
+    levels = [r["level"] for r in rows]
+    assert levels and set(levels) <= set(labels)
+    # image axis 0 runs superior -> inferior: cranio-caudal order means increasing i
+    i_by_order = [float(r["i"]) for r in sorted(rows, key=lambda r: anatomy.structure(r["level"]).order)]
+    assert i_by_order == sorted(i_by_order)
+    discs = np.asarray(nib.load(predicted / "discs.nii.gz").dataobj)
+    assert sorted(int(v) for v in np.unique(discs) if v) == sorted(
+        anatomy.structure(r["level"]).sct_value for r in rows if r["kind"] == "disc"
+    )
+    mask = np.asarray(nib.load(predicted / "mask.nii.gz").dataobj)
+    mask_levels = {anatomy.from_tss(int(v)).name for v in np.unique(mask) if v}
+    assert mask_levels <= set(levels)
+    summary = json.loads((predicted / "prediction.json").read_text())
+    assert summary["levels"] == levels
+
+
+def test_evaluate_cli_reports_the_papers_metrics(predicted, tmp_path, capsys):
+    report_path = tmp_path / "report.json"
+    assert main(["evaluate", "--pred", str(predicted), "--json", str(report_path)]) == 0
+    table = capsys.readouterr().out
+    assert "DTT mm" in table and "vertebra" in table
+    report = json.loads(report_path.read_text())
+    vertebra = report["keypoints"]["vertebra"]
+    assert vertebra["n_annotated"] == 7  # T11..L5 in this case
+    assert 0.0 <= vertebra["identification"] <= 1.0
+    assert report["dice"]["vertebra"]["per_kind"] is not None
+
+
+def test_predict_on_a_bad_file_exits_2_with_the_reason(tmp_path, capsys):
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not really a scan")
+    assert main(["predict", str(bad), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    assert "broken.nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "points.csv").exists()
+
+
+def test_unknown_model_lists_the_bundled_ones(tmp_path):
+    with pytest.raises(CheckpointError, match=r"bundled: .*ivdnet-lumbar"):
+        find_model_dir("no-such-model")
+
+
+def test_several_inputs_get_distinct_short_folder_names():
+    paths = [Path("/d/lumbar/VB2/case-07/image.nii.gz"), Path("/d/lumbar/VB3/case-07/image.nii.gz")]
+    assert unique_names(paths) == ["VB2_case-07_image", "VB3_case-07_image"]
+    assert unique_names([Path("/x/a.nii.gz"), Path("/x/b.nii")]) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "scan",
+    ["fixtures/TPTBox/TPTBox/tests/sample_mri/sub-mri_label-6_T2w.nii.gz", "fixtures/sct_testing_data/t2/t2.nii.gz"],
+)
+def test_cervical_scans_get_no_lumbar_names_from_the_lumbar_model(scan, shared_data, tmp_path):
+    assert main(["predict", str(shared_data / scan), "--out", str(tmp_path), "--device", "cpu"]) == 0
+    assert list(csv.DictReader((tmp_path / "points.csv").open())) == []
+    assert not np.asarray(nib.load(tmp_path / "mask.nii.gz").dataobj).any()

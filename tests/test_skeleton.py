@@ -1,0 +1,257 @@
+"""Naming candidates with the mean spine skeleton (Azad 2021 §3.3, generalised).
+
+Synthetic lumbar-like spines: vertebrae and discs alternate every ~17 mm along a lordotic
+curve (the middle lies anterior of the ends), seen under random similarity transforms with
+~1 mm annotation noise. Candidates are placed on a slice resampled to 0.8 mm pixels.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from napari_ivd.anatomy import structure
+from napari_ivd.models.decode import Candidate
+from napari_ivd.skeleton import SkeletonPrior, hypothesis_cost, search
+
+LUMBAR = (
+    "T11", "T11-T12", "T12", "T12-L1", "L1", "L1-L2", "L2",
+    "L2-L3", "L3", "L3-L4", "L4", "L4-L5", "L5", "L5-S1",
+)  # fmt: skip
+STEP_MM = 17.0
+SPACING_MM = 0.8
+
+
+def _spine_mm(
+    rng: np.random.Generator,
+    rotation_deg: float = 0.0,
+    scale: float = 1.0,
+    noise_mm: float = 1.0,
+    labels: tuple[str, ...] = LUMBAR,
+) -> dict[str, tuple[float, float]]:
+    """A lumbar-like spine in mm (row down, col posterior) under a similarity transform."""
+    k = np.array([LUMBAR.index(name) for name in labels], dtype=float)
+    arc_mm = k * STEP_MM * rng.uniform(0.95, 1.05)
+    half_mm = (len(LUMBAR) - 1) * STEP_MM / 2
+    lordosis_mm = 18.0 * rng.uniform(0.8, 1.2)
+    row = arc_mm - half_mm
+    col = lordosis_mm * (row / half_mm) ** 2  # ends posterior, middle (L1-L2) anterior
+    z = (row + 1j * col) * scale * np.exp(1j * math.radians(rotation_deg))
+    z = z + complex(rng.uniform(-10, 10), rng.uniform(-10, 10))
+    z = z + rng.normal(0, noise_mm, z.shape) + 1j * rng.normal(0, noise_mm, z.shape)
+    return {name: (float(p.real), float(p.imag)) for name, p in zip(labels, z, strict=True)}
+
+
+@pytest.fixture(scope="module")
+def prior() -> SkeletonPrior:
+    rng = np.random.default_rng(2021)
+    shapes = []
+    for i in range(16):
+        shape = _spine_mm(rng, rotation_deg=rng.uniform(-10, 10), scale=rng.uniform(0.9, 1.1))
+        if i % 4 == 1:  # field of view ends above the sacrum
+            shape = {name: rc for name, rc in shape.items() if LUMBAR.index(name) < 10}
+        elif i % 4 == 2:  # field of view starts at L1
+            shape = {name: rc for name, rc in shape.items() if LUMBAR.index(name) >= 4}
+        shapes.append(shape)
+    return SkeletonPrior.fit(shapes)
+
+
+def _patient(seed: int = 5, rotation_deg: float = 3.0, scale: float = 1.0) -> dict[str, tuple[float, float]]:
+    """A new spine placed on a 0.8 mm slice: label -> (row, col) in input pixels."""
+    points_mm = _spine_mm(np.random.default_rng(seed), rotation_deg=rotation_deg, scale=scale)
+    return {name: ((r + 160.0) / SPACING_MM, (c + 100.0) / SPACING_MM) for name, (r, c) in points_mm.items()}
+
+
+def _candidates(points_px: dict[str, tuple[float, float]], seed: int = 0) -> list[Candidate]:
+    rng = np.random.default_rng(seed)
+    return [Candidate(name, r, c, float(rng.uniform(0.55, 0.95))) for name, (r, c) in points_px.items()]
+
+
+def _named_rows(named: dict[str, Candidate]) -> list[float]:
+    return [c.row for c in named.values()]
+
+
+def test_prior_learns_a_lordotic_lumbar_skeleton_from_partial_training_spines(prior):
+    assert prior.labels == LUMBAR
+    assert prior.counts[0] == 12 and prior.counts[-1] == 12 and prior.counts[6] == 16  # partial FOVs
+    mean = np.asarray(prior.mean_steps)
+    steps = np.hypot(*np.diff(mean, axis=0).T)
+    np.testing.assert_allclose(steps.mean(), 1.0)  # normalised: one step between neighbours
+    assert np.all(np.diff(mean[:, 0]) > 0)  # cranio-caudal = down the rows
+    assert mean[6, 1] < min(mean[0, 1], mean[-1, 1]) - 0.5  # lordosis: middle anterior of ends
+    assert 15.5 < prior.step_mm < 18.5
+    assert all(0.02 < s < 0.15 for s in prior.spread_steps)  # ~1 mm noise over a 17 mm step
+
+
+def test_clean_detections_of_every_level_are_all_named(prior):
+    truth = _patient()
+    named = search(_candidates(truth), prior, spacing_mm=SPACING_MM)
+    assert list(named) == list(LUMBAR)
+    assert all(named[name].row == truth[name][0] for name in LUMBAR)
+
+
+def test_a_missed_disc_stays_absent_and_the_other_levels_are_right(prior):
+    truth = _patient(seed=11)
+    candidates = [c for c in _candidates(truth) if c.label != "L3-L4"]
+    # The L3-L4 channel only fires weakly, far behind the spine (a facet joint, say).
+    l3_l4_row, l3_l4_col = truth["L3-L4"]
+    candidates.append(Candidate("L3-L4", l3_l4_row, l3_l4_col + 45 / SPACING_MM, 0.3))
+
+    named = search(candidates, prior, spacing_mm=SPACING_MM)
+
+    assert "L3-L4" not in named
+    assert list(named) == [name for name in LUMBAR if name != "L3-L4"]
+    assert all(named[name].row == truth[name][0] for name in named)
+
+
+def test_a_confident_false_detection_off_the_skeleton_loses_to_the_true_one(prior):
+    truth = _patient(seed=12)
+    candidates = _candidates(truth)
+    row, col = truth["L4"]
+    decoy = Candidate("L4", row + 4 / SPACING_MM, col - 30 / SPACING_MM, 0.99)  # in the abdomen
+    candidates.append(decoy)
+
+    named = search(candidates, prior, spacing_mm=SPACING_MM)
+
+    assert list(named) == list(LUMBAR)
+    assert named["L4"] != decoy and named["L4"].col == col
+
+
+def test_a_field_of_view_starting_at_L2_names_nothing_above_it(prior):
+    truth = _patient(seed=13)
+    visible = {name: rc for name, rc in truth.items() if LUMBAR.index(name) >= LUMBAR.index("L2")}
+    candidates = _candidates(visible)
+    # The upper channels fire on what they can see: T11 and T12-L1 weakly on lower levels,
+    # L1 and L1-L2 on the cut-off top edge of the image, a few mm above L2.
+    candidates += [
+        Candidate("T11", *truth["L3"], 0.2),
+        Candidate("T12-L1", *truth["L4-L5"], 0.25),
+        Candidate("L1", truth["L2"][0] - 6 / SPACING_MM, truth["L2"][1], 0.3),
+        Candidate("L1-L2", truth["L2"][0] - 3 / SPACING_MM, truth["L2"][1] + 2, 0.25),
+    ]
+
+    named = search(candidates, prior, spacing_mm=SPACING_MM)
+
+    assert list(named) == list(visible)  # starts at L2: no T11 ... L1-L2 invented
+    assert all(named[name].row == visible[name][0] for name in named)
+
+
+def test_a_candidate_above_its_cranial_neighbour_is_rejected(prior):
+    truth = _patient(seed=14)
+    candidates = [c for c in _candidates(truth) if c.label != "L3"]
+    # L3's only (confident) detection sits above the L2-L3 disc: out of order.
+    candidates.append(Candidate("L3", truth["L2-L3"][0] - 2 / SPACING_MM, truth["L2-L3"][1], 0.95))
+
+    named = search(candidates, prior, spacing_mm=SPACING_MM)
+
+    assert "L3" not in named
+    assert named["L2-L3"].row == truth["L2-L3"][0]
+    assert _named_rows(named) == sorted(_named_rows(named)) and len(set(_named_rows(named))) == len(named)
+
+
+def test_two_detections_named_upside_down_are_not_both_accepted(prior):
+    # Two points fit any similarity exactly (a 180° turn included), so only the cranio-caudal
+    # order can tell that L4-L5 cannot lie 16 mm above L4.
+    l4 = Candidate("L4", 100.0, 50.0, 0.9)
+    l4_l5 = Candidate("L4-L5", 80.0, 50.0, 0.8)
+
+    named = search([l4, l4_l5], prior, spacing_mm=SPACING_MM)
+
+    assert named == {"L4": l4}  # the surer one alone
+    assert hypothesis_cost({"L4": l4, "L4-L5": l4_l5}, [l4, l4_l5], prior, SPACING_MM) == math.inf
+
+
+def test_a_rotated_smaller_spine_is_named_as_well_as_an_upright_one(prior):
+    truth = _patient(seed=15, rotation_deg=15.0, scale=0.8)
+    candidates = _candidates(truth)
+    row, col = truth["L1"]
+    decoy = Candidate("L1", row + 3 / SPACING_MM, col + 25 / SPACING_MM, 0.97)
+    candidates.append(decoy)
+
+    named = search(candidates, prior, spacing_mm=SPACING_MM)
+
+    assert list(named) == list(LUMBAR)
+    assert named["L1"] != decoy
+
+
+def test_cost_does_not_change_when_the_whole_picture_is_rotated_or_scaled_without_size_prior(prior):
+    truth = _patient(seed=16)
+    centre = np.mean([complex(r, c) for r, c in truth.values()])
+    transform = 0.8 * np.exp(1j * math.radians(15))
+    moved = {}
+    for name, (r, c) in truth.items():
+        z = (complex(r, c) - centre) * transform + centre
+        moved[name] = (z.real, z.imag)
+    original, rotated = _candidates(truth), _candidates(moved)
+
+    cost = hypothesis_cost({c.label: c for c in original}, original, prior, spacing_mm=SPACING_MM, scale_log_sd=None)
+    cost_moved = hypothesis_cost(
+        {c.label: c for c in rotated}, rotated, prior, spacing_mm=SPACING_MM, scale_log_sd=None
+    )
+
+    assert cost == pytest.approx(cost_moved, rel=1e-9)
+
+
+def test_network_naming_one_level_low_with_weaker_scores_does_not_shift_the_result(prior):
+    truth = _patient(seed=17)
+    candidates = _candidates(truth)
+    # Every channel also fires, less surely, on the structure of its kind one level lower.
+    for upper, lower in itertools.pairwise(LUMBAR[::2]):
+        candidates.append(Candidate(upper, *truth[lower], 0.4))
+    for upper, lower in itertools.pairwise(LUMBAR[1::2]):
+        candidates.append(Candidate(upper, *truth[lower], 0.4))
+
+    named = search(candidates, prior, spacing_mm=SPACING_MM)
+
+    assert list(named) == list(LUMBAR)
+    assert all(named[name].row == truth[name][0] for name in LUMBAR)
+
+
+def test_beam_search_finds_the_exhaustive_optimum_on_a_small_problem(prior):
+    rng = np.random.default_rng(18)
+    truth = _patient(seed=18)
+    labels = LUMBAR[6:12]
+    candidates = []
+    for name in labels:
+        r, c = truth[name]
+        candidates.append(Candidate(name, r, c, float(rng.uniform(0.3, 0.9))))
+        for _ in range(2):  # decoys near and far
+            dr, dc = rng.normal(0, 12 / SPACING_MM, 2)
+            candidates.append(Candidate(name, r + dr, c + dc, float(rng.uniform(0.2, 0.99))))
+    by_label = {name: [c for c in candidates if c.label == name] for name in labels}
+
+    best_cost, best = math.inf, {}
+    for picks in itertools.product(*[[None, *by_label[name]] for name in labels]):
+        chosen = {name: c for name, c in zip(labels, picks, strict=True) if c is not None}
+        cost = hypothesis_cost(chosen, candidates, prior, spacing_mm=SPACING_MM)
+        if cost < best_cost:
+            best_cost, best = cost, chosen
+
+    named = search(candidates, prior, spacing_mm=SPACING_MM, beam_width=50)
+
+    assert named == best
+    assert hypothesis_cost(named, candidates, prior, spacing_mm=SPACING_MM) == pytest.approx(best_cost)
+
+
+def test_no_candidates_or_unknown_labels_name_nothing(prior):
+    assert search([], prior) == {}
+    assert search([Candidate("C5", 10.0, 10.0, 0.9)], prior) == {}
+
+
+def test_prior_survives_a_json_round_trip_through_a_model_card(prior):
+    card = json.loads(json.dumps({"skeleton": prior.to_dict()}))
+    restored = SkeletonPrior.from_dict(card["skeleton"])
+    assert restored == prior
+    assert restored.labels == LUMBAR and all(structure(name).name == name for name in restored.labels)
+
+
+def test_prior_from_a_card_with_unknown_keys_or_version_is_refused(prior):
+    data = prior.to_dict()
+    with pytest.raises(ValueError, match="unknown keys"):
+        SkeletonPrior.from_dict({**data, "typo": 1})
+    with pytest.raises(ValueError, match="format_version"):
+        SkeletonPrior.from_dict({**data, "format_version": 99})

@@ -1,0 +1,302 @@
+"""Training cases and sagittal training samples: geometry of targets, visibility, loss masks."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_ivd.anatomy import structure
+from napari_ivd.io import Volume, VolumeGeometry
+from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases
+from napari_ivd.training.data import SampleConfig, SliceDataset, normalize_volume, resample_slice
+
+# --- a PSR phantom: Gaussian blobs at known keypoints, ellipsoid bodies in TSS values ---------
+# File axes: i -> Posterior (0.7 mm), j -> Superior (0.9 mm), k -> Right (3 mm).
+SHAPE = (48, 90, 9)
+SPACING_AP, SPACING_SI, SPACING_LR = 0.7, 0.9, 3.0
+OUT_SPACING_MM = 1.2
+# name -> (mm below the top voxel centre, mm behind the front voxel centre, file k index)
+PHANTOM_POINTS = {
+    "L1": (18.3, 14.2, 4.0),
+    "L1-L2": (29.1, 15.1, 4.0),
+    "L2": (40.2, 16.3, 4.0),
+    "L2-L3": (51.4, 17.0, 0.0),  # annotated 12 mm off the mid-sagittal slab: never visible
+    "L3": (62.5, 18.4, 4.0),
+}
+BODY_SEMI_AXES_MM = (6.0, 8.0, 12.0)  # S-I, A-P, L-R
+BLOB_SIGMA_MM = 2.5
+
+
+def _phantom_case() -> LabelledCase:
+    affine = np.array(
+        [
+            [0.0, 0.0, SPACING_LR, -30.0],
+            [-SPACING_AP, 0.0, 0.0, 10.0],
+            [0.0, SPACING_SI, 0.0, 20.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ]
+    )
+    assert nib.aff2axcodes(affine) == ("P", "S", "R")
+    i, j, k = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in SHAPE), indexing="ij")
+    ap_mm, si_mm, lr_mm = i * SPACING_AP, (SHAPE[1] - 1 - j) * SPACING_SI, k * SPACING_LR
+    image = np.zeros(SHAPE)
+    mask = np.zeros(SHAPE, dtype=np.uint8)
+    keypoints_vox = {}
+    for name, (si0, ap0, k0) in PHANTOM_POINTS.items():
+        s = structure(name)
+        height = 1.0 if s.is_vertebra else 0.7
+        d2 = (si_mm - si0) ** 2 + (ap_mm - ap0) ** 2
+        image += height * np.exp(-d2 / (2 * BLOB_SIGMA_MM**2)) * np.exp(-((lr_mm - 4 * SPACING_LR) ** 2) / 128.0)
+        keypoints_vox[name] = np.array([ap0 / SPACING_AP, SHAPE[1] - 1 - si0 / SPACING_SI, k0])
+        if s.is_vertebra:
+            a_si, a_ap, a_lr = BODY_SEMI_AXES_MM
+            inside = ((si_mm - si0) / a_si) ** 2 + ((ap_mm - ap0) / a_ap) ** 2 + ((lr_mm - k0 * SPACING_LR) / a_lr) ** 2
+            mask[inside <= 1] = s.tss_value
+    volume = Volume((1000 * image).astype(np.float32), VolumeGeometry(affine, SHAPE), Path("phantom.nii.gz"))
+    return LabelledCase("phantom/psr", "T2w", volume, keypoints_vox, mask, frozenset({"vertebra"}))
+
+
+@pytest.fixture(scope="module")
+def phantom() -> LabelledCase:
+    return _phantom_case()
+
+
+def _expected_px(name: str, origin_px: np.ndarray) -> np.ndarray:
+    """Keypoint in input pixels computed from mm, independently of SagittalView."""
+    si_mm, ap_mm, _ = PHANTOM_POINTS[name]
+    return np.array([si_mm, ap_mm]) / OUT_SPACING_MM - origin_px
+
+
+def _to_output_px(points_px: np.ndarray) -> np.ndarray:
+    return (np.asarray(points_px) + 0.5) / 2 - 0.5  # output pixel y is centred on input 2y + 0.5
+
+
+def _blob_centre_px(image: np.ndarray, near_px: np.ndarray, radius_px: int = 3) -> np.ndarray:
+    r0, c0 = np.round(near_px).astype(int)
+    window = image[r0 - radius_px : r0 + radius_px + 1, c0 - radius_px : c0 + radius_px + 1]
+    assert window.shape == (2 * radius_px + 1,) * 2, "blob too close to the crop edge for this check"
+    weights = window - window.min()
+    rows, cols = np.mgrid[-radius_px : radius_px + 1, -radius_px : radius_px + 1]
+    return np.array([r0 + (weights * rows).sum() / weights.sum(), c0 + (weights * cols).sum() / weights.sum()])
+
+
+def _phantom_sample(case: LabelledCase, index: int = 0, **cfg_overrides) -> tuple[SampleConfig, dict]:
+    defaults = {"spacing_mm": OUT_SPACING_MM, "crop": (64, 32), "augment": False, "lateral_fraction": 0.0}
+    cfg = SampleConfig(**{**defaults, **cfg_overrides})
+    dataset = SliceDataset([case], cfg, samples_per_epoch=8, seed=3)
+    return cfg, {k: v.numpy() for k, v in dataset[index].items()}
+
+
+def test_resampled_slice_puts_pixel_centres_at_index_times_spacing():
+    rows_vox, cols_vox = np.mgrid[0:40, 0:30].astype(np.float64)
+    ramp = 2.0 * rows_vox * 0.9 + 3.0 * cols_vox * 0.7  # a linear function of position in mm
+    out = resample_slice(ramp, (0.9, 0.7), 1.2)
+    assert out.shape == (int(39 * 0.9 / 1.2) + 1, int(29 * 0.7 / 1.2) + 1) == (30, 17)
+    r_px, c_px = np.mgrid[0 : out.shape[0], 0 : out.shape[1]]
+    np.testing.assert_allclose(out, 2.0 * r_px * 1.2 + 3.0 * c_px * 1.2, atol=1e-3)
+
+
+def test_normalized_volume_spans_zero_to_one_and_constant_scan_is_safe():
+    rng = np.random.default_rng(0)
+    scan = rng.normal(300.0, 50.0, size=(20, 20, 20))
+    scan[0, 0, 0] = 1e6  # one hot voxel must not squash the contrast
+    out = normalize_volume(scan)
+    assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
+    assert 0.4 < float(np.median(out)) < 0.6
+    assert not normalize_volume(np.full((4, 4, 4), 7, dtype=np.int16)).any()
+
+
+def test_heatmap_peak_and_offsets_land_on_projected_keypoint_in_psr_phantom(phantom):
+    cfg, sample = _phantom_sample(phantom)
+    origin_px = sample["origin_px"]
+    assert sample["image"].shape == (1, 64, 32) and sample["heatmap"].shape == (cfg.n_labels, 32, 16)
+    slice_col_px = np.arange(32) + origin_px[1]  # the resampled slice is 28 pixels wide
+    assert np.any(slice_col_px < 0) or np.any(slice_col_px > 27)
+    assert not sample["image"][0][:, (slice_col_px < 0) | (slice_col_px > 27)].any(), "padding must be zeros"
+    for name in ("L1", "L1-L2", "L2", "L3"):
+        k = cfg.labels.index(name)
+        expected_px = _expected_px(name, origin_px)
+        assert sample["visible"][k] == 1.0
+        np.testing.assert_allclose(sample["keypoints"][k], expected_px, atol=1e-3)
+        peak_out = np.array(np.unravel_index(np.argmax(sample["heatmap"][k]), sample["heatmap"][k].shape))
+        assert np.all(np.abs(peak_out - _to_output_px(expected_px)) <= 0.5 + 1e-4), name
+        assert sample["heatmap"][k].max() > 0.9
+        y, x = peak_out
+        pointed_at = peak_out + sample["offset"][2 * k : 2 * k + 2, y, x]
+        assert sample["offset_mask"][k, y, x] == 1.0
+        np.testing.assert_allclose(pointed_at, _to_output_px(expected_px), atol=1e-4)
+        # the image itself shows the blob where the target says
+        np.testing.assert_allclose(_blob_centre_px(sample["image"][0], expected_px), expected_px, atol=0.5)
+
+
+def test_visibility_needs_annotation_crop_and_slab(phantom):
+    cfg, sample = _phantom_sample(phantom)
+    visible = dict(zip(cfg.labels, sample["visible"], strict=True))
+    assert {n for n, v in visible.items() if v} == {"L1", "L1-L2", "L2", "L3"}  # L2-L3 is 12 mm lateral
+    assert np.isnan(sample["keypoints"][cfg.labels.index("L2-L3")]).all()
+    hidden = [k for k, v in enumerate(sample["visible"]) if not v]
+    assert not sample["heatmap"][hidden].any() and not sample["offset_mask"][hidden].any()
+
+    cfg, small = _phantom_sample(phantom, crop=(32, 32))
+    outside = 0
+    for name in ("L1", "L1-L2", "L2", "L3"):
+        k = cfg.labels.index(name)
+        expected_px = _expected_px(name, small["origin_px"])
+        in_crop = bool(np.all((expected_px >= 0) & (expected_px <= 31)))
+        outside += not in_crop
+        assert small["visible"][k] == float(in_crop), name
+        assert np.isnan(small["keypoints"][k]).all() != in_crop
+    assert outside >= 1, "a 38 mm crop cannot hold a 44 mm spine"
+
+
+def test_seg_valid_excludes_unannotated_kinds_and_rows_beyond_the_labelled_levels(phantom):
+    cfg, sample = _phantom_sample(phantom)
+    seg, seg_valid = sample["seg"], sample["seg_valid"]
+    assert not seg_valid[1].any() and not seg[1].any(), "the phantom annotates no disc masks"
+    row_mm = (np.arange(64) + sample["origin_px"][0]) * OUT_SPACING_MM
+    top_mm = PHANTOM_POINTS["L1"][0] - BODY_SEMI_AXES_MM[0] - 5.0
+    bottom_mm = PHANTOM_POINTS["L3"][0] + BODY_SEMI_AXES_MM[0] + 5.0
+    inside_band = (row_mm > top_mm + 1.0) & (row_mm < bottom_mm - 1.0)
+    outside_band = (row_mm < top_mm - 1.0) | (row_mm > bottom_mm + 1.0)
+    assert inside_band.any() and outside_band.any()
+    assert np.all(seg_valid[0][inside_band] == 1) and not seg_valid[0][outside_band].any()
+    for name in ("L1", "L2", "L3"):
+        r, c = np.round(sample["keypoints"][cfg.labels.index(name)]).astype(int)
+        assert seg[0, r, c] == 1.0
+    disc_row = round(float(sample["keypoints"][cfg.labels.index("L1-L2")][0]))
+    assert not seg[0, disc_row, :].any(), "the gap between bodies is no body"
+
+
+def test_augmented_samples_keep_heatmap_keypoint_and_image_in_register(phantom):
+    cfg = SampleConfig(spacing_mm=OUT_SPACING_MM, crop=(64, 32), augment=True, noise_std_range=(0.0, 0.0))
+    dataset = SliceDataset([phantom], cfg, samples_per_epoch=6, seed=11)
+    l1, l2 = cfg.labels.index("L1"), cfg.labels.index("L2")
+    distances_px = []
+    checked = 0
+    for index in range(len(dataset)):
+        sample = {k: v.numpy() for k, v in dataset[index].items()}
+        keypoints_px = sample["keypoints"]
+        for k in np.flatnonzero(sample["visible"]):
+            peak_out = np.array(np.unravel_index(np.argmax(sample["heatmap"][k]), sample["heatmap"][k].shape))
+            assert np.all(np.abs(peak_out - _to_output_px(keypoints_px[k])) <= 0.5 + 1e-4)
+            if np.all((keypoints_px[k] >= 4) & (keypoints_px[k] <= np.array(cfg.crop) - 5)):
+                centre_px = _blob_centre_px(sample["image"][0], keypoints_px[k])
+                np.testing.assert_allclose(centre_px, keypoints_px[k], atol=0.75)
+                checked += 1
+        if sample["visible"][l1] and sample["visible"][l2]:
+            distances_px.append(float(np.linalg.norm(keypoints_px[l1] - keypoints_px[l2])))
+    assert checked >= 6
+    assert np.ptp(distances_px) > 0.5, "scale augmentation should change the L1-L2 distance"
+
+
+def test_dataset_is_deterministic_per_seed_and_index(phantom):
+    cfg = SampleConfig(spacing_mm=OUT_SPACING_MM, crop=(64, 32))
+    a = SliceDataset([phantom], cfg, samples_per_epoch=4, seed=5)[2]
+    b = SliceDataset([phantom], cfg, samples_per_epoch=4, seed=5)[2]
+    c = SliceDataset([phantom], cfg, samples_per_epoch=4, seed=6)[2]
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy(), equal_nan=True) for k in a)
+    assert not np.array_equal(a["image"].numpy(), c["image"].numpy())
+
+
+def test_sample_config_round_trips_through_json():
+    cfg = SampleConfig(labels=("l4", "L4/L5", "L5"), crop=(128, 96), augment=False)
+    restored = SampleConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert restored == cfg and restored.labels == ("L4", "L4-L5", "L5")
+    with pytest.raises(ValueError, match="unknown SampleConfig keys"):
+        SampleConfig.from_dict({**cfg.to_dict(), "sigma": 3})
+    with pytest.raises(ValueError, match="multiples of 8"):
+        SampleConfig(crop=(100, 96))
+
+
+# --- the real lumbar data ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lumbar_cases(shared_data) -> dict[str, LabelledCase]:
+    return {c.name: c for c in load_lumbar_cases(shared_data / "lumbar")}
+
+
+def test_lumbar_loader_finds_thirty_cases_with_manifest_contrasts(lumbar_cases):
+    assert len(lumbar_cases) == 30
+    by_set = Counter((name.split("/")[0], c.contrast) for name, c in lumbar_cases.items())
+    assert by_set == {("IVD", "T2w"): 2, ("VB1", "T1w"): 1, ("VB2", "T2w"): 7, ("VB3", "water"): 20}
+
+
+def test_vb2_case07_has_named_bodies_and_derived_discs_between_neighbours(lumbar_cases, shared_data):
+    case = lumbar_cases["VB2/case-07"]
+    vertebrae = ["T11", "T12", "L1", "L2", "L3", "L4", "L5"]
+    discs = ["T11-T12", "T12-L1", "L1-L2", "L2-L3", "L3-L4", "L4-L5"]
+    assert set(vertebrae + discs) <= set(case.keypoints_vox)
+    assert case.mask_kinds == frozenset({"vertebra"})
+    info = json.loads((shared_data / "lumbar/VB2/case-07/info.json").read_text())
+    for name, centroid_vox in info["vb_centroids_vox"].items():
+        np.testing.assert_allclose(case.keypoints_vox[name], centroid_vox, atol=0.01)
+    row = {n: case.volume.view.vox_to_display(p)[0, 1] for n, p in case.keypoints_vox.items()}  # S-I display row
+    for disc in discs:
+        s = structure(disc)
+        assert row[s.upper] < row[disc] < row[s.lower], disc
+
+
+def test_ivd_case11_has_expert_disc_points_inside_its_disc_mask(lumbar_cases):
+    case = lumbar_cases["IVD/case-11"]
+    discs = ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
+    assert sorted(case.keypoints_vox, key=lambda n: structure(n).order) == discs
+    assert case.mask_tss is not None and case.mask_kinds == frozenset({"disc"})
+    for name in discs:
+        i, j, k = np.round(case.keypoints_vox[name]).astype(int)
+        assert case.mask_tss[i, j, k] == structure(name).tss_value, name
+
+
+def test_vb1_bodies_without_level_names_serve_segmentation_only(lumbar_cases):
+    case = lumbar_cases["VB1/case-02"]
+    assert case.contrast == "T1w" and not case.keypoints_vox and case.mask_tss is None
+    assert case.mask_kind_only is not None and set(np.unique(case.mask_kind_only)) == {0, 1}
+    assert case.mask_kinds == frozenset({"vertebra"})
+
+
+def test_split_is_deterministic_stratified_and_order_independent(lumbar_cases):
+    cases = list(lumbar_cases.values())
+    train, dev = split_cases(cases, dev_fraction=0.2, seed=0)
+    train_again, dev_again = split_cases(cases[::-1], dev_fraction=0.2, seed=0)
+    assert {c.name for c in dev} == {c.name for c in dev_again}
+    assert {c.name for c in train} == {c.name for c in train_again}
+    assert {c.name for c in train} | {c.name for c in dev} == set(lumbar_cases)
+    assert not {c.name for c in train} & {c.name for c in dev}
+    dev_contrasts = Counter(c.contrast for c in dev)
+    assert dev_contrasts == {"T2w": 2, "water": 4}  # 20 % of 9 and 20; the single T1w case stays in train
+    other_seed = {c.name for c in split_cases(cases, dev_fraction=0.2, seed=1)[1]}
+    assert other_seed != {c.name for c in dev}
+
+
+def test_disc_only_case_never_teaches_vertebrae_as_background(lumbar_cases):
+    case = lumbar_cases["IVD/case-11"]
+    cfg = SampleConfig()
+    dataset = SliceDataset([case], cfg, samples_per_epoch=3, seed=0)
+    for index in range(len(dataset)):
+        sample = {k: v.numpy() for k, v in dataset[index].items()}
+        assert not sample["seg_valid"][0].any() and not sample["seg"][0].any()
+        assert sample["seg_valid"][1].any()
+        visible = {cfg.labels[k] for k in np.flatnonzero(sample["visible"])}
+        assert visible and visible <= {"L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"}
+        for k in np.flatnonzero(sample["visible"]):
+            r, c = np.round(sample["keypoints"][k]).astype(int)
+            assert sample["seg"][1, r - 1 : r + 2, c - 1 : c + 2].any(), cfg.labels[k]
+
+
+def test_far_lateral_slices_teach_absent_keypoints_but_keep_masks(phantom):
+    cfg = SampleConfig(spacing_mm=OUT_SPACING_MM, crop=(64, 32), augment=False, negative_lr_mm=3.5)
+    dataset = SliceDataset([phantom], cfg, samples_per_epoch=1, seed=0)
+    mid_slice = round(np.mean([p[0] for p in dataset._cases[0].keypoints_display if np.isfinite(p[0])]))
+    far_slice = int(dataset._cases[0].lateral_slices.max())
+    assert abs(far_slice - mid_slice) * dataset._cases[0].spacing_mm[0] > cfg.negative_lr_mm
+    near = {k: v.numpy() for k, v in dataset.sample(0, mid_slice, np.random.default_rng(0)).items()}
+    far = {k: v.numpy() for k, v in dataset.sample(0, far_slice, np.random.default_rng(0)).items()}
+    k = cfg.labels.index("L2")
+    assert near["visible"][k] == 1.0 and near["heatmap"][k].max() > 0.9
+    assert far["visible"][k] == 1.0 and far["heatmap"][k].max() == 0.0  # taught: not on this slice
+    assert far["seg_valid"][0].any()  # the vertebral-body mask is still learnt out there
