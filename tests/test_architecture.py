@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 CORE_MODULES = [
     "napari_ivd.anatomy",
+    "napari_ivd.corrections",
     "napari_ivd.errors",
     "napari_ivd.io",
     "napari_ivd.layer_data",
@@ -23,6 +24,7 @@ CORE_MODULES = [
     "napari_ivd.skeleton",
     "napari_ivd.store",
     "napari_ivd.training.engine",
+    "napari_ivd.worklist",
 ]
 
 

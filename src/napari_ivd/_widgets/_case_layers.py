@@ -1,0 +1,250 @@
+"""The napari layers of the case being annotated: scan, mask, vertebrae, discs.
+
+Layers hold display-grid coordinates; everything that leaves this module (points, mask)
+is on the image file's own grid, through the case's :class:`SagittalView`, so the core
+never sees display coordinates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import napari
+import numpy as np
+
+from napari_ivd import anatomy
+from napari_ivd.corrections import Points
+from napari_ivd.io import Volume
+from napari_ivd.io.annotations import LabelledPoint
+from napari_ivd.layer_data import (
+    POINTS_SLAB_MM,
+    LayerDataTuple,
+    image_layer_data,
+    labels_layer_data,
+    points_layer_data,
+)
+
+log = logging.getLogger(__name__)
+
+KINDS = ("vertebra", "disc")
+FEATURES = ("kind", "level", "score")
+
+
+def _unwrap(obj: Any) -> Any:
+    """The object behind napari's plugin proxy (``PublicOnlyProxy``), or the object itself."""
+    return getattr(obj, "__wrapped__", obj)
+
+
+def kwargs_limits(image: LayerDataTuple) -> tuple[float, float]:
+    """The contrast limits of an Image layer tuple."""
+    low, high = image[1]["contrast_limits"]
+    return float(low), float(high)
+
+
+def prepare_labels(mask_tss: np.ndarray | None, volume: Volume) -> LayerDataTuple:
+    """The Labels layer tuple of a mask (file grid; None: empty), contiguous and writable for painting.
+
+    Pure numpy: call it in a worker so the GUI thread only adds the layer.
+    """
+    mask = mask_tss if mask_tss is not None else np.zeros(volume.geometry.shape, np.uint8)
+    data, kwargs, kind = labels_layer_data(np.asarray(mask, np.uint8), volume)
+    return np.ascontiguousarray(data), kwargs, kind
+
+
+class CaseLayers:
+    """Adds a case's layers to a viewer and converts between them and file-grid points/masks.
+
+    ``updating`` is true while this class itself rewrites the layers, so listeners can
+    tell the user's edits from programmatic ones.
+    """
+
+    def __init__(
+        self,
+        viewer: napari.Viewer,
+        case_id: str,
+        volume: Volume,
+        points: Sequence[LabelledPoint] = (),
+        image: LayerDataTuple | None = None,
+        labels: LayerDataTuple | None = None,
+    ) -> None:
+        """Add the case's layers; ``image``/``labels`` are layer tuples prepared off the GUI thread.
+
+        Without them they are computed here (an empty mask when ``labels`` is None).
+        """
+        self.viewer, self.case_id, self.volume = viewer, case_id, volume
+        self.view = volume.view
+        self.updating = False
+        data, kwargs, _ = image or image_layer_data(volume)
+        self.image = viewer.add_image(data, **{**kwargs, "name": case_id})
+        data, kwargs, _ = labels or prepare_labels(None, volume)
+        self.labels = viewer.add_labels(data, **{**kwargs, "name": f"{case_id} mask"})
+        self.points_layers: dict[str, napari.layers.Points] = {}
+        for kind in KINDS:
+            data, kwargs, _ = points_layer_data(points, volume, kind)
+            kwargs["name"] = f"{case_id} {anatomy.KIND_PLURAL[kind]}"
+            self.points_layers[kind] = viewer.add_points(data, **kwargs)
+        self._frame()
+
+    def _frame(self) -> None:
+        self.viewer.dims.axis_labels = self.image.axis_labels
+        self.viewer.dims.margin_left = self.viewer.dims.margin_right = (POINTS_SLAB_MM, 0.0, 0.0)
+        self.centre_on_points()
+        self.viewer.reset_view()
+
+    def intact(self) -> bool:
+        """True while every layer of the case is still in the viewer (the user may delete one)."""
+        return all(layer in self.viewer.layers for layer in self.layers)
+
+    def load(
+        self,
+        case_id: str,
+        volume: Volume,
+        points: Sequence[LabelledPoint],
+        image: LayerDataTuple,
+        labels: LayerDataTuple,
+    ) -> None:
+        """Show another case in the same layers.
+
+        Much faster than removing and adding layers: napari runs a full garbage collection
+        per removed layer and builds new visuals per added one (about 1.5 s per case).
+        """
+        self.case_id, self.volume, self.view = case_id, volume, volume.view
+        with self._updating():
+            for layer, (data, kwargs, _), name in (
+                (self.image, image, case_id),
+                (self.labels, labels, f"{case_id} mask"),
+            ):
+                layer.data = data
+                layer.scale, layer.metadata, layer.name = kwargs["scale"], kwargs["metadata"], name
+            self.image.reset_contrast_limits_range()
+            self.image.contrast_limits = kwargs_limits(image)
+            for kind, layer in self.points_layers.items():
+                _, kwargs, _ = points_layer_data((), volume, kind)
+                layer.scale, layer.metadata = kwargs["scale"], kwargs["metadata"]
+                layer.name = f"{case_id} {anatomy.KIND_PLURAL[kind]}"
+        self.set_points(points)
+        self._frame()
+
+    # ------------------------------------------------------------------ layers
+    @property
+    def layers(self) -> list[Any]:
+        """Every layer of the case, bottom first."""
+        return [self.image, self.labels, *self.points_layers.values()]
+
+    def remove(self) -> None:
+        """Take the case's layers out of the viewer."""
+        for layer in self.layers:
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+
+    def kind_of(self, layer: Any) -> str | None:
+        """``"vertebra"``/``"disc"`` for the case's points layers, else None.
+
+        A plugin widget sees napari's layers through proxies while event sources are the
+        layers themselves, so both sides are unwrapped before comparing.
+        """
+        target = _unwrap(layer)
+        return next((k for k, lay in self.points_layers.items() if _unwrap(lay) is target), None)
+
+    @contextmanager
+    def _updating(self) -> Any:
+        was, self.updating = self.updating, True
+        try:
+            yield
+        finally:
+            self.updating = was
+
+    def centre_on_points(self) -> None:
+        """Show the sagittal slice through the middle of the points (or the middle of the scan)."""
+        coords = [lay.data[:, 0] for lay in self.points_layers.values() if len(lay.data)]
+        middle = float(np.median(np.concatenate(coords))) if coords else (self.image.data.shape[0] - 1) / 2
+        self.viewer.dims.set_point(0, middle * self.image.scale[0])
+
+    # ------------------------------------------------------------------ points
+    def layer_points(self, kind: str) -> list[LabelledPoint]:
+        """Points of one layer, in layer order, on the file grid."""
+        layer = self.points_layers[kind]
+        if not len(layer.data):
+            return []
+        ijk_vox = self.view.display_to_vox(layer.data)
+        levels, scores = layer.features["level"], layer.features["score"]
+        return [
+            LabelledPoint(str(level), tuple(float(v) for v in ijk), float(score))  # type: ignore[arg-type]
+            for level, score, ijk in zip(levels, scores, ijk_vox, strict=True)
+        ]
+
+    def points(self) -> Points:
+        """Every point (vertebrae then discs, each in layer order), on the file grid."""
+        return tuple(p for kind in KINDS for p in self.layer_points(kind))
+
+    def global_index(self, kind: str, index: int) -> int:
+        """Index in :meth:`points` of point ``index`` of the ``kind`` layer."""
+        offset = 0 if kind == KINDS[0] else len(self.points_layers[KINDS[0]].data)
+        return offset + index
+
+    def set_points(self, points: Sequence[LabelledPoint], select: Sequence[int] = ()) -> None:
+        """Show ``points`` (file grid) in the two layers; ``select`` = indices into ``points`` to select."""
+        with self._updating():
+            for kind in KINDS:
+                layer = self.points_layers[kind]
+                data, kwargs, _ = points_layer_data(points, self.volume, kind)
+                layer.selected_data = set()
+                layer.data = data
+                layer.features = kwargs["features"]
+                self._apply_style(layer, kwargs)
+        for kind in KINDS:
+            wanted = [i for i in select if points[i].kind == kind]
+            if wanted:
+                order = [i for i, p in enumerate(points) if p.kind == kind]
+                self.points_layers[kind].selected_data = {order.index(i) for i in wanted}
+
+    def restyle(self, kind: str) -> None:
+        """Recolour a points layer from its features (level colours, low-score borders)."""
+        layer = self.points_layers[kind]
+        _, kwargs, _ = points_layer_data(self.layer_points(kind), self.volume, kind)
+        with self._updating():
+            self._apply_style(layer, kwargs)
+            layer.text.refresh(layer.features)
+
+    @staticmethod
+    def _apply_style(layer: Any, kwargs: dict[str, Any]) -> None:
+        if not len(layer.data):
+            return
+        layer.face_color = kwargs["face_color"]
+        layer.border_color = kwargs["border_color"]
+        layer.border_width = kwargs["border_width"]
+
+    def set_features(self, kind: str, index: int, **values: Any) -> None:
+        """Change features (``level``, ``score``) of one point and recolour its layer."""
+        layer = self.points_layers[kind]
+        columns = {c: list(layer.features[c]) if c in layer.features else [None] * len(layer.data) for c in FEATURES}
+        columns["kind"][index] = kind
+        for column, value in values.items():
+            columns[column][index] = value
+        with self._updating():
+            layer.features = {
+                "kind": columns["kind"],
+                "level": columns["level"],
+                "score": np.asarray(columns["score"], float),
+            }
+        self.restyle(kind)
+
+    def selected(self) -> tuple[str | None, list[int]]:
+        """The active points layer's kind and its selected indices (layer order)."""
+        kind = self.kind_of(self.viewer.layers.selection.active)
+        if kind is None:
+            return None, []
+        return kind, sorted(self.points_layers[kind].selected_data)
+
+    # ------------------------------------------------------------------ mask
+    def mask_tss(self) -> np.ndarray:
+        """The Labels layer's mask on the file grid (a copy, uint8 TotalSpineSeg values)."""
+        return np.ascontiguousarray(self.view.to_file(np.asarray(self.labels.data)), dtype=np.uint8)
+
+    def set_mask(self, labels: LayerDataTuple) -> None:
+        """Replace the mask with a tuple from :func:`prepare_labels`."""
+        with self._updating():
+            self.labels.data = labels[0]

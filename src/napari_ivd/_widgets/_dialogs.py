@@ -1,0 +1,63 @@
+"""The questions the annotator asks the user, in one replaceable object.
+
+Every modal dialog goes through :class:`Dialogs`, so tests (and scripted sessions) swap in
+an object with the same methods that answers without a window: ``widget.dialogs = Fake()``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from qtpy.QtWidgets import QFileDialog, QMessageBox, QWidget
+
+UnsavedAnswer = Literal["save", "discard", "cancel"]
+
+
+class Dialogs:
+    """Qt dialogs parented to the annotator widget."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        self.parent = parent
+
+    def ask_unsaved(self, case_id: str, action: str) -> UnsavedAnswer:
+        """Case ``case_id`` has unsaved edits and the user asked to ``action``: save, discard or cancel?"""
+        box = QMessageBox(self.parent)
+        box.setIcon(QMessageBox.Icon.Warning)
+        box.setWindowTitle("Unsaved correction")
+        box.setText(f"{case_id} has unsaved changes.")
+        box.setInformativeText(f"Save them as a new revision before you {action}?")
+        box.setStandardButtons(
+            QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.Cancel
+        )
+        box.setDefaultButton(QMessageBox.StandardButton.Save)
+        answer = box.exec()
+        if answer == QMessageBox.StandardButton.Save:
+            return "save"
+        if answer == QMessageBox.StandardButton.Discard:
+            return "discard"
+        return "cancel"
+
+    def choose_store(self) -> Path | None:
+        """An existing annotation store folder (``*.zarr``), or None."""
+        path = QFileDialog.getExistingDirectory(self.parent, "Open annotation store (a .zarr folder)")
+        return Path(path) if path else None
+
+    def choose_image_folder(self) -> Path | None:
+        """A folder of scans (searched recursively; BIDS datasets included), or None."""
+        path = QFileDialog.getExistingDirectory(self.parent, "Folder of scans to annotate")
+        return Path(path) if path else None
+
+    def choose_new_store(self, suggestion: Path) -> Path | None:
+        """Where to create (or extend) a store; ``suggestion`` is pre-filled."""
+        path, _ = QFileDialog.getSaveFileName(
+            self.parent, "Create annotation store", str(suggestion), "Annotation store (*.zarr)"
+        )
+        if not path:
+            return None
+        return Path(path) if path.endswith(".zarr") else Path(path + ".zarr")
+
+    def choose_model_folder(self) -> Path | None:
+        """A model folder (``card.json`` + ``weights.safetensors``), or None."""
+        path = QFileDialog.getExistingDirectory(self.parent, "Model folder (card.json + weights.safetensors)")
+        return Path(path) if path else None

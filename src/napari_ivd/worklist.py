@@ -1,0 +1,349 @@
+"""What an annotator works through: images found in a folder, a store's cases, the next case, a prediction.
+
+The annotation widget gathers clicks and shows results; everything it runs is here, as
+plain functions and generators (no Qt, no napari) that the widget drives in a worker
+thread and tests drive with a ``for`` loop. Generators yield small progress records and
+return their result, so a worker can show progress and stop between steps.
+
+Example
+-------
+>>> images = find_images(Path("bids_dataset"))           # skips masks, labels, derivatives
+>>> report = run_steps(import_images(store, images))      # or drive it in a worker
+>>> next_case(store.case_ids(), statuses, current=None)   # the first case not verified yet
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from napari_ivd.errors import IvdError
+from napari_ivd.inference import (
+    Prediction,
+    PredictProgress,
+    find_model_dir,
+    iter_predict,
+    prediction_points,
+    resolve_device,
+)
+from napari_ivd.io import Volume
+from napari_ivd.io.annotations import LabelledPoint
+from napari_ivd.io.nifti import is_nifti_path
+from napari_ivd.layer_data import METADATA_KEY, view_from_metadata
+from napari_ivd.models import load_checkpoint
+from napari_ivd.store import AnnotationStore, ProposalInfo, import_case
+from napari_ivd.store.schema import check_case_id
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PREDICT_STEPS",
+    "ImportReport",
+    "ModelCache",
+    "OpenedCase",
+    "StepProgress",
+    "bundled_models",
+    "call_steps",
+    "case_ids_for",
+    "find_images",
+    "import_images",
+    "next_case",
+    "open_case_steps",
+    "predict_case_steps",
+    "predict_steps",
+    "run_steps",
+    "volume_from_display",
+]
+
+T = TypeVar("T")
+
+#: File names (lower case) that hold annotations, not scans: masks, labels, segmentations.
+_NOT_AN_IMAGE = re.compile(r"(mask|label|seg|disc|levels?|heatmap|centroid|pred)", re.IGNORECASE)
+#: Folders whose files are derived annotations (BIDS ``derivatives``) or hidden.
+_SKIPPED_FOLDERS = {"derivatives", "sourcedata"}
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """Progress of a multi-step job: ``step`` of ``total`` done, and what is happening."""
+
+    step: int
+    total: int
+    message: str
+
+
+def run_steps(steps: Generator[Any, None, T]) -> T:
+    """Drive a progress generator to its end on the calling thread and return its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def call_steps(message: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> Generator[StepProgress, None, T]:
+    """One call as a one-step progress generator, so a short store write runs like any other job."""
+    yield StepProgress(0, 1, message)
+    return func(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------- folders of images
+def find_images(folder: Path) -> list[Path]:
+    """NIfTI scans under ``folder`` (recursively), sorted; masks, labels and BIDS derivatives skipped.
+
+    A dataset folder mixes scans with their annotations (``mask_tss.nii.gz``,
+    ``discs_*.nii.gz``, ``*_seg.nii.gz``, ``derivatives/labels/...``); only the scans become
+    cases.
+
+    Raises
+    ------
+    IvdError
+        ``folder`` is not a folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise IvdError(f"{folder}: not a folder; choose the folder that holds the scans")
+    found = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if not path.is_file() or not is_nifti_path(path):
+            continue
+        if any(part.lower() in _SKIPPED_FOLDERS or part.startswith(".") for part in rel.parts[:-1]):
+            continue
+        if _NOT_AN_IMAGE.search(_stem(path)):
+            continue
+        found.append(path)
+    return found
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _clean_id(text: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("._-")
+    return cleaned[-128:].lstrip("._-") or "case"
+
+
+def case_ids_for(images: Sequence[Path], root: Path) -> dict[Path, str]:
+    """A unique, store-safe case id per image: its file name, with as many parent folders as needed.
+
+    ``sub-01/anat/sub-01_T2w.nii.gz`` -> ``sub-01_T2w``; ``VB2/case-07/image.nii.gz`` next
+    to ``VB2/case-12/image.nii.gz`` -> ``case-07_image`` and ``case-12_image``.
+    """
+    parts = {p: [*Path(p).relative_to(root).parent.parts, _stem(p)] for p in images}
+    parts = {p: [x for x in v if x.lower() != "anat"] for p, v in parts.items()}
+    depth = dict.fromkeys(images, 1)
+    while True:
+        ids = {p: _clean_id("_".join(parts[p][-depth[p] :])) for p in images}
+        counts: dict[str, int] = {}
+        for case_id in ids.values():
+            counts[case_id] = counts.get(case_id, 0) + 1
+        clashing = [p for p in images if counts[ids[p]] > 1 and depth[p] < len(parts[p])]
+        if not clashing:
+            break
+        for p in clashing:
+            depth[p] += 1
+    for p, case_id in ids.items():
+        check_case_id(case_id)
+        if counts[case_id] > 1:
+            ids[p] = f"{case_id}-{images.index(p) + 1}"
+    return ids
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What :func:`import_images` did: cases added and files refused, with the reason."""
+
+    added: tuple[str, ...] = ()
+    failed: tuple[tuple[Path, str], ...] = field(default_factory=tuple)
+
+
+def import_images(
+    store: AnnotationStore, images: Sequence[Path], root: Path | None = None
+) -> Generator[StepProgress, None, ImportReport]:
+    """Import each image as a case (image only), yielding progress; a bad file is reported, not fatal.
+
+    Images already in the store (same voxels) are kept as they are, so importing a folder
+    again only adds what is new.
+    """
+    root = Path(root) if root is not None else Path(images[0]).parent if images else Path()
+    ids = case_ids_for(list(images), root)
+    added: list[str] = []
+    failed: list[tuple[Path, str]] = []
+    for n, path in enumerate(images):
+        yield StepProgress(n, len(images), f"importing {path.name}")
+        try:
+            info = import_case(store, path, case_id=ids[path])
+        except IvdError as exc:
+            log.warning("not imported: %s", exc)
+            failed.append((path, str(exc)))
+            continue
+        added.append(info.case_id)
+    yield StepProgress(len(images), len(images), f"imported {len(added)} of {len(images)} images")
+    return ImportReport(tuple(added), tuple(failed))
+
+
+# ---------------------------------------------------------------------- cases
+def next_case(case_ids: Sequence[str], statuses: Mapping[str, str], current: str | None) -> str | None:
+    """The next case after ``current`` that is not verified yet (wrapping around), or None when all are."""
+    if not case_ids:
+        return None
+    start = case_ids.index(current) + 1 if current in case_ids else 0
+    for offset in range(len(case_ids)):
+        case_id = case_ids[(start + offset) % len(case_ids)]
+        if case_id != current and statuses.get(case_id) != "verified":
+            return case_id
+    return None
+
+
+@dataclass(frozen=True, eq=False)
+class OpenedCase:
+    """A case ready to annotate: its image and what to show first.
+
+    ``points``/``mask_tss`` come from the head revision, else from the latest model
+    proposal, else are empty. ``revision`` is the head revision (the parent of the next
+    save); ``origin`` says where the shown annotation came from: ``"manual"`` (a
+    revision), ``"model:<name>"`` (a proposal) or None (nothing yet).
+    """
+
+    case_id: str
+    volume: Volume
+    points: tuple[LabelledPoint, ...]
+    mask_tss: np.ndarray | None
+    revision: str | None
+    origin: str | None
+    status: str
+
+
+def open_case_steps(store: AnnotationStore, case_id: str) -> Generator[StepProgress, None, OpenedCase]:
+    """Read a case's image and its head revision (or latest proposal), yielding progress."""
+    yield StepProgress(0, 2, f"reading {case_id}")
+    info = store.case(case_id)
+    volume = store.read_image(case_id)
+    yield StepProgress(1, 2, f"loading the annotation of {case_id}")
+    if info.head is not None:
+        ann = store.load(case_id)
+        origin: str | None = "manual"
+        if ann.info is not None and getattr(ann.info, "source", "manual").startswith("model:"):
+            origin = ann.info.source  # type: ignore[union-attr]
+        return OpenedCase(case_id, volume, ann.points, ann.mask_tss, info.head, origin, info.status)
+    if info.n_proposals:
+        ann = store.load_proposal(case_id)
+        model = getattr(ann.info, "model", "model")
+        return OpenedCase(case_id, volume, ann.points, ann.mask_tss, None, f"model:{model}", info.status)
+    return OpenedCase(case_id, volume, (), None, None, None, info.status)
+
+
+def volume_from_display(data: np.ndarray, metadata: Mapping[str, Any], name: str = "layer") -> Volume:
+    """The scan behind a napari-ivd Image layer (display-grid data + metadata), on its file grid.
+
+    Raises
+    ------
+    GeometryError
+        The layer was not opened with napari-ivd (no geometry in its metadata).
+    """
+    view = view_from_metadata(dict(metadata), name)
+    source = Path(metadata[METADATA_KEY].get("source") or name)
+    return Volume(np.ascontiguousarray(view.to_file(np.asarray(data))), view.file, source)
+
+
+# ---------------------------------------------------------------------- models and prediction
+def bundled_models() -> list[str]:
+    """Names of the models shipped with napari-ivd (folders with a ``card.json``)."""
+    from napari_ivd.inference import BUNDLED_MODELS_DIR
+
+    return sorted(p.parent.name for p in BUNDLED_MODELS_DIR.glob("*/card.json"))
+
+
+class ModelCache:
+    """Loaded models kept between predictions, so the next case does not reload the weights.
+
+    Keyed by folder, device and the files' modification times (a retrained model in the
+    same folder is reloaded). Safe to use from one worker thread at a time.
+    """
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self._models: dict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model: str | Path | None, device: str) -> tuple[Any, dict[str, Any], str]:
+        """The model, its card and the resolved device name; loads it on first use.
+
+        Raises
+        ------
+        CheckpointError
+            Not a model folder nor a bundled model name, or a damaged checkpoint.
+        """
+        model_dir = find_model_dir(model).resolve()
+        torch_device = resolve_device(device)
+        stamps = tuple(f.stat().st_mtime_ns for f in sorted(model_dir.glob("*")) if f.is_file())
+        key = (str(model_dir), str(torch_device), stamps)
+        with self._lock:
+            if key not in self._models:
+                log.info("loading model %s on %s", model_dir, torch_device)
+                loaded = load_checkpoint(model_dir, device=torch_device)
+                self._models[key] = loaded
+                while len(self._models) > self.size:
+                    self._models.pop(next(iter(self._models)))
+            net, card = self._models[key]
+        return net, card, str(torch_device)
+
+
+_DEFAULT_CACHE = ModelCache()
+
+
+def predict_steps(
+    volume: Volume,
+    model: str | Path | None = None,
+    device: str = "auto",
+    cache: ModelCache | None = None,
+) -> Generator[PredictProgress, None, Prediction]:
+    """Load (or reuse) a model and predict one volume, yielding progress; returns the :class:`Prediction`.
+
+    Five reports: the model is ready, then the four of
+    :func:`napari_ivd.inference.iter_predict`, so a worker can stop between any two.
+
+    Raises
+    ------
+    CheckpointError
+        The model cannot be loaded.
+    """
+    net, card, where = (cache or _DEFAULT_CACHE).get(model, device)
+    yield PredictProgress(0, 3, f"model {card.get('name', '?')} ready on {where}")
+    return (yield from iter_predict(volume, net, card, device=where))
+
+
+def predict_case_steps(
+    store: AnnotationStore,
+    case_id: str,
+    volume: Volume,
+    model: str | Path | None = None,
+    device: str = "auto",
+    cache: ModelCache | None = None,
+) -> Generator[PredictProgress, None, tuple[Prediction, ProposalInfo]]:
+    """Predict a case and keep the result in the store as a proposal (the case becomes ``proposed``).
+
+    Keeping every proposal means switching case after a prediction loses nothing, and
+    the history shows what the model said before the annotator corrected it.
+    """
+    prediction = yield from predict_steps(volume, model, device, cache)
+    yield PredictProgress(3, 3, f"keeping the proposal of {len(prediction.structures)} structures")
+    proposal = store.add_proposal(case_id, prediction.model, prediction_points(prediction), prediction.mask_tss)
+    return prediction, proposal
+
+
+#: Number of reports :func:`predict_case_steps` yields (for progress bars).
+PREDICT_STEPS = 6
