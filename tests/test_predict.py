@@ -14,7 +14,7 @@ from napari_ivd import anatomy
 from napari_ivd._cli_predict import unique_names
 from napari_ivd.cli import main
 from napari_ivd.errors import CheckpointError
-from napari_ivd.inference import find_model_dir
+from napari_ivd.inference import BUNDLED_MODELS_DIR, find_model_dir
 from napari_ivd.models import read_card
 
 CASE = "lumbar/VB2/case-07"  # stored I, P, R; 381 x 381 x 77; vertebrae T11-L5 annotated
@@ -101,3 +101,11 @@ def test_cervical_scans_get_no_lumbar_names_from_the_lumbar_model(scan, shared_d
     assert main(["predict", str(shared_data / scan), "--out", str(tmp_path), "--device", "cpu"]) == 0
     assert list(csv.DictReader((tmp_path / "points.csv").open())) == []
     assert not np.asarray(nib.load(tmp_path / "mask.nii.gz").dataobj).any()
+
+
+def test_default_model_is_the_bundled_one_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    (tmp_path / "ivdnet-lumbar").mkdir()
+    (tmp_path / "ivdnet-lumbar" / "card.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert find_model_dir() == BUNDLED_MODELS_DIR / "ivdnet-lumbar"
+    assert find_model_dir("ivdnet-lumbar") == Path("ivdnet-lumbar")  # an explicit path wins

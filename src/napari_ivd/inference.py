@@ -417,20 +417,24 @@ DEFAULT_MODEL = "ivdnet-lumbar"
 def find_model_dir(name_or_path: str | Path | None = None) -> Path:
     """A model folder (``card.json`` + ``weights.safetensors``): a path, or a bundled model's name.
 
+    ``None`` means the bundled starter model, whatever the working directory holds.
+
     Raises
     ------
     CheckpointError
         Neither a model folder nor the name of a bundled model; the message lists those.
     """
-    candidate = Path(name_or_path or DEFAULT_MODEL)
+    if name_or_path is None:  # the default is always the bundled model, never a folder of that name here
+        name_or_path = BUNDLED_MODELS_DIR / DEFAULT_MODEL
+    candidate = Path(name_or_path)
     if (candidate / "card.json").is_file():
         return candidate
     bundled = BUNDLED_MODELS_DIR / candidate.name
-    if (name_or_path is None or not candidate.exists()) and (bundled / "card.json").is_file():
+    if not candidate.exists() and (bundled / "card.json").is_file():
         return bundled
     names = sorted(p.parent.name for p in BUNDLED_MODELS_DIR.glob("*/card.json"))
     raise CheckpointError(
-        f"model {str(name_or_path or DEFAULT_MODEL)!r}: not a model folder (no card.json) and not a bundled model; "
+        f"model {str(name_or_path)!r}: not a model folder (no card.json) and not a bundled model; "
         f"bundled: {', '.join(names) or 'none'}"
     )
 
