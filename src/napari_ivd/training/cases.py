@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ivd.anatomy import from_sct_disc, from_tss, structure
-from napari_ivd.errors import GeometryMismatchError, UnknownLevelError, UnreadableFileError, UnsupportedScanError
+from napari_ivd.anatomy import TSS_CANAL, from_tss, structure, tss_names
+from napari_ivd.errors import UnreadableFileError, UnsupportedScanError
 from napari_ivd.io import Volume, read_volume
+from napari_ivd.io.annotations import points_from_tss_mask, read_sct_discs, read_tss_mask
 
 log = logging.getLogger(__name__)
 
@@ -108,55 +109,10 @@ class LabelledCase:
         return self.mask_tss is not None or self.mask_kind_only is not None
 
 
-def _read_label_file(path: Path, image: Volume) -> np.ndarray:
-    """Read a label image that must share the image's grid; returns its array."""
-    labels = read_volume(path)
-    if labels.geometry != image.geometry:
-        raise GeometryMismatchError(
-            f"{path}: its voxel grid (shape {labels.geometry.shape}) differs from the image {image.path} "
-            f"(shape {image.geometry.shape}); the labels must be on the image's grid"
-        )
-    return np.asarray(labels.array)
-
-
-def _value_centroids_vox(labels: np.ndarray) -> dict[int, np.ndarray]:
-    """Centroid (fractional voxel index, (3,)) of every non-zero value of a label image."""
-    flat = np.flatnonzero(labels)
-    if flat.size == 0:
-        return {}
-    values = labels.ravel()[flat].astype(np.int64)
-    counts = np.bincount(values)
-    coords = np.unravel_index(flat, labels.shape)
-    sums = np.stack([np.bincount(values, weights=c, minlength=counts.size) for c in coords], axis=1)
-    present = np.flatnonzero(counts)
-    return {int(v): sums[v] / counts[v] for v in present}
-
-
-def _tss_keypoints_and_kinds(mask_tss: np.ndarray, where: str) -> tuple[dict[str, np.ndarray], frozenset[str]]:
-    """Vertebra centroids of a TotalSpineSeg mask, and the kinds of structure it holds."""
-    keypoints: dict[str, np.ndarray] = {}
-    kinds: set[str] = set()
-    for value, centroid_vox in _value_centroids_vox(mask_tss).items():
-        try:
-            s = from_tss(value)
-        except UnknownLevelError:
-            log.debug("%s: TotalSpineSeg value %d is no vertebra or disc; ignored for keypoints", where, value)
-            continue
-        kinds.add(s.kind)
-        if s.is_vertebra:
-            keypoints[s.name] = centroid_vox
-    return keypoints, frozenset(kinds)
-
-
-def _sct_disc_keypoints(discs: np.ndarray, where: str) -> dict[str, np.ndarray]:
-    """Disc keypoints from an SCT disc-point image (one voxel per disc, value = vertebra below)."""
-    keypoints: dict[str, np.ndarray] = {}
-    for value in np.unique(discs[discs > 0]):
-        ijk_vox = np.argwhere(discs == value)
-        if len(ijk_vox) > 1:
-            log.warning("%s: SCT disc value %d marks %d voxels; using their mean", where, value, len(ijk_vox))
-        keypoints[from_sct_disc(int(value)).name] = ijk_vox.mean(axis=0).astype(np.float64)
-    return keypoints
+def _mask_kinds(mask_tss: np.ndarray) -> frozenset[str]:
+    """The kinds of structure (vertebra, disc) a TotalSpineSeg mask holds."""
+    names = tss_names()
+    return frozenset(from_tss(int(v)).kind for v in np.unique(mask_tss) if int(v) in names and v > TSS_CANAL)
 
 
 def load_lumbar_case(case_dir: Path) -> LabelledCase:
@@ -200,16 +156,20 @@ def load_lumbar_case(case_dir: Path) -> LabelledCase:
     mask_tss: np.ndarray | None = None
     mask_kind_only: np.ndarray | None = None
     mask_kinds: frozenset[str] = frozenset()
+    geometry = volume.geometry
     if (case_dir / _MASK_TSS_FILE).is_file():
-        mask_tss = _read_label_file(case_dir / _MASK_TSS_FILE, volume)
-        keypoints_vox, mask_kinds = _tss_keypoints_and_kinds(mask_tss, name)
+        mask_tss = read_tss_mask(case_dir / _MASK_TSS_FILE, geometry)
+        mask_kinds = _mask_kinds(mask_tss)
+        points = points_from_tss_mask(mask_tss, kinds=("vertebra",))
+        keypoints_vox = {p.level: np.asarray(p.ijk_vox) for p in points}
     elif (case_dir / _UNNAMED_BODY_MASK_FILE).is_file():
-        mask_kind_only = (_read_label_file(case_dir / _UNNAMED_BODY_MASK_FILE, volume) > 0).astype(np.uint8)
+        mask_kind_only = (read_tss_mask(case_dir / _UNNAMED_BODY_MASK_FILE, geometry) > 0).astype(np.uint8)
         mask_kinds = frozenset({"vertebra"})
     for disc_file in _DISC_FILES:
         if (case_dir / disc_file).is_file():
-            discs = _read_label_file(case_dir / disc_file, volume)
-            keypoints_vox.update(_sct_disc_keypoints(discs, name))
+            keypoints_vox.update(
+                {p.level: np.asarray(p.ijk_vox) for p in read_sct_discs(case_dir / disc_file, geometry)}
+            )
             break
 
     log.debug("loaded %s: keypoints %s, mask kinds %s", name, sorted(keypoints_vox), sorted(mask_kinds))
