@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_ivd.errors import IvdError
+from napari_ivd.io.volume import nifti_stem
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +22,7 @@ def unique_names(paths: list[Path]) -> list[str]:
     ``VB2_case-07_image`` and ``VB3_case-07_image``.
     """
 
-    def parts(p: Path) -> list[str]:
-        name = p.name
-        for suffix in (".nii.gz", ".nii"):
-            name = name.removesuffix(suffix)
-        return [*p.resolve().parent.parts[1:], name]
-
-    all_parts = [parts(p) for p in paths]
+    all_parts = [[*p.resolve().parent.parts[1:], nifti_stem(p)] for p in paths]
     for n in range(1, max(len(a) for a in all_parts) + 1):
         names = ["_".join(a[-n:]) for a in all_parts]
         if len(set(names)) == len(names):

@@ -432,11 +432,15 @@ def find_model_dir(name_or_path: str | Path | None = None) -> Path:
     bundled = BUNDLED_MODELS_DIR / candidate.name
     if not candidate.exists() and (bundled / "card.json").is_file():
         return bundled
-    names = sorted(p.parent.name for p in BUNDLED_MODELS_DIR.glob("*/card.json"))
     raise CheckpointError(
         f"model {str(name_or_path)!r}: not a model folder (no card.json) and not a bundled model; "
-        f"bundled: {', '.join(names) or 'none'}"
+        f"bundled: {', '.join(bundled_model_names()) or 'none'}"
     )
+
+
+def bundled_model_names() -> list[str]:
+    """Names of the models shipped with napari-ivd (folders with a ``card.json``)."""
+    return sorted(p.parent.name for p in BUNDLED_MODELS_DIR.glob("*/card.json"))
 
 
 def prediction_points(prediction: Prediction) -> list[LabelledPoint]:

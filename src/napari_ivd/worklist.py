@@ -36,6 +36,7 @@ from napari_ivd.inference import (
 from napari_ivd.io import Volume
 from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.io.nifti import is_nifti_path
+from napari_ivd.io.volume import nifti_stem
 from napari_ivd.layer_data import METADATA_KEY, view_from_metadata
 from napari_ivd.models import load_checkpoint
 from napari_ivd.store import AnnotationStore, ProposalInfo, import_case
@@ -49,7 +50,6 @@ __all__ = [
     "ModelCache",
     "OpenedCase",
     "StepProgress",
-    "bundled_models",
     "call_steps",
     "case_ids_for",
     "find_images",
@@ -117,18 +117,10 @@ def find_images(folder: Path) -> list[Path]:
             continue
         if any(part.lower() in _SKIPPED_FOLDERS or part.startswith(".") for part in rel.parts[:-1]):
             continue
-        if _NOT_AN_IMAGE.search(_stem(path)):
+        if _NOT_AN_IMAGE.search(nifti_stem(path)):
             continue
         found.append(path)
     return found
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def _clean_id(text: str) -> str:
@@ -142,7 +134,7 @@ def case_ids_for(images: Sequence[Path], root: Path) -> dict[Path, str]:
     ``sub-01/anat/sub-01_T2w.nii.gz`` -> ``sub-01_T2w``; ``VB2/case-07/image.nii.gz`` next
     to ``VB2/case-12/image.nii.gz`` -> ``case-07_image`` and ``case-12_image``.
     """
-    parts = {p: [*Path(p).relative_to(root).parent.parts, _stem(p)] for p in images}
+    parts = {p: [*Path(p).relative_to(root).parent.parts, nifti_stem(p)] for p in images}
     parts = {p: [x for x in v if x.lower() != "anat"] for p, v in parts.items()}
     depth = dict.fromkeys(images, 1)
     while True:
@@ -260,13 +252,6 @@ def volume_from_display(data: np.ndarray, metadata: Mapping[str, Any], name: str
 
 
 # ---------------------------------------------------------------------- models and prediction
-def bundled_models() -> list[str]:
-    """Names of the models shipped with napari-ivd (folders with a ``card.json``)."""
-    from napari_ivd.inference import BUNDLED_MODELS_DIR
-
-    return sorted(p.parent.name for p in BUNDLED_MODELS_DIR.glob("*/card.json"))
-
-
 class ModelCache:
     """Loaded models kept between predictions, so the next case does not reload the weights.
 

@@ -41,7 +41,7 @@ from napari_ivd._widgets._jobs import notify_error, start_job
 from napari_ivd._widgets._point_tools import PointTools
 from napari_ivd._widgets._store_actions import StoreActions
 from napari_ivd.errors import IvdError
-from napari_ivd.inference import prediction_points
+from napari_ivd.inference import bundled_model_names, prediction_points
 from napari_ivd.layer_data import image_layer_data
 from napari_ivd.store import AnnotationStore
 
@@ -123,7 +123,7 @@ class AnnotatorWidget(StoreActions, QWidget):
         self.table.case_chosen.connect(self.open_case)
 
         self.model_box = QComboBox()
-        for name in worklist.bundled_models():
+        for name in bundled_model_names():
             self.model_box.addItem(name, name)
         self.model_box.addItem(BROWSE, None)
         self.model_box.activated.connect(self._model_chosen)

@@ -15,11 +15,9 @@ from nibabel.spatialimages import HeaderDataError
 
 from napari_ivd.errors import GeometryError, UnreadableFileError
 from napari_ivd.io.geometry import VolumeGeometry
-from napari_ivd.io.volume import Volume, checked_volume
+from napari_ivd.io.volume import NIFTI_SUFFIXES, Volume, checked_volume
 
 log = logging.getLogger(__name__)
-
-NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 
 # What nibabel, gzip and numpy raise for truncated, corrupt or mislabelled files.
 _DECODE_ERRORS = (ImageFileError, HeaderDataError, gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError)

@@ -12,6 +12,17 @@ from numpy.typing import ArrayLike
 from napari_ivd.errors import IvdWarning, UnsupportedScanError
 from napari_ivd.io.geometry import SagittalView, VolumeGeometry
 
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+
+
+def nifti_stem(path: str | Path) -> str:
+    """File name without a ``.nii``/``.nii.gz`` suffix (any case): the name layers and cases take."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
 
 @dataclass(frozen=True, eq=False)
 class Volume:
@@ -38,12 +49,8 @@ class Volume:
 
     @property
     def name(self) -> str:
-        """File name without NIfTI/DICOM suffixes, for layer names and case ids."""
-        name = self.path.name
-        for suffix in (".nii.gz", ".nii"):
-            if name.endswith(suffix):
-                return name[: -len(suffix)]
-        return name
+        """File name without NIfTI suffixes, for layer names and case ids."""
+        return nifti_stem(self.path)
 
 
 def checked_volume(array: ArrayLike, affine: ArrayLike, path: Path) -> Volume:
