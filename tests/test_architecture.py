@@ -12,6 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 CORE_MODULES = [
+    "napari_ivd.active",
     "napari_ivd.anatomy",
     "napari_ivd.corrections",
     "napari_ivd.errors",

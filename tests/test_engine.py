@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from napari_ivd.inference import predict
 from napari_ivd.models import load_checkpoint
@@ -36,3 +37,24 @@ def test_a_short_training_run_yields_progress_and_saves_a_loadable_model(shared_
     assert json.loads((tmp_path / "model" / "card.json").read_text())["skeleton"]["labels"][0] == "T11"
     prediction = predict(dev[0].volume, model, loaded)  # the saved card drives inference as is
     assert prediction.mask_tss.shape == dev[0].volume.geometry.shape
+
+
+@pytest.mark.slow
+def test_out_of_memory_halves_the_batch_and_training_goes_on(shared_data, tmp_path, monkeypatch):
+    from napari_ivd.models.ivdnet import IvdNet
+
+    real_forward = IvdNet.forward
+    failures = []
+
+    def forward_short_of_memory(self, x, *args, **kwargs):
+        if self.training and x.shape[0] > 2:
+            failures.append(x.shape[0])
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(IvdNet, "forward", forward_short_of_memory)
+    case = load_lumbar_case(shared_data / "lumbar/VB3/case-01")
+    cfg = TrainConfig(batch_size=4, samples_per_epoch=4, max_epochs=2, device="cpu", minutes=5)
+    reports = list(fit(cfg, SampleConfig(crop=(128, 128)), [case], [], tmp_path / "model"))
+    assert failures == [4]
+    assert [r.batch_size for r in reports] == [2, 2] and reports[-1].step == 2  # no step lost but the failed one

@@ -1,4 +1,11 @@
-"""``napari-ivd train``: fit a model on labelled cases headless, with the viewer's engine."""
+"""``napari-ivd train``: fit a model headless with the viewer's engine.
+
+Two sources of cases: ``--store S`` fine-tunes the store's active model (or ``--model``) on
+its corrected cases and writes a new model version into the store, exactly as the viewer's
+Train button does; ``--lumbar DIR --out DIR`` trains from scratch (or ``--init``) on a
+labelled data folder. Either runs under ``torchrun --nproc_per_node=N`` with
+DistributedDataParallel (gloo on CPU, NCCL on GPUs); only rank 0 prints and writes.
+"""
 
 from __future__ import annotations
 
@@ -8,38 +15,90 @@ import logging
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 
-def run_train(args: argparse.Namespace) -> int:
-    """Train on a labelled lumbar data folder; print progress; save the best model in ``--out``."""
+def _validation_line(validation: dict[str, Any]) -> str:
+    k = validation["keypoints"]
+    error = validation["error_mm"]
+    return (
+        f"val error {'n/a' if error is None else f'{error:.2f} mm'}, "
+        f"disc id {k['disc']['identification']}, vertebra id {k['vertebra']['identification']}"
+    )
+
+
+def _train_from_store(args: argparse.Namespace, main: bool) -> int:
+    from napari_ivd.store import AnnotationStore
+    from napari_ivd.training.finetune import FineTuneConfig, finetune_steps
+    from napari_ivd.worklist import run_steps
+
+    store = AnnotationStore.open(args.store)
+    cfg = FineTuneConfig(
+        minutes=args.minutes if args.minutes is not None else (600.0 if args.epochs else 5.0),
+        epochs=args.epochs,
+        lr=args.lr if args.lr is not None else FineTuneConfig.lr,
+        device=args.device,
+        seed=args.seed,
+    )
+
+    phases: list[str] = []
+
+    def show(report: Any) -> None:  # each phase's first line, then every training report
+        if main and (report.phase == "training" or report.phase not in phases):
+            print(f"[{report.phase}] {report.message}", flush=True)
+        phases.append(report.phase)
+
+    result = run_steps(finetune_steps(store, cfg, parent=args.model, author=args.author), show)
+    if not main:
+        return 0
+    print(f"new model version {result.model.model_id} (parent {result.parent})")
+    print(("ACTIVE: " if result.activated else "not active: ") + result.reason)
+    return 0
+
+
+def _train_from_folder(args: argparse.Namespace, main: bool) -> int:
     from napari_ivd.training.cases import load_lumbar_cases, split_cases
     from napari_ivd.training.data import SampleConfig
     from napari_ivd.training.engine import TrainConfig, fit
+    from napari_ivd.worklist import run_steps
 
+    if args.out is None:
+        print("--lumbar needs --out (the model folder to write)", file=sys.stderr)
+        return 2
     cases = load_lumbar_cases(args.lumbar)
+    if args.contrasts:
+        cases = [c for c in cases if c.contrast in args.contrasts]
+        if not cases:
+            print(f"no case of contrast {', '.join(args.contrasts)} under {args.lumbar}", file=sys.stderr)
+            return 2
     train, dev = split_cases(cases, dev_fraction=args.dev_fraction, seed=args.seed)
-    print(f"training on {len(train)} cases, validating on {len(dev)}: {', '.join(c.name for c in dev)}")
-    cfg = TrainConfig(model=args.model, minutes=args.minutes, device=args.device, seed=args.seed, lr=args.lr)
+    if main:
+        print(f"training on {len(train)} cases, validating on {len(dev)}: {', '.join(c.name for c in dev)}")
+    cfg = TrainConfig(
+        model=args.model or "ivdnet",
+        minutes=args.minutes if args.minutes is not None else (600.0 if args.epochs else 10.0),
+        max_epochs=args.epochs or TrainConfig.max_epochs,
+        device=args.device,
+        seed=args.seed,
+        lr=args.lr if args.lr is not None else TrainConfig.lr,
+    )
     command = "napari-ivd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    steps = fit(cfg, SampleConfig(), train, dev, args.out, init_from=args.init, card_extra={"command": command})
-    card = None
-    while True:
-        try:
-            p = next(steps)
-        except StopIteration as done:
-            card = done.value
-            break
+
+    def show(p: Any) -> None:
+        if not main:
+            return
         minutes = f"{p.elapsed_s / 60:5.1f}/{p.budget_s / 60:.0f} min"
         line = f"epoch {p.epoch:4d}  step {p.step:6d}  {minutes}  loss {p.loss:.4f}"
         if p.validation is not None:
-            k = p.validation["keypoints"]
-            line += (
-                f"  | val error {p.validation['error_mm']:.2f} mm, disc id {k['disc']['identification']}, "
-                f"vertebra id {k['vertebra']['identification']}{'  (saved)' if p.improved else ''}"
-            )
+            line += f"  | {_validation_line(p.validation)}{'  (saved)' if p.improved else ''}"
         print(line, flush=True)
+
+    steps = fit(cfg, SampleConfig(), train, dev, args.out, init_from=args.init, card_extra={"command": command})
+    card = run_steps(steps, show)
+    if not main:
+        return 0
     if card is None:
         print("no validation ran (no dev cases or no time); nothing saved", file=sys.stderr)
         return 2
@@ -48,20 +107,46 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train(args: argparse.Namespace) -> int:
+    """Fine-tune from a store or train on a data folder; under torchrun, inside the process group."""
+    from napari_ivd.training import ddp
+
+    with ddp.process_group(args.device) as ranks:
+        if args.store is not None:
+            return _train_from_store(args, ranks.main)
+        return _train_from_folder(args, ranks.main)
+
+
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Register ``train`` on the main parser."""
     train = sub.add_parser(
         "train",
-        help="train a model on labelled cases (headless)",
-        description="Train on labelled cases, validate on held-out ones, keep the best model folder in --out.",
+        help="fine-tune on a store's corrected cases, or train on a labelled folder (headless)",
+        description=(
+            "--store S: fine-tune the store's active model (or --model) on its corrected and verified cases, "
+            "validate on held-out ones, and add the result to the store as a new model version (active only "
+            "if it validates better than its parent). --lumbar DIR --out DIR: train a model folder on a "
+            "labelled data folder. Runs under `torchrun --nproc_per_node=N` too (gloo on CPU, NCCL on GPUs)."
+        ),
     )
-    train.add_argument("--lumbar", type=Path, required=True, help="a folder laid out like shared/data/lumbar")
-    train.add_argument("--out", type=Path, required=True, help="model folder to write")
-    train.add_argument("--model", default="ivdnet", help="architecture (default: %(default)s)")
-    train.add_argument("--init", type=Path, help="start from this model folder (fine-tuning)")
-    train.add_argument("--minutes", type=float, default=10.0, help="time budget (default: %(default)s)")
-    train.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: %(default)s)")
-    train.add_argument("--dev-fraction", type=float, default=0.2, help="held-out share per contrast")
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--store", help="annotation store (folder or fsspec URL) to fine-tune from and write to")
+    source.add_argument("--lumbar", type=Path, help="a folder laid out like shared/data/lumbar")
+    train.add_argument(
+        "--model",
+        help="--store: parent model (stored id or bundled name; default: the active one); --lumbar: architecture",
+    )
+    train.add_argument("--out", type=Path, help="with --lumbar: model folder to write")
+    train.add_argument("--init", type=Path, help="with --lumbar: start from this model folder")
+    budget = train.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, help="time budget (default: 5 with --store, 10 with --lumbar)")
+    budget.add_argument("--epochs", type=int, help="number of epochs instead of a time budget")
+    train.add_argument("--lr", type=float, help="peak learning rate (default: 5e-4 with --store, 2e-3 with --lumbar)")
+    train.add_argument("--author", help="with --store: recorded in the model card (default: login name)")
+    train.add_argument(
+        "--contrasts", nargs="+", choices=["T1w", "T2w", "water"], help="with --lumbar: only cases of these contrasts"
+    )
+    train.add_argument("--dev-fraction", type=float, default=0.2, help="with --lumbar: held-out share per contrast")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(func=run_train)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from napari_ivd import __version__
 from napari_ivd._cli_predict import add_subcommands as add_predict_subcommands
+from napari_ivd._cli_rank import add_subcommands as add_rank_subcommands
 from napari_ivd._cli_store import add_subcommands as add_store_subcommands
 from napari_ivd._cli_train import add_subcommands as add_train_subcommands
 from napari_ivd.errors import IvdError
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_subcommands(sub)
     add_train_subcommands(sub)
     add_store_subcommands(sub)
+    add_rank_subcommands(sub)
     return parser
 
 

@@ -51,8 +51,16 @@ class StoreLockedError(StoreError):
     """Another process holds the annotation store's writer lock."""
 
 
+class TrainingError(IvdError):
+    """Training cannot start or went wrong: too few labelled cases, a diverging loss."""
+
+
 class CorrectionError(IvdError):
     """A point correction cannot be applied: no neighbours to insert between, a level off the spine, a duplicate."""
+
+
+class RankingError(IvdError):
+    """Cases cannot be ranked for annotation: an unknown strategy, a model that cannot score them."""
 
 
 class IvdWarning(UserWarning):

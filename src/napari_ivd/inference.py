@@ -49,7 +49,8 @@ CONFIDENT_SCORE = 0.5
 LEVEL_REACH = 0.6
 #: Vertebra-to-vertebra (or disc-to-disc) distance assumed when only one is named, in mm.
 TYPICAL_LEVEL_STEP_MM = 33.0
-#: Slices are padded to a multiple of this (three stride-2 steps in IvdNet).
+#: Slices are padded to a multiple of this unless the card's ``input.multiple`` says otherwise
+#: (three stride-2 steps in IvdNet; deeper networks such as hourglasses need more).
 PAD_MULTIPLE = 8
 
 
@@ -121,13 +122,21 @@ def _stack(resampled: np.ndarray, index: int, in_channels: int) -> np.ndarray:
 class _SliceRunner:
     """Runs the network on chosen slices once each and keeps their outputs at full slice size."""
 
-    def __init__(self, model: torch.nn.Module, resampled: np.ndarray, in_channels: int, device: torch.device):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        resampled: np.ndarray,
+        in_channels: int,
+        device: torch.device,
+        multiple: int = PAD_MULTIPLE,
+    ):
         self.model, self.resampled, self.in_channels, self.device = model, resampled, in_channels, device
+        self.multiple = multiple
         self.heatmap: dict[int, np.ndarray] = {}
         self.offset: dict[int, np.ndarray] = {}
         self.seg: dict[int, np.ndarray] = {}
         self.rows, self.cols = resampled.shape[1:]
-        self.padded = (self.rows + (-self.rows) % PAD_MULTIPLE, self.cols + (-self.cols) % PAD_MULTIPLE)
+        self.padded = (self.rows + (-self.rows) % multiple, self.cols + (-self.cols) % multiple)
 
     @torch.inference_mode()
     def run(
@@ -137,7 +146,7 @@ class _SliceRunner:
         seg_only: bool = False,
         batch_size: int = 8,
     ) -> None:
-        """Run slices not run yet; ``window`` (r0, r1, c0, c1), multiples of 8, limits them in-plane.
+        """Run slices not run yet; ``window`` (r0, r1, c0, c1), multiples of ``multiple``, limits them in-plane.
 
         ``seg_only`` skips the keypoint head: such slices get masks but no heatmaps.
         """
@@ -146,7 +155,7 @@ class _SliceRunner:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             stacks = [
-                _pad_to(_stack(self.resampled, i, self.in_channels), PAD_MULTIPLE)[:, r0:r1, c0:c1] for i in chunk
+                _pad_to(_stack(self.resampled, i, self.in_channels), self.multiple)[:, r0:r1, c0:c1] for i in chunk
             ]
             x = torch.from_numpy(np.stack(stacks).astype(np.float32)).to(self.device)
             out = self.model(x, seg_only=True) if seg_only else self.model(x)
@@ -166,14 +175,14 @@ class _SliceRunner:
         return full
 
     def window(self, indices: list[int], margin_px: int = 32) -> tuple[int, int, int, int] | None:
-        """In-plane box (multiples of 8) around every vertebra/disc pixel seen on ``indices``."""
+        """In-plane box (multiples of ``self.multiple``) around every vertebra/disc pixel seen on ``indices``."""
         seen = np.any([self.seg[i].max(axis=0) > 0.5 for i in indices], axis=0)
         if not seen.any():
             return None
         rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
-        r0, c0 = (max(0, (v[0] - margin_px) // PAD_MULTIPLE * PAD_MULTIPLE) for v in (rows, cols))
-        r1 = min(self.padded[0], -(-(rows[-1] + margin_px + 1) // PAD_MULTIPLE) * PAD_MULTIPLE)
-        c1 = min(self.padded[1], -(-(cols[-1] + margin_px + 1) // PAD_MULTIPLE) * PAD_MULTIPLE)
+        r0, c0 = (max(0, (v[0] - margin_px) // self.multiple * self.multiple) for v in (rows, cols))
+        r1 = min(self.padded[0], -(-(rows[-1] + margin_px + 1) // self.multiple) * self.multiple)
+        c1 = min(self.padded[1], -(-(cols[-1] + margin_px + 1) // self.multiple) * self.multiple)
         return int(r0), int(r1), int(c0), int(c1)
 
 
@@ -312,7 +321,8 @@ def iter_predict(
     n_slices = resampled.shape[0]
     step = max(1, round(coarse_step_mm / display_spacing[0]))
     coarse = list(range(step // 2, n_slices, step)) or [n_slices // 2]
-    runner = _SliceRunner(model, resampled, in_channels, device)
+    multiple = int(card["input"].get("multiple", PAD_MULTIPLE))
+    runner = _SliceRunner(model, resampled, in_channels, device, multiple)
 
     yield PredictProgress(0, 3, f"finding the spine on {len(coarse)} sagittal slices")
     t1 = time.perf_counter()

@@ -172,6 +172,12 @@ def summarize_dice(rows: Iterable[dict]) -> dict[str, dict[str, float | None]]:
     return out
 
 
+def mean_structure_dice(summary: dict[str, dict[str, float | None]]) -> float | None:
+    """Mean of the per-structure Dice of every kind :func:`summarize_dice` scored (None: no mask compared)."""
+    values = [v["per_structure"] for v in summary.values() if v.get("per_structure") is not None]
+    return float(np.mean(values)) if values else None
+
+
 def rows_as_dicts(rows: Iterable[KeypointRow]) -> list[dict]:
     """Rows as plain dicts, for JSON reports."""
     return [asdict(r) for r in rows]

@@ -38,6 +38,7 @@ from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.io.nifti import is_nifti_path
 from napari_ivd.io.volume import nifti_stem
 from napari_ivd.layer_data import METADATA_KEY, view_from_metadata
+from napari_ivd.model_versions import model_folder, stored_model
 from napari_ivd.models import load_checkpoint
 from napari_ivd.store import AnnotationStore, ProposalInfo, import_case
 from napari_ivd.store.schema import check_case_id
@@ -79,13 +80,18 @@ class StepProgress:
     message: str
 
 
-def run_steps(steps: Generator[Any, None, T]) -> T:
-    """Drive a progress generator to its end on the calling thread and return its result."""
+def run_steps(steps: Generator[Any, None, T], on_report: Callable[[Any], None] | None = None) -> T:
+    """Drive a progress generator to its end on the calling thread, passing each report to ``on_report``.
+
+    Returns the generator's result (its ``return`` value).
+    """
     while True:
         try:
-            next(steps)
+            report = next(steps)
         except StopIteration as done:
             return done.value
+        if on_report is not None:
+            on_report(report)
 
 
 def call_steps(message: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> Generator[StepProgress, None, T]:
@@ -322,11 +328,14 @@ def predict_case_steps(
     """Predict a case and keep the result in the store as a proposal (the case becomes ``proposed``).
 
     Keeping every proposal means switching case after a prediction loses nothing, and
-    the history shows what the model said before the annotator corrected it.
+    the history shows what the model said before the annotator corrected it. ``model`` may
+    also name a version fine-tuned into the store (see :mod:`napari_ivd.model_versions`).
     """
-    prediction = yield from predict_steps(volume, model, device, cache)
+    prediction = yield from predict_steps(volume, model_folder(store, model), device, cache)
     yield PredictProgress(3, 3, f"keeping the proposal of {len(prediction.structures)} structures")
-    proposal = store.add_proposal(case_id, prediction.model, prediction_points(prediction), prediction.mask_tss)
+    version = stored_model(store, model)  # a fine-tuned version is named by its id, not its architecture
+    by = prediction.model if version is None else version.model_id
+    proposal = store.add_proposal(case_id, by, prediction_points(prediction), prediction.mask_tss)
     return prediction, proposal
 
 

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 KINDS = ("vertebra", "disc")
 FEATURES = ("kind", "level", "score")
+#: Border of the points the active-learning ranking finds most likely wrong (low scores are red).
+UNSURE_COLOUR, UNSURE_BORDER = "orange", 0.35
 
 
 def _unwrap(obj: Any) -> Any:
@@ -77,6 +79,7 @@ class CaseLayers:
         self.viewer, self.case_id, self.volume = viewer, case_id, volume
         self.view = volume.view
         self.updating = False
+        self.unsure: dict[str, float] = {}  # level -> uncertainty, from the active-learning ranking
         data, kwargs, _ = image or image_layer_data(volume)
         self.image = viewer.add_image(data, **{**kwargs, "name": case_id})
         data, kwargs, _ = labels or prepare_labels(None, volume)
@@ -112,6 +115,7 @@ class CaseLayers:
         per removed layer and builds new visuals per added one (about 1.5 s per case).
         """
         self.case_id, self.volume, self.view = case_id, volume, volume.view
+        self.unsure = {}
         with self._updating():
             for layer, (data, kwargs, _), name in (
                 (self.image, image, case_id),
@@ -209,13 +213,19 @@ class CaseLayers:
             self._apply_style(layer, kwargs)
             layer.text.refresh(layer.features)
 
-    @staticmethod
-    def _apply_style(layer: Any, kwargs: dict[str, Any]) -> None:
+    def _apply_style(self, layer: Any, kwargs: dict[str, Any]) -> None:
         if not len(layer.data):
             return
         layer.face_color = kwargs["face_color"]
-        layer.border_color = kwargs["border_color"]
-        layer.border_width = kwargs["border_width"]
+        flagged = np.isin(np.asarray(layer.features["level"], dtype=str), list(self.unsure))
+        layer.border_color = [UNSURE_COLOUR if f else c for f, c in zip(flagged, kwargs["border_color"], strict=True)]
+        layer.border_width = np.where(flagged, UNSURE_BORDER, kwargs["border_width"])
+
+    def set_unsure(self, levels: dict[str, float]) -> None:
+        """Give the points of ``levels`` (the ranking's likely-wrong ones) an orange border; ``{}`` clears."""
+        self.unsure = dict(levels)
+        for kind in KINDS:
+            self.restyle(kind)
 
     def set_features(self, kind: str, index: int, **values: Any) -> None:
         """Change features (``level``, ``score``) of one point and recolour its layer."""

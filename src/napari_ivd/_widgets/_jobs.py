@@ -80,13 +80,30 @@ def start_job(
 
     progress = None if _flag(NO_ACTIVITY_ENV) else {"total": total, "desc": what}
     worker = create_worker(steps, _progress=progress, _ignore_errors=True, _start_thread=False)
+    pbar = getattr(worker, "pbar", None)
+    if pbar is not None and total:
+        worker.yielded.disconnect(pbar.increment_with_overflow)  # done in `yielded`, after on_yield
+    ended = False
+
+    def end(*_: Any) -> None:
+        nonlocal ended
+        ended = True
+
+    for signal in (worker.returned, worker.aborted, worker.errored, worker.finished):
+        signal.connect(end)
 
     def yielded(report: Any) -> None:
-        message = getattr(report, "message", None)
-        if message and getattr(worker, "pbar", None) is not None:
-            worker.pbar.set_description(f"{what}: {message}")
+        # napari's activity bar runs the event loop while it redraws, which hands out the next
+        # reports and the end of the job right there: show this report before touching the bar,
+        # and leave the bar alone once the job has ended meanwhile (it is closed)
         if on_yield is not None:
             on_yield(report)
+        message = getattr(report, "message", None)
+        if pbar is not None and not ended:
+            if message:
+                pbar.set_description(f"{what}: {message}")
+            if total:
+                pbar.increment_with_overflow()
 
     worker.yielded.connect(yielded)
     worker.errored.connect(failed)

@@ -33,6 +33,8 @@ class StoreActions:
     case_id: str | None
     table: Any
     store_label: Any
+    models: Any
+    train_panel: Any
     _after_job: list[Any]
     _busy: bool
     _run: Callable[..., None]
@@ -60,6 +62,8 @@ class StoreActions:
         self.store = store
         self.store_label.setText(f"Store: {store.location}")
         self.refresh_cases()
+        self.models.set_store(store)
+        self.train_panel.set_store(store)
         self._set_busy(self._busy)
         self.guard_window()
         if open_first:

@@ -7,11 +7,9 @@ runs in a napari worker (see :mod:`._jobs`); the GUI thread only adds and update
 
 from __future__ import annotations
 
-import getpass
 import logging
 import weakref
 from collections.abc import Callable, Generator
-from pathlib import Path
 from typing import Any
 
 import napari
@@ -38,16 +36,21 @@ from napari_ivd._widgets._case_layers import CaseLayers, prepare_labels
 from napari_ivd._widgets._case_table import CaseTable
 from napari_ivd._widgets._dialogs import Dialogs
 from napari_ivd._widgets._jobs import notify_error, start_job
+from napari_ivd._widgets._model_picker import ModelPicker
 from napari_ivd._widgets._point_tools import PointTools
+from napari_ivd._widgets._ranking_panel import RankingPanel
+from napari_ivd._widgets._scroll import VerticalScroll
 from napari_ivd._widgets._store_actions import StoreActions
+from napari_ivd._widgets._train_panel import TrainPanel
 from napari_ivd.errors import IvdError
-from napari_ivd.inference import bundled_model_names, prediction_points
+from napari_ivd.inference import prediction_points
 from napari_ivd.layer_data import image_layer_data
+from napari_ivd.model_versions import ModelChoice
 from napari_ivd.store import AnnotationStore
+from napari_ivd.store.schema import default_author
 
 log = logging.getLogger(__name__)
 
-BROWSE = "Browse…"
 #: (key as napari names it, what it does, method of AnnotatorWidget) — also listed in the tooltip and README.
 SHORTCUTS: tuple[tuple[str, str, str], ...] = (
     ("Shift-P", "Predict the open case", "predict"),
@@ -63,13 +66,6 @@ SHORTCUTS: tuple[tuple[str, str, str], ...] = (
 POINT_UNDO_KEYS = (
     "Ctrl+Z / Ctrl+Shift+Z on a points layer: undo / redo point edits (on the mask layer: napari's mask undo)"
 )
-
-
-def _login_name() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def shortcuts_help() -> str:
@@ -122,17 +118,14 @@ class AnnotatorWidget(StoreActions, QWidget):
         self.table = CaseTable()
         self.table.case_chosen.connect(self.open_case)
 
-        self.model_box = QComboBox()
-        for name in bundled_model_names():
-            self.model_box.addItem(name, name)
-        self.model_box.addItem(BROWSE, None)
-        self.model_box.activated.connect(self._model_chosen)
-        self._model_index = 0
+        self.models = ModelPicker(lambda: self.dialogs.choose_model_folder())
+        self.models.activate_requested.connect(self.make_active)
+        self.model_box = self.models.box
         self.device_box = QComboBox()
         self.device_box.addItems(["auto", "cpu", "cuda"])
         if not torch.cuda.is_available():
             self.device_box.model().item(2).setEnabled(False)
-        self.author_edit = QLineEdit(_login_name())
+        self.author_edit = QLineEdit(default_author())
         self.auto_predict = QCheckBox("Predict cases without proposals when opened")
         self.auto_predict.setChecked(True)
 
@@ -159,9 +152,14 @@ class AnnotatorWidget(StoreActions, QWidget):
         store_layout.addLayout(row)
         store_layout.addWidget(self.store_label)
         store_layout.addWidget(self.table)
+        self.ranking = RankingPanel(
+            self.table, lambda: self.store, self.models.current, self.device_box.currentText, lambda: self.case
+        )
+        self.case_opened.connect(self.ranking.highlight)
+        store_layout.addWidget(self.ranking)
         model_box = QGroupBox("Model")
         form = QFormLayout(model_box)
-        form.addRow("Model", self.model_box)
+        form.addRow("Model", self.models)
         form.addRow("Device", self.device_box)
         form.addRow("Author", self.author_edit)
         form.addRow(self.auto_predict)
@@ -173,12 +171,21 @@ class AnnotatorWidget(StoreActions, QWidget):
         actions.addWidget(self.next_button, 2, 0, 1, 2)
         tools_box = QGroupBox("Correct points (mask: napari's label tools)")
         QVBoxLayout(tools_box).addWidget(self.tools)
-        layout = QVBoxLayout(self)
+        body = QWidget()
+        layout = QVBoxLayout(body)
         for part in (store_box, model_box, tools_box):
             layout.addWidget(part)
         layout.addLayout(actions)
         layout.addWidget(self.status_label)
+        self.train_panel = TrainPanel(self.device_box.currentText, self.author)
+        self.train_panel.trained.connect(lambda result: self.models.refresh(follow_active=result.activated))
+        self.train_panel.trained.connect(self.ranking.refresh)  # a new model version: scores are recomputed
+        self.job_done.connect(self.train_panel.refresh_plan)  # a save or a verification may change the plan
+        layout.addWidget(self.train_panel)
         layout.addStretch(1)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(VerticalScroll(body))
 
     def _bind_keys(self) -> None:
         for key, _, method in SHORTCUTS:
@@ -210,6 +217,7 @@ class AnnotatorWidget(StoreActions, QWidget):
             button.setEnabled(not busy and has_case)
         self.next_button.setEnabled(not busy and self.store is not None)
         self.cancel_button.setEnabled(busy)
+        self.models.set_busy(busy)
 
     def _run(
         self, steps: Callable[[], Generator[Any, None, Any]], what: str, on_return: Callable[[Any], None], total: int
@@ -326,17 +334,25 @@ class AnnotatorWidget(StoreActions, QWidget):
         self.open_case(found)
 
     # ------------------------------------------------------------------ predict, save, verify
-    def _model_chosen(self, index: int) -> None:
-        if self.model_box.itemText(index) != BROWSE:
-            self._model_index = index
+    def make_active(self, choice: ModelChoice) -> None:
+        """Record ``choice`` as the store's active model: the default of everyone predicting or fine-tuning on it."""
+        if self.store is None:
             return
-        folder = self.dialogs.choose_model_folder()
-        if folder is None:
-            self.model_box.setCurrentIndex(self._model_index)
-            return
-        self.model_box.insertItem(index, Path(folder).name, str(folder))
-        self.model_box.setCurrentIndex(index)
-        self._model_index = index
+        store, author = self.store, self.author()
+        reason = f"chosen in the viewer by {author or default_author()}"
+        self._run(
+            lambda: worklist.call_steps(
+                "setting the active model",
+                store.set_active_model,
+                choice.key,
+                stored=choice.stored,
+                reason=reason,
+                author=author,
+            ),
+            f"Make {choice.key} active",
+            lambda _active: self.models.refresh(),
+            1,
+        )
 
     def predict(self) -> None:
         """Propose points and a mask for the open case with the chosen model, off the GUI thread."""
@@ -346,7 +362,7 @@ class AnnotatorWidget(StoreActions, QWidget):
         if not self._confirm_leave("replace them with a new prediction", then=self.predict):
             return
         store, case_id, volume = self.store, self.case.case_id, self.case.volume
-        model, device = self.model_box.currentData(), self.device_box.currentText()
+        model, device = self.models.current(), self.device_box.currentText()
 
         def steps() -> Generator[Any, None, Any]:
             prediction, proposal = yield from worklist.predict_case_steps(store, case_id, volume, model, device)

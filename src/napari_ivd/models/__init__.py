@@ -6,10 +6,14 @@ Importing this package registers the built-in architectures (``"ivdnet"``), so
 
 from __future__ import annotations
 
+from napari_ivd.models.denseaspp import DenseAsppConfig, DenseAsppNet  # registers "denseaspp"
+from napari_ivd.models.hcanet import HcaNet, HcaNetConfig  # registers "hcanet"
+from napari_ivd.models.hourglass import AttentionHourglass, HourglassConfig  # registers "hourglass"
 from napari_ivd.models.ivdnet import IvdNet, IvdNetConfig  # importing registers "ivdnet"
 from napari_ivd.models.registry import (
     CARD_NAME,
     FORMAT_VERSION,
+    TORCH_WEIGHT_SUFFIXES,
     WEIGHTS_NAME,
     ModelConfig,
     available,
@@ -18,25 +22,43 @@ from napari_ivd.models.registry import (
     config_class,
     count_parameters,
     gflops_per_forward,
+    import_torch_weights,
     load_checkpoint,
     read_card,
     register,
     save_checkpoint,
 )
+from napari_ivd.models.scarnet import ScarNet, ScarNetConfig  # registers "scarnet"
+from napari_ivd.models.spineone import SpineOne, SpineOneConfig  # registers "spineone"
+from napari_ivd.models.unet import UNet, UNetConfig  # registers "unet"
 
 __all__ = [
     "CARD_NAME",
     "FORMAT_VERSION",
+    "TORCH_WEIGHT_SUFFIXES",
     "WEIGHTS_NAME",
+    "AttentionHourglass",
+    "DenseAsppConfig",
+    "DenseAsppNet",
+    "HcaNet",
+    "HcaNetConfig",
+    "HourglassConfig",
     "IvdNet",
     "IvdNetConfig",
     "ModelConfig",
+    "ScarNet",
+    "ScarNetConfig",
+    "SpineOne",
+    "SpineOneConfig",
+    "UNet",
+    "UNetConfig",
     "available",
     "build",
     "clean_state_dict",
     "config_class",
     "count_parameters",
     "gflops_per_forward",
+    "import_torch_weights",
     "load_checkpoint",
     "read_card",
     "register",

@@ -44,9 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from napari_ivd.anatomy import LUMBAR_LABELS, normalize_name, structure
-from napari_ivd.errors import UnknownLevelError
-from napari_ivd.models.registry import ModelConfig, register
+from napari_ivd.anatomy import LUMBAR_LABELS
+from napari_ivd.models.conventions import PipelineConfig, PipelineNet, init_weights
+from napari_ivd.models.layers import conv_bn_relu, keypoint_convs, upsample_like
+from napari_ivd.models.registry import register
 
 __all__ = ["DEFAULT_LABELS", "INPUT_MULTIPLE", "IvdNet", "IvdNetConfig"]
 
@@ -56,22 +57,14 @@ log = logging.getLogger(__name__)
 DEFAULT_LABELS: tuple[str, ...] = LUMBAR_LABELS
 #: Input rows and columns must be multiples of this (three stride-2 down-samplings).
 INPUT_MULTIPLE = 8
-#: Initial heatmap logit bias: sigmoid(-4) = 0.018, so the focal loss starts near its
-#: background optimum and early gradients come from the keypoints (CenterNet's prior trick).
-HEATMAP_INIT_BIAS = -4.0
 
 
 @dataclass(frozen=True)
-class IvdNetConfig(ModelConfig):
-    """Hyper-parameters of :class:`IvdNet`; frozen, JSON round-trips via ``to_dict``/``from_dict``.
+class IvdNetConfig(PipelineConfig):
+    """Hyper-parameters of :class:`IvdNet` besides :class:`PipelineConfig`'s ``labels``, ``in_channels``.
 
     Parameters
     ----------
-    labels : tuple of str
-        Structure names predicted, one heatmap channel each, cranio-caudal
-        (default: T11 ... L5-S1, 14 labels). Loose spellings are canonicalised.
-    in_channels : int
-        Adjacent sagittal slices stacked as input channels (1 = the slice alone).
     widths : tuple of 4 int
         Channels at stride 2, 4 and 8 in the encoder, and after the dense ASPP.
     aspp_rates : tuple of int
@@ -84,8 +77,6 @@ class IvdNetConfig(ModelConfig):
         ``Dropout2d`` probability before the heads (0 disables it).
     """
 
-    labels: tuple[str, ...] = DEFAULT_LABELS
-    in_channels: int = 1
     widths: tuple[int, int, int, int] = (16, 32, 48, 64)
     aspp_rates: tuple[int, ...] = (3, 6, 12, 18)
     se_reduction: int = 4
@@ -93,30 +84,14 @@ class IvdNetConfig(ModelConfig):
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        try:
-            labels = tuple(normalize_name(label) for label in self.labels)
-        except (UnknownLevelError, TypeError) as exc:
-            raise ValueError(f"IvdNetConfig.labels: {exc}") from exc
-        if not labels:
-            raise ValueError("IvdNetConfig.labels is empty; give at least one structure name")
-        orders = [structure(label).order for label in labels]
-        if orders != sorted(set(orders)):
-            raise ValueError(f"IvdNetConfig.labels must be unique and cranio-caudal, got {list(labels)}")
-        object.__setattr__(self, "labels", labels)
-        object.__setattr__(self, "widths", tuple(self.widths))
-        object.__setattr__(self, "aspp_rates", tuple(self.aspp_rates))
-        if len(self.widths) != 4 or not all(_positive_int(w) for w in self.widths):
+        self._check_fields(
+            tuples=("widths", "aspp_rates"),
+            positive_ints=("widths", "aspp_rates", "se_reduction"),
+            flags=("attention",),
+            probabilities=("dropout",),
+        )
+        if len(self.widths) != 4:
             raise ValueError(f"IvdNetConfig.widths must be 4 positive ints, got {self.widths}")
-        if not self.aspp_rates or not all(_positive_int(r) for r in self.aspp_rates):
-            raise ValueError(f"IvdNetConfig.aspp_rates must be positive ints, got {self.aspp_rates}")
-        if not _positive_int(self.in_channels):
-            raise ValueError(f"IvdNetConfig.in_channels must be a positive int, got {self.in_channels!r}")
-        if not _positive_int(self.se_reduction):
-            raise ValueError(f"IvdNetConfig.se_reduction must be a positive int, got {self.se_reduction!r}")
-        if not isinstance(self.attention, bool):
-            raise ValueError(f"IvdNetConfig.attention must be true or false, got {self.attention!r}")
-        if not (isinstance(self.dropout, int | float) and 0.0 <= self.dropout < 1.0):
-            raise ValueError(f"IvdNetConfig.dropout must be in [0, 1), got {self.dropout!r}")
 
     @classmethod
     def paper(cls, **overrides: object) -> IvdNetConfig:
@@ -126,24 +101,6 @@ class IvdNetConfig(ModelConfig):
         """
         base = cls(widths=(32, 64, 128, 256), aspp_rates=(3, 6, 12, 18, 24), se_reduction=16)
         return dataclasses.replace(base, **overrides)
-
-    @property
-    def num_labels(self) -> int:
-        """K, the number of heatmap channels."""
-        return len(self.labels)
-
-
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, dilation: int = 1) -> nn.Sequential:
-    padding = dilation * (kernel // 2)
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    )
 
 
 class SqueezeExcite(nn.Module):
@@ -165,7 +122,7 @@ class ResidualSEBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, se_reduction: int = 4) -> None:
         super().__init__()
-        self.conv1 = _conv_bn_relu(c_in, c_out, stride=stride)
+        self.conv1 = conv_bn_relu(c_in, c_out, stride=stride)
         self.conv2 = nn.Sequential(nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out))
         self.se = SqueezeExcite(c_out, se_reduction)
         self.shortcut: nn.Module = nn.Identity()
@@ -190,10 +147,10 @@ class DenseASPP(nn.Module):
         channels = c_in
         for rate in rates:
             self.branches.append(
-                nn.Sequential(_conv_bn_relu(channels, growth, kernel=1), _conv_bn_relu(growth, growth, dilation=rate))
+                nn.Sequential(conv_bn_relu(channels, growth, kernel=1), conv_bn_relu(growth, growth, dilation=rate))
             )
             channels += growth
-        self.project = _conv_bn_relu(channels, c_out, kernel=1)
+        self.project = conv_bn_relu(channels, c_out, kernel=1)
 
     def forward(self, x: Tensor) -> Tensor:
         features = [x]
@@ -250,110 +207,58 @@ class DualAttention(nn.Module):
         super().__init__()
         self.pam = PositionAttention(channels)
         self.cam = ChannelAttention()
-        self.fuse = _conv_bn_relu(channels, channels)
+        self.fuse = conv_bn_relu(channels, channels)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fuse(self.pam(x) + self.cam(x) - x)
 
 
-def _up(x: Tensor, like: Tensor) -> Tensor:
-    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
-
-
 @register("ivdnet", IvdNetConfig)
-class IvdNet(nn.Module):
+class IvdNet(PipelineNet):
     """Keypoint heatmaps, short-range offsets and disc/vertebra masks from a sagittal slice.
 
-    Parameters
-    ----------
-    config : IvdNetConfig, optional
-        Defaults to ``IvdNetConfig()``.
-
-    Example
-    -------
-    >>> net = IvdNet(IvdNetConfig()).eval()
-    >>> out = net(torch.zeros(1, 1, 64, 96))
-    >>> tuple(out["heatmap"].shape), tuple(out["offset"].shape), tuple(out["seg"].shape)
-    ((1, 14, 32, 48), (1, 28, 32, 48), (1, 2, 64, 96))
+    Inputs and outputs are :class:`~napari_ivd.models.conventions.PipelineNet`'s, with H
+    and W multiples of 8; ``config`` defaults to ``IvdNetConfig()``.
     """
 
+    config: IvdNetConfig
+
     def __init__(self, config: IvdNetConfig | None = None) -> None:
-        super().__init__()
-        self.config = config = config or IvdNetConfig()
+        super().__init__(config or IvdNetConfig())
+        config = self.config
         w2, w4, w8, wa = config.widths
         k, r = config.num_labels, config.se_reduction
         # Encoder: three stride-2 steps only.
-        self.stem = nn.Sequential(_conv_bn_relu(config.in_channels, w2, stride=2), ResidualSEBlock(w2, w2, 1, r))
+        self.stem = nn.Sequential(conv_bn_relu(config.in_channels, w2, stride=2), ResidualSEBlock(w2, w2, 1, r))
         self.down4 = nn.Sequential(ResidualSEBlock(w2, w4, 2, r), ResidualSEBlock(w4, w4, 1, r))
         self.down8 = nn.Sequential(ResidualSEBlock(w4, w8, 2, r), ResidualSEBlock(w8, w8, 1, r))
         self.aspp = DenseASPP(w8, wa, config.aspp_rates, growth=max(wa // 2, 8))
         # Decoder back to stride 2 (shared by both heads).
-        self.fuse4 = nn.Sequential(_conv_bn_relu(wa + w4, w4, kernel=1), _conv_bn_relu(w4, w4))
-        self.fuse2 = nn.Sequential(_conv_bn_relu(w4 + w2, w2, kernel=1), _conv_bn_relu(w2, w2))
+        self.fuse4 = nn.Sequential(conv_bn_relu(wa + w4, w4, kernel=1), conv_bn_relu(w4, w4))
+        self.fuse2 = nn.Sequential(conv_bn_relu(w4 + w2, w2, kernel=1), conv_bn_relu(w2, w2))
         self.dropout = nn.Dropout2d(config.dropout)
         # Keypoint head: global context at stride 8, fused into stride-2 detail.
         self.attention: nn.Module = DualAttention(wa) if config.attention else nn.Identity()
-        self.context = _conv_bn_relu(wa, w2, kernel=1)
-        self.kp_body = _conv_bn_relu(2 * w2, w4)
-        self.heatmap = nn.Conv2d(w4, k, 1)
-        self.offset = nn.Conv2d(w4, 2 * k, 1)
+        self.context = conv_bn_relu(wa, w2, kernel=1)
+        self.kp_body = conv_bn_relu(2 * w2, w4)
+        self.heatmap, self.offset = keypoint_convs(w4, k)
         # Segmentation head.
-        self.seg_body = _conv_bn_relu(w2, w2)
+        self.seg_body = conv_bn_relu(w2, w2)
         self.seg = nn.Conv2d(w2, 2, 1)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        nn.init.normal_(self.heatmap.weight, std=0.01)
-        nn.init.constant_(self.heatmap.bias, HEATMAP_INIT_BIAS)
-        nn.init.normal_(self.offset.weight, std=0.001)
-        nn.init.normal_(self.seg.weight, std=0.01)
+        init_weights(self, self.heatmap, self.offset, [self.seg])
 
     def forward(self, x: Tensor, seg_only: bool = False) -> dict[str, Tensor]:
-        """Run the network.
-
-        Parameters
-        ----------
-        x : Tensor
-            ``(B, in_channels, H, W)`` normalised slice(s), H and W multiples of 8.
-        seg_only : bool
-            Return only ``"seg"``, skipping the keypoint head and its attention (about a
-            third of the time): what inference needs on the lateral slices.
-
-        Returns
-        -------
-        dict
-            ``"heatmap"`` ``(B, K, H/2, W/2)`` logits, ``"offset"`` ``(B, 2K, H/2, W/2)`` in
-            output pixels (rows, cols per label), ``"seg"`` ``(B, 2, H, W)`` logits
-            (vertebral body, disc).
-
-        Raises
-        ------
-        ValueError
-            When ``x`` is not 4-D with ``in_channels`` channels and H, W multiples of 8.
-        """
-        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"IvdNet expects input (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
-        h, w = x.shape[-2:]
-        if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE:
-            raise ValueError(
-                f"IvdNet input rows and cols must be multiples of {INPUT_MULTIPLE}, got {h}x{w}; "
-                "pad with zeros at the bottom/right (docs/pipeline.md)"
-            )
+        """The pipeline's outputs; ``seg_only`` skips the keypoint head and its attention (a third of the time)."""
+        self.check_input(x, INPUT_MULTIPLE)
         s2 = self.stem(x)
         s4 = self.down4(s2)
         s8 = self.aspp(self.down8(s4))
-        d4 = self.fuse4(torch.cat([_up(s8, s4), s4], dim=1))
-        d2 = self.fuse2(torch.cat([_up(d4, s2), s2], dim=1))
+        d4 = self.fuse4(torch.cat([upsample_like(s8, s4), s4], dim=1))
+        d2 = self.fuse2(torch.cat([upsample_like(d4, s2), s2], dim=1))
 
-        seg = self.seg(self.dropout(self.seg_body(d2)))
-        out = {"seg": F.interpolate(seg, size=(h, w), mode="bilinear", align_corners=False)}
+        out = {"seg": upsample_like(self.seg(self.dropout(self.seg_body(d2))), x)}
         if not seg_only:
             context = self.context(self.attention(s8))
-            kp = self.dropout(self.kp_body(torch.cat([d2, _up(context, d2)], dim=1)))
+            kp = self.dropout(self.kp_body(torch.cat([d2, upsample_like(context, d2)], dim=1)))
             out.update(heatmap=self.heatmap(kp), offset=self.offset(kp))
         return out

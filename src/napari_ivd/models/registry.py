@@ -50,6 +50,7 @@ __all__ = [
     "count_parameters",
     "gflops_per_forward",
     "load_checkpoint",
+    "loss_for",
     "read_card",
     "register",
     "save_checkpoint",
@@ -165,6 +166,7 @@ class ModelConfig:
 class _Entry:
     builder: Callable[[Any], nn.Module]
     config_cls: type[ModelConfig]
+    loss: Callable[[Any], nn.Module] | None = None
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -172,7 +174,9 @@ _REGISTRY: dict[str, _Entry] = {}
 _B = TypeVar("_B", bound=Callable[..., nn.Module])
 
 
-def register(name: str, config_cls: type[ModelConfig]) -> Callable[[_B], _B]:
+def register(
+    name: str, config_cls: type[ModelConfig], *, loss: Callable[[Any], nn.Module] | None = None
+) -> Callable[[_B], _B]:
     """Decorator tying an architecture name to its builder and frozen config dataclass.
 
     The builder (a function or an ``nn.Module`` subclass) is called with one config instance.
@@ -185,6 +189,11 @@ def register(name: str, config_cls: type[ModelConfig]) -> Callable[[_B], _B]:
         Registry name stored in model cards, e.g. ``"ivdnet"``.
     config_cls : type
         A ``@dataclass(frozen=True)`` subclass of :class:`ModelConfig`.
+    loss : callable, optional
+        ``loss(config) -> nn.Module`` building the training objective of this architecture
+        (called as ``loss_fn(outputs, batch) -> (total, parts)``, like
+        :class:`~napari_ivd.models.losses.IvdLoss`, the default). For papers whose objective
+        is part of the method: intermediate supervision, a skeleton loss.
 
     Raises
     ------
@@ -214,7 +223,7 @@ def register(name: str, config_cls: type[ModelConfig]) -> Callable[[_B], _B]:
         same = old is not None and getattr(old.builder, "__qualname__", None) == getattr(builder, "__qualname__", "")
         if old is not None and not same:
             raise ValueError(f"architecture name {name!r} is already registered to {old.builder!r}")
-        _REGISTRY[name] = _Entry(builder, config_cls)
+        _REGISTRY[name] = _Entry(builder, config_cls, loss)
         return builder
 
     return decorator
@@ -230,6 +239,14 @@ def _entry(name: str) -> _Entry:
         return _REGISTRY[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown architecture {name!r}; available: {', '.join(available()) or '(none)'}") from None
+
+
+def loss_for(name: str, config: ModelConfig) -> nn.Module:
+    """The training objective of architecture ``name``: its registered loss, else :class:`IvdLoss`."""
+    from napari_ivd.models.losses import IvdLoss
+
+    entry = _entry(name)
+    return IvdLoss() if entry.loss is None else entry.loss(config)
 
 
 def config_class(name: str) -> type[ModelConfig]:
@@ -616,3 +633,49 @@ def load_checkpoint(model_dir: Path, device: str | torch.device = "cpu") -> tupl
     model.to(device).eval()
     log.info("loaded %s model from %s", name, model_dir)
     return model, card
+
+
+#: File endings of plain PyTorch weight files that :func:`import_torch_weights` reads.
+TORCH_WEIGHT_SUFFIXES = (".pt", ".pth")
+_CARRIED_CARD_KEYS = ("skeleton", "sample_config")
+
+
+def import_torch_weights(weights_file: Path, base_dir: Path, out_dir: Path) -> Path:
+    """Turn a PyTorch ``.pt``/``.pth`` state dict for a known model into a model folder.
+
+    The file is read with ``torch.load(weights_only=True)``, which refuses anything but
+    tensors and plain containers, so a hostile file cannot run code. The weights must fit
+    the architecture of ``base_dir`` (the model whose card, labels and skeleton prior they
+    reuse) exactly. A dict holding ``state_dict`` or ``model`` is unwrapped; ``module.`` and
+    ``_orig_mod.`` prefixes are stripped.
+
+    Raises
+    ------
+    CheckpointError
+        Unreadable or pickled-object file, not a state dict, or weights that do not fit.
+    """
+    weights_file = Path(weights_file)
+    try:
+        loaded = torch.load(weights_file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        raise CheckpointError(
+            f"{weights_file} is not a PyTorch weights file napari-ivd can read safely ({type(exc).__name__}); "
+            "napari-ivd loads plain tensors only, never pickled objects: save the model's state_dict()"
+        ) from exc
+    if isinstance(loaded, dict):
+        loaded = loaded.get("state_dict", loaded.get("model", loaded))
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise CheckpointError(f"{weights_file} holds no state dict (a mapping of names to tensors)")
+    model, card = load_checkpoint(base_dir)
+    state = clean_state_dict(loaded)
+    problems = _shape_problems(model.state_dict(), state)
+    if problems:
+        raise CheckpointError(
+            f"{weights_file} does not fit the {card['name']!r} model of {base_dir}: {'; '.join(problems)}; "
+            "pick weights trained for that architecture"
+        )
+    model.load_state_dict(state, strict=True)
+    config = _REGISTRY[card["name"]].config_cls.from_dict(card["config"])
+    extra = {k: card[k] for k in _CARRIED_CARD_KEYS if k in card} | {"imported_from": str(weights_file.resolve())}
+    labels, spec = card["labels"], card["input"]
+    return save_checkpoint(out_dir, model, card["name"], config, labels=labels, input_spec=spec, extra=extra)

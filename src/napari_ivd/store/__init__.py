@@ -21,6 +21,7 @@ from napari_ivd.store.check import CheckReport, check_store
 from napari_ivd.store.content import image_sha256
 from napari_ivd.store.exchange import commit_import, export_revision, import_case, prepare_import, read_points_file
 from napari_ivd.store.history import PointChange, RevisionDiff, StructureChange, diff_annotations
+from napari_ivd.store.models import ActiveModel
 from napari_ivd.store.records import Annotation, CaseInfo, ModelInfo, ProposalInfo, RevisionInfo
 from napari_ivd.store.schema import FORMAT_VERSION, STATUSES
 from napari_ivd.store.store import AnnotationStore
@@ -28,6 +29,7 @@ from napari_ivd.store.store import AnnotationStore
 __all__ = [
     "FORMAT_VERSION",
     "STATUSES",
+    "ActiveModel",
     "Annotation",
     "AnnotationStore",
     "CaseInfo",

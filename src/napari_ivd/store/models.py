@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,17 @@ from napari_ivd.store.records import ModelInfo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_model", "export_model", "list_models", "read_model_record"]
+__all__ = [
+    "ActiveModel",
+    "add_model",
+    "export_model",
+    "list_models",
+    "read_active_model",
+    "read_model_record",
+    "read_scores",
+    "write_active_model",
+    "write_scores",
+]
 
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -147,3 +158,64 @@ def export_model(keys: KeyValue, model_id: str, out_dir: Path) -> Path:
     (out_dir / schema.MODEL_WEIGHTS).write_bytes(weights)
     (out_dir / schema.MODEL_CARD).write_bytes(card)
     return out_dir
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    """The model Predict uses for this store, and why.
+
+    ``model`` is a stored model id when ``stored`` is True, else a bundled model's name.
+    """
+
+    model: str
+    stored: bool
+    reason: str
+    set_utc: str
+    author: str
+
+
+def read_active_model(keys: KeyValue) -> ActiveModel | None:
+    """The store's active model, or None when none was ever chosen (the bundled default applies)."""
+    data = keys.get(schema.ACTIVE_MODEL)
+    if data is None:
+        return None
+    try:
+        return ActiveModel(**json.loads(data))
+    except (ValueError, TypeError) as exc:
+        raise StoreError(f"{keys.location}: {schema.ACTIVE_MODEL} is damaged ({exc}); choose the model again") from exc
+
+
+def write_active_model(keys: KeyValue, model: str, stored: bool, reason: str, author: str) -> ActiveModel:
+    """Make ``model`` the active one (the caller holds the writer lock); one atomic key replace.
+
+    Raises
+    ------
+    StoreError
+        ``stored`` and no committed model has that id.
+    """
+    if stored and read_model_record(keys, model) is None:
+        raise StoreError(f"{keys.location}: no stored model {model!r} to make active")
+    active = ActiveModel(model=model, stored=stored, reason=reason, set_utc=schema.utc_now(), author=author)
+    keys.put(schema.ACTIVE_MODEL, json.dumps(asdict(active), indent=1).encode())
+    return active
+
+
+def _scores_key(model: str) -> str:
+    return f"{schema.SCORES}/{_SLUG.sub('-', model)}.json"
+
+
+def read_scores(keys: KeyValue, model: str) -> dict[str, Any] | None:
+    """Cached active-learning scores under ``model`` (None when there are none or they are unreadable)."""
+    data = keys.get(_scores_key(model))
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        log.warning("%s: cached scores of %s are unreadable; they will be recomputed", keys.location, model)
+        return None
+
+
+def write_scores(keys: KeyValue, model: str, scores: dict[str, Any]) -> None:
+    """Replace the cached scores under ``model`` (one atomic key; a cache, so no history is kept)."""
+    keys.put(_scores_key(model), json.dumps(scores, allow_nan=False).encode())

@@ -31,6 +31,10 @@ written down once, here::
         proposals/masks/        array (P, I, J, K) uint8: slice n = mask of proposal n
         proposals/p000001/      group; attributes = proposal record: model, created_utc,
                                 points, mask
+      ACTIVE_MODEL              JSON: the model Predict uses (a stored model id or a bundled
+                                model's name), why it became active, when and by whom
+      scores/<model_id>.json    active-learning scores of the cases under that model (a cache,
+                                recomputed whenever missing or stale)
       models/<model_id>/
         weights.safetensors     the model's weights, byte for byte
         card.json               its model card, byte for byte
@@ -47,6 +51,7 @@ small edits cost a fraction of a hundred masks.
 
 from __future__ import annotations
 
+import getpass
 import logging
 import re
 from datetime import datetime, timezone
@@ -74,6 +79,8 @@ MASKS = "masks"
 MODEL_WEIGHTS = "weights.safetensors"
 MODEL_CARD = "card.json"
 MODEL_RECORD = "model.json"
+ACTIVE_MODEL = "ACTIVE_MODEL"
+SCORES = "scores"
 
 #: Case statuses, in the order a case usually moves through them.
 STATUSES: tuple[str, ...] = ("new", "proposed", "in progress", "verified")
@@ -90,6 +97,14 @@ DEFAULT_KEYFRAME_EVERY = 64
 _CASE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ENTRY_RE = re.compile(r"([rp])(\d{6,})")
 _SOURCE_RE = re.compile(r"manual|model:\S+")
+
+
+def default_author() -> str:
+    """The login name, the author of a revision or model when none is given."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def utc_now() -> str:

@@ -12,7 +12,6 @@ Not thread-safe: give each thread its own :class:`AnnotationStore`.
 
 from __future__ import annotations
 
-import getpass
 import json
 import logging
 from collections import OrderedDict
@@ -49,6 +48,7 @@ from napari_ivd.store.records import Annotation, CaseInfo, Head, ModelInfo, Prop
 if TYPE_CHECKING:
     from napari_ivd.store.check import CheckReport
     from napari_ivd.store.history import RevisionDiff
+    from napari_ivd.store.models import ActiveModel
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +61,6 @@ _PER_CHUNK_CHECK_LIMIT = 8
 def _group_json(attributes: dict[str, Any]) -> bytes:
     """zarr v3 group metadata (``zarr.json``) holding ``attributes``."""
     return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attributes}, allow_nan=False).encode()
-
-
-def _default_author() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 class AnnotationStore:
@@ -601,7 +594,7 @@ class AnnotationStore:
         record = {
             "id": rid,
             "parent": parent_id,
-            "author": author or _default_author(),
+            "author": author or schema.default_author(),
             "created_utc": schema.utc_now(),
             "note": str(note),
             "source": source,
@@ -886,6 +879,32 @@ class AnnotationStore:
 
         return export_model(self._keys, model_id, Path(out_dir))
 
+    def active_model(self) -> ActiveModel | None:
+        """The model Predict uses for this store (None: none chosen yet, so the bundled default)."""
+        from napari_ivd.store.models import read_active_model
+
+        return read_active_model(self._keys)
+
+    def set_active_model(self, model: str, *, stored: bool, reason: str, author: str | None = None) -> ActiveModel:
+        """Make a stored model (``stored=True``, by id) or a bundled one (by name) the active model."""
+        from napari_ivd.store.models import write_active_model
+
+        with self._lock.hold(f"set active model {model}"):
+            return write_active_model(self._keys, model, stored, reason, author or schema.default_author())
+
+    def cached_scores(self, model: str) -> dict[str, Any] | None:
+        """Active-learning scores cached under ``model`` (see :mod:`napari_ivd.active`), or None."""
+        from napari_ivd.store.models import read_scores
+
+        return read_scores(self._keys, model)
+
+    def cache_scores(self, model: str, scores: dict[str, Any]) -> None:
+        """Replace the active-learning scores cached under ``model``."""
+        from napari_ivd.store.models import write_scores
+
+        with self._lock.hold(f"cache scores of {model}"):
+            write_scores(self._keys, model, scores)
+
     # ------------------------------------------------------------------ whole store
     def check(self, case_ids: Iterable[str] | None = None) -> CheckReport:
         """Verify every committed record, hash, parent and mask: see :func:`napari_ivd.store.check.check_store`."""
@@ -918,4 +937,5 @@ class AnnotationStore:
             "lock": None if holder is None else holder.describe(),
             "cases": cases,
             "models": [m.model_id for m in self.list_models()],
+            "active_model": None if (active := self.active_model()) is None else active.model,
         }

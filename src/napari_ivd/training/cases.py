@@ -10,6 +10,7 @@ case came from. All label values are translated to structure names through
 from __future__ import annotations
 
 import logging
+import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,13 +29,15 @@ __all__ = [
     "CONTRASTS",
     "MASK_KINDS",
     "LabelledCase",
+    "guess_contrast",
     "load_lumbar_case",
     "load_lumbar_cases",
+    "mask_kinds_of",
     "split_cases",
 ]
 
-#: Image contrasts a case may have.
-CONTRASTS: tuple[str, ...] = ("T1w", "T2w", "water")
+#: Image contrasts a case may have ("unknown": a store case whose name does not say).
+CONTRASTS: tuple[str, ...] = ("T1w", "T2w", "water", "unknown")
 #: Structure kinds a mask may annotate.
 MASK_KINDS: tuple[str, ...] = ("vertebra", "disc")
 
@@ -109,7 +112,19 @@ class LabelledCase:
         return self.mask_tss is not None or self.mask_kind_only is not None
 
 
-def _mask_kinds(mask_tss: np.ndarray) -> frozenset[str]:
+_CONTRAST_WORDS = re.compile(r"(?<![A-Za-z0-9])(T1w|T2w|water)(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+def guess_contrast(text: str) -> str:
+    """The contrast a BIDS-style name states (``sub-01_T2w``, ``..._water``), else ``"unknown"``."""
+    found = _CONTRAST_WORDS.search(text.replace("_", " ").replace("-", " "))
+    if found is None:
+        return "unknown"
+    word = found.group(1).lower()
+    return {"t1w": "T1w", "t2w": "T2w"}.get(word, word)
+
+
+def mask_kinds_of(mask_tss: np.ndarray) -> frozenset[str]:
     """The kinds of structure (vertebra, disc) a TotalSpineSeg mask holds."""
     names = tss_names()
     return frozenset(from_tss(int(v)).kind for v in np.unique(mask_tss) if int(v) in names and v > TSS_CANAL)
@@ -159,7 +174,7 @@ def load_lumbar_case(case_dir: Path) -> LabelledCase:
     geometry = volume.geometry
     if (case_dir / _MASK_TSS_FILE).is_file():
         mask_tss = read_tss_mask(case_dir / _MASK_TSS_FILE, geometry)
-        mask_kinds = _mask_kinds(mask_tss)
+        mask_kinds = mask_kinds_of(mask_tss)
         points = points_from_tss_mask(mask_tss, kinds=("vertebra",))
         keypoints_vox = {p.level: np.asarray(p.ijk_vox) for p in points}
     elif (case_dir / _UNNAMED_BODY_MASK_FILE).is_file():

@@ -19,11 +19,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_ivd.inference import predict, resolve_device
-from napari_ivd.metrics import dice_rows, keypoint_rows, summarize_dice, summarize_keypoints
+from napari_ivd.errors import TrainingError
+from napari_ivd.inference import PAD_MULTIPLE, predict, resolve_device
+from napari_ivd.metrics import (
+    dice_rows,
+    keypoint_rows,
+    mean_structure_dice,
+    summarize_dice,
+    summarize_keypoints,
+)
 from napari_ivd.models import build, load_checkpoint, registry, save_checkpoint
-from napari_ivd.models.losses import IvdLoss
 from napari_ivd.skeleton import SkeletonPrior
+from napari_ivd.training import ddp
 from napari_ivd.training.cases import LabelledCase
 from napari_ivd.training.data import SampleConfig, SliceDataset
 
@@ -47,6 +54,7 @@ class TrainConfig:
     max_epochs: int = 10_000
     samples_per_epoch: int = 64
     validate_every_min: float = 4.0
+    validate_every_epochs: int = 0
     patience: int = 6
     device: str = "auto"
     seed: int = 0
@@ -68,6 +76,7 @@ class TrainProgress:
     parts: dict[str, float]
     validation: dict[str, Any] | None = None
     improved: bool = False
+    batch_size: int = 0
 
 
 def in_plane_mm(case: LabelledCase) -> dict[str, tuple[float, float]]:
@@ -117,10 +126,46 @@ def evaluate_cases(
     }
 
 
+def validation_key(validation: dict[str, Any]) -> tuple[float, float]:
+    """Sort key of validation figures, lower is better: keypoint error (mm), then 1 - mean Dice.
+
+    Keypoint error charges each missed structure :data:`MISSED_STRUCTURE_MM`, so a model
+    that names fewer levels does not look better; cases with masks only compare by Dice.
+    """
+    error = validation.get("error_mm")
+    dice = mean_structure_dice(validation.get("dice") or {})
+    return (math.inf if error is None else float(error), 1.0 - (0.0 if dice is None else float(dice)))
+
+
 def _lr_at(cfg: TrainConfig, step: int, fraction_done: float) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction_done)))
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed precision on CUDA (bf16 where supported, else fp16); full precision on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _starting_model(
+    cfg: TrainConfig, sample_cfg: SampleConfig, init_from: Path | None, device: torch.device
+) -> tuple[TrainConfig, Any, torch.nn.Module, dict[str, Any] | None]:
+    """(config with the model's name, model config, model on ``device``, parent card or None)."""
+    if init_from is not None:
+        model, parent_card = load_checkpoint(init_from, device=device)
+        cfg = replace(cfg, model=parent_card["name"])
+        return cfg, registry.config_class(cfg.model).from_dict(parent_card["config"]), model, parent_card
+    config_cls = registry.config_class(cfg.model)
+    overrides = {"labels": list(sample_cfg.labels), **cfg.model_overrides}
+    config = config_cls.from_dict({**config_cls().to_dict(), **overrides})
+    return cfg, config, build(cfg.model, config).to(device), None
 
 
 def fit(
@@ -132,68 +177,111 @@ def fit(
     init_from: Path | None = None,
     card_extra: dict[str, Any] | None = None,
 ) -> Iterator[TrainProgress]:
-    """Train, validating on ``dev_cases`` every few minutes; keep the best model in ``out_dir``.
+    """Train, validating on ``dev_cases``; keep the best model in ``out_dir``.
+
+    Validation runs every ``validate_every_epochs`` epochs (or, when that is 0, every
+    ``validate_every_min`` minutes), after the last epoch and when the time budget is spent;
+    training stops early after ``patience`` validations without improvement. Fine-tuning
+    (``init_from``) keeps the parent's skeleton prior, learnt from more cases than a
+    handful of corrections. On CUDA the forward pass runs in mixed precision and an
+    out-of-memory step halves the batch and goes on. Under ``torchrun`` (see
+    :mod:`napari_ivd.training.ddp`) every rank trains and only rank 0 validates and saves.
 
     Yields a :class:`TrainProgress` per epoch; returns the saved card (``None`` if no
     validation ever ran). Stopping the iteration early leaves the best model saved so far.
+
+    Raises
+    ------
+    TrainingError
+        The loss became NaN or infinite (nothing more is saved).
     """
+    ranks = ddp.current()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    if init_from is not None:
-        model, parent_card = load_checkpoint(init_from, device=device)
-        cfg = replace(cfg, model=parent_card["name"])
-        config = registry.config_class(cfg.model).from_dict(parent_card["config"])
-    else:
-        config_cls = registry.config_class(cfg.model)
-        overrides = {"labels": list(sample_cfg.labels), **cfg.model_overrides}
-        config = config_cls.from_dict({**config_cls().to_dict(), **overrides})
-        model = build(cfg.model, config).to(device)
+    cfg, config, model, parent_card = _starting_model(cfg, sample_cfg, init_from, device)
     labels = list(config.labels)
     if list(sample_cfg.labels) != labels:
         raise ValueError(f"sample labels {sample_cfg.labels} differ from the model's {labels}")
-    skeleton = fit_skeleton(train_cases, labels)
+    if parent_card is not None and parent_card.get("skeleton"):
+        skeleton = parent_card["skeleton"]
+    else:
+        skeleton = fit_skeleton(train_cases, labels).to_dict()
     card = {
         "name": cfg.model,
         "labels": labels,
-        "input": {"spacing_mm": sample_cfg.spacing_mm, "in_channels": sample_cfg.in_channels, "output_stride": 2},
-        "skeleton": skeleton.to_dict(),
+        "input": {
+            "spacing_mm": sample_cfg.spacing_mm,
+            "in_channels": sample_cfg.in_channels,
+            "output_stride": 2,
+            "multiple": int(getattr(model, "input_multiple", PAD_MULTIPLE)),
+        },
+        "skeleton": skeleton,
     }
-    dataset = SliceDataset(train_cases, sample_cfg, samples_per_epoch=cfg.samples_per_epoch, seed=cfg.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=0)
-    loss_fn = IvdLoss()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    per_rank = math.ceil(cfg.samples_per_epoch / ranks.world)
+    dataset = SliceDataset(train_cases, sample_cfg, samples_per_epoch=per_rank, seed=cfg.seed + 7919 * ranks.rank)
+    batch_size = cfg.batch_size
+    trained = ddp.wrap(model, device)
+    loss_fn = registry.loss_for(cfg.model, config).to(device)
+    # a loss may learn too (HCA-Net's skeleton-loss weight), so its parameters are optimised with the model's
+    learnable = [*trained.parameters(), *loss_fn.parameters()]
+    optimiser = torch.optim.AdamW(learnable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    amp_dtype = _autocast_dtype(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     budget_s = cfg.minutes * 60
     start = last_validation = time.perf_counter()
     best: dict[str, Any] | None = None
     saved_card = None
     stale = step = 0
     for epoch in range(cfg.max_epochs):
-        model.train()
+        trained.train()
         dataset.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
         losses, parts_sum = [], {}
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             for group in optimiser.param_groups:
                 group["lr"] = _lr_at(cfg, step, (time.perf_counter() - start) / budget_s)
-            total, parts = loss_fn(model(batch["image"]), batch)
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"loss became {total.item()} at step {step}; lower the learning rate")
-            optimiser.zero_grad(set_to_none=True)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimiser.step()
+            try:
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    output = trained(batch["image"])
+                total, parts = loss_fn({k: v.float() for k, v in output.items()}, batch)
+                if not torch.isfinite(total):
+                    raise TrainingError(
+                        f"the training loss became {total.item()} at step {step}; nothing more was saved. "
+                        "Lower the learning rate, or check the corrected cases for broken masks or points"
+                    )
+                optimiser.zero_grad(set_to_none=True)
+                scaler.scale(total).backward()
+                scaler.unscale_(optimiser)
+                torch.nn.utils.clip_grad_norm_(learnable, 5.0)
+                scaler.step(optimiser)
+                scaler.update()
+            except RuntimeError as exc:
+                if not _is_out_of_memory(exc) or batch_size == 1 or ranks.world > 1:
+                    raise
+                optimiser.zero_grad(set_to_none=True)
+                batch_size //= 2
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                log.warning("out of memory at step %d; going on with batches of %d", step, batch_size)
+                break  # the next epoch uses the smaller batch
             step += 1
             losses.append(float(total.detach()))
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
         now = time.perf_counter()
         out_of_time = now - start >= budget_s
+        last_epoch = epoch == cfg.max_epochs - 1
+        if cfg.validate_every_epochs:
+            due = (epoch + 1) % cfg.validate_every_epochs == 0
+        else:
+            due = now - last_validation >= cfg.validate_every_min * 60
         validation, improved = None, False
-        if dev_cases and (out_of_time or now - last_validation >= cfg.validate_every_min * 60):
+        if ranks.main and dev_cases and (out_of_time or last_epoch or due):
             model.eval()
             validation = evaluate_cases(model, card, dev_cases, device)
             last_validation = time.perf_counter()
-            improved = best is None or validation["error_mm"] < best["error_mm"]
+            improved = best is None or validation_key(validation) < validation_key(best)
             if improved:
                 best, stale = validation, 0
                 extra = {
@@ -206,6 +294,7 @@ def fit(
                     "training_seconds": round(time.perf_counter() - start, 1),
                     "steps": step,
                     "device": str(device),
+                    "processes": ranks.world,
                     "torch": torch.__version__,
                 }
                 save_checkpoint(out_dir, model, cfg.model, config, labels=labels, input_spec=card["input"], extra=extra)
@@ -222,7 +311,8 @@ def fit(
             parts={k: v / n for k, v in parts_sum.items()},
             validation=validation,
             improved=improved,
+            batch_size=batch_size,
         )
-        if out_of_time or stale >= cfg.patience:
+        if ddp.agree(out_of_time or stale >= cfg.patience):
             break
     return saved_card

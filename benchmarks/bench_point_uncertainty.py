@@ -1,0 +1,106 @@
+"""Does the per-point uncertainty of napari_ivd.active find the points that are actually wrong?
+
+    python benchmarks/bench_point_uncertainty.py [--model ivdnet-lumbar] [--data ../shared/data/lumbar]
+                                                 [--all-held-out] [--device cpu|cuda] [--json out.json]
+
+Scores every held-out dev case of every contrast (the split `napari-ivd train` holds out,
+same seed; a model trained on one of them is refused), or with ``--all-held-out`` every
+labelled case the model was not trained on, with the active-learning scorer (the
+plain prediction plus three perturbed ones), and compares each named point's uncertainty with
+its actual error, the distance to the annotated position of the same level (points whose
+level is not annotated are not judged). Prints one row per case and the Spearman rank
+correlation between uncertainty and error over all points, for the combined uncertainty and
+for each of its cues; and the same between each case's score and its mean point error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from napari_ivd.active import score_volume_steps
+from napari_ivd.inference import find_model_dir, resolve_device
+from napari_ivd.models import load_checkpoint
+from napari_ivd.training.cases import load_lumbar_cases, split_cases
+from napari_ivd.worklist import run_steps
+
+CUES = ("spread", "lost", "renamed", "peak", "shape")
+
+
+def _spearman(x: list[float], y: list[float]) -> tuple[float | None, float | None]:
+    if len(x) < 3 or np.ptp(x) == 0:
+        return None, None
+    result = spearmanr(x, y)
+    return float(result.statistic), float(result.pvalue)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model folder or bundled name (default: starter model)")
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/lumbar")
+    parser.add_argument("--all-held-out", action="store_true", help="every case not in the card's trained_on")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    model, card = load_checkpoint(find_model_dir(args.model), device=device)
+    seed = card.get("train_config", {}).get("seed", 0)
+    cases = load_lumbar_cases(args.data)
+    if args.all_held_out:
+        dev = [c for c in cases if c.name not in set(card.get("trained_on", []))]
+    else:
+        _, dev = split_cases(cases, seed=seed)
+    dev = [c for c in dev if c.keypoints_vox]
+    leaked = sorted({c.name for c in dev} & set(card.get("trained_on", [])))
+    if leaked:
+        raise SystemExit(f"the model was trained on dev cases {leaked}; pass a model trained with this split")
+
+    points: list[dict] = []
+    rows: list[dict] = []
+    print(f"model {card['name']} on {device}; {len(dev)} dev cases")
+    print(f"{'case':14s} {'pts':>3s} {'score':>5s} {'err mm':>6s} {'s':>5s}  main reason")
+    for case in dev:
+        start = time.perf_counter()
+        scored = run_steps(score_volume_steps(case.volume, model, card, device))
+        seconds = time.perf_counter() - start
+        geometry = case.volume.geometry
+        predicted = scored.prediction.by_name() if scored.prediction is not None else {}
+        errors = []
+        for p in scored.points:
+            if p.level not in case.keypoints_vox:
+                continue
+            truth_mm = geometry.vox_to_mm(case.keypoints_vox[p.level][None])[0]
+            error = float(np.linalg.norm(predicted[p.level].xyz_mm - truth_mm))
+            errors.append(error)
+            points.append(
+                {"case": case.name, "level": p.level, "uncertainty": p.uncertainty, "error_mm": error}
+                | {cue: p.components.get(cue, 0.0) for cue in CUES}
+            )
+        mean_error = float(np.mean(errors)) if errors else None
+        rows.append({"case": case.name, "score": scored.score, "reason": scored.reason, "error_mm": mean_error})
+        shown = f"{mean_error:6.2f}" if mean_error is not None else "     -"
+        print(f"{case.name:14s} {len(errors):3d} {scored.score:5.2f} {shown} {seconds:5.1f}  {scored.reason}")
+
+    error = [p["error_mm"] for p in points]
+    results = {"model": card["name"], "n_points": len(points), "cases": rows, "points": points, "spearman": {}}
+    print(f"\nSpearman rank correlation with the actual point error ({len(points)} points, {len(rows)} cases):")
+    for cue in ("uncertainty", *CUES):
+        rho, p_value = _spearman([p[cue] for p in points], error)
+        results["spearman"][cue] = {"rho": rho, "p": p_value}
+        print(f"  {cue:12s} " + ("constant over these points" if rho is None else f"rho {rho:+.3f}  (p {p_value:.2g})"))
+    judged = [c for c in rows if c["error_mm"] is not None]
+    rho, p_value = _spearman([c["score"] for c in judged], [c["error_mm"] for c in judged])
+    results["spearman"]["case_score"] = {"rho": rho, "p": p_value}
+    print("  case score vs mean case error: " + ("undefined" if rho is None else f"rho {rho:+.3f}  (p {p_value:.2g})"))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Fine-tune the active model on a store's corrected cases and keep the result as a new version.
+
+One run: plan the cases (:mod:`.store_cases`), score the parent on the held-out cases,
+train from the parent's weights with :func:`napari_ivd.training.engine.fit`, store the best
+checkpoint under ``models/`` with a card naming its parent, the exact case revisions,
+hyper-parameters and the validation figures before and after, and make it the active
+model only when it validates better than its parent. Nothing reaches the store before the
+run has finished: a cancelled or failed run leaves the store as it was.
+
+The viewer drives :func:`finetune_steps` in a worker; ``napari-ivd train --store`` drives it
+with a loop, under ``torchrun`` too (only rank 0 evaluates and writes).
+
+Example
+-------
+>>> result = run_steps(finetune_steps(store, FineTuneConfig(minutes=5)))
+>>> result.activated, result.reason
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Generator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from napari_ivd.errors import TrainingError
+from napari_ivd.inference import resolve_device
+from napari_ivd.model_versions import ModelChoice, active_choice, model_choices, model_folder
+from napari_ivd.models import load_checkpoint, read_card
+from napari_ivd.store import AnnotationStore, ModelInfo
+from napari_ivd.store.schema import default_author
+from napari_ivd.training import ddp
+from napari_ivd.training.data import SampleConfig
+from napari_ivd.training.engine import TrainConfig, TrainProgress, evaluate_cases, fit, validation_key
+from napari_ivd.training.store_cases import TrainingPlan, load_planned_cases, plan_training
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FineTuneConfig", "FineTuneProgress", "FineTuneResult", "finetune_steps", "parent_choice"]
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """Fine-tuning settings; the defaults need no choices (five minutes, early stopping)."""
+
+    minutes: float = 5.0
+    epochs: int | None = None
+    lr: float = 5e-4
+    batch_size: int = 4
+    samples_per_epoch: int = 32
+    validate_every_epochs: int = 2
+    patience: int = 4
+    validation_fraction: float = 0.2
+    device: str = "auto"
+    seed: int = 0
+
+    def train_config(self) -> TrainConfig:
+        """The engine's settings for this run (short warm-up: the weights are trained already)."""
+        return TrainConfig(
+            batch_size=self.batch_size,
+            lr=self.lr,
+            warmup_steps=10,
+            minutes=self.minutes,
+            max_epochs=self.epochs or 1_000_000,
+            samples_per_epoch=self.samples_per_epoch,
+            validate_every_epochs=self.validate_every_epochs,
+            patience=self.patience,
+            device=self.device,
+            seed=self.seed,
+        )
+
+
+@dataclass(frozen=True)
+class FineTuneProgress:
+    """A report of a run: the phase, a line of text, and the engine's figures while training."""
+
+    phase: str  # "reading", "baseline", "training", "saving"
+    message: str
+    fraction: float
+    train: TrainProgress | None = None
+    before: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class FineTuneResult:
+    """What a finished run produced (``model`` is None on ranks other than 0 under torchrun)."""
+
+    model: ModelInfo | None
+    parent: str
+    activated: bool
+    reason: str
+    before: dict[str, Any]
+    after: dict[str, Any]
+    plan: TrainingPlan
+
+
+def parent_choice(store: AnnotationStore, parent: str | None) -> ModelChoice:
+    """The model a run starts from: ``parent`` (a stored id or bundled name) or the store's active model.
+
+    Raises
+    ------
+    TrainingError
+        ``parent`` names no stored or bundled model.
+    """
+    if parent is None:
+        return active_choice(store)
+    choices = model_choices(store)
+    for choice in choices:
+        if choice.key == parent:
+            return choice
+    known = ", ".join(c.key for c in choices)
+    raise TrainingError(f"no model {parent!r} in {store.location} or bundled (available: {known})")
+
+
+def _figure(metrics: dict[str, Any]) -> str:
+    error, dice = validation_key(metrics)
+    text = f"{error:.2f} mm" if error != float("inf") else "no keypoints"
+    return text + (f", Dice {1 - dice:.2f}" if dice < 1.0 else "")
+
+
+def finetune_steps(
+    store: AnnotationStore,
+    cfg: FineTuneConfig | None = None,
+    *,
+    parent: str | None = None,
+    author: str | None = None,
+) -> Generator[FineTuneProgress, None, FineTuneResult]:
+    """Fine-tune ``parent`` (default: the active model) on the store's corrected cases.
+
+    Yields :class:`FineTuneProgress` (stop iterating to cancel: nothing is written); returns
+    a :class:`FineTuneResult`.
+
+    Raises
+    ------
+    TrainingError
+        Too few corrected cases, an unknown parent, a diverging loss, or no validation
+        within the budget.
+    CheckpointError
+        The parent's weights cannot be loaded.
+    """
+    cfg = cfg or FineTuneConfig()
+    ranks = ddp.current()
+    plan = plan_training(store, cfg.validation_fraction)
+    yield FineTuneProgress("reading", plan.describe(), 0.0)
+    train_cases, val_cases = yield from _read(store, plan)
+    choice = parent_choice(store, parent)
+    parent_dir = model_folder(store, choice.key)
+    device = resolve_device(cfg.device)
+    before: dict[str, Any] = {}
+    if ranks.main:
+        yield FineTuneProgress("baseline", f"scoring {choice.key} on the {len(val_cases)} held-out cases", 0.05)
+        model, card = load_checkpoint(parent_dir, device=device)
+        before = evaluate_cases(model, card, val_cases, device)
+        del model
+    sample_cfg = _sample_config(parent_dir)
+    extra = {
+        "parent": {"model": choice.key, "stored": choice.stored, "weights_sha256": choice.card.get("weights_sha256")},
+        "case_revisions": plan.revisions(),
+        "store": store.location,
+        "hyperparameters": asdict(cfg),
+        "metrics_before": {"validation": before},
+        "author": author or default_author(),
+    }
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="napari-ivd-finetune-") as tmp:
+        out_dir = Path(tmp) / "model"
+        train_cfg = cfg.train_config()
+        steps = fit(train_cfg, sample_cfg, train_cases, val_cases, out_dir, init_from=parent_dir, card_extra=extra)
+        while True:
+            try:
+                report = next(steps)
+            except StopIteration as done:
+                saved = done.value
+                break
+            fraction = min(1.0, max(report.elapsed_s / report.budget_s, (report.epoch + 1) / train_cfg.max_epochs))
+            yield FineTuneProgress("training", _train_line(report, cfg.epochs), 0.1 + 0.85 * fraction, report, before)
+        if not ranks.main:
+            return FineTuneResult(None, choice.key, False, "rank > 0 writes nothing", before, {}, plan)
+        if saved is None:
+            raise TrainingError("fine-tuning ended before any validation ran; give it more time or epochs")
+        yield FineTuneProgress("saving", "storing the new model version", 0.97, None, before)
+        info = store.add_model(out_dir)
+    after = saved["metrics"]["validation"]
+    better = validation_key(after) < validation_key(before)
+    held = f"{len(val_cases)} held-out case{'s' if len(val_cases) != 1 else ''}"
+    if better:
+        reason = f"validates better than its parent {choice.key} on {held}: {_figure(after)} vs {_figure(before)}"
+        store.set_active_model(info.model_id, stored=True, reason=reason, author=author)
+    else:
+        reason = (
+            f"kept {choice.key} active: the new version validates no better on {held} "
+            f"({_figure(after)} vs {_figure(before)})"
+        )
+    log.info("fine-tuned %s -> %s in %.0f s: %s", choice.key, info.model_id, time.perf_counter() - start, reason)
+    return FineTuneResult(info, choice.key, better, reason, before, after, plan)
+
+
+def _read(store: AnnotationStore, plan: TrainingPlan) -> Generator[FineTuneProgress, None, tuple[list, list]]:
+    steps = load_planned_cases(store, plan)
+    while True:
+        try:
+            report = next(steps)
+        except StopIteration as done:
+            return done.value
+        yield FineTuneProgress("reading", report.message, 0.05 * report.step / max(1, report.total))
+
+
+def _sample_config(parent_dir: Path) -> SampleConfig:
+    """The parent's sampling settings (same spacing, channels and labels), defaults otherwise."""
+    card = read_card(parent_dir)
+    if card.get("sample_config"):
+        return SampleConfig.from_dict(card["sample_config"])
+    return SampleConfig(labels=tuple(card["labels"]))
+
+
+def _train_line(p: TrainProgress, epochs: int | None) -> str:
+    left = max(0.0, p.budget_s - p.elapsed_s)
+    budget = f"of {epochs}" if epochs else f"({left / 60:.1f} min left)"
+    line = f"epoch {p.epoch + 1} {budget}, step {p.step}, loss {p.loss:.3f}"
+    if p.validation is not None:
+        line += f"; validation {_figure(p.validation)}{' (best)' if p.improved else ''}"
+    return line

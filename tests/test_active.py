@@ -1,0 +1,360 @@
+"""Active learning without a viewer: strategies on hand-built cases, the scorer's cues, the score cache.
+
+Strategies, k-center and the plausibility checks are pure functions tested on hand-built
+records and spines; the scorer's cues on hand-built predictions; the cache on an in-memory
+store of small synthetic scans run through the bundled model.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_ivd import anatomy
+from napari_ivd.active import (
+    CachedCase,
+    CaseRecord,
+    Perturbation,
+    Ranking,
+    ScoreCache,
+    assess,
+    embed_volume,
+    implausibility,
+    k_center_order,
+    model_key,
+    perturb,
+    rank,
+    ranking,
+    score_store_steps,
+)
+from napari_ivd.errors import RankingError
+from napari_ivd.inference import PredictedStructure, Prediction, find_model_dir
+from napari_ivd.io import SagittalView, Volume, VolumeGeometry
+from napari_ivd.io.annotations import LabelledPoint
+from napari_ivd.models import load_checkpoint, save_checkpoint
+from napari_ivd.skeleton import SkeletonPrior
+from napari_ivd.store import AnnotationStore
+from napari_ivd.worklist import run_steps
+
+LUMBAR = anatomy.span("L1", "L5-S1")  # L1, L1-L2, ..., L5, L5-S1: ten structures
+STEP_MM = 17.0  # vertebra to the next disc
+GEOMETRY = VolumeGeometry(np.eye(4), (64, 100, 220), "hand-built")  # RAS: rows of the display run down -k
+VIEW = SagittalView(GEOMETRY)
+
+
+def _spine(
+    rows: dict[str, float] | None = None, cols: dict[str, float] | None = None
+) -> dict[str, tuple[float, float]]:
+    """A regular lumbar spine in the sagittal plane (row_mm, col_mm), with some positions overridden."""
+    spine = {name: (20.0 + STEP_MM * i, 50.0) for i, name in enumerate(LUMBAR)}
+    for name, row in (rows or {}).items():
+        spine[name] = (row, spine[name][1])
+    for name, col in (cols or {}).items():
+        spine[name] = (spine[name][0], col)
+    return spine
+
+
+def _prediction(spine: dict[str, tuple[float, float]], score: float = 0.9, lateral: float = 32.0) -> Prediction:
+    """A prediction naming ``spine``'s structures (plane mm) on the hand-built grid (1 mm voxels)."""
+    structures = []
+    for name, (row, col) in spine.items():
+        ijk = VIEW.display_to_vox(np.array([[lateral, row, col]]))[0]
+        structures.append(
+            PredictedStructure(name, anatomy.structure(name).kind, score, ijk, GEOMETRY.vox_to_mm(ijk[None])[0])
+        )
+    structures.sort(key=lambda s: anatomy.structure(s.name).order)
+    return Prediction(tuple(structures), np.zeros((1, 1, 1), np.uint8), "hand-built", lateral)
+
+
+# ---------------------------------------------------------------------- strategies
+def _records() -> list[CaseRecord]:
+    unit = np.eye(3)
+    return [
+        CaseRecord("calm", score=0.2, reason="L3 weak (0.45 peak)", embedding=unit[0]),
+        CaseRecord("twin-a", score=0.9, reason="L4-L5 unsure (4.2 mm spread)", embedding=unit[1]),
+        CaseRecord("twin-b", score=0.85, reason="L4 lost in 2 of 3 perturbed runs", embedding=unit[1] + 0.01),
+        CaseRecord("odd", score=0.6, reason="L2-L3 missing between named levels", embedding=unit[2]),
+        CaseRecord("unscored", reason="not scored: unreadable image"),
+        CaseRecord("done", status="verified", score=1.0, embedding=unit[0]),
+    ]
+
+
+def test_uncertainty_strategy_puts_the_most_informative_case_first_and_leaves_verified_ones_out():
+    rows = rank(_records(), "uncertainty")
+    assert [r.case_id for r in rows] == ["twin-a", "twin-b", "odd", "calm", "unscored"]
+    assert [r.rank for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[0].score == pytest.approx(0.9) and rows[0].reason == "L4-L5 unsure (4.2 mm spread)"
+    assert rows[-1].score is None and rows[-1].reason.startswith("not scored")
+
+
+def test_uncertainty_diversity_strategy_takes_the_different_case_before_a_near_duplicate():
+    rows = rank(_records(), "uncertainty+diversity")
+    assert [r.case_id for r in rows] == ["twin-a", "odd", "twin-b", "calm", "unscored"]
+    twin, calm = rows[2], rows[3]
+    assert twin.score < 0.02 and twin.reason == "L4 lost in 2 of 3 perturbed runs; resembles twin-a"
+    assert calm.score == 0.0 and calm.reason == "L3 weak (0.45 peak); resembles done"  # the verified case's twin
+
+
+def test_uncertainty_diversity_strategy_passes_over_a_case_like_a_verified_one():
+    unit = np.eye(2)
+    records = [
+        CaseRecord("like-verified", score=0.9, embedding=unit[0] + 0.02),
+        CaseRecord("new-kind", score=0.5, embedding=unit[1]),
+        CaseRecord("verified", status="verified", embedding=unit[0]),
+    ]
+    assert [r.case_id for r in rank(records, "uncertainty")] == ["like-verified", "new-kind"]
+    rows = rank(records, "uncertainty+diversity")
+    assert [r.case_id for r in rows] == ["new-kind", "like-verified"]
+    assert rows[1].reason.endswith("resembles verified")
+
+
+def test_random_strategy_is_a_seeded_shuffle_of_the_cases_not_verified():
+    records = [CaseRecord(f"case-{i:02d}", score=i / 20) for i in range(20)] + [CaseRecord("done", "verified")]
+    first = [r.case_id for r in rank(records, "random", seed=3)]
+    assert first == [r.case_id for r in rank(records[::-1], "random", seed=3)]  # input order does not matter
+    assert sorted(first) == [f"case-{i:02d}" for i in range(20)]
+    assert first != [r.case_id for r in rank(records, "random", seed=4)]
+    assert first != sorted(first)
+    assert rank(records, "random", seed=3)[0].reason == "random draw (seed 3)"
+
+
+def test_an_unknown_strategy_is_refused_with_the_valid_ones():
+    with pytest.raises(RankingError, match="choose one of random, uncertainty, uncertainty\\+diversity"):
+        rank(_records(), "most-recent")
+
+
+def test_k_center_picks_the_case_farthest_from_the_annotated_ones():
+    annotated = np.array([[0.0, 0.0], [1.0, 0.0]])
+    candidates = np.array([[0.1, 0.1], [0.5, 3.0], [0.9, 0.2], [0.4, 1.0], [0.5, 2.8]])
+    picks = k_center_order(candidates, annotated)
+    assert [p.index for p in picks] == [1, 3, 2, 4, 0]
+    assert picks[0].distance == pytest.approx(np.hypot(0.5, 3.0)) and picks[0].nearest == 0
+    assert picks[3].nearest == len(annotated) + 1  # candidate 4 sits next to the first pick
+    assert picks[3].value == pytest.approx(0.2 / np.hypot(0.5, 3.0))
+    weighted = k_center_order(candidates, annotated, weights=np.array([1.0, 0.1, 1.0, 1.0, 1.0]))
+    assert weighted[0].index == 4  # the farthest case is certain: its uncertain neighbour goes first
+    assert [p.index for p in k_center_order(candidates)][:2] == [0, 1]  # nothing annotated: first row, then farthest
+
+
+# ---------------------------------------------------------------------- anatomical plausibility
+def _prior() -> SkeletonPrior:
+    rng = np.random.default_rng(0)
+    shapes = []
+    for _ in range(12):
+        size = rng.uniform(0.9, 1.1)
+        shapes.append(
+            {n: (size * r + rng.normal(0, 0.5), size * c + rng.normal(0, 0.5)) for n, (r, c) in _spine().items()}
+        )
+    return SkeletonPrior.fit(shapes)
+
+
+def test_a_regular_spine_is_plausible():
+    found = implausibility(_spine(), _prior())
+    assert found.points == {} and found.case == ()
+
+
+def test_implausibility_finds_a_level_out_of_order():
+    found = implausibility(_spine(rows={"L3": 5.0}), _prior())  # L3 drawn above L1
+    assert found.points["L3"].uncertainty == 1.0 and found.points["L3"].reason == "L3 out of order"
+    assert [n for n, f in found.points.items() if f.reason.endswith("out of order")] == ["L3"]
+
+
+def test_implausibility_finds_missing_levels_between_named_ones():
+    spine = _spine()
+    del spine["L3"], spine["L3-L4"]
+    found = implausibility(spine, _prior())
+    assert [(f.level, f.reason) for f in found.case] == [
+        ("L3", "L3 missing between named levels"),
+        ("L3-L4", "L3-L4 missing between named levels"),
+    ]
+    assert found.points == {}  # the named levels around the gap are still evenly spaced
+    del spine["L1"]  # a level above the first named one is not "missing": the field of view may end there
+    assert {f.level for f in implausibility(spine, _prior()).case} == {"L3", "L3-L4"}
+
+
+def test_implausibility_finds_a_disc_spacing_outlier():
+    rows = {"L4-L5": 20.0 + STEP_MM * 7 + 12.0, "L5": 20.0 + STEP_MM * 8 + 12.0, "L5-S1": 20.0 + STEP_MM * 9 + 12.0}
+    found = implausibility(_spine(rows=rows))  # everything below L4 slid 12 mm down: a too long L3-L4 to L4-L5 step
+    assert set(found.points) == {"L3-L4", "L4-L5", "L4", "L5"}
+    assert found.points["L4-L5"].reason == "L3-L4 to L4-L5 spacing 1.4× the median"
+    assert 0 < found.points["L4-L5"].uncertainty < 1
+
+
+def test_implausibility_finds_a_point_off_the_learned_spine_shape():
+    found = implausibility(_spine(cols={"L3": 65.0}), _prior())  # L3 15 mm behind its neighbours
+    assert max(found.points, key=lambda n: found.points[n].uncertainty) == "L3"
+    assert (
+        found.points["L3"].reason.startswith("L3 off the learned spine shape") and found.points["L3"].uncertainty > 0.5
+    )
+
+
+# ---------------------------------------------------------------------- the scorer's cues
+def test_a_stable_confident_prediction_scores_low_and_a_moving_point_is_named_as_the_reason():
+    spine = _spine()
+    stable = assess(_prediction(spine), [_prediction(spine)] * 3, VIEW, _prior())
+    assert stable.score < 0.1 and stable.unsure_levels() == {}
+
+    moved = [_prediction(spine), _prediction(_spine(rows={"L4-L5": spine["L4-L5"][0] + 6})), _prediction(spine)]
+    scored = assess(_prediction(spine), moved, VIEW, _prior())
+    assert scored.reason == "L4-L5 unsure (2.6 mm spread)"
+    assert list(scored.unsure_levels()) == [] and scored.score > stable.score
+    worst = max(scored.points, key=lambda p: p.uncertainty)
+    assert worst.level == "L4-L5" and worst.spread_mm == pytest.approx(np.sqrt(3 * 1.5**2 + 4.5**2) / 2)
+
+
+def test_renamed_lost_and_extra_structures_under_perturbation_make_a_case_unsure():
+    spine = _spine()
+    shifted = {anatomy.shift(n, -1).name: p for n, p in spine.items()}  # every level named one too high
+    without_l4 = {n: p for n, p in spine.items() if n != "L4"}
+    with_extra = {**spine, "T12-L1": (3.0, 50.0)}
+    runs = [_prediction(shifted), _prediction(without_l4), _prediction(with_extra)]
+    scored = assess(_prediction(spine), runs, VIEW)
+    by_level = {p.level: p for p in scored.points}
+    assert by_level["L3"].reason == "L3 named L2 in 1 of 3 perturbed runs"
+    assert by_level["L4"].components["lost"] == pytest.approx(1 / 3, abs=1e-3)
+    assert by_level["L4"].components["renamed"] == pytest.approx(1 / 3, abs=1e-3)
+    assert "T12-L1 found only in 1 of 3 perturbed runs" in [f.reason for f in scored.findings]
+    assert scored.score > 0.3
+
+
+def test_weak_peaks_and_an_empty_prediction():
+    weak = assess(_prediction(_spine(), score=0.15), [], VIEW)
+    assert weak.reason.endswith("weak (0.15 peak)") and weak.score == pytest.approx(0.75)
+    nothing = assess(_prediction({}), [], VIEW)
+    assert (nothing.score, nothing.reason, nothing.points) == (1.0, "no disc or vertebra found", ())
+
+
+def test_a_perturbed_copy_keeps_every_voxel_at_its_scanner_position():
+    affine = np.array([[0.0, 0.0, -0.8, 40.0], [-0.5, 0.0, 0.0, 10.0], [0.0, -0.5, 0.0, 90.0], [0, 0, 0, 1]])
+    array = np.random.default_rng(0).integers(0, 1000, (80, 90, 30)).astype(np.int16)
+    volume = Volume(array, VolumeGeometry(affine, array.shape, "oblique"), Path("oblique.nii.gz"))
+    copy = perturb(volume, Perturbation(gamma=1.25, crop_mm=(1.6, 3.0, 2.0)))
+    view = volume.view
+    crop = np.array([2, 6, 4])  # mm / display spacing (0.8, 0.5, 0.5)
+    assert copy.array.shape == tuple(np.array(view.display.shape) - crop)
+    display_index = np.array([[5.0, 7.0, 9.0]])
+    np.testing.assert_allclose(
+        copy.geometry.vox_to_mm(display_index), view.display.vox_to_mm(display_index + crop), atol=1e-9
+    )
+    assert copy.array.max() == pytest.approx(1.0) and copy.array.min() == pytest.approx(0.0)
+
+
+class _MapsOnly(torch.nn.Module):
+    """A stand-in for any registered network that is not an ivdnet: only the output contract."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        maps = self.conv(x)
+        return {"heatmap": maps[:, :2, ::2, ::2], "seg": maps[:, 2:]}
+
+
+def test_embeddings_are_unit_vectors_that_tell_scans_apart_for_any_network():
+    model, card = load_checkpoint(find_model_dir(None))
+    first, again, other = (embed_volume(_volume(seed), model, card) for seed in (0, 0, 1))
+    assert first.shape == (2 * model.config.widths[3],) and np.linalg.norm(first) == pytest.approx(1.0)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+    generic = embed_volume(_volume(0), _MapsOnly(), {"input": {"spacing_mm": 1.0}}, mid_sagittal_mm=16.0)
+    assert generic.shape == (2 * 3,) and np.linalg.norm(generic) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------- the score cache
+def _volume(seed: int) -> Volume:
+    """A small noise scan (6 thick sagittal slices: every slice is a coarse one, so prediction is quick)."""
+    array = np.random.default_rng(seed).integers(0, 500, (6, 48, 48)).astype(np.int16)
+    return Volume(array, VolumeGeometry(np.diag([8.0, 1.0, 1.0, 1.0]), array.shape, "noise"), Path(f"n{seed}.nii.gz"))
+
+
+def _ranked(store: AnnotationStore, **options) -> Ranking:
+    """Rank a store's cases on the CPU without perturbed runs (the cache does not depend on them)."""
+    return run_steps(score_store_steps(store, device="cpu", perturbations=(), **options))
+
+
+@pytest.fixture
+def counted(monkeypatch) -> dict[str, list[str]]:
+    """Which volumes the scorer and the embedder actually ran on (by shape and first voxel)."""
+    calls: dict[str, list[str]] = {"scored": [], "embedded": []}
+    real_score, real_embed = ranking.score_volume_steps, ranking.embed_volume
+
+    def score(volume, *args, **kwargs):
+        calls["scored"].append(volume.path.name)
+        return real_score(volume, *args, **kwargs)
+
+    def embed(volume, *args, **kwargs):
+        calls["embedded"].append(volume.path.name)
+        return real_embed(volume, *args, **kwargs)
+
+    monkeypatch.setattr(ranking, "score_volume_steps", score)
+    monkeypatch.setattr(ranking, "embed_volume", embed)
+    return calls
+
+
+def _store() -> AnnotationStore:
+    store = AnnotationStore.open(f"memory://active-{uuid.uuid4().hex}", create=True)
+    store.add_case(_volume(0), "scan-0")
+    store.add_case(_volume(1), "scan-1")
+    store.add_case(_volume(2), "scan-2", points=[LabelledPoint("L3", (3.0, 24.0, 24.0))], status="verified")
+    return store
+
+
+def test_scores_are_cached_per_model_and_only_new_cases_are_scored_again(counted, tmp_path):
+    store = _store()
+    first = _ranked(store, strategy="uncertainty")
+    assert sorted(counted["scored"]) == ["n0.nii.gz", "n1.nii.gz"]  # the verified case is not scored
+    assert [c.case_id for c in first.cases] == ["scan-0", "scan-1"]
+    assert first.cases[0].reason == "no disc or vertebra found"  # noise: the model finds no spine
+    assert set(store.cached_scores(first.model)["cases"]) == {"scan-0", "scan-1"}
+
+    again = _ranked(store, strategy="uncertainty")
+    assert len(counted["scored"]) == 2 and again.cases == first.cases  # all from the cache
+
+    store.add_case(_volume(3), "scan-3")
+    _ranked(store, strategy="uncertainty")
+    assert counted["scored"][2:] == ["n3.nii.gz"]
+
+    # diversity also needs the verified case's embedding: computed once, then cached too
+    diverse = _ranked(store, strategy="uncertainty+diversity")
+    assert counted["embedded"][-1] == "n2.nii.gz" and len(counted["scored"]) == 3
+    assert {c.case_id for c in diverse.cases} == {"scan-0", "scan-1", "scan-3"}
+    _ranked(store, strategy="uncertainty+diversity")
+    assert counted["embedded"].count("n2.nii.gz") == 1
+
+    # a fine-tuned model (other weights) scores everything afresh, under its own key
+    model, card = load_checkpoint(find_model_dir(None))
+    with torch.no_grad():
+        model.heatmap.bias += 0.01
+    tuned = tmp_path / "tuned"
+    save_checkpoint(tuned, model, card["name"], model.config, labels=card["labels"], input_spec=card["input"])
+    retuned = _ranked(store, model=str(tuned), strategy="uncertainty")
+    assert retuned.model != first.model and model_key(load_checkpoint(tuned)[1]) == retuned.model
+    assert sorted(counted["scored"][3:]) == ["n0.nii.gz", "n1.nii.gz", "n3.nii.gz"]
+    assert store.cached_scores(first.model) is not None  # the old model's scores stay for the old model
+
+
+def test_a_cache_of_another_scoring_version_or_image_is_not_trusted(counted):
+    store = _store()
+    first = _ranked(store)
+    payload = store.cached_scores(first.model)
+    store.cache_scores(first.model, {**payload, "version": payload["version"] + 1})
+    _ranked(store)
+    assert len(counted["scored"]) == 4
+
+    cache = ScoreCache(store, first.model)
+    assert cache.get("scan-0", store.case("scan-0").image_sha256) is not None
+    assert cache.get("scan-0", "0" * 64) is None
+    cache.put("scan-0", CachedCase("0" * 64))  # an entry computed from another image is stale
+    cache.save()
+    _ranked(store)
+    assert counted["scored"][4:] == ["n0.nii.gz"]
+
+
+def test_ranking_a_store_with_an_unknown_strategy_is_refused():
+    with pytest.raises(RankingError, match="unknown ranking strategy 'oldest'"):
+        run_steps(score_store_steps(_store(), strategy="oldest"))

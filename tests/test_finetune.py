@@ -1,0 +1,220 @@
+"""Fine-tuning from a store: which cases, the new model version, when it becomes active, failures.
+
+Case planning runs on small synthetic volumes; runs that train use three real water cases
+(``training_store_template``) with a few steps, so they check plumbing, not accuracy
+(``benchmarks/bench_finetune.py`` measures the gain).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_ivd.errors import CheckpointError, StoreError, TrainingError
+from napari_ivd.io.annotations import LabelledPoint
+from napari_ivd.io.geometry import VolumeGeometry
+from napari_ivd.io.volume import Volume
+from napari_ivd.model_versions import active_choice, model_choices, model_folder
+from napari_ivd.models import load_checkpoint
+from napari_ivd.store import AnnotationStore
+from napari_ivd.training import finetune
+from napari_ivd.training.finetune import FineTuneConfig, finetune_steps
+from napari_ivd.training.store_cases import load_planned_cases, plan_training
+from napari_ivd.worklist import run_steps
+
+TINY = FineTuneConfig(epochs=1, samples_per_epoch=4, batch_size=2, validate_every_epochs=1, device="cpu")
+POINTS = [LabelledPoint("L3", (10.0, 12.0, 8.0)), LabelledPoint("L3-L4", (12.0, 20.0, 8.0))]
+
+
+def _volume(seed: int) -> Volume:
+    geometry = VolumeGeometry(np.diag([1.0, 1.0, 1.0, 1.0]), (20, 32, 16), "phantom")
+    return Volume(np.random.default_rng(seed).random((20, 32, 16), dtype=np.float32), geometry, Path("p.nii.gz"))
+
+
+def _planning_store() -> AnnotationStore:
+    """Cases in every state: verified, corrected by hand, an unchanged proposal, nothing saved, empty."""
+    store = AnnotationStore.open("memory://plan-" + str(np.random.default_rng().integers(1 << 30)), create=True)
+    for i, case_id in enumerate(["verified-a", "manual-b", "manual-c", "proposal-d", "new-e", "empty-f"]):
+        store.add_case(_volume(i), case_id)
+    store.save_revision("verified-a", POINTS, None, status="verified")
+    store.save_revision("manual-b", POINTS, None)
+    store.save_revision("manual-c", POINTS, None)
+    store.save_revision("proposal-d", POINTS, None, source="model:ivdnet")
+    store.save_revision("empty-f", [], None)
+    return store
+
+
+def _copy(template: Path, tmp_path: Path) -> AnnotationStore:
+    return AnnotationStore.open(shutil.copytree(template, tmp_path / template.name), fsync=False)
+
+
+def test_plan_uses_verified_and_hand_corrected_cases_and_holds_out_a_verified_one():
+    store = _planning_store()
+    plan = plan_training(store, validation_fraction=0.2)
+    assert {c.case_id for c in plan.train} | {c.case_id for c in plan.validation} == {
+        "verified-a",
+        "manual-b",
+        "manual-c",
+    }
+    assert [c.case_id for c in plan.validation] == ["verified-a"]  # verified cases are the yardstick first
+    skipped = dict(plan.skipped)
+    assert "uncorrected proposal" in skipped["proposal-d"]
+    assert skipped["new-e"] == "no saved revision" and "empty" in skipped["empty-f"]
+    assert plan.revisions()["train"] == {"manual-b": "r000001", "manual-c": "r000001"}
+    assert "validates on 1: verified-a" in plan.describe()
+    assert plan_training(store) == plan  # deterministic
+
+
+def test_plan_needs_two_corrected_cases_and_says_so():
+    store = AnnotationStore.open("memory://plan-too-few", create=True)
+    store.add_case(_volume(0), "only")
+    store.save_revision("only", POINTS, None)
+    with pytest.raises(TrainingError, match=r"at least 2 corrected or verified cases.*has 1"):
+        plan_training(store)
+
+
+def test_planned_cases_carry_the_planned_revision_not_a_later_one():
+    store = _planning_store()
+    plan = plan_training(store)
+    store.save_revision("manual-b", [LabelledPoint("L4", (5.0, 5.0, 5.0))], None)  # after planning
+    train, _ = run_steps(load_planned_cases(store, plan))
+    case_b = next(c for c in train if c.name == "manual-b")
+    assert sorted(case_b.keypoints_vox) == ["L3", "L3-L4"] and case_b.contrast == "unknown"
+
+
+@pytest.mark.slow
+def test_a_run_stores_a_version_whose_card_names_parent_revisions_and_both_validations(
+    training_store_template, tmp_path
+):
+    store = _copy(training_store_template, tmp_path)
+    reports = []
+    result = run_steps(finetune_steps(store, TINY, author="tester"), reports.append)
+    phases = [r.phase for r in reports]
+    assert phases[0] == "reading" and "baseline" in phases and "training" in phases and phases[-1] == "saving"
+    fractions = [r.fraction for r in reports]
+    assert fractions == sorted(fractions) and fractions[-1] < 1.0
+    assert [m.model_id for m in store.list_models()] == [result.model.model_id]
+    card = result.model.card
+    assert card["parent"]["model"] == "ivdnet-lumbar" and card["parent"]["stored"] is False
+    revisions = card["case_revisions"]
+    assert set(revisions["train"]) | set(revisions["validation"]) == {"VB3-case-01", "VB3-case-02", "VB3-case-03"}
+    assert card["metrics_before"]["validation"]["cases"] == list(revisions["validation"])
+    assert card["metrics"]["validation"]["error_mm"] is not None and card["author"] == "tester"
+    assert card["hyperparameters"]["epochs"] == 1 and card["device"] == "cpu"
+    _, loaded = load_checkpoint(model_folder(store, result.model.model_id))  # the same safetensors path
+    assert loaded["weights_sha256"] == result.model.weights_sha256
+    assert result.activated == (store.active_model() is not None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parent_error_mm, activated", [(99.0, True), (0.0, False)])
+def test_the_new_version_becomes_active_only_when_it_validates_better(
+    training_store_template, tmp_path, monkeypatch, parent_error_mm, activated
+):
+    real_evaluate = finetune.evaluate_cases
+
+    def parent_scored(*args, **kwargs):
+        return {**real_evaluate(*args, **kwargs), "error_mm": parent_error_mm}
+
+    monkeypatch.setattr(finetune, "evaluate_cases", parent_scored)
+    store = _copy(training_store_template, tmp_path)
+    result = run_steps(finetune_steps(store, TINY))
+    assert result.activated is activated
+    chosen = active_choice(store)
+    if activated:
+        assert (chosen.key, chosen.stored) == (result.model.model_id, True)
+        assert "validates better than its parent ivdnet-lumbar" in store.active_model().reason
+        again = run_steps(finetune_steps(store, TINY))  # the next run starts from the active version
+        assert again.parent == result.model.model_id
+        assert [c.key for c in model_choices(store)][-2:] == sorted(
+            [result.model.model_id, again.model.model_id], key=lambda k: store_added(store, k)
+        )
+    else:
+        assert (chosen.key, chosen.stored) == ("ivdnet-lumbar", False) and store.active_model() is None
+        assert result.reason.startswith("kept ivdnet-lumbar active")
+
+
+def store_added(store: AnnotationStore, model_id: str) -> str:
+    return next(m.added_utc for m in store.list_models() if m.model_id == model_id)
+
+
+@pytest.mark.slow
+def test_a_diverging_loss_stops_with_a_clear_message_and_writes_nothing(training_store_template, tmp_path, monkeypatch):
+    from napari_ivd.models.losses import IvdLoss
+
+    real_forward = IvdLoss.forward
+
+    def nan_loss(self, output, batch):
+        total, parts = real_forward(self, output, batch)
+        return total * float("nan"), parts
+
+    monkeypatch.setattr(IvdLoss, "forward", nan_loss)
+    store = _copy(training_store_template, tmp_path)
+    with pytest.raises(TrainingError, match=r"loss became nan.*nothing more was saved.*learning rate"):
+        run_steps(finetune_steps(store, TINY))
+    assert store.list_models() == [] and store.active_model() is None
+
+
+@pytest.mark.slow
+def test_cancelling_a_run_writes_nothing(training_store_template, tmp_path):
+    store = _copy(training_store_template, tmp_path)
+    steps = finetune_steps(store, FineTuneConfig(epochs=5, samples_per_epoch=4, batch_size=2, device="cpu"))
+    for report in steps:
+        if report.phase == "training":
+            break
+    steps.close()  # what a worker's cancel amounts to
+    assert store.list_models() == [] and store.active_model() is None
+
+
+def test_a_damaged_stored_parent_is_refused_clearly(training_store_template, tmp_path):
+    store = _copy(training_store_template, tmp_path)
+    bundled = model_folder(None, None)
+    info = store.add_model(bundled, model_id="copy-of-starter")
+    weights = Path(store.location) / "models" / info.model_id / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(StoreError, match="do not match their sha256"):
+        run_steps(finetune_steps(store, TINY, parent="copy-of-starter"))
+    with pytest.raises(TrainingError, match="no model 'nope'"):
+        run_steps(finetune_steps(store, TINY, parent="nope"))
+
+
+def test_pt_weights_load_without_unpickling_and_misfits_are_named(tmp_path):
+    model, _ = load_checkpoint(model_folder(None, None))
+    good = tmp_path / "finetuned.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, good)
+    folder = model_folder(None, good)
+    loaded, card = load_checkpoint(folder)
+    assert card["imported_from"] == str(good.resolve()) and card["skeleton"]
+    pairs = zip(loaded.state_dict().values(), model.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    misfit = tmp_path / "other.pt"
+    torch.save({"head.weight": torch.zeros(3)}, misfit)
+    with pytest.raises(CheckpointError, match=r"does not fit the 'ivdnet' model.*unexpected: head.weight"):
+        model_folder(None, misfit)
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pickled code ran",))
+
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"x": Payload()}, hostile)
+    with pytest.raises(CheckpointError, match="never pickled objects"):
+        model_folder(None, hostile)
+    text = tmp_path / "notes.pt"
+    text.write_text("not weights")
+    with pytest.raises(CheckpointError, match="not a PyTorch weights file"):
+        model_folder(None, text)
+
+
+def test_card_json_of_a_stored_version_is_plain_json(training_store_template, tmp_path):
+    store = _copy(training_store_template, tmp_path)
+    info = store.add_model(model_folder(None, None), model_id="starter-copy")
+    exported = model_folder(store, "starter-copy")
+    assert json.loads((exported / "card.json").read_text())["name"] == "ivdnet"
+    assert exported == model_folder(store, "starter-copy")  # exported once, reused
+    assert info.model_id in [c.key for c in model_choices(store)]

@@ -1,0 +1,74 @@
+"""``napari-ivd train --store``: the viewer's fine-tuning, headless, and under torchrun (gloo on CPU)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from napari_ivd.cli import main
+from napari_ivd.model_versions import model_folder
+from napari_ivd.models import load_checkpoint
+from napari_ivd.store import AnnotationStore
+
+
+@pytest.mark.slow
+def test_train_from_a_store_adds_a_model_version_and_says_whether_it_is_active(
+    training_store_template, tmp_path, capsys
+):
+    location = shutil.copytree(training_store_template, tmp_path / "annotations.zarr")
+    assert main(["train", "--store", str(location), "--epochs", "1", "--device", "cpu", "--author", "cli"]) == 0
+    out = capsys.readouterr().out
+    store = AnnotationStore.open(location)
+    [version] = store.list_models()
+    assert f"new model version {version.model_id} (parent ivdnet-lumbar)" in out
+    assert ("ACTIVE: " in out) == (store.active_model() is not None)
+    assert "[training] epoch 1 of 1" in out and version.card["author"] == "cli"
+
+
+def test_train_from_a_store_without_corrected_cases_fails_clearly(tmp_path, capsys):
+    location = tmp_path / "empty.zarr"
+    AnnotationStore.open(location, create=True)
+    assert main(["train", "--store", str(location), "--epochs", "1"]) != 0
+    assert "at least 2 corrected or verified cases" in capsys.readouterr().err
+
+
+def test_train_needs_one_source_and_one_budget(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--epochs", "1"])
+    with pytest.raises(SystemExit):
+        main(["train", "--store", "s.zarr", "--epochs", "1", "--minutes", "2"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_write_one_valid_model_version(training_store_template, tmp_path):
+    location = shutil.copytree(training_store_template, tmp_path / "annotations.zarr")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        "-m",
+        "napari_ivd.cli",
+        "train",
+        "--store",
+        str(location),
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sum(line.startswith("new model version") for line in done.stdout.splitlines()) == 1  # rank 0 only
+    store = AnnotationStore.open(location)
+    [version] = store.list_models()
+    assert version.card["processes"] == 2 and version.card["device"] == "cpu"
+    load_checkpoint(model_folder(store, version.model_id))  # weights and card agree, through safetensors
+    assert store.check().ok

@@ -1,0 +1,135 @@
+"""Fine-tuning from the viewer (under xvfb): Train, watch it, keep annotating, pick the new version, Predict.
+
+Runs train three real water cases (``training_store_template``) for a few CPU steps: they
+check the plumbing between the widget and the core, not accuracy.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from napari.utils.notifications import notification_manager
+from qtpy.QtCore import Qt, QTimer
+
+from napari_ivd import worklist
+from napari_ivd._widgets._train_panel import PROGRESS_MAX
+from napari_ivd.data import sample_t2w_path
+from napari_ivd.store import AnnotationStore
+from widget_support import CASE_ID, copy_store, docked_annotator, make_store, notifications_since
+
+#: A run of seconds: two epochs of two steps, validated after each.
+SHRUNK = {"epochs": 2, "samples_per_epoch": 4, "batch_size": 2, "validate_every_epochs": 1, "device": "cpu"}
+RUN_TIMEOUT_MS = 300_000
+
+
+def _open(make_napari_viewer, location, show: bool = False):
+    viewer, widget = docked_annotator(make_napari_viewer, show=show)
+    widget.auto_predict.setChecked(False)
+    widget.open_store(location)
+    widget.train_panel.config_overrides = dict(SHRUNK)
+    return viewer, widget
+
+
+@pytest.mark.slow
+def test_train_runs_in_the_background_stores_a_version_and_predict_uses_it(
+    make_napari_viewer, qtbot, training_store_template, tmp_path, monkeypatch
+):
+    location = copy_store(training_store_template, tmp_path)
+    _viewer, widget = _open(make_napari_viewer, location, show=True)
+    panel = widget.train_panel
+    assert panel.plan_label.text().startswith("Fine-tuning learns from 2 corrected cases; validates on 1: VB3-case-0")
+    assert [widget.model_box.itemData(i) for i in range(widget.model_box.count())] == ["ivdnet-lumbar", None]
+    assert widget.models.active_label.text() == "Active: ivdnet-lumbar — bundled starter model"
+
+    progress: list[int] = []
+    panel.progress.valueChanged.connect(progress.append)
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(50)
+    start = time.perf_counter()
+    with qtbot.waitSignal(panel.run_done, timeout=RUN_TIMEOUT_MS):
+        qtbot.mouseClick(panel.train_button, Qt.MouseButton.LeftButton)
+        assert panel.cancel_button.isEnabled() and not panel.train_button.isEnabled()
+        # the annotator is not blocked by the run: a case opens while it trains
+        with qtbot.waitSignal(widget.case_opened, timeout=60_000):
+            widget.table.selectRow(0)
+        assert panel.running and widget.case_id == "VB3-case-01"
+    elapsed = time.perf_counter() - start
+    timer.stop()
+    assert len(ticks) >= elapsed / 0.05 / 4, f"{len(ticks)} ticks in {elapsed:.1f} s: the GUI thread stalled"
+    assert progress == sorted(progress) and len(set(progress)) >= 4 and progress[-1] == PROGRESS_MAX
+    assert len(panel.plot.loss) == 2 and len(panel.plot.error_mm) == 2 and panel.plot.parent_error_mm is not None
+
+    (version,) = AnnotationStore.open(location).list_models()
+    new = version.model_id
+    assert new in panel.status_label.text() and "validates" in panel.status_label.text()
+    assert widget.model_box.findData(new) >= 0
+    if widget.models.current() != new:  # the core kept the parent active: choose the new version by hand
+        widget.model_box.setCurrentIndex(widget.model_box.findData(new))
+        with qtbot.waitSignal(widget.job_done, timeout=30_000):
+            qtbot.mouseClick(widget.models.activate_button, Qt.MouseButton.LeftButton)
+    assert widget.models.active_label.text().startswith(f"Active: {new} — ")
+    assert widget.model_box.currentText().startswith(f"★ {new} (fine-tuned, val ")
+    assert AnnotationStore.open(location).active_model().model == new
+
+    used: list[str | None] = []
+    predict_case_steps = worklist.predict_case_steps
+
+    def spy(store, case_id, volume, model=None, device="auto", cache=None):
+        used.append(model)
+        return predict_case_steps(store, case_id, volume, model, device, cache)
+
+    monkeypatch.setattr(worklist, "predict_case_steps", spy)
+    with qtbot.waitSignal(widget.predicted, timeout=RUN_TIMEOUT_MS):
+        qtbot.mouseClick(widget.predict_button, Qt.MouseButton.LeftButton)
+    assert used == [new]
+    [proposal] = AnnotationStore.open(location).proposals("VB3-case-01")
+    assert proposal.model == new  # the proposal names the version that made it
+
+
+@pytest.mark.slow
+def test_cancel_during_training_stores_nothing(make_napari_viewer, qtbot, training_store_template, tmp_path):
+    location = copy_store(training_store_template, tmp_path)
+    _viewer, widget = _open(make_napari_viewer, location)
+    panel = widget.train_panel
+    panel.config_overrides.update(epochs=50, validate_every_epochs=100)  # a long run, no validation on the way
+    start = len(notification_manager.records)
+    with qtbot.waitSignal(panel.run_done, timeout=RUN_TIMEOUT_MS):
+        qtbot.mouseClick(panel.train_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: bool(panel.plot.loss), timeout=RUN_TIMEOUT_MS)  # the first epoch is done
+        qtbot.mouseClick(panel.cancel_button, Qt.MouseButton.LeftButton)
+    assert "Fine-tune: cancelled; nothing was stored" in notifications_since(start)
+    assert panel.status_label.text() == "Cancelled: nothing was stored"
+    assert panel.train_button.isEnabled() and not panel.cancel_button.isEnabled()
+    store = AnnotationStore.open(location)
+    assert store.list_models() == [] and store.active_model() is None
+    assert widget.model_box.count() == 2  # the bundled model and Browse…
+
+
+def test_train_waits_for_two_corrected_cases_and_says_why(make_napari_viewer, qtbot, shared_data, tmp_path):
+    location = make_store(tmp_path, shared_data, with_annotations=True, extra_images=(sample_t2w_path(),))
+    _viewer, widget = _open(make_napari_viewer, location)
+    panel = widget.train_panel
+    assert not panel.train_button.isEnabled()
+    assert "needs at least 2 corrected or verified cases" in panel.plan_label.text()
+
+    # a click that gets through anyway (say, from a script) is a notification, not a traceback
+    start = len(notification_manager.records)
+    with qtbot.waitSignal(panel.run_done, timeout=30_000):
+        panel.train()
+    (message,) = notifications_since(start)
+    assert message.startswith("Fine-tune: fine-tuning needs at least 2 corrected or verified cases")
+    assert "Traceback" not in message and panel.status_label.text().startswith("Failed: ")
+
+    # correcting a second case by hand makes a run possible
+    with qtbot.waitSignal(widget.case_opened, timeout=30_000):
+        (other,) = (row for row, case_id in enumerate(widget.table.case_ids()) if case_id != CASE_ID)
+        widget.table.selectRow(other)
+    centre = tuple(s // 2 for s in widget.case.labels.data.shape)
+    widget.case.labels.paint(centre, 41)
+    with qtbot.waitSignal(widget.saved, timeout=30_000):
+        qtbot.mouseClick(widget.save_button, Qt.MouseButton.LeftButton)
+    assert panel.train_button.isEnabled()
+    assert panel.plan_label.text().startswith("Fine-tuning learns from 1 corrected cases; validates on 1: ")
