@@ -36,6 +36,7 @@ from napari_ivd.errors import CheckpointError
 from napari_ivd.io import Volume, write_nifti
 from napari_ivd.io.annotations import LabelledPoint, write_points_csv, write_sct_discs
 from napari_ivd.models.decode import Candidate, decode
+from napari_ivd.progress import run_steps
 from napari_ivd.skeleton import SkeletonPrior, search
 from napari_ivd.training.data import normalize_volume, resample_slice
 
@@ -403,14 +404,7 @@ def predict(
     device : "cpu", "cuda", or a torch device.
     progress : called with each :class:`PredictProgress`.
     """
-    steps = iter_predict(volume, model, card, device)
-    while True:
-        try:
-            report = next(steps)
-        except StopIteration as done:
-            return done.value
-        if progress is not None:
-            progress(report)
+    return run_steps(iter_predict(volume, model, card, device), progress)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -40,6 +40,7 @@ from napari_ivd.io.volume import nifti_stem
 from napari_ivd.layer_data import METADATA_KEY, view_from_metadata
 from napari_ivd.model_versions import model_folder, stored_model
 from napari_ivd.models import load_checkpoint
+from napari_ivd.progress import run_steps
 from napari_ivd.store import AnnotationStore, ProposalInfo, import_case
 from napari_ivd.store.schema import check_case_id
 
@@ -78,20 +79,6 @@ class StepProgress:
     step: int
     total: int
     message: str
-
-
-def run_steps(steps: Generator[Any, None, T], on_report: Callable[[Any], None] | None = None) -> T:
-    """Drive a progress generator to its end on the calling thread, passing each report to ``on_report``.
-
-    Returns the generator's result (its ``return`` value).
-    """
-    while True:
-        try:
-            report = next(steps)
-        except StopIteration as done:
-            return done.value
-        if on_report is not None:
-            on_report(report)
 
 
 def call_steps(message: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> Generator[StepProgress, None, T]:

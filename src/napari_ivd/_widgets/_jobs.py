@@ -19,6 +19,7 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error
 
 from napari_ivd.errors import IvdError
+from napari_ivd.progress import run_steps
 
 log = logging.getLogger(__name__)
 
@@ -125,15 +126,7 @@ def _run_inline(
     on_finish: Callable[[], None] | None,
 ) -> None:
     try:
-        steps = make_steps()
-        while True:
-            try:
-                report = next(steps)
-            except StopIteration as done:
-                result = done.value
-                break
-            if on_yield is not None:
-                on_yield(report)
+        result = run_steps(make_steps(), on_yield)
     except Exception as exc:
         failed(exc)
     else:
