@@ -59,7 +59,8 @@ def test_every_stack_predicts_and_the_merge_starts_as_their_mean():
         out = net(torch.rand(2, 1, 64, 40))
     assert out["aux_heatmaps"].shape == (2, 2, 2, 32, 20)  # every stack's own prediction
     # The merge starts as the stacks' mean, so the merged map keeps the "no keypoint here" prior.
-    assert torch.allclose(out["heatmap"], out["aux_heatmaps"].mean(dim=1), atol=1e-5)
+    assert torch.allclose(out["heatmap_values"], out["aux_heatmaps"].mean(dim=1), atol=1e-5)
+    assert 0.005 < out["heatmap_values"].mean() < 0.05
 
 
 def test_switching_attention_off_removes_exactly_the_multi_scale_lka_blocks():

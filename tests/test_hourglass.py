@@ -18,7 +18,7 @@ from _arch_contract import (
     train_on_keypoints,
 )
 from napari_ivd.models import AttentionHourglass, HourglassConfig, build, count_parameters, gflops_per_forward
-from napari_ivd.models.hourglass import StackedHeatmapLoss
+from napari_ivd.models.hourglass import HEATMAP_VALUE_EPS, StackedHeatmapLoss
 from napari_ivd.models.registry import loss_for
 
 TINY_CONFIG = TINY["hourglass"].config
@@ -40,8 +40,10 @@ def test_every_stack_but_the_last_gives_intermediate_heatmaps_that_start_at_the_
     with torch.no_grad():
         out = net(torch.rand(2, 1, 64, 40))
     assert out["aux_heatmaps"].shape == (2, 1, 2, 32, 20)  # 2 stacks: one intermediate prediction
-    # CenterNet-style prior: the untrained heatmaps say "almost surely no keypoint here".
-    assert 0.005 < torch.sigmoid(out["aux_heatmaps"]).mean() < 0.05
+    # linear heatmaps with the CenterNet-style prior: "almost surely no keypoint here"
+    assert 0.005 < out["aux_heatmaps"].mean() < 0.05
+    assert 0.005 < out["heatmap_values"].mean() < 0.05
+    assert torch.allclose(torch.sigmoid(out["heatmap"]), out["heatmap_values"].clamp(HEATMAP_VALUE_EPS, 1), atol=1e-5)
 
 
 def test_switching_attention_off_removes_only_the_attention_block():
@@ -56,7 +58,7 @@ def test_single_stack_has_no_intermediate_heatmaps():
     net = AttentionHourglass(HourglassConfig(labels=TWO_LABELS, features=8, stacks=1, depth=2)).eval()
     with torch.no_grad():
         out = net(torch.rand(1, 1, 32, 32))
-    assert set(out) == {"heatmap", "offset", "seg"}
+    assert set(out) == {"heatmap", "heatmap_values", "offset", "seg"}
 
 
 def test_paper_preset_has_the_papers_sizes():
@@ -104,7 +106,7 @@ def test_heatmap_mse_ignores_labels_not_visible_in_the_sample_in_every_stack():
     batch = keypoint_batch()
     n, k, h, w = batch["heatmap"].shape
     out = {
-        "heatmap": torch.randn(n, k, h, w, requires_grad=True),
+        "heatmap_values": torch.randn(n, k, h, w, requires_grad=True),
         "aux_heatmaps": torch.randn(n, 1, k, h, w, requires_grad=True),
         "offset": torch.randn(n, 2 * k, h, w),
         "seg": torch.randn(n, 2, 2 * h, 2 * w),
@@ -115,8 +117,8 @@ def test_heatmap_mse_ignores_labels_not_visible_in_the_sample_in_every_stack():
     changed["heatmap"][-1, -1] = torch.rand(h, w)  # the label not annotated in the last sample
     assert torch.equal(loss(out, changed)[0], base)
     base.backward()
-    assert torch.all(out["heatmap"].grad[-1, -1] == 0) and torch.all(out["aux_heatmaps"].grad[-1, :, -1] == 0)
-    assert out["heatmap"].grad[-1, 0].abs().sum() > 0 and out["aux_heatmaps"].grad[-1, :, 0].abs().sum() > 0
+    assert torch.all(out["heatmap_values"].grad[-1, -1] == 0) and torch.all(out["aux_heatmaps"].grad[-1, :, -1] == 0)
+    assert out["heatmap_values"].grad[-1, 0].abs().sum() > 0 and out["aux_heatmaps"].grad[-1, :, 0].abs().sum() > 0
 
 
 def test_trained_outputs_decode_to_the_annotated_keypoints(trained):

@@ -15,6 +15,7 @@ from qtpy.QtCore import Qt, QTimer
 from napari_ivd import worklist
 from napari_ivd._widgets._train_panel import PROGRESS_MAX
 from napari_ivd.data import sample_t2w_path
+from napari_ivd.inference import bundled_model_names
 from napari_ivd.store import AnnotationStore
 from widget_support import CASE_ID, copy_store, docked_annotator, make_store, notifications_since
 
@@ -39,7 +40,7 @@ def test_train_runs_in_the_background_stores_a_version_and_predict_uses_it(
     _viewer, widget = _open(make_napari_viewer, location, show=True)
     panel = widget.train_panel
     assert panel.plan_label.text().startswith("Fine-tuning learns from 2 corrected cases; validates on 1: VB3-case-0")
-    assert [widget.model_box.itemData(i) for i in range(widget.model_box.count())] == ["ivdnet-lumbar", None]
+    assert [widget.model_box.itemData(i) for i in range(widget.model_box.count())] == [*bundled_model_names(), None]
     assert widget.models.active_label.text() == "Active: ivdnet-lumbar — bundled starter model"
 
     progress: list[int] = []
@@ -105,7 +106,7 @@ def test_cancel_during_training_stores_nothing(make_napari_viewer, qtbot, traini
     assert panel.train_button.isEnabled() and not panel.cancel_button.isEnabled()
     store = AnnotationStore.open(location)
     assert store.list_models() == [] and store.active_model() is None
-    assert widget.model_box.count() == 2  # the bundled model and Browse…
+    assert widget.model_box.count() == len(bundled_model_names()) + 1  # the bundled models and Browse…
 
 
 def test_train_waits_for_two_corrected_cases_and_says_why(make_napari_viewer, qtbot, shared_data, tmp_path):

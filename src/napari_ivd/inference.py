@@ -443,8 +443,10 @@ def find_model_dir(name_or_path: str | Path | None = None) -> Path:
 
 
 def bundled_model_names() -> list[str]:
-    """Names of the models shipped with napari-ivd (folders with a ``card.json``)."""
-    return sorted(p.parent.name for p in BUNDLED_MODELS_DIR.glob("*/card.json"))
+    """Names of the models shipped with napari-ivd (folders with a ``card.json``), the default first."""
+    return sorted(
+        (p.parent.name for p in BUNDLED_MODELS_DIR.glob("*/card.json")), key=lambda n: (n != DEFAULT_MODEL, n)
+    )
 
 
 def prediction_points(prediction: Prediction) -> list[LabelledPoint]:

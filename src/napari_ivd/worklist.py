@@ -318,10 +318,12 @@ def predict_case_steps(
     the history shows what the model said before the annotator corrected it. ``model`` may
     also name a version fine-tuned into the store (see :mod:`napari_ivd.model_versions`).
     """
-    prediction = yield from predict_steps(volume, model_folder(store, model), device, cache)
+    folder = model_folder(store, model)
+    prediction = yield from predict_steps(volume, folder, device, cache)
     yield PredictProgress(3, 3, f"keeping the proposal of {len(prediction.structures)} structures")
-    version = stored_model(store, model)  # a fine-tuned version is named by its id, not its architecture
-    by = prediction.model if version is None else version.model_id
+    # named by what the user picked: a fine-tuned version by its id, a bundled model or a folder by its name
+    version = stored_model(store, model)
+    by = find_model_dir(folder).name if version is None else version.model_id
     proposal = store.add_proposal(case_id, by, prediction_points(prediction), prediction.mask_tss)
     return prediction, proposal
 

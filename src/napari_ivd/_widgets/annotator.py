@@ -16,7 +16,7 @@ import napari
 import numpy as np
 import torch
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent, QObject, Signal
+from qtpy.QtCore import QEvent, QObject, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -308,7 +308,9 @@ class AnnotatorWidget(StoreActions, QWidget):
         self.viewer.layers.selection.active = self.case.points_layers["disc"]
         self._after_job.append(lambda case_id=self.case_id: self.case_opened.emit(case_id))
         if opened.origin is None and self.auto_predict.isChecked():
-            self._after_job.append(self.predict)
+            # start the worker once the event loop has drawn the case: the first draw of new
+            # layers is slow on software OpenGL and must not compete with the prediction
+            self._after_job.append(lambda: QTimer.singleShot(0, self.predict))
 
     def _close_case(self) -> None:
         if self.case is not None:

@@ -66,6 +66,7 @@ from napari_ivd.models.hourglass import (
     StackedHourglass,
     StackedHourglassNet,
     init_pipeline_weights,
+    values_to_logits,
 )
 from napari_ivd.models.layers import keypoint_convs
 from napari_ivd.models.registry import register
@@ -234,23 +235,26 @@ class HcaNet(StackedHourglassNet):
         self.merge = nn.Conv2d(stacks * k, k, 1)
         self.seg = SegHead(f)
         init_pipeline_weights(self, [self.last_heatmap, *self.backbone.heads], self.offset, [self.seg.logits])
-        with torch.no_grad():  # the merge starts as the mean of the stacks' logits, keeping their prior
+        with torch.no_grad():  # the merge starts as the mean of the stacks' heatmaps, keeping their prior
             self.merge.weight.copy_(torch.eye(k).repeat(1, stacks)[:, :, None, None] / stacks)
             self.merge.bias.zero_()
 
     def forward(self, x: Tensor, seg_only: bool = False) -> dict[str, Tensor]:
-        """The pipeline's outputs (``"heatmap"``: the merged logits), and every stack's own for :class:`HcaNetLoss`.
+        """The pipeline's outputs (``"heatmap"``: logits of the merged heatmap), and every stack's own.
 
         ``seg_only`` skips the last heatmap head, the merge and the offsets. Beyond the
-        contract: ``"aux_heatmaps"`` ``(B, stacks, K, H/2, W/2)``, every stack's own prediction.
+        contract, for :class:`HcaNetLoss`: ``"heatmap_values"``, the merged linear heatmap,
+        and ``"aux_heatmaps"`` ``(B, stacks, K, H/2, W/2)``, every stack's own.
         """
         representations, heatmaps, out = self._stacks(x)
         if seg_only:
             return out
         last = representations[-1]
         heatmaps = [*heatmaps, self.last_heatmap(last)]
+        merged = self.merge(torch.cat(heatmaps, dim=1))
         out.update(
-            heatmap=self.merge(torch.cat(heatmaps, dim=1)),
+            heatmap=values_to_logits(merged),
+            heatmap_values=merged,
             offset=self.offset(last),
             aux_heatmaps=torch.stack(heatmaps, dim=1),
         )

@@ -10,9 +10,15 @@ network of Newell et al. (2016), one Gaussian heatmap channel per structure:
   concatenated and turned, by point-wise convolutions and a sigmoid, into one attention map
   that multiplies the last stack's representation before the final heatmaps, so the
   collective multi-scale knowledge tells the decoder where the discs are.
-* **Objective:** the MSE between ``sigmoid(heatmap)`` and the Gaussian targets over the
-  labels flagged visible (the paper's visibility flags), summed over the final and the
-  intermediate heatmaps (:class:`StackedHeatmapLoss`).
+* **Objective:** the MSE between the heatmaps and the Gaussian targets over the labels
+  flagged visible (the paper's visibility flags), summed over the final and the
+  intermediate heatmaps (:class:`StackedHeatmapLoss`). As in Newell's and Azad's networks
+  the heatmap heads are linear: the loss sees their values directly. (A sigmoid before the
+  MSE starves the keypoints of gradient, ``p (1 - p)`` times the error, once the background
+  has pushed ``p`` near zero: trained that way for the 6-minute comparison of
+  docs/models.md, HCA-Net, which shares this loss, named nothing.) The pipeline's
+  ``"heatmap"`` logits are derived from the values by :func:`values_to_logits`, so
+  decoding reads probabilities equal to the clipped values.
 * **Skeleton-based post-processing** (the paper's search over candidate combinations fitting
   the mean training skeleton) is not part of the network: it is shared by every model at
   inference as :func:`napari_ivd.skeleton.search`.
@@ -47,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -54,13 +61,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from napari_ivd.models.conventions import PipelineConfig, PipelineNet, init_weights
+from napari_ivd.models.conventions import HEATMAP_INIT_BIAS, PipelineConfig, PipelineNet, init_weights
 from napari_ivd.models.ivdnet import INPUT_MULTIPLE
 from napari_ivd.models.layers import conv_bn_relu, keypoint_convs
 from napari_ivd.models.losses import IvdLoss
 from napari_ivd.models.registry import register
 
 __all__ = [
+    "HEATMAP_VALUE_EPS",
     "AttentionHourglass",
     "HeatmapMSELoss",
     "Hourglass",
@@ -72,6 +80,7 @@ __all__ = [
     "StackedHourglass",
     "StackedHourglassNet",
     "init_pipeline_weights",
+    "values_to_logits",
 ]
 
 log = logging.getLogger(__name__)
@@ -166,15 +175,29 @@ class Hourglass(nn.Module):
 def init_pipeline_weights(
     model: nn.Module, heatmaps: Sequence[nn.Conv2d], offset: nn.Conv2d, seg: Sequence[nn.Conv2d]
 ) -> None:
-    """The registry's shared start (:func:`~napari_ivd.models.conventions.init_weights`) for several heatmap heads.
+    """The registry's shared start (:func:`~napari_ivd.models.conventions.init_weights`) for linear heatmap heads.
 
-    ``heatmaps[0]`` gets the shared heatmap prior; every other heatmap head (the
-    intermediate predictions of a stack) starts as a copy of it, so each one starts near the
-    background optimum too.
+    Every heatmap head (the final one and the intermediate predictions of each stack) starts
+    at the value ``sigmoid(HEATMAP_INIT_BIAS)``: the same prior probability as the other
+    architectures' logits, near the background optimum.
     """
     init_weights(model, heatmaps[0], offset, seg)
+    nn.init.constant_(heatmaps[0].bias, 1.0 / (1.0 + math.exp(-HEATMAP_INIT_BIAS)))
     for head in heatmaps[1:]:
         head.load_state_dict(heatmaps[0].state_dict())
+
+
+#: Heatmap values are clipped to [eps, 1 - eps] before becoming logits (finite, about ±9.2).
+HEATMAP_VALUE_EPS = 1e-4
+
+
+def values_to_logits(values: Tensor) -> Tensor:
+    """The pipeline's heatmap logits from linear heatmap values: ``logit(clip(values))``.
+
+    ``sigmoid`` of the result is the value clipped to ``[eps, 1 - eps]``, so the shared
+    decoding reads the values as probabilities.
+    """
+    return torch.logit(values.float().clamp(HEATMAP_VALUE_EPS, 1.0 - HEATMAP_VALUE_EPS))
 
 
 class SegHead(nn.Module):
@@ -240,7 +263,7 @@ class StackedHourglass(nn.Module):
         self.remap_heatmaps = nn.ModuleList(nn.Conv2d(num_labels, features, 1) for _ in range(stacks - 1))
 
     def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """Each stack's representation ``(B, F, H/2, W/2)`` and the ``stacks - 1`` intermediate heatmap logits."""
+        """Each stack's representation ``(B, F, H/2, W/2)`` and the ``stacks - 1`` intermediate heatmap values."""
         x = self.stem(x)
         representations: list[Tensor] = []
         heatmaps: list[Tensor] = []
@@ -281,7 +304,7 @@ class MultiLevelAttention(nn.Module):
 
 
 class HeatmapMSELoss(nn.Module):
-    """Squared error of ``sigmoid(logits)`` against Gaussian targets over visible labels (Azad, Eq. 1).
+    """Squared error of linear heatmap values against Gaussian targets over visible labels (Azad, Eq. 1).
 
     Why the sum over pixels: Eq. 1 averages over the V labels and N pixels; summing over the
     pixels instead (per visible (sample, label) channel, then averaging over those channels,
@@ -291,24 +314,26 @@ class HeatmapMSELoss(nn.Module):
     ``visible == 0`` add neither loss nor gradient.
     """
 
-    def forward(self, logits: Tensor, target: Tensor, visible: Tensor) -> Tensor:
-        """Loss for ``logits``, ``target`` ``(B, K, h, w)`` and ``visible`` ``(B, K)``; a scalar."""
-        if target.shape != logits.shape or visible.shape != logits.shape[:2]:
+    def forward(self, values: Tensor, target: Tensor, visible: Tensor) -> Tensor:
+        """Loss for ``values``, ``target`` ``(B, K, h, w)`` and ``visible`` ``(B, K)``; a scalar."""
+        if target.shape != values.shape or visible.shape != values.shape[:2]:
             raise ValueError(
-                f"heatmap target {tuple(target.shape)} and visible {tuple(visible.shape)} do not fit logits "
-                f"{tuple(logits.shape)} (docs/pipeline.md)"
+                f"heatmap target {tuple(target.shape)} and visible {tuple(visible.shape)} do not fit heatmap "
+                f"{tuple(values.shape)} (docs/pipeline.md)"
             )
         weight = visible.to(torch.float32)[:, :, None, None]
-        error = (torch.sigmoid(logits.float()) - target.float()) ** 2 * weight
+        error = (values.float() - target.float()) ** 2 * weight
         return error.sum() / weight.sum().clamp(min=1)
 
 
 class StackedHeatmapLoss(nn.Module):
     """:class:`~napari_ivd.models.losses.IvdLoss` with the heatmap MSE, summed over all stacks' heatmaps.
 
-    Intermediate supervision (Newell, Azad): ``outputs["aux_heatmaps"]`` ``(B, S, K, h, w)``,
-    when present, adds the same heatmap term for each of its S predictions. The offset and
-    masked segmentation terms and their visibility rules are IvdLoss's own.
+    The heatmap term reads the linear values ``outputs["heatmap_values"]`` (not the derived
+    logits). Intermediate supervision (Newell, Azad): ``outputs["aux_heatmaps"]``
+    ``(B, S, K, h, w)`` values, when present, adds the same heatmap term for each of its S
+    predictions. The offset and masked segmentation terms and their visibility rules are
+    IvdLoss's own.
 
     Parameters
     ----------
@@ -335,7 +360,9 @@ class StackedHeatmapLoss(nn.Module):
         ValueError
             When a key is missing or a shape disagrees with the contract.
         """
-        total, parts = self.base(outputs, batch)
+        if "heatmap_values" not in outputs:
+            raise ValueError("StackedHeatmapLoss needs outputs['heatmap_values'], the linear heatmaps")
+        total, parts = self.base({**outputs, "heatmap": outputs["heatmap_values"]}, batch)
         aux = outputs.get("aux_heatmaps")
         aux_loss = torch.zeros((), device=total.device)
         if aux is not None:
@@ -391,11 +418,12 @@ class AttentionHourglass(StackedHourglassNet):
         init_pipeline_weights(self, [self.heatmap, *self.backbone.heads], self.offset, [self.seg.logits])
 
     def forward(self, x: Tensor, seg_only: bool = False) -> dict[str, Tensor]:
-        """The pipeline's outputs, and the intermediate heatmaps for :class:`StackedHeatmapLoss`.
+        """The pipeline's outputs, and the linear heatmaps for :class:`StackedHeatmapLoss`.
 
-        ``seg_only`` skips the attention and the keypoint heads. Beyond the contract, with
-        more than one stack: ``"aux_heatmaps"`` ``(B, stacks - 1, K, H/2, W/2)``, the
-        intermediate predictions.
+        ``seg_only`` skips the attention and the keypoint heads. Beyond the contract:
+        ``"heatmap_values"`` ``(B, K, H/2, W/2)``, the final heatmaps (``"heatmap"`` holds
+        their :func:`values_to_logits`) and, with more than one stack, ``"aux_heatmaps"``
+        ``(B, stacks - 1, K, H/2, W/2)``, the intermediate predictions.
         """
         representations, intermediate, out = self._stacks(x)
         if seg_only:
@@ -403,7 +431,8 @@ class AttentionHourglass(StackedHourglassNet):
         last = representations[-1]
         if self.attention is not None:
             last = last * self.attention(representations)
-        out.update(heatmap=self.heatmap(last), offset=self.offset(last))
+        values = self.heatmap(last)
+        out.update(heatmap=values_to_logits(values), heatmap_values=values, offset=self.offset(last))
         if intermediate:
             out["aux_heatmaps"] = torch.stack(intermediate, dim=1)
         return out
