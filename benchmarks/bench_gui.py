@@ -91,7 +91,10 @@ def _run_case(viewer: Any, widget: Any, monitor: StallMonitor, timeout_s: float)
     def now(name: str) -> None:
         marks[name] = time.perf_counter()
 
-    def watch_predict() -> None:  # runs once the open job's follow-ups (the predict job) have started
+    def watch_predict(tries: int = 2000) -> None:  # polls until the predict job (started after a draw) runs
+        if widget.worker is None and tries > 0:
+            QTimer.singleShot(1, lambda: watch_predict(tries - 1))
+            return
         now("predict_start")
         if widget.worker is not None:
             widget.worker.yielded.connect(lambda _: now("last_yield"))
