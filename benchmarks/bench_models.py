@@ -341,7 +341,7 @@ def bundle(results: list[dict], args: argparse.Namespace, rows: list[list[str]])
         for file in (CARD_NAME, WEIGHTS_NAME):
             shutil.copyfile(source / file, target / file)
         card = json.loads((source / CARD_NAME).read_text(encoding="utf-8"))
-        module = sys.modules[type(load_checkpoint(source)[0]).__module__]
+        module = sys.modules[config_class(run.model).__module__]  # where the architecture and its docstring live
         own = [r for r in rows if r[0] == run.model]
         variant = (
             ""
