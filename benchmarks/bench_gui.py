@@ -18,7 +18,9 @@ first draw of the case layers. ``--nothreads-too``
 repeats the last case with ``NAPARI_IVD_NOTHREADS=1`` (prediction on the GUI thread) to
 show what the worker buys; ``--no-activity`` runs without napari's activity progress bar
 (``NAPARI_IVD_NO_ACTIVITY=1``), whose animation costs CPU on software-rendered displays.
-Figures only: targets live in the issue.
+The last line is the reference: the longest stall when napari itself moves to the next
+slice of the open case (it re-slices and redraws every layer), which on a software-OpenGL
+display is what any visible change costs. Figures only: targets live in the issue.
 """
 
 from __future__ import annotations
@@ -129,6 +131,33 @@ def _run_case(viewer: Any, widget: Any, monitor: StallMonitor, timeout_s: float)
     }
 
 
+def _slice_step_stalls(viewer: Any, widget: Any, monitor: StallMonitor, steps: int = 10) -> np.ndarray:
+    """Longest stall (ms) of each of ``steps`` moves to a neighbouring slice: napari's own cost per redraw.
+
+    The reference for the other figures: what scrolling through the open case costs on the
+    same display, with nothing of napari-ivd running.
+    """
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop, stalls = QEventLoop(), []
+    z0, dz = viewer.dims.point[0], float(widget.case.image.scale[0])
+
+    def step(k: int) -> None:
+        if k:
+            monitor.stop()
+            stalls.append(float(monitor.gaps_ms().max()))
+        if k == steps:
+            loop.quit()
+            return
+        monitor.start()
+        viewer.dims.set_point(0, z0 + (k % 2) * dz)
+        QTimer.singleShot(200, lambda: step(k + 1))
+
+    QTimer.singleShot(0, lambda: step(0))
+    loop.exec()
+    return np.array(stalls)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/lumbar")
@@ -159,6 +188,7 @@ def main() -> None:
         widget.open_store(store.location)
         monitor = StallMonitor()
         rows = [_run_case(viewer, widget, monitor, args.timeout) for _ in ids]
+        slice_steps = _slice_step_stalls(viewer, widget, monitor)
         if args.nothreads_too:
             widget.store.add_case(read_volume(args.data / args.cases[-1] / "image.nii.gz"), "again")
             widget.refresh_cases()
@@ -187,8 +217,18 @@ def main() -> None:
             f"{r['predict_s']:>9.2f} {r['max_stall_open_ms']:>18.0f} {r['max_stall_predict_ms']:>10.0f} "
             f"{r['p99_stall_predict_ms']:>5.0f} {r['max_stall_show_ms']:>7.0f}"
         )
+    print(
+        f"reference, napari alone: moving to the next slice of the open case stalls "
+        f"{np.median(slice_steps):.0f} ms (median of {len(slice_steps)} moves; max {slice_steps.max():.0f} ms)"
+    )
     if args.json:
-        summary = {"device": device, "torch": torch.__version__, "activity": not args.no_activity, "rows": rows}
+        summary = {
+            "device": device,
+            "torch": torch.__version__,
+            "activity": not args.no_activity,
+            "rows": rows,
+            "slice_step_stall_ms": slice_steps.tolist(),
+        }
         args.json.write_text(json.dumps(summary, indent=2))
 
 

@@ -56,6 +56,15 @@ def prepare_labels(mask_tss: np.ndarray | None, volume: Volume) -> LayerDataTupl
     return np.ascontiguousarray(data), kwargs, kind
 
 
+def _set_scale(layer: Any, scale: Sequence[float]) -> None:
+    """Give ``layer`` a new voxel size only when it differs: each change re-slices every layer.
+
+    Scans of one study usually share their voxel size, so the next case mostly keeps it.
+    """
+    if not np.allclose(layer.scale, scale):
+        layer.scale = scale
+
+
 @contextmanager
 def _batched(layer: Any) -> Iterator[None]:
     """Change a Points layer's data and style with one redraw instead of one per property.
@@ -142,12 +151,14 @@ class CaseLayers:
                 (self.labels, labels, f"{case_id} mask"),
             ):
                 layer.data = data
-                layer.scale, layer.metadata, layer.name = kwargs["scale"], kwargs["metadata"], name
+                _set_scale(layer, kwargs["scale"])
+                layer.metadata, layer.name = kwargs["metadata"], name
             self.image.reset_contrast_limits_range()
             self.image.contrast_limits = kwargs_limits(image)
             for kind, layer in self.points_layers.items():
                 _, kwargs, _ = points_layer_data((), volume, kind)
-                layer.scale, layer.metadata = kwargs["scale"], kwargs["metadata"]
+                _set_scale(layer, kwargs["scale"])
+                layer.metadata = kwargs["metadata"]
                 layer.name = f"{case_id} {anatomy.KIND_PLURAL[kind]}"
         self.set_points(points)
         self._frame()

@@ -378,14 +378,20 @@ class AnnotatorWidget(StoreActions, QWidget):
             return
         self.case.set_points(prediction_points(prediction))
         self.case.set_mask(labels)
-        self.viewer.dims.set_point(0, prediction.mid_sagittal_mm)
         self.origin = f"model:{prediction.model}"
         self.tools.reset_history()
         self._set_baseline()
         self._refresh_row()
         if not prediction.structures:
             show_warning(f"{self.case.case_id}: the model found no disc or vertebra; annotate by hand")
-        self._after_job.append(lambda case_id=self.case.case_id: self.predicted.emit(case_id))
+        case_id = self.case.case_id
+
+        def go_to_spine() -> None:  # a turn of its own: re-slicing every layer redraws the canvas
+            if self.case is not None and self.case.case_id == case_id:
+                self.viewer.dims.set_point(0, prediction.mid_sagittal_mm)
+            self.predicted.emit(case_id)
+
+        self._after_job.append(lambda: QTimer.singleShot(0, go_to_spine))
 
     def save(self, status: str | None = None, then: Callable[[], None] | None = None) -> None:
         """Write the shown points and mask as a new revision (parent: the revision that was opened)."""
