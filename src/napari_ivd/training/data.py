@@ -112,6 +112,8 @@ def resample_slice(slice2d: np.ndarray, spacing_in: tuple[float, float], spacing
         raise ValueError(f"expected a 2D slice, got shape {src.shape}")
     shape_px = _resampled_shape(src.shape, spacing_in, spacing_out)
     step_vox = np.array([spacing_out / spacing_in[0], spacing_out / spacing_in[1]])
+    if np.all(step_vox == 1.0):  # already on the grid: interpolating would copy it, slowly
+        return src.astype(np.float32, copy=True)
     return ndimage.affine_transform(src, step_vox, output_shape=shape_px, order=1, mode="nearest", output=np.float32)
 
 
