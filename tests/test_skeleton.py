@@ -16,7 +16,7 @@ import pytest
 
 from napari_ivd.anatomy import structure
 from napari_ivd.models.decode import Candidate
-from napari_ivd.skeleton import SkeletonPrior, hypothesis_cost, search
+from napari_ivd.skeleton import SkeletonPrior, extend_chain, hypothesis_cost, search
 
 LUMBAR = (
     "T11", "T11-T12", "T12", "T12-L1", "L1", "L1-L2", "L2",
@@ -255,3 +255,55 @@ def test_prior_from_a_card_with_unknown_keys_or_version_is_refused(prior):
         SkeletonPrior.from_dict({**data, "typo": 1})
     with pytest.raises(ValueError, match="format_version"):
         SkeletonPrior.from_dict({**data, "format_version": 99})
+
+
+def _lost_count(truth: dict[str, tuple[float, float]], first_wrong: str) -> list[Candidate]:
+    """The network's view of ``truth`` when it loses count at ``first_wrong``: from there down,
+    every structure carries the name of the one a level above (two places up the list)."""
+    cut = LUMBAR.index(first_wrong)
+    candidates = []
+    for name, (row, col) in truth.items():
+        i = LUMBAR.index(name)
+        candidates.append(Candidate(LUMBAR[i - 2] if i >= cut else name, row, col, 0.9))
+    return candidates
+
+
+def test_a_network_that_loses_count_part_way_down_gets_the_lower_run_named_by_its_place(prior):
+    truth = _patient(seed=21)
+    candidates = _lost_count(truth, "L3")
+
+    searched = search(candidates, prior, spacing_mm=SPACING_MM)
+    named = extend_chain(searched, candidates, LUMBAR, renamed_score=0.5)
+
+    assert "L5" not in searched  # the search alone drops the run whose names were taken
+    assert list(named) == list(LUMBAR)
+    assert all(named[name].row == truth[name][0] for name in LUMBAR)
+    assert all(named[name].score == 0.45 for name in LUMBAR if name not in searched)  # marked for review
+    assert all(named[name] == searched[name] for name in searched)  # the search's answer stands
+
+
+def test_growth_stops_at_a_gap_and_ignores_a_detection_off_the_chain(prior):
+    truth = _patient(seed=22)
+    candidates = [c for c in _lost_count(truth, "L3") if c.row != truth["L4"][0]]  # L4 not detected
+    row, col = truth["L5"]
+    candidates.append(Candidate("T12", row, col - 40 / SPACING_MM, 0.99))  # in the abdomen
+
+    searched = search(candidates, prior, spacing_mm=SPACING_MM)
+    named = extend_chain(searched, candidates, LUMBAR)
+
+    assert "L4" not in named and "L5" not in named and "L5-S1" not in named  # nothing past the gap
+    assert all(named[name].row == truth[name][0] for name in named)
+
+
+def test_growth_goes_up_too_and_needs_two_chosen_structures(prior):
+    truth = _patient(seed=23)
+    upper = [Candidate(LUMBAR[LUMBAR.index(n) + 2], r, c, 0.9) for n, (r, c) in truth.items() if LUMBAR.index(n) < 6]
+    lower = [Candidate(n, r, c, 0.9) for n, (r, c) in truth.items() if LUMBAR.index(n) >= 6]
+    candidates = upper + lower  # the network's upper names are one level too low
+
+    named = extend_chain(search(candidates, prior, spacing_mm=SPACING_MM), candidates, LUMBAR)
+
+    assert list(named) == list(LUMBAR)
+    assert all(named[name].row == truth[name][0] for name in LUMBAR)
+    one = {"L4": lower[4]}
+    assert extend_chain(one, candidates, LUMBAR) == one

@@ -37,7 +37,7 @@ from napari_ivd.io import Volume, write_nifti
 from napari_ivd.io.annotations import LabelledPoint, write_points_csv, write_sct_discs
 from napari_ivd.models.decode import Candidate, decode
 from napari_ivd.progress import run_steps
-from napari_ivd.skeleton import SkeletonPrior, search
+from napari_ivd.skeleton import SkeletonPrior, extend_chain, search
 from napari_ivd.training.data import normalize_volume, resample_slice
 
 log = logging.getLogger(__name__)
@@ -354,7 +354,10 @@ def iter_predict(
     offset = np.mean([runner.offset[i] for i in slab], axis=0)
     decoded = decode(heat, offset, labels, stride=stride)
     inside = [c for c in decoded if c.row < grid.shape[1] and c.col < grid.shape[2]]
-    chosen: dict[str, Candidate] = search(inside, prior, spacing_mm=spacing_mm) if prior else _best_per_label(inside)
+    if prior:
+        chosen = extend_chain(search(inside, prior, spacing_mm=spacing_mm), inside, labels)
+    else:
+        chosen = _best_per_label(inside)
     if len(chosen) < MIN_STRUCTURES and all(c.score < CONFIDENT_SCORE for c in chosen.values()):
         chosen = {}  # a lone, doubtful pair is no spine: name nothing rather than invent levels
     named_lrc = {

@@ -12,6 +12,8 @@ show only part of the spine:
   the first disc and the v1→v5 distance (which needs both to be visible), the mean is centred,
   oriented along the rows and scaled so that the mean distance between consecutive labels is
   one **step**; every shape is aligned on whatever labels it has in common with the mean.
+* :func:`extend_chain` then names the detections that continue the chosen chain past its ends
+  by their place in it, for a network that lost count part-way down a long field of view.
 * :func:`search` chooses at most one candidate per label, in strictly increasing row order,
   minimising a scale-invariant cost (fit residual in steps, minus rewarded scores, plus a
   charge for every detected label left out). It never invents a label: a label is either one
@@ -35,7 +37,7 @@ import numpy as np
 from napari_ivd.anatomy import structure
 from napari_ivd.models.decode import Candidate
 
-__all__ = ["SkeletonPrior", "hypothesis_cost", "search"]
+__all__ = ["SkeletonPrior", "extend_chain", "hypothesis_cost", "search"]
 
 log = logging.getLogger(__name__)
 
@@ -647,3 +649,76 @@ def search(
         len(total),
     )
     return chosen
+
+
+def extend_chain(
+    chosen: Mapping[str, Candidate],
+    candidates: Sequence[Candidate],
+    labels: Sequence[str],
+    renamed_score: float = 0.5,
+    tolerance: float = 0.35,
+) -> dict[str, Candidate]:
+    """Name the detections that continue the chosen chain beyond its ends by their place in it.
+
+    A network that names structures by counting can lose count part-way down a long field
+    of view: the upper structures come out right and the lower ones one level too high, so
+    their names are already taken and :func:`search`, which only uses a candidate under its
+    own name, leaves a run of real structures unnamed. Here the chain grows one label at a
+    time, caudally past its last structure and cranially past its first: the next label's
+    expected position continues the last two chosen structures (same spacing and direction
+    per label), and the strongest unused detection within ``tolerance`` of one label spacing
+    of it takes that label. Growth stops at the first gap, at a label already chosen and at
+    the end of ``labels``, so nothing is named where nothing was detected.
+
+    A detection renamed this way keeps its score times ``renamed_score`` (its own score when
+    the network also gave it this name), so it stands out for review.
+
+    Parameters
+    ----------
+    chosen : mapping of str to Candidate
+        The search's answer.
+    candidates : sequence of Candidate
+        Every candidate it chose from (positions in input pixels).
+    labels : sequence of str
+        All labels, cranio-caudal, without gaps (vertebrae and discs alternating).
+    renamed_score : float
+        Score factor of a detection named differently from the network.
+    tolerance : float
+        Largest distance from the expected position, as a fraction of the label spacing.
+
+    Returns
+    -------
+    dict of str -> Candidate
+        ``chosen`` plus the named extensions, in cranio-caudal order.
+    """
+    index = {name: i for i, name in enumerate(labels)}
+    named = {name: c for name, c in chosen.items() if name in index}
+    if len(named) < 2:
+        return dict(chosen)
+    used = [complex(c.row, c.col) for c in named.values()]
+    for direction in (1, -1):
+        while True:
+            ends = sorted(named, key=index.__getitem__)[:: -direction][:2]  # the end, then its neighbour
+            (i_end, end), (i_prev, prev) = ((index[n], named[n]) for n in ends)
+            i_next = i_end + direction
+            if not 0 <= i_next < len(labels) or labels[i_next] in named:
+                break
+            per_label = (complex(end.row, end.col) - complex(prev.row, prev.col)) / (i_end - i_prev)
+            expected = complex(end.row, end.col) + per_label * (i_next - i_end)
+            radius = tolerance * abs(per_label)
+            near = [
+                c
+                for c in candidates
+                if abs(complex(c.row, c.col) - expected) <= radius
+                and min(abs(complex(c.row, c.col) - u) for u in used) > radius
+            ]
+            if not near:
+                break
+            best = max(near, key=lambda c: c.score)
+            own = [c.score for c in near if c.label == labels[i_next]]
+            score = max(own) if own else best.score * renamed_score
+            named[labels[i_next]] = Candidate(labels[i_next], best.row, best.col, score)
+            used.append(complex(best.row, best.col))
+    return {name: named[name] for name in sorted(named, key=index.__getitem__)} | {
+        name: c for name, c in chosen.items() if name not in index
+    }
