@@ -62,6 +62,18 @@ def test_predicted_levels_are_known_ordered_and_consistent_with_files(predicted)
     assert summary["levels"] == levels
 
 
+def test_each_structure_sits_left_right_at_the_centre_of_its_own_mask(predicted):
+    rows = list(csv.DictReader((predicted / "points.csv").open()))
+    mask = np.asarray(nib.load(predicted / "mask.nii.gz").dataobj)
+    checked = 0
+    for row in rows:
+        voxels = np.argwhere(mask == anatomy.structure(row["level"]).tss_value)
+        if len(voxels):  # case-07 is stored I, P, R: the third index runs left-right
+            assert abs(float(row["k"]) - voxels[:, 2].mean()) < 0.1
+            checked += 1
+    assert checked >= len(rows) // 2
+
+
 def test_evaluate_cli_reports_the_papers_metrics(predicted, tmp_path, capsys):
     report_path = tmp_path / "report.json"
     assert main(["evaluate", "--pred", str(predicted), "--json", str(report_path)]) == 0
