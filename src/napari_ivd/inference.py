@@ -18,6 +18,7 @@ Steps (see docs/pipeline.md for the shared conventions):
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -122,6 +123,26 @@ def _stack(resampled: np.ndarray, index: int, in_channels: int) -> np.ndarray:
     return resampled[picks]
 
 
+def _reduced_precision(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bfloat16 autocast on CPUs with native bfloat16 (AVX512-BF16 or AMX), else nothing.
+
+    On such CPUs the forward passes take half the time. Only the network's arithmetic is
+    rounded; its outputs are cast back to float32 before decoding. See the model card for
+    the effect on accuracy. Without native support, bfloat16 would be emulated and slower,
+    so full precision stays. CUDA keeps full precision: it is fast enough, and no GPU was
+    at hand to check reduced precision there.
+    """
+    if device.type == "cpu" and _native_cpu_bfloat16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _native_cpu_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (torch's own CPU feature probes)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
 class _SliceRunner:
     """Runs the network on chosen slices once each and keeps their outputs at full slice size."""
 
@@ -161,12 +182,13 @@ class _SliceRunner:
                 _pad_to(_stack(self.resampled, i, self.in_channels), self.multiple)[:, r0:r1, c0:c1] for i in chunk
             ]
             x = torch.from_numpy(np.stack(stacks).astype(np.float32)).to(self.device)
-            out = self.model(x, seg_only=True) if seg_only else self.model(x)
-            seg = torch.sigmoid(out["seg"]).float().cpu().numpy()
+            with _reduced_precision(self.device):
+                out = self.model(x, seg_only=True) if seg_only else self.model(x)
+            seg = torch.sigmoid(out["seg"].float()).cpu().numpy()
             for j, i in enumerate(chunk):
                 self.seg[i] = self._paste(seg[j], r0, c0, 1)[:, : self.rows, : self.cols]
             if not seg_only:
-                heat = torch.sigmoid(out["heatmap"]).float().cpu().numpy()
+                heat = torch.sigmoid(out["heatmap"].float()).cpu().numpy()
                 offset = out["offset"].float().cpu().numpy()
                 for j, i in enumerate(chunk):
                     self.heatmap[i] = self._paste(heat[j], r0 // 2, c0 // 2, 2)
