@@ -698,7 +698,7 @@ def extend_chain(
     used = [complex(c.row, c.col) for c in named.values()]
     for direction in (1, -1):
         while True:
-            ends = sorted(named, key=index.__getitem__)[:: -direction][:2]  # the end, then its neighbour
+            ends = sorted(named, key=index.__getitem__)[::-direction][:2]  # the end, then its neighbour
             (i_end, end), (i_prev, prev) = ((index[n], named[n]) for n in ends)
             i_next = i_end + direction
             if not 0 <= i_next < len(labels) or labels[i_next] in named:

@@ -76,7 +76,11 @@ def _batched(layer: Any) -> Iterator[None]:
     it (another napari) the block still works, only slower.
     """
     layer = _unwrap(layer)  # the private parts are not reachable through the plugin proxy
-    groups = [layer.events, layer.text.events, *(getattr(layer, a).events for a in ("_face", "_border") if hasattr(layer, a))]
+    groups = [
+        layer.events,
+        layer.text.events,
+        *(getattr(layer, a).events for a in ("_face", "_border") if hasattr(layer, a)),
+    ]
     with ExitStack() as stack:
         stack.enter_context(getattr(layer, "_block_refresh", nullcontext)())
         for group in groups:
