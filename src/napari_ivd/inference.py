@@ -226,9 +226,34 @@ class _SliceRunner:
         return int(r0), int(r1), int(c0), int(c1)
 
 
+def _heat_response(runner: _SliceRunner, indices: list[int]) -> np.ndarray:
+    """Per slice, the sum over channels of each channel's strongest heatmap value."""
+    return np.array([runner.heatmap[i].reshape(runner.heatmap[i].shape[0], -1).max(axis=1).sum() for i in indices])
+
+
+def _find_spine(runner: _SliceRunner, coarse: list[int]) -> tuple[list[int], list[int]]:
+    """Run the slices that locate the spine: (every slice run, the dense run around the spine).
+
+    Every other coarse slice first; then the coarse slices within two steps of the one where
+    the heatmaps respond most, where the mid-sagittal plane is refined. The response is one
+    broad hump across the spine, so the sparse pass lands on it and the dense run around it
+    holds the same maximum as running every coarse slice, for about three quarters of the
+    cost.
+    """
+    sparse = coarse[::2]
+    runner.run(sparse)
+    best = coarse.index(sparse[int(np.argmax(_heat_response(runner, sparse)))])
+    dense = coarse[max(0, best - 2) : best + 3]
+    runner.run(dense)
+    return sorted(set(sparse) | set(dense)), dense
+
+
 def _spine_centre(runner: _SliceRunner, indices: list[int]) -> float:
-    """Slice index (fractional) where the heatmaps respond most: the mid-sagittal plane."""
-    scores = np.array([runner.heatmap[i].reshape(runner.heatmap[i].shape[0], -1).max(axis=1).sum() for i in indices])
+    """Slice index (fractional) where the heatmaps respond most: the mid-sagittal plane.
+
+    ``indices`` are evenly spaced, run slices.
+    """
+    scores = _heat_response(runner, indices)
     best = int(np.argmax(scores))
     if 0 < best < len(indices) - 1:  # parabolic refinement between coarse samples
         left, mid, right = scores[best - 1 : best + 2]
@@ -399,18 +424,18 @@ def iter_predict(
     multiple = int(card["input"].get("multiple", PAD_MULTIPLE))
     runner = _SliceRunner(model, resampled, in_channels, device, multiple)
 
-    yield PredictProgress(0, 3, f"finding the spine on {len(coarse)} sagittal slices")
+    yield PredictProgress(0, 3, f"finding the spine on up to {len(coarse)} sagittal slices")
     t1 = time.perf_counter()
-    runner.run(coarse)
-    centre = _spine_centre(runner, coarse)
-    extent = _spine_extent(runner, coarse, n_slices, step)
+    sampled, dense = _find_spine(runner, coarse)
+    centre = _spine_centre(runner, dense)
+    extent = _spine_extent(runner, sampled, n_slices, 2 * step)  # sampled every 2 steps away from the spine
     slab_half = max(1, math.ceil(3.0 / display_spacing[0]))
     slab = list(range(max(0, round(centre) - slab_half), min(n_slices, round(centre) + slab_half + 1)))
     yield PredictProgress(1, 3, f"segmenting {len(set(extent) | set(slab))} slices")
     runner.run(slab)  # whole slices: naming levels needs the context
     # masks: only the spine's surroundings, on slices up to MASK_STEP_MM apart; those between interpolated
     mask_step = max(1, math.floor(MASK_STEP_MM / display_spacing[0]))
-    runner.run(extent[::mask_step] + extent[-1:], window=runner.window(coarse), seg_only=True)
+    runner.run(extent[::mask_step] + extent[-1:], window=runner.window(sampled), seg_only=True)
     runner.fill_seg(extent)
     timings["network_s"] = time.perf_counter() - t1
 
