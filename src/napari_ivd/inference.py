@@ -339,9 +339,7 @@ def _centre_left_right_on_masks(named: dict[str, np.ndarray], mask: np.ndarray) 
     keep their heatmap estimate.
     """
     n_slices = mask.shape[0]
-    slices, *_ = np.nonzero(mask)
-    counts = np.bincount(mask[mask > 0].astype(np.int64) * n_slices + slices, minlength=256 * n_slices)
-    per_value = counts.reshape(256, n_slices)
+    per_value = np.stack([np.bincount(s.ravel(), minlength=256) for s in mask], axis=1)  # (value, slice)
     out = {}
     for name, lrc in named.items():
         value = anatomy.structure(name).tss_value or 0
