@@ -4,16 +4,20 @@ Steps (see docs/pipeline.md for the shared conventions):
 
 1. show the volume sagittally (``SagittalView``), normalise intensities, resample every
    sagittal slice in-plane to the model's spacing;
-2. run the network on sagittal slices every few millimetres to find the spine: the
-   mid-sagittal slab is where the keypoint heatmaps respond most; then on every slice the
-   spine covers (for the masks);
+2. run the network on sagittal slices every 8 mm, then every 4 mm around the strongest one,
+   to find the spine: the mid-sagittal slab is where the keypoint heatmaps respond most;
+   then segment the slices the spine covers, every 2 mm, interpolating those between;
 3. average heatmaps and offsets over the slab, decode candidates by Hough voting, and keep
    the combination that best fits the learned skeleton (Azad 2021), so false positives drop,
-   levels stay in order and nothing is named that is not seen;
-4. find each structure's left-right position from where its heatmap responds across slices;
-5. threshold the per-slice vertebral-body/disc masks, keep the 3D components that hold a
+   levels stay in order and nothing is named that is not seen; detections that continue
+   the chain past its ends take the next levels (``skeleton.extend_chain``);
+4. threshold the per-slice vertebral-body/disc masks, keep the 3D components that hold a
    named structure, give each voxel the level of the nearest named structure of its kind,
-   and return the mask on the file's own grid.
+   and return the mask on the file's own grid;
+5. place each structure left-right at the centroid of its own mask (where the heatmaps
+   respond across slices when it has none).
+
+On CPUs with native bfloat16 the network runs under bfloat16 autocast.
 """
 
 from __future__ import annotations
