@@ -39,7 +39,7 @@ from scipy import ndimage
 from napari_ivd import anatomy
 from napari_ivd.errors import CheckpointError
 from napari_ivd.io import Volume, write_nifti
-from napari_ivd.io.annotations import LabelledPoint, write_points_csv, write_sct_discs
+from napari_ivd.io.annotations import LabelledPoint, label_centroids, write_points_csv, write_sct_discs
 from napari_ivd.models.decode import Candidate, decode
 from napari_ivd.progress import run_steps
 from napari_ivd.skeleton import SkeletonPrior, extend_chain, search
@@ -342,16 +342,13 @@ def _centre_left_right_on_masks(named: dict[str, np.ndarray], mask: np.ndarray) 
     1.34 / 1.65 mm to 0.75 / 0.75 mm (discs / vertebrae). Structures without mask voxels
     keep their heatmap estimate.
     """
-    n_slices = mask.shape[0]
-    per_value = np.stack([np.bincount(s.ravel(), minlength=256) for s in mask], axis=1)  # (value, slice)
+    value_of = {name: anatomy.structure(name).tss_value or 0 for name in named}
+    centroids = label_centroids(mask, [v for v in value_of.values() if v], axes=(0,))
     out = {}
     for name, lrc in named.items():
-        value = anatomy.structure(name).tss_value or 0
-        area = per_value[value] if value else np.zeros(n_slices)
-        centred = lrc.copy()
-        if area.sum():
-            centred[0] = float(np.dot(area, np.arange(n_slices)) / area.sum())
-        out[name] = centred
+        out[name] = lrc.copy()
+        if value_of[name] in centroids:
+            out[name][0] = centroids[value_of[name]][0]
     return out
 
 
