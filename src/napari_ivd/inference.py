@@ -183,7 +183,7 @@ class _SliceRunner:
         ``seg_only`` skips the keypoint head: such slices get masks but no heatmaps.
         """
         r0, r1, c0, c1 = window or (0, self.padded[0], 0, self.padded[1])
-        todo = [i for i in indices if i not in (self.seg if seg_only else self.heatmap)]
+        todo = [i for i in dict.fromkeys(indices) if i not in (self.seg if seg_only else self.heatmap)]  # once each
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             stacks = [
