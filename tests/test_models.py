@@ -30,7 +30,7 @@ from napari_ivd.models import (
     load_checkpoint,
     save_checkpoint,
 )
-from napari_ivd.models.ivdnet import DEFAULT_LABELS
+from napari_ivd.models.ivdnet import DEFAULT_LABELS, PositionAttention
 from napari_ivd.models.losses import HeatmapFocalLoss, IvdLoss, MaskedSegLoss, OffsetL1Loss
 
 TINY_CONFIG = TINY["ivdnet"].config
@@ -52,6 +52,27 @@ def test_default_model_predicts_the_lumbar_labels_in_cranio_caudal_order():
 def test_paper_preset_is_wider_and_has_gaos_five_aspp_rates():
     paper = IvdNetConfig.paper()
     assert paper.widths[-1] > IvdNetConfig().widths[-1] and paper.aspp_rates == (3, 6, 12, 18, 24)
+
+
+def test_pooled_position_attention_keeps_odd_maps_and_starts_as_the_identity():
+    attention = PositionAttention(16, pool=2)
+    x = torch.randn(2, 16, 7, 5)  # odd sizes: the pooled keys cover the last row/column too
+    assert torch.equal(attention(x), x)  # gamma starts at 0
+    with torch.no_grad():
+        attention.gamma.fill_(1.0)
+    mixed = attention(x)
+    assert mixed.shape == x.shape and not torch.allclose(mixed, x)
+
+
+def test_subpixel_mask_logits_differ_within_each_stride_2_pixel():
+    torch.manual_seed(0)
+    net = IvdNet(TINY_CONFIG).eval()
+    seg = net(torch.randn(1, 1, 32, 24))["seg"]
+    assert seg.shape == (1, 2, 32, 24)
+    # bilinear upsampling would tie the four sub-pixels to their neighbours; the pixel shuffle
+    # gives each its own learned logit, so no 2x2 block is an interpolation of the others
+    blocks = seg.unfold(2, 2, 2).unfold(3, 2, 2).flatten(-2)
+    assert (blocks.std(-1) > 0).all()
 
 
 def test_unknown_architecture_name_lists_the_valid_ones():

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_ivd import anatomy
+from napari_ivd import anatomy, inference
 from napari_ivd._cli_predict import unique_names
 from napari_ivd.cli import main
 from napari_ivd.errors import CheckpointError
@@ -121,3 +121,27 @@ def test_default_model_is_the_bundled_one_even_beside_a_folder_of_that_name(tmp_
     monkeypatch.chdir(tmp_path)
     assert find_model_dir() == BUNDLED_MODELS_DIR / "ivdnet-lumbar"
     assert find_model_dir("ivdnet-lumbar") == Path("ivdnet-lumbar")  # an explicit path wins
+
+
+class _ResponseProfile:
+    """Stands in for the slice runner: slice i's heatmap peaks at ``response[i]``; records what ran."""
+
+    def __init__(self, response: dict[int, float]):
+        self.response, self.heatmap, self.ran = response, {}, []
+
+    def run(self, indices: list[int], **_: object) -> None:
+        for i in indices:
+            if i not in self.heatmap:
+                self.heatmap[i] = np.full((1, 2, 2), self.response[i], np.float32)
+                self.ran.append(i)
+
+
+def test_spine_search_refines_around_the_two_strongest_sparse_slices():
+    # the bundled sample's response: its edge slice (2) outscores the sparse slices on either
+    # side of the spine's centre (14), which only the dense pass samples
+    response = {2: 2.35, 6: 1.2, 10: 2.04, 14: 2.78, 18: 0.75, 22: 0.1, 26: 0.1, 30: 0.08, 34: 0.1}
+    runner = _ResponseProfile(response)
+    sampled, dense = inference._find_spine(runner, sorted(response))
+    assert max(runner.ran[:5], key=response.get) == 2  # the sparse pass alone would refine at the edge
+    assert inference._spine_centre(runner, dense) == pytest.approx(13.07, abs=0.01)  # parabola through 10, 14, 18
+    assert len(sampled) == len(runner.ran) == 7  # 22..34 between the sparse ones never ran

@@ -4,7 +4,7 @@ Steps (see docs/pipeline.md for the shared conventions):
 
 1. show the volume sagittally (``SagittalView``), normalise intensities, resample every
    sagittal slice in-plane to the model's spacing;
-2. run the network on sagittal slices every 8 mm, then every 4 mm around the strongest one,
+2. run the network on sagittal slices every 8 mm, then every 4 mm around the two strongest,
    to find the spine: the mid-sagittal slab is where the keypoint heatmaps respond most;
    then segment the slices the spine covers, every 2 mm, interpolating those between;
 3. average heatmaps and offsets over the slab, decode candidates by Hough voting, and keep
@@ -236,30 +236,36 @@ def _heat_response(runner: _SliceRunner, indices: list[int]) -> np.ndarray:
 
 
 def _find_spine(runner: _SliceRunner, coarse: list[int]) -> tuple[list[int], list[int]]:
-    """Run the slices that locate the spine: (every slice run, the dense run around the spine).
+    """Run the slices that locate the spine: (every slice run, the dense runs around the spine).
 
-    Every other coarse slice first; then the coarse slices within two steps of the one where
-    the heatmaps respond most, where the mid-sagittal plane is refined. The response is one
-    broad hump across the spine, so the sparse pass lands on it and the dense run around it
-    holds the same maximum as running every coarse slice, for about three quarters of the
-    cost.
+    Every other coarse slice first; then the coarse slices within two steps of the two
+    sparse slices where the heatmaps respond most, where the mid-sagittal plane is refined.
+    The response is usually one broad hump across the spine, so the sparse pass lands on it
+    for about three quarters of the cost of running every coarse slice. Refining around the
+    two strongest samples, not just the strongest, keeps a second hump from winning: on the
+    bundled sample's narrow field of view the edge slice responds more than the sparse
+    samples on either side of the spine's true centre.
     """
     sparse = coarse[::2]
     runner.run(sparse)
-    best = coarse.index(sparse[int(np.argmax(_heat_response(runner, sparse)))])
-    dense = coarse[max(0, best - 2) : best + 3]
-    runner.run(dense)
-    return sorted(set(sparse) | set(dense)), dense
+    strongest = np.argsort(_heat_response(runner, sparse))[::-1][:2]
+    dense: set[int] = set()
+    for k in strongest:
+        best = coarse.index(sparse[k])
+        dense.update(coarse[max(0, best - 2) : best + 3])
+    runner.run(sorted(dense))
+    return sorted(set(sparse) | dense), sorted(dense)
 
 
 def _spine_centre(runner: _SliceRunner, indices: list[int]) -> float:
     """Slice index (fractional) where the heatmaps respond most: the mid-sagittal plane.
 
-    ``indices`` are evenly spaced, run slices.
+    ``indices`` are sorted, run slices; the maximum is refined by a parabola through its
+    neighbours when they are evenly spaced around it.
     """
     scores = _heat_response(runner, indices)
     best = int(np.argmax(scores))
-    if 0 < best < len(indices) - 1:  # parabolic refinement between coarse samples
+    if 0 < best < len(indices) - 1 and indices[best] - indices[best - 1] == indices[best + 1] - indices[best]:
         left, mid, right = scores[best - 1 : best + 2]
         denom = left - 2 * mid + right
         shift = 0.5 * (left - right) / denom if denom < 0 else 0.0

@@ -45,7 +45,7 @@ preset                                       parameters  GFLOPs/forward
 ===========================================  ==========  ===============
 
 The default is 2 stacks of 32-channel, depth-4 hourglasses (about as many FLOPs as IvdNet's
-default: 1.59, for a CPU-trainable comparison). The paper preset costs about 4x Newell's
+default: 1.47, for a CPU-trainable comparison). The paper preset costs about 4x Newell's
 2-stack network because its hourglasses run at stride 2 instead of 4.
 """
 
