@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -12,6 +13,7 @@ from safetensors import safe_open
 from torch import nn
 
 from _arch_contract import (
+    INPUT_SPEC,
     TINY,
     TWO_LABELS,
     blob_batch,
@@ -205,6 +207,17 @@ def test_ddp_and_compile_prefixes_are_stripped_so_any_run_loads_plainly(tmp_path
     assert set(keys) == set(inner.state_dict())
     loaded, _ = load_checkpoint(folder)
     assert torch.equal(loaded.stem[0][0].weight, inner.stem[0][0].weight)
+
+
+def test_a_card_written_before_a_config_field_existed_rebuilds_the_network_it_was_trained_as(tmp_path: Path):
+    legacy = dataclasses.replace(TINY_CONFIG, attention_pool=1, subpixel_seg=False)
+    net = IvdNet(legacy)
+    folder = save_checkpoint(tmp_path / "old", net, "ivdnet", legacy, labels=legacy.labels, input_spec=INPUT_SPEC)
+    card = json.loads((folder / CARD_NAME).read_text())
+    _edit_card(folder, config={k: v for k, v in card["config"].items() if k not in ("attention_pool", "subpixel_seg")})
+    loaded, _ = load_checkpoint(folder)  # strict: the bilinear mask head's weights fit only the old network
+    assert (loaded.config.attention_pool, loaded.config.subpixel_seg) == (1, False)
+    assert torch.equal(loaded.seg.weight, net.seg.weight)
 
 
 def test_corrupted_weights_fail_the_sha256_check(tmp_path: Path):

@@ -43,7 +43,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +99,9 @@ class IvdNetConfig(PipelineConfig):
     attention_pool: int = 2
     subpixel_seg: bool = True
     dropout: float = 0.1
+
+    #: Cards written before 2026-12-02 describe full-map position attention and bilinear masks.
+    CARD_LEGACY_VALUES: ClassVar[Mapping[str, Any]] = {"attention_pool": 1, "subpixel_seg": False}
 
     def __post_init__(self) -> None:
         self._check_fields(

@@ -25,7 +25,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -126,6 +126,12 @@ class ModelConfig:
     >>> TinyConfig.from_dict(TinyConfig(width=4).to_dict())
     TinyConfig(width=4)
     """
+
+    #: Fields added after model cards of this architecture were first written, each with the
+    #: value a card without it meant (the network had no such option yet). :func:`read_card`
+    #: fills them in, so a model trained before a field existed is rebuilt as it was trained
+    #: rather than with the field's newer default.
+    CARD_LEGACY_VALUES: ClassVar[Mapping[str, Any]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as a JSON-ready dict (tuples as lists)."""
@@ -514,6 +520,9 @@ def read_card(model_dir: Path) -> dict[str, Any]:
     CheckpointError
         Folder or card missing, card not valid JSON or not an object, unsupported
         ``format_version``, or required entries missing.
+
+    Config fields the card predates take the value it meant
+    (:attr:`ModelConfig.CARD_LEGACY_VALUES`).
     """
     model_dir = Path(model_dir)
     card_path = model_dir / CARD_NAME
@@ -543,6 +552,9 @@ def read_card(model_dir: Path) -> dict[str, Any]:
     missing = [k for k in ("name", "config", "labels", "weights_sha256") if k not in card]
     if missing:
         raise CheckpointError(f"{card_path} lacks {', '.join(missing)}; re-export the model with save_checkpoint")
+    entry = _REGISTRY.get(card["name"])
+    if entry is not None and isinstance(card["config"], dict):
+        card["config"] = {**entry.config_cls.CARD_LEGACY_VALUES, **card["config"]}
     return card
 
 
