@@ -1,4 +1,4 @@
-"""``napari-ivd train --store``: the viewer's fine-tuning, headless, and under torchrun (gloo on CPU)."""
+"""``napari-ivd train``: fine-tuning from a store (headless, under torchrun too) and training from a folder."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from napari_ivd.cli import main
 from napari_ivd.model_versions import model_folder
-from napari_ivd.models import load_checkpoint
+from napari_ivd.models import load_checkpoint, read_card
 from napari_ivd.store import AnnotationStore
 
 
@@ -72,3 +73,36 @@ def test_torchrun_two_cpu_processes_write_one_valid_model_version(training_store
     assert version.card["processes"] == 2 and version.card["device"] == "cpu"
     load_checkpoint(model_folder(store, version.model_id))  # weights and card agree, through safetensors
     assert store.check().ok
+
+
+@pytest.fixture
+def small_lumbar(shared_data: Path, tmp_path: Path) -> Path:
+    """Four T2w cases in the lumbar layout: three to train on, one held out."""
+    root = tmp_path / "lumbar"
+    for name in ("IVD/case-20", "VB2/case-07", "VB2/case-12", "VB2/case-14"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).symlink_to(shared_data / "lumbar" / name)
+    return root
+
+
+@pytest.mark.slow
+def test_train_from_a_folder_on_stacked_slices_and_continue_from_it(small_lumbar, tmp_path):
+    """--in-channels 3 trains a 2.5D model; --init continues it with the slices its weights expect."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = ["--lumbar", str(small_lumbar), "--epochs", "1", "--device", "cpu", "--dev-fraction", "0.25"]
+    assert main(["train", *common, "--in-channels", "3", "--out", str(first)]) == 0
+    assert main(["train", *common, "--init", str(first), "--out", str(second), "--lr", "1e-4"]) == 0
+    for folder in (first, second):
+        card = read_card(folder)
+        assert card["config"]["in_channels"] == card["input"]["in_channels"] == 3
+        assert card["sample_config"]["in_channels"] == 3
+    model, _ = load_checkpoint(second)
+    assert next(model.parameters()).shape[1] == 3  # the stem's first convolution takes three slices
+
+
+def test_train_from_a_folder_rejects_even_or_conflicting_slice_stacks(small_lumbar, tmp_path, capsys):
+    out = ["--lumbar", str(small_lumbar), "--epochs", "1", "--out", str(tmp_path / "m")]
+    assert main(["train", *out, "--in-channels", "2"]) == 2
+    assert main(["train", *out, "--in-channels", "3", "--init", str(tmp_path / "parent")]) == 2
+    err = capsys.readouterr().err
+    assert "--in-channels must be odd and positive, not 2" in err and "keeps the parent's" in err

@@ -62,10 +62,17 @@ def _train_from_folder(args: argparse.Namespace, main: bool) -> int:
     from napari_ivd.training.cases import load_lumbar_cases, split_cases
     from napari_ivd.training.data import SampleConfig
     from napari_ivd.training.engine import TrainConfig, fit
+    from napari_ivd.training.finetune import parent_sample_config
     from napari_ivd.worklist import run_steps
 
     if args.out is None:
         print("--lumbar needs --out (the model folder to write)", file=sys.stderr)
+        return 2
+    if args.init is not None and args.in_channels is not None:
+        print("--in-channels cannot change a model given with --init (it keeps the parent's)", file=sys.stderr)
+        return 2
+    if args.in_channels is not None and (args.in_channels < 1 or args.in_channels % 2 == 0):
+        print(f"--in-channels must be odd and positive, not {args.in_channels}", file=sys.stderr)
         return 2
     cases = load_lumbar_cases(args.lumbar)
     if args.contrasts:
@@ -83,7 +90,12 @@ def _train_from_folder(args: argparse.Namespace, main: bool) -> int:
         device=args.device,
         seed=args.seed,
         lr=args.lr if args.lr is not None else TrainConfig.lr,
+        model_overrides={"in_channels": args.in_channels} if args.in_channels else {},
     )
+    if args.init is not None:  # the parent's slices, channels and labels, which its weights expect
+        sample_cfg = parent_sample_config(args.init)
+    else:
+        sample_cfg = SampleConfig(in_channels=args.in_channels or SampleConfig.in_channels)
     command = "napari-ivd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
     def show(p: Any) -> None:
@@ -95,7 +107,7 @@ def _train_from_folder(args: argparse.Namespace, main: bool) -> int:
             line += f"  | {_validation_line(p.validation)}{'  (saved)' if p.improved else ''}"
         print(line, flush=True)
 
-    steps = fit(cfg, SampleConfig(), train, dev, args.out, init_from=args.init, card_extra={"command": command})
+    steps = fit(cfg, sample_cfg, train, dev, args.out, init_from=args.init, card_extra={"command": command})
     card = run_steps(steps, show)
     if not main:
         return 0
@@ -138,6 +150,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--out", type=Path, help="with --lumbar: model folder to write")
     train.add_argument("--init", type=Path, help="with --lumbar: start from this model folder")
+    train.add_argument(
+        "--in-channels",
+        type=int,
+        help="with --lumbar: adjacent sagittal slices stacked as the input (odd; default 1, the slice alone)",
+    )
     budget = train.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, help="time budget (default: 5 with --store, 10 with --lumbar)")
     budget.add_argument("--epochs", type=int, help="number of epochs instead of a time budget")

@@ -155,7 +155,7 @@ def finetune_steps(
         model, card = load_checkpoint(parent_dir, device=device)
         before = evaluate_cases(model, card, val_cases, device)
         del model
-    sample_cfg = _sample_config(parent_dir)
+    sample_cfg = parent_sample_config(parent_dir)
     extra = {
         "parent": {"model": choice.key, "stored": choice.stored, "weights_sha256": choice.card.get("weights_sha256")},
         "case_revisions": plan.revisions(),
@@ -208,7 +208,7 @@ def _read(store: AnnotationStore, plan: TrainingPlan) -> Generator[FineTuneProgr
         yield FineTuneProgress("reading", report.message, 0.05 * report.step / max(1, report.total))
 
 
-def _sample_config(parent_dir: Path) -> SampleConfig:
+def parent_sample_config(parent_dir: Path) -> SampleConfig:
     """The parent's sampling settings (same spacing, channels and labels), defaults otherwise."""
     card = read_card(parent_dir)
     if card.get("sample_config"):
