@@ -105,4 +105,5 @@ def test_train_from_a_folder_rejects_even_or_conflicting_slice_stacks(small_lumb
     assert main(["train", *out, "--in-channels", "2"]) == 2
     assert main(["train", *out, "--in-channels", "3", "--init", str(tmp_path / "parent")]) == 2
     err = capsys.readouterr().err
-    assert "--in-channels must be odd and positive, not 2" in err and "keeps the parent's" in err
+    assert "--in-channels: in_channels must be odd (centred on the slice of interest), not 2" in err
+    assert "keeps the parent's" in err

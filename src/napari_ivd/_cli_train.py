@@ -71,9 +71,16 @@ def _train_from_folder(args: argparse.Namespace, main: bool) -> int:
     if args.init is not None and args.in_channels is not None:
         print("--in-channels cannot change a model given with --init (it keeps the parent's)", file=sys.stderr)
         return 2
-    if args.in_channels is not None and (args.in_channels < 1 or args.in_channels % 2 == 0):
-        print(f"--in-channels must be odd and positive, not {args.in_channels}", file=sys.stderr)
-        return 2
+    if args.init is not None:  # the parent's slices, channels and labels, which its weights expect
+        sample_cfg = parent_sample_config(args.init)
+    else:
+        try:
+            sample_cfg = SampleConfig(
+                in_channels=SampleConfig.in_channels if args.in_channels is None else args.in_channels
+            )
+        except ValueError as exc:
+            print(f"--in-channels: {exc}", file=sys.stderr)
+            return 2
     cases = load_lumbar_cases(args.lumbar)
     if args.contrasts:
         cases = [c for c in cases if c.contrast in args.contrasts]
@@ -92,10 +99,6 @@ def _train_from_folder(args: argparse.Namespace, main: bool) -> int:
         lr=args.lr if args.lr is not None else TrainConfig.lr,
         model_overrides={"in_channels": args.in_channels} if args.in_channels else {},
     )
-    if args.init is not None:  # the parent's slices, channels and labels, which its weights expect
-        sample_cfg = parent_sample_config(args.init)
-    else:
-        sample_cfg = SampleConfig(in_channels=args.in_channels or SampleConfig.in_channels)
     command = "napari-ivd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
     def show(p: Any) -> None:
