@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import ndimage
 
 from napari_ivd.errors import GeometryError, GeometryMismatchError
 from napari_ivd.io import SagittalView, VolumeGeometry
+from napari_ivd.io.annotations import label_centroids
 
 ALL_ORIENTATIONS = [
     (perm, signs) for perm in itertools.permutations(range(3)) for signs in itertools.product((1, -1), repeat=3)
@@ -101,3 +103,13 @@ def test_layer_of_wrong_shape_cannot_be_written_back():
 def test_axcodes_match_nibabel():
     affine = _affine((1, 2, 0), (-1, -1, 1))
     assert VolumeGeometry(affine, (3, 3, 3)).axcodes == tuple(nio.aff2axcodes(affine))
+
+
+def test_label_centroids_agree_with_scipy_and_leave_out_absent_values_and_background():
+    labels = np.random.default_rng(0).choice([0, 0, 0, 2, 7, 41], size=(6, 7, 8)).astype(np.uint8)
+    got = label_centroids(labels, [0, 2, 7, 41, 9, 300])
+    assert sorted(got) == [2, 7, 41]
+    for value in got:
+        np.testing.assert_allclose(got[value], ndimage.center_of_mass(labels == value))
+    only_rows = label_centroids(labels, [7], axes=(1,))[7]
+    assert np.isnan(only_rows[[0, 2]]).all() and only_rows[1] == pytest.approx(got[7][1])
