@@ -573,7 +573,7 @@ def load_checkpoint(model_dir: Path, device: str | torch.device = "cpu") -> tupl
 
     Reads the card, checks its format version and the weights' sha256, builds the registered
     architecture from the card's config, loads ``weights.safetensors`` (never pickle) with
-    ``strict=True`` and moves the model to ``device``.
+    ``strict=True`` and moves the model to ``device`` in channels-last layout (:func:`to_device`).
 
     Parameters
     ----------
