@@ -1,13 +1,15 @@
 """Accuracy and speed of a model on the held-out dev cases, overall and per contrast.
 
     python benchmarks/bench_predict.py [--model ivdnet-lumbar] [--data ../shared/data/lumbar]
-                                       [--device cpu|cuda] [--json out.json]
+                                       [--device cpu|cuda] [--repeats 7] [--json out.json]
 
 The dev cases are the ones `napari-ivd train` held out (same split, same seed); a model
 trained on some of them is refused. Prints, per contrast and overall: disc and vertebra
 distance to target (mean ± sd, mm), FNR/FPR at 5 mm, identification rate, PCK, Dice per
-structure, and prediction latency per volume (model loading excluded). Figures only — the
-targets live in the issue, not here.
+structure, and prediction latency per volume (model loading excluded). First, for one dev
+volume of each shape: the latency of its first prediction at that shape in this process, and
+the median and range of ``--repeats`` more (a shared machine's speed drifts, so a median of
+warm runs is the figure to compare). Figures only — the targets live in the issue, not here.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import numpy as np
 import torch
 
 from napari_ivd._cli_predict import format_report
-from napari_ivd.inference import find_model_dir, resolve_device
+from napari_ivd.inference import find_model_dir, predict, resolve_device
+from napari_ivd.io import Volume
 from napari_ivd.models import load_checkpoint
 from napari_ivd.training.cases import load_lumbar_cases, split_cases
 from napari_ivd.training.engine import evaluate_cases
@@ -33,8 +36,11 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model folder or bundled name (default: starter model)")
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/lumbar")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=7, help="warm predictions timed per volume shape")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
 
     device = resolve_device(args.device)
     t0 = time.perf_counter()
@@ -45,12 +51,20 @@ def main() -> None:
     leaked = sorted({c.name for c in dev} & set(card.get("trained_on", [])))
     if leaked:
         raise SystemExit(f"the model was trained on dev cases {leaked}; pass a model trained with this split")
-    evaluate_cases(model, card, dev[:1], device)  # warm-up (first-call allocations), not timed
     print(
         f"model {card['name']} ({card['params']:,} parameters, {card['gflops']:.2f} GFLOPs at 256x256), "
         f"loaded in {load_s:.2f} s on {device}; torch {torch.__version__}, {platform.machine()}, "
         f"{torch.get_num_threads()} threads"
     )
+    by_shape = {"x".join(map(str, c.volume.geometry.shape)): c for c in dev}
+    latency = {shape: warm_latency(model, card, case.volume, device, args.repeats) for shape, case in by_shape.items()}
+    print(f"\n== latency by volume shape: first prediction at that shape, then {args.repeats} more")
+    for shape, times in latency.items():
+        warm = np.array(times["warm_s"])
+        print(
+            f"{shape} ({by_shape[shape].name}): first {times['first_s']:.2f} s, then median {np.median(warm):.2f} s "
+            f"(range {warm.min():.2f}-{warm.max():.2f} s)"
+        )
     results = {}
     groups = {"all": dev} | {c: [d for d in dev if d.contrast == c] for c in sorted({d.contrast for d in dev})}
     for name, cases in groups.items():
@@ -62,7 +76,18 @@ def main() -> None:
         print(format_report(report))
         print(f"latency per volume: mean {seconds.mean():.2f} s, max {seconds.max():.2f} s")
     if args.json:
-        args.json.write_text(json.dumps({"device": str(device), "load_s": load_s, "results": results}, indent=2))
+        report = {"device": str(device), "load_s": load_s, "results": results, "latency": latency}
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+def warm_latency(model: torch.nn.Module, card: dict, volume: Volume, device: torch.device, repeats: int) -> dict:
+    """Seconds of the first prediction of ``volume`` (new shapes: kernel set-up) and of ``repeats`` more."""
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        predict(volume, model, card, device)
+        times.append(time.perf_counter() - start)
+    return {"first_s": times[0], "warm_s": times[1:]}
 
 
 if __name__ == "__main__":
