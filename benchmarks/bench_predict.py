@@ -27,7 +27,7 @@ from napari_ivd._cli_predict import format_report
 from napari_ivd.inference import find_model_dir, predict, resolve_device
 from napari_ivd.io import Volume
 from napari_ivd.models import load_checkpoint
-from napari_ivd.training.cases import load_lumbar_cases, split_cases
+from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases
 from napari_ivd.training.engine import evaluate_cases
 
 
@@ -56,7 +56,7 @@ def main() -> None:
         f"loaded in {load_s:.2f} s on {device}; torch {torch.__version__}, {platform.machine()}, "
         f"{torch.get_num_threads()} threads"
     )
-    by_shape = {"x".join(map(str, c.volume.geometry.shape)): c for c in dev}
+    by_shape = {_shape(c): c for c in dev}
     latency = {shape: warm_latency(model, card, case.volume, device, args.repeats) for shape, case in by_shape.items()}
     print(f"\n== latency by volume shape: first prediction at that shape, then {args.repeats} more")
     for shape, times in latency.items():
@@ -71,13 +71,17 @@ def main() -> None:
         report = evaluate_cases(model, card, cases, device)
         results[name] = report
         seconds = np.array(report["predict_seconds"])
-        shapes = sorted({"x".join(map(str, c.volume.geometry.shape)) for c in cases})
+        shapes = sorted({_shape(c) for c in cases})
         print(f"\n== {name}: {len(cases)} cases ({', '.join(c.name for c in cases)}); shapes {', '.join(shapes)}")
         print(format_report(report))
         print(f"latency per volume: mean {seconds.mean():.2f} s, max {seconds.max():.2f} s")
     if args.json:
         report = {"device": str(device), "load_s": load_s, "results": results, "latency": latency}
         args.json.write_text(json.dumps(report, indent=2))
+
+
+def _shape(case: LabelledCase) -> str:
+    return "x".join(map(str, case.volume.geometry.shape))
 
 
 def warm_latency(model: torch.nn.Module, card: dict, volume: Volume, device: torch.device, repeats: int) -> dict:

@@ -236,10 +236,10 @@ class _SliceRunner:
         seen = np.any([self.seg[i].max(axis=0) > 0.5 for i in indices], axis=0)
         if not seen.any():
             return None
-        rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
-        r0, c0 = (max(0, (v[0] - margin_px) // self.multiple * self.multiple) for v in (rows, cols))
-        r1 = min(self.padded[0], -(-(rows[-1] + margin_px + 1) // self.multiple) * self.multiple)
-        c1 = min(self.padded[1], -(-(cols[-1] + margin_px + 1) // self.multiple) * self.multiple)
+        (first_row, first_col), (last_row, last_col) = _bounding_box(seen)
+        r0, c0 = (max(0, (v - margin_px) // self.multiple * self.multiple) for v in (first_row, first_col))
+        r1 = min(self.padded[0], -(-(last_row + margin_px + 1) // self.multiple) * self.multiple)
+        c1 = min(self.padded[1], -(-(last_col + margin_px + 1) // self.multiple) * self.multiple)
         return int(r0), int(r1), int(c0), int(c1)
 
 
