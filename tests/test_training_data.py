@@ -13,7 +13,13 @@ import pytest
 from napari_ivd.anatomy import structure
 from napari_ivd.io import Volume, VolumeGeometry
 from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases
-from napari_ivd.training.data import SampleConfig, SliceDataset, normalize_volume, resample_slice
+from napari_ivd.training.data import (
+    ROBUST_AUGMENTATION,
+    SampleConfig,
+    SliceDataset,
+    normalize_volume,
+    resample_slice,
+)
 
 # --- a PSR phantom: Gaussian blobs at known keypoints, ellipsoid bodies in TSS values ---------
 # File axes: i -> Posterior (0.7 mm), j -> Superior (0.9 mm), k -> Right (3 mm).
@@ -221,10 +227,10 @@ def lumbar_cases(shared_data) -> dict[str, LabelledCase]:
     return {c.name: c for c in load_lumbar_cases(shared_data / "lumbar")}
 
 
-def test_lumbar_loader_finds_thirty_cases_with_manifest_contrasts(lumbar_cases):
-    assert len(lumbar_cases) == 30
+def test_lumbar_loader_finds_every_case_with_manifest_contrasts(lumbar_cases):
+    assert len(lumbar_cases) == 62
     by_set = Counter((name.split("/")[0], c.contrast) for name, c in lumbar_cases.items())
-    assert by_set == {("IVD", "T2w"): 2, ("VB1", "T1w"): 1, ("VB2", "T2w"): 7, ("VB3", "water"): 20}
+    assert by_set == {("IVD", "T2w"): 2, ("VB1", "T1w"): 6, ("VB2", "T2w"): 7, ("VB3", "water"): 47}
 
 
 def test_vb2_case07_has_named_bodies_and_derived_discs_between_neighbours(lumbar_cases, shared_data):
@@ -252,11 +258,15 @@ def test_ivd_case11_has_expert_disc_points_inside_its_disc_mask(lumbar_cases):
         assert case.mask_tss[i, j, k] == structure(name).tss_value, name
 
 
-def test_vb1_bodies_without_level_names_serve_segmentation_only(lumbar_cases):
-    case = lumbar_cases["VB1/case-02"]
-    assert case.contrast == "T1w" and not case.keypoints_vox and case.mask_tss is None
-    assert case.mask_kind_only is not None and set(np.unique(case.mask_kind_only)) == {0, 1}
-    assert case.mask_kinds == frozenset({"vertebra"})
+def test_vb1_t1w_cases_name_their_levels_down_to_the_sacrum(lumbar_cases):
+    vb1 = {name: c for name, c in lumbar_cases.items() if name.startswith("VB1/")}
+    assert len(vb1) == 6 and all(c.contrast == "T1w" for c in vb1.values())
+    for name, case in vb1.items():
+        assert {"L1", "L5", "S1", "L4-L5", "L5-S1"} <= set(case.keypoints_vox), name
+        assert case.mask_kinds == frozenset({"vertebra"}) and case.mask_kind_only is None
+        # the sacrum (TotalSpineSeg 50) lies below L5, and the L5-S1 disc between them
+        row = {n: case.volume.view.vox_to_display(p)[0, 1] for n, p in case.keypoints_vox.items()}
+        assert row["L5"] < row["L5-S1"] < row["S1"], name
 
 
 def test_split_is_deterministic_stratified_and_order_independent(lumbar_cases):
@@ -268,7 +278,7 @@ def test_split_is_deterministic_stratified_and_order_independent(lumbar_cases):
     assert {c.name for c in train} | {c.name for c in dev} == set(lumbar_cases)
     assert not {c.name for c in train} & {c.name for c in dev}
     dev_contrasts = Counter(c.contrast for c in dev)
-    assert dev_contrasts == {"T2w": 2, "water": 4}  # 20 % of 9 and 20; the single T1w case stays in train
+    assert dev_contrasts == {"T1w": 1, "T2w": 2, "water": 9}  # 20 % of 6, 9 and 47
     other_seed = {c.name for c in split_cases(cases, dev_fraction=0.2, seed=1)[1]}
     assert other_seed != {c.name for c in dev}
 
@@ -300,3 +310,21 @@ def test_far_lateral_slices_teach_absent_keypoints_but_keep_masks(phantom):
     assert near["visible"][k] == 1.0 and near["heatmap"][k].max() > 0.9
     assert far["visible"][k] == 1.0 and far["heatmap"][k].max() == 0.0  # taught: not on this slice
     assert far["seg_valid"][0].any()  # the vertebral-body mask is still learnt out there
+
+
+def test_site_augmentation_changes_intensities_only_and_inverts_when_asked(phantom):
+    plain = dict(spacing_mm=OUT_SPACING_MM, crop=(64, 32), gamma_range=(1.0, 1.0), contrast_range=(1.0, 1.0))
+    plain |= dict(brightness_range=(0.0, 0.0), noise_std_range=(0.0, 0.0))
+    off = SliceDataset([phantom], SampleConfig(**plain), samples_per_epoch=3, seed=3)
+    inverted = SliceDataset([phantom], SampleConfig(**plain, invert_probability=1.0), samples_per_epoch=3, seed=3)
+    robust = SliceDataset([phantom], SampleConfig(**plain, **ROBUST_AUGMENTATION), samples_per_epoch=3, seed=3)
+    for index in range(3):
+        a, b, c = ({k: v.numpy() for k, v in d[index].items()} for d in (off, inverted, robust))
+        for key in ("heatmap", "visible", "offset", "seg", "seg_valid"):  # geometry and targets untouched
+            assert np.array_equal(a[key], b[key]) and np.array_equal(a[key], c[key]), key
+        inside = a["image"] > 0
+        np.testing.assert_allclose(b["image"][inside], 1.0 - a["image"][inside], atol=1e-6)
+        assert not np.array_equal(a["image"], c["image"])
+        assert c["image"].min() >= 0.0 and c["image"].max() <= 1.0
+    with pytest.raises(ValueError, match="probability"):
+        SampleConfig(invert_probability=1.5)

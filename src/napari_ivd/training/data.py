@@ -162,6 +162,13 @@ class SampleConfig:
     gamma_range, contrast_range, brightness_range, noise_std_range : intensity augmentation
         (gamma, contrast factor around the mean, additive shift, Gaussian noise sigma, all
         on [0, 1]-normalised intensities).
+    remap_probability, invert_probability, bias_field_strength, blur_sigma_max_px : what
+        other sites and contrasts change (all off by default; :data:`ROBUST_AUGMENTATION`
+        turns them on): a random monotone intensity curve (another scanner's contrast), an
+        inversion (T1w against T2w: discs and fluid swap brightness), a smooth
+        multiplicative field of up to ``exp(±strength)`` (coil bias) and a Gaussian blur of
+        up to this many pixels along rows, columns or both (coarser resolution, thicker
+        slices).
     """
 
     labels: tuple[str, ...] = DEFAULT_LABELS
@@ -183,6 +190,10 @@ class SampleConfig:
     contrast_range: tuple[float, float] = (0.75, 1.25)
     brightness_range: tuple[float, float] = (-0.1, 0.1)
     noise_std_range: tuple[float, float] = (0.0, 0.05)
+    remap_probability: float = 0.0
+    invert_probability: float = 0.0
+    bias_field_strength: float = 0.0
+    blur_sigma_max_px: float = 0.0
 
     def __post_init__(self) -> None:
         names = tuple(structure(n).name for n in self.labels)
@@ -204,6 +215,12 @@ class SampleConfig:
             if lo > hi:
                 raise ValueError(f"{name} must be (low, high), got {getattr(self, name)}")
             object.__setattr__(self, name, (lo, hi))
+        for name in ("remap_probability", "invert_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        for name in ("bias_field_strength", "blur_sigma_max_px"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def n_labels(self) -> int:
@@ -517,8 +534,9 @@ class SliceDataset(torch.utils.data.Dataset):
         }
 
     def _augment_intensity(self, image: np.ndarray, inside: np.ndarray, rng: np.random.Generator) -> None:
-        """Gamma, contrast, brightness and noise, in place, on the image only (padding stays 0)."""
+        """Site and contrast changes, gamma, contrast, brightness and noise, in place (padding stays 0)."""
         cfg = self.cfg
+        _augment_site(image, cfg, rng)
         gamma = math.exp(rng.uniform(math.log(cfg.gamma_range[0]), math.log(cfg.gamma_range[1])))
         np.power(image, gamma, out=image)
         mean = float(image[:, inside].mean()) if inside.any() else 0.0
@@ -554,3 +572,35 @@ class SliceDataset(torch.utils.data.Dataset):
             offsets[2 * k] = np.where(near, dy, 0.0)
             offsets[2 * k + 1] = np.where(near, dx, 0.0)
         return heatmap, offsets, offset_mask
+
+
+#: The site and contrast augmentation chosen by ``benchmarks/bench_adapt.py --recipe robust``.
+ROBUST_AUGMENTATION: dict[str, float] = {
+    "remap_probability": 0.5,
+    "invert_probability": 0.2,
+    "bias_field_strength": 0.4,
+    "blur_sigma_max_px": 1.5,
+}
+
+
+def _augment_site(image: np.ndarray, cfg: SampleConfig, rng: np.random.Generator) -> None:
+    """Another scanner's look, in place on [0, 1] intensities: curve, inversion, bias field, blur.
+
+    Each change is drawn only when its setting is on, so the random stream of a default
+    configuration (and so every earlier training run) stays as it was.
+    """
+    if cfg.remap_probability and rng.random() < cfg.remap_probability:
+        knots = np.concatenate([[0.0], np.sort(rng.random(3)), [1.0]])
+        np.copyto(image, np.interp(image, np.linspace(0.0, 1.0, knots.size), knots).astype(np.float32))
+    if cfg.invert_probability and rng.random() < cfg.invert_probability:
+        np.subtract(1.0, image, out=image)
+    if cfg.bias_field_strength:
+        coarse = rng.uniform(-1.0, 1.0, size=(4, 4)) * rng.uniform(0.0, cfg.bias_field_strength)
+        zoom = (image.shape[1] / 4, image.shape[2] / 4)
+        image *= np.exp(ndimage.zoom(coarse, zoom, order=3, mode="nearest", grid_mode=True)).astype(np.float32)
+        np.clip(image, 0.0, 1.0, out=image)
+    if cfg.blur_sigma_max_px:
+        sigma = rng.uniform(0.0, cfg.blur_sigma_max_px)
+        axes = [(sigma, 0.0), (0.0, sigma), (sigma, sigma)][rng.integers(3)]
+        for channel in image:
+            ndimage.gaussian_filter(channel, axes, output=channel)

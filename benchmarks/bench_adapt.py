@@ -1,0 +1,394 @@
+"""Adaptation to a source no model here has seen: leave one source out, fine-tune on k of its corrected cases.
+
+    python benchmarks/bench_adapt.py [--sources IVD VB1 VB2 VB3] [--ks 0 1 2 4 8] [--seeds 0 1]
+                                     [--bases DIR] [--base-minutes 20] [--minutes 5] [--max-epochs 80]
+                                     [--device cpu] [--workers 1] [--out docs/adapt]
+
+For each left-out source of ``../shared/data/lumbar`` (IVD T2w, VB1 T1w, VB2 T2w, VB3 water):
+
+1. **Base**: a model trained from scratch on every case of the *other* sources (their
+   train/dev split, seed 0; labels: every level those cases annotate). Kept in ``--bases``
+   and reused when present.
+2. **Corrected cases**: per seed, the source's cases in a random order; the first k
+   (k = 0, 1, 2, 4, 8, as many as leave at least one case to score) are the researcher's
+   corrections, imported as verified revisions into a fresh store, and the cases after the
+   largest usable k are scored, the same ones for every k of that seed.
+3. **Fine-tuned**: the viewer's Train on that store
+   (:func:`napari_ivd.training.finetune.finetune_steps`, its defaults: 5-minute budget, its
+   own held-out case and early stopping), starting from the base. ``--max-epochs`` caps the
+   epochs at what 2 CPU cores reach in those 5 minutes, so a run on a GPU gets the same
+   budget as the button on a laptop.
+4. **From scratch**: the same k cases, the same held-out split, labels and budget, from
+   random weights (the engine's from-scratch learning rate and warm-up).
+
+Every reference level of a scored case is judged, including levels the model does not
+know (they count as missed): identification (own level within 5 mm) and distance to
+target per kind, FPR. Prints a table, writes ``<out>.json`` (every run) and ``<out>.png``
+(identification and disc distance against k, mean ± sd over seeds). Figures only; the
+issue holds the targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_ivd.anatomy import structure
+from napari_ivd.errors import IvdError
+from napari_ivd.inference import predict, resolve_device
+from napari_ivd.io.annotations import LabelledPoint
+from napari_ivd.metrics import keypoint_rows, summarize_keypoints
+from napari_ivd.model_versions import model_folder
+from napari_ivd.models import load_checkpoint, read_card
+from napari_ivd.store import AnnotationStore
+from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases
+from napari_ivd.training.data import ROBUST_AUGMENTATION, SampleConfig
+from napari_ivd.training.engine import TrainConfig, fit
+from napari_ivd.training.finetune import FineTuneConfig, finetune_steps
+from napari_ivd.training.store_cases import load_planned_cases, plan_training
+from napari_ivd.worklist import run_steps
+
+DATA = Path(__file__).resolve().parents[2] / "shared/data/lumbar"
+SOURCES = ("IVD", "VB1", "VB2", "VB3")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every worker needs to know (plain values: it crosses process boundaries)."""
+
+    data: Path
+    bases: Path
+    device: str
+    threads: int
+    base_minutes: float
+    minutes: float
+    max_epochs: int
+    start_before: float | None = None  # time.time() after which runs are not started any more
+
+
+@dataclass(frozen=True)
+class Job:
+    """One fine-tuning (or from-scratch) run: a source, a seed's case order, k corrected cases."""
+
+    recipe: str
+    source: str
+    seed: int
+    k: int
+    mode: str  # "base" (k = 0), "fine-tuned" or "scratch"
+    corrected: tuple[str, ...]
+    scored: tuple[str, ...]
+
+
+@cache
+def _cases(data: Path) -> dict[str, LabelledCase]:
+    """Every labelled case under ``data``, read once per process."""
+    return {c.name: c for c in load_lumbar_cases(data) if c.keypoints_vox}
+
+
+def _source(case_name: str) -> str:
+    return case_name.split("/")[0]
+
+
+def cranio_caudal(names: Iterable[str]) -> tuple[str, ...]:
+    """Distinct structure names, cranio-caudal (the channel order of a model's labels)."""
+    return tuple(sorted(set(names), key=lambda n: structure(n).order))
+
+
+def labels_of(cases: Sequence[LabelledCase]) -> tuple[str, ...]:
+    """Every level the cases annotate, cranio-caudal."""
+    return cranio_caudal(name for case in cases for name in case.keypoints_vox)
+
+
+def _setup(settings: Settings) -> None:
+    torch.set_num_threads(settings.threads)
+
+
+def sample_config(recipe: str, labels: Sequence[str]) -> SampleConfig:
+    """Training samples of a recipe: ``default`` (the engine's augmentation) or ``robust`` (plus site changes)."""
+    return SampleConfig(labels=tuple(labels), **(ROBUST_AUGMENTATION if recipe == "robust" else {}))
+
+
+def base_dir(settings: Settings, recipe: str, source: str) -> Path:
+    """Where the base without ``source`` is kept."""
+    return settings.bases / f"ivdnet-{recipe}-no-{source}"
+
+
+def train_base(settings: Settings, recipe: str, source: str) -> dict[str, Any]:
+    """Train (or reuse) the base model on every case of the other sources."""
+    _setup(settings)
+    out = base_dir(settings, recipe, source)
+    if (out / "card.json").is_file():
+        return {"recipe": recipe, "source": source, "reused": str(out)}
+    others = [c for name, c in _cases(settings.data).items() if _source(name) != source]
+    train, dev = split_cases(others, seed=0)
+    cfg = TrainConfig(
+        model="ivdnet",
+        minutes=settings.base_minutes,
+        validate_every_min=settings.base_minutes / 6,
+        device=settings.device,
+        seed=0,
+    )
+    start = time.perf_counter()
+    extra = {"left_out": source, "recipe": recipe}
+    saved = run_steps(fit(cfg, sample_config(recipe, labels_of(train)), train, dev, out, card_extra=extra))
+    if saved is None:
+        raise RuntimeError(f"base without {source}: no validation ran within {settings.base_minutes} min")
+    seconds = round(time.perf_counter() - start, 1)
+    return {"recipe": recipe, "source": source, "seconds": seconds, "steps": saved["steps"]}
+
+
+def plan_jobs(cases: Sequence[str], source: str, ks: Sequence[int], seeds: Sequence[int], recipe: str) -> list[Job]:
+    """The runs of one source: per seed a random case order, nested corrected sets, one scored set."""
+    names = sorted(cases)
+    usable = [k for k in ks if k <= len(names) - 1]
+    jobs = []
+    for seed in seeds:
+        order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+        scored = tuple(sorted(order[max(usable) :]))
+        for k in usable:
+            corrected = tuple(order[:k])
+            modes = ("base",) if k == 0 else ("fine-tuned", "scratch")
+            jobs += [Job(recipe, source, seed, k, mode, corrected, scored) for mode in modes]
+    return jobs
+
+
+def _store_with(cases: Sequence[LabelledCase], folder: Path) -> AnnotationStore:
+    """A fresh store holding ``cases`` with their references as verified revisions."""
+    store = AnnotationStore.open(folder / "annotations.zarr", create=True, fsync=False)
+    for case in cases:
+        points = [LabelledPoint(n, tuple(float(v) for v in ijk)) for n, ijk in case.keypoints_vox.items()]
+        case_id = case.name.replace("/", "-")
+        store.add_case(case.volume, case_id, points=points, mask=case.mask_tss, author="reference")
+        store.set_status(case_id, "verified")
+    return store
+
+
+def score(model: torch.nn.Module, card: dict[str, Any], cases: Sequence[LabelledCase], device: torch.device) -> dict:
+    """Every reference level judged (also those the model cannot name): identification, distance, FPR."""
+    rows = []
+    for case in cases:
+        prediction = predict(case.volume, model, card, device)
+        geometry = case.volume.geometry
+        gt_mm = {n: geometry.vox_to_mm(np.asarray(p)[None])[0] for n, p in case.keypoints_vox.items()}
+        rows += keypoint_rows(case.name, {s.name: s.xyz_mm for s in prediction.structures}, gt_mm)
+    summary = summarize_keypoints(rows)
+    gt = [r for r in rows if r.role == "gt"]
+    return {
+        kind: {k: summary[kind][k] for k in ("n_annotated", "dtt_mean_mm", "dtt_sd_mm", "identification", "fpr")}
+        for kind in summary
+    } | {"identification": sum(r.identified for r in gt) / max(1, len(gt))}
+
+
+def _finetune(job: Job, settings: Settings, store: AnnotationStore) -> tuple[Path, dict[str, Any]]:
+    store.add_model(base_dir(settings, job.recipe, job.source), model_id="base")
+    store.set_active_model("base", stored=True, reason="benchmark base")
+    cfg = FineTuneConfig(minutes=settings.minutes, epochs=settings.max_epochs, device=settings.device, seed=job.seed)
+    result = run_steps(finetune_steps(store, cfg, author="bench_adapt"))
+    folder = model_folder(store, result.model.model_id)
+    return folder, {"activated": result.activated, "reason": result.reason}
+
+
+def _scratch(job: Job, settings: Settings, store: AnnotationStore, out: Path) -> tuple[Path, dict[str, Any]]:
+    """The fine-tune's cases, split, labels and budget, from random weights."""
+    plan = plan_training(store, FineTuneConfig.validation_fraction)
+    train, val = run_steps(load_planned_cases(store, plan))
+    base_labels = read_card(base_dir(settings, job.recipe, job.source))["labels"]
+    labels = cranio_caudal([*base_labels, *labels_of([*train, *val])])
+    fine = FineTuneConfig(minutes=settings.minutes, epochs=settings.max_epochs, device=settings.device, seed=job.seed)
+    cfg = replace(fine.train_config(), lr=TrainConfig.lr, warmup_steps=TrainConfig.warmup_steps)
+    saved = run_steps(fit(cfg, sample_config(job.recipe, labels), train, val, out))
+    if saved is None:
+        raise RuntimeError("no validation ran within the budget")
+    return out, {}
+
+
+def run_job(job: Job, settings: Settings) -> dict[str, Any]:
+    """Run one job and score it on its source's scored cases; failures are recorded, not raised."""
+    _setup(settings)
+    cases = _cases(settings.data)
+    device = resolve_device(settings.device)
+    row: dict[str, Any] = {"recipe": job.recipe, "source": job.source, "seed": job.seed, "k": job.k, "mode": job.mode}
+    row |= {"corrected": list(job.corrected), "scored": list(job.scored)}
+    if settings.start_before is not None and time.time() > settings.start_before:
+        return row | {"error": "not started: --stop-after-minutes reached", "seconds": 0.0}
+    start = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-adapt-") as tmp:
+            if job.mode == "base":
+                folder, extra = base_dir(settings, job.recipe, job.source), {}
+            else:
+                store = _store_with([cases[n] for n in job.corrected], Path(tmp))
+                run = _finetune if job.mode == "fine-tuned" else _scratch
+                args = (job, settings, store) if job.mode == "fine-tuned" else (job, settings, store, Path(tmp) / "m")
+                folder, extra = run(*args)
+            trained = time.perf_counter() - start
+            model, card = load_checkpoint(folder, device=device)
+            row |= extra | {"train_seconds": round(trained, 1), "steps": card.get("steps"), "labels": card["labels"]}
+            row["metrics"] = score(model, card, [cases[n] for n in job.scored], device)
+    except (IvdError, RuntimeError, ValueError) as exc:
+        row["error"] = f"{type(exc).__name__}: {exc}"
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    return row
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "–"
+    return f"{np.mean(values):.2f}" + (f" ± {np.std(values):.2f}" if len(values) > 1 else "")
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown: per source and k, identification (%) and disc / vertebra distance (mm), mean ± sd over seeds."""
+    lines = [
+        "| left out | k | model | augmentation | identification % | disc distance mm | vertebra distance mm | runs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def key(r: dict[str, Any]) -> tuple:
+        return r["source"], r["k"], r["mode"], r["recipe"]
+
+    for source, k, mode, recipe in sorted({key(r) for r in rows}, key=lambda t: (t[0], t[1], t[2] == "scratch", t[3])):
+        done = [r for r in rows if key(r) == (source, k, mode, recipe) and "metrics" in r]
+        failed = sum(key(r) == (source, k, mode, recipe) and "error" in r for r in rows)
+        ident = [100 * r["metrics"]["identification"] for r in done]
+        disc = [r["metrics"]["disc"]["dtt_mean_mm"] for r in done if r["metrics"]["disc"]["dtt_mean_mm"] is not None]
+        vert = [
+            r["metrics"]["vertebra"]["dtt_mean_mm"] for r in done if r["metrics"]["vertebra"]["dtt_mean_mm"] is not None
+        ]
+        runs = f"{len(done)}" + (f" ({failed} failed)" if failed else "")
+        figures = f"{_mean_sd(ident)} | {_mean_sd(disc)} | {_mean_sd(vert)}"
+        lines.append(f"| {source} | {k} | {mode} | {recipe} | {figures} | {runs} |")
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[dict[str, Any]], out: Path, recipe: str) -> None:
+    """Identification and disc distance against k, one column per left-out source (bases of ``recipe``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["recipe"] == recipe]
+    sources = sorted({r["source"] for r in rows})
+    fig, axes = plt.subplots(2, len(sources), figsize=(3.2 * len(sources), 5.4), squeeze=False, sharex=False)
+    for col, source in enumerate(sources):
+        base = [r for r in rows if r["source"] == source and r["mode"] == "base" and "metrics" in r]
+        for mode, colour in (("fine-tuned", "tab:blue"), ("scratch", "tab:grey")):
+            runs = base + [r for r in rows if r["source"] == source and r["mode"] == mode and "metrics" in r]
+            if mode == "scratch":
+                runs = [r for r in runs if r["mode"] == "scratch"]
+            ks = sorted({r["k"] for r in runs})
+            for row, (what, fetch) in enumerate(
+                (
+                    ("identification %", lambda r: 100 * r["metrics"]["identification"]),
+                    ("disc distance mm", lambda r: r["metrics"]["disc"]["dtt_mean_mm"]),
+                )
+            ):
+                values = [[fetch(r) for r in runs if r["k"] == k and fetch(r) is not None] for k in ks]
+                kept = [(k, v) for k, v in zip(ks, values, strict=True) if v]
+                if not kept:
+                    continue
+                ax = axes[row, col]
+                x = [k for k, _ in kept]
+                mean = np.array([np.mean(v) for _, v in kept])
+                sd = np.array([np.std(v) for _, v in kept])
+                ax.errorbar(x, mean, yerr=sd, marker="o", color=colour, label=mode, capsize=3)
+                ax.set_xticks(x)
+                ax.set_ylabel(what) if col == 0 else None
+                if row == 0:
+                    ax.set_title(f"left out: {source}")
+                    ax.axhline(95, color="tab:green", lw=0.8, ls="--")
+                else:
+                    ax.axhline(2, color="tab:green", lw=0.8, ls="--")
+                    ax.set_xlabel("corrected cases k")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("Fine-tuning on k corrected cases of a source the base never saw (dashed: targets)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
+    parser.add_argument("--ks", nargs="+", type=int, default=[0, 1, 2, 4, 8])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--modes", nargs="+", default=["fine-tuned", "scratch"], choices=["fine-tuned", "scratch"])
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        default=["default"],
+        choices=["default", "robust"],
+        help="augmentation of the bases; every recipe is scored at k = 0, the first one is fine-tuned",
+    )
+    parser.add_argument("--bases", type=Path, default=Path("bench-adapt-bases"), help="kept base models (reused)")
+    parser.add_argument("--base-minutes", type=float, default=20.0, help="training budget of each base")
+    parser.add_argument("--minutes", type=float, default=FineTuneConfig.minutes, help="fine-tuning budget")
+    parser.add_argument(
+        "--max-epochs", type=int, default=80, help="epoch cap of each fine-tune: what 2 CPU cores reach in 5 minutes"
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=1, help="runs in parallel (processes)")
+    parser.add_argument(
+        "--stop-after-minutes", type=float, help="start no run after this time (a lent machine's limit); none: all runs"
+    )
+    parser.add_argument("--out", type=Path, default=Path("docs/adapt"), help="writes OUT.json and OUT.png")
+    args = parser.parse_args()
+
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    stop = None if args.stop_after_minutes is None else time.time() + 60 * args.stop_after_minutes
+    settings = Settings(
+        args.data, args.bases, args.device, threads, args.base_minutes, args.minutes, args.max_epochs, stop
+    )
+    names = list(_cases(args.data))
+    jobs = [
+        job
+        for recipe in args.recipes
+        for source in args.sources
+        for job in plan_jobs([n for n in names if _source(n) == source], source, args.ks, args.seeds, recipe)
+        if job.mode == "base" or (job.mode in args.modes and recipe == args.recipes[0])
+    ]
+    jobs.sort(key=lambda job: (job.seed, job.k))  # every source's small k first, should time run out
+    print(
+        f"{len(jobs)} runs over {', '.join(args.sources)}; torch {torch.__version__}, {platform.machine()}, "
+        f"{args.device}, {args.workers} workers x {threads} threads; fine-tune {args.minutes} min, "
+        f"at most {args.max_epochs} epochs",
+        flush=True,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    log_file = args.out.with_suffix(".jsonl")
+    with ProcessPoolExecutor(args.workers, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
+        bases = [(recipe, source) for recipe in args.recipes for source in args.sources]
+        for report in pool.map(train_base, [settings] * len(bases), *zip(*bases, strict=True)):
+            print(f"base: {report}", flush=True)
+        with log_file.open("w") as log:
+            for row in pool.map(run_job, jobs, [settings] * len(jobs)):
+                rows.append(row)
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                shown = row.get("error") or f"identification {100 * row['metrics']['identification']:.1f} %"
+                run = f"{row['recipe']} {row['source']} seed {row['seed']} k={row['k']} {row['mode']}"
+                print(f"{run}: {shown} ({row['seconds']} s)", flush=True)
+    payload = {"args": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__, "runs": rows}
+    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
+    print("\n" + table(rows))
+    plot(rows, args.out.with_suffix(".png"), args.recipes[0])
+    print(f"\nwrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
