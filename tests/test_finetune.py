@@ -8,6 +8,7 @@ Case planning runs on small synthetic volumes; runs that train use three real wa
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_ivd.cli import main
 from napari_ivd.errors import CheckpointError, StoreError, TrainingError
 from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.io.geometry import VolumeGeometry
@@ -22,10 +24,10 @@ from napari_ivd.io.volume import Volume
 from napari_ivd.model_versions import active_choice, model_choices, model_folder
 from napari_ivd.models import load_checkpoint
 from napari_ivd.store import AnnotationStore
-from napari_ivd.training import finetune
+from napari_ivd.training import engine, finetune
 from napari_ivd.training.finetune import FineTuneConfig, finetune_steps
-from napari_ivd.training.store_cases import load_planned_cases, plan_training
-from napari_ivd.worklist import run_steps
+from napari_ivd.training.store_cases import can_judge, load_planned_cases, plan_training
+from napari_ivd.worklist import predict_case_steps, run_steps
 
 TINY = FineTuneConfig(epochs=1, samples_per_epoch=4, batch_size=2, validate_every_epochs=1, device="cpu")
 POINTS = [LabelledPoint("L3", (10.0, 12.0, 8.0)), LabelledPoint("L3-L4", (12.0, 20.0, 8.0))]
@@ -70,11 +72,57 @@ def test_plan_uses_verified_and_hand_corrected_cases_and_holds_out_a_verified_on
     assert plan_training(store) == plan  # deterministic
 
 
-def test_plan_needs_two_corrected_cases_and_says_so():
+def test_only_annotations_no_model_made_can_judge():
+    assert can_judge("manual")
+    assert not can_judge("model:ivdnet-lumbar") and not can_judge("model:ivdnet@3f2a")
+
+
+def test_a_case_accepted_unchanged_from_a_proposal_trains_but_never_judges():
+    store = _planning_store()
+    store.add_case(_volume(9), "accepted-g")
+    store.save_revision("accepted-g", POINTS, None, source="model:ivdnet-lumbar", status="verified")
+    for fraction in (0.2, 0.5, 1.0):  # however many are held out, verified first
+        plan = plan_training(store, fraction)
+        assert "accepted-g" in {c.case_id for c in plan.train}
+        assert "accepted-g" not in {c.case_id for c in plan.validation} and plan.validation
+    assert {c.case_id for c in plan.validation} == {"verified-a", "manual-b", "manual-c"}  # fraction 1.0
+    reason = "accepted unchanged from ivdnet-lumbar's proposal: trains, cannot judge it"
+    assert dict(plan.train_only) == {"accepted-g": reason}
+    assert f"1 case(s) train only ({reason}): accepted-g" in plan.describe()
+
+
+def test_when_only_accepted_proposals_are_verified_nothing_judges_and_the_plan_says_what_to_do():
+    store = AnnotationStore.open("memory://plan-accepted-only", create=True)
+    for i, case_id in enumerate(["accepted-1", "accepted-2", "proposal-3"]):
+        store.add_case(_volume(i), case_id)
+        store.save_revision(case_id, POINTS, None, source="model:ivdnet-lumbar", status="verified")
+    store.save_revision("proposal-3", POINTS, None, source="model:ivdnet-lumbar")  # not verified: unused
+    plan = plan_training(store)
+    assert [c.case_id for c in plan.train] == ["accepted-1", "accepted-2"]
+    assert plan.validation == () and not plan.judged
+    text = plan.describe()
+    assert text.startswith("learns from 2 corrected cases; no independent case to validate on")
+    assert "stored un-judged and not made active" in text
+    assert "correct or import a reference for at least one more case" in text
+
+
+@pytest.mark.parametrize("n_manual, n_train, n_validation", [(1, 1, 0), (2, 1, 1), (6, 5, 1), (10, 8, 2)])
+def test_hand_corrected_cases_split_into_train_and_validation_and_a_single_one_only_trains(
+    n_manual, n_train, n_validation
+):
+    store = AnnotationStore.open(f"memory://plan-manual-{n_manual}", create=True)
+    for i in range(n_manual):
+        store.add_case(_volume(i), f"manual-{i}")
+        store.save_revision(f"manual-{i}", POINTS, None)
+    plan = plan_training(store)
+    assert (len(plan.train), len(plan.validation), plan.judged) == (n_train, n_validation, n_validation > 0)
+
+
+def test_plan_needs_one_corrected_case_and_says_so():
     store = AnnotationStore.open("memory://plan-too-few", create=True)
     store.add_case(_volume(0), "only")
-    store.save_revision("only", POINTS, None)
-    with pytest.raises(TrainingError, match=r"at least 2 corrected or verified cases.*has 1"):
+    store.save_revision("only", POINTS, None, source="model:ivdnet-lumbar")  # an unchecked proposal
+    with pytest.raises(TrainingError, match=r"at least 1 corrected or verified case.*has none"):
         plan_training(store)
 
 
@@ -137,6 +185,59 @@ def test_the_new_version_becomes_active_only_when_it_validates_better(
     else:
         assert (chosen.key, chosen.stored) == ("ivdnet-lumbar", False) and store.active_model() is None
         assert result.reason.startswith("kept ivdnet-lumbar active")
+
+
+@pytest.mark.slow
+def test_parent_and_child_are_judged_on_the_same_independent_cases_and_a_better_child_becomes_active(
+    training_store_template, tmp_path, monkeypatch, capsys
+):
+    store = _copy(training_store_template, tmp_path)
+    # the parent's own proposal, verified unchanged: the only verified case of the store
+    volume = store.read_image("VB3-case-01")
+    _, proposal = run_steps(predict_case_steps(store, "VB3-case-01", volume, device="cpu"))
+    accepted = store.load_proposal("VB3-case-01")
+    source = f"model:{proposal.model}"
+    store.save_revision("VB3-case-01", accepted.points, accepted.mask_tss, source=source, status="verified")
+    assert source == "model:ivdnet-lumbar" and store.case("VB3-case-01").status == "verified"
+
+    scored: dict[str, list[list[str]]] = {"parent": [], "child": []}
+    real_evaluate = engine.evaluate_cases
+
+    def parent_scored(model, card, cases, device):  # the parent made 99 mm worse: the child must win
+        scored["parent"].append([c.name for c in cases])
+        figures = real_evaluate(model, card, cases, device)
+        return {**figures, "error_mm": figures["error_mm"] + 99.0}
+
+    def child_scored(model, card, cases, device):
+        scored["child"].append([c.name for c in cases])
+        return real_evaluate(model, card, cases, device)
+
+    monkeypatch.setattr(finetune, "evaluate_cases", parent_scored)
+    monkeypatch.setattr(engine, "evaluate_cases", child_scored)
+    result = run_steps(finetune_steps(store, TINY))
+
+    card = result.model.card
+    (held_out,) = scored["parent"]
+    assert "VB3-case-01" not in held_out and "VB3-case-01" in card["trained_on"]
+    assert held_out and scored["child"] == [held_out]  # one validation (one epoch), on the same cases
+    assert card["held_out"] == {"cases": held_out, "count": 1}
+    assert card["metrics_before"]["validation"]["cases"] == card["metrics"]["validation"]["cases"] == held_out
+    assert card["train_only"] == {
+        "VB3-case-01": "accepted unchanged from ivdnet-lumbar's proposal: trains, cannot judge it"
+    }
+    assert result.activated and active_choice(store).key == result.model.model_id
+    assert store.active_model().reason.startswith("validates better than its parent ivdnet-lumbar on 1 held-out case:")
+
+    after, before = result.after["error_mm"], result.before["error_mm"]
+    shown = f"fine-tuned from ivdnet-lumbar: {after:.2f} mm vs parent {before:.2f} mm on 1 held-out case"
+    assert active_choice(store).label(active=True) == f"★ {result.model.model_id} ({shown})"
+    bundled = next(c for c in model_choices(store) if c.key == "ivdnet-lumbar")
+    assert re.fullmatch(
+        r"ivdnet-lumbar \(bundled; \d+\.\d\d mm on its card's dev set, not this store's\)", bundled.label()
+    )
+    assert main(["store", "info", store.location]) == 0
+    info = capsys.readouterr().out
+    assert f"  active: {result.model.model_id} ({shown})" in info and f"  ★ {result.model.model_id} ({shown})" in info
 
 
 def store_added(store: AnnotationStore, model_id: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,35 @@ def test_train_from_a_store_without_corrected_cases_fails_clearly(tmp_path, caps
     location = tmp_path / "empty.zarr"
     AnnotationStore.open(location, create=True)
     assert main(["train", "--store", str(location), "--epochs", "1"]) != 0
-    assert "at least 2 corrected or verified cases" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "at least 1 corrected or verified case" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_train_from_a_store_with_one_corrected_case_stores_an_unjudged_version_not_active(
+    training_store_template, tmp_path, capsys
+):
+    location = shutil.copytree(training_store_template, tmp_path / "annotations.zarr")
+    store = AnnotationStore.open(location)
+    for case_id in ("VB3-case-02", "VB3-case-03"):  # their references become unchecked proposals
+        head = store.load(case_id)
+        store.save_revision(case_id, head.points, head.mask_tss, source="model:ivdnet-lumbar")
+    args = ["train", "--store", str(location), "--epochs", "1", "--device", "cpu"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "[reading] learns from 1 corrected case; no independent case to validate on" in out
+    assert "[baseline]" not in out  # nothing to score the parent on
+    [version] = AnnotationStore.open(location).list_models()
+    assert "not active: no independent held-out case: not judged; Make active by hand if you trust it" in out
+    assert AnnotationStore.open(location).active_model() is None
+    card = version.card
+    assert card["trained_on"] == ["VB3-case-01"] and card["held_out"] == {"cases": [], "count": 0}
+    assert card["metrics"]["validation"] is None and card["metrics_before"]["validation"] is None
+    load_checkpoint(model_folder(store, version.model_id))  # a whole model, weights matching the card
+    assert main(["store", "info", str(location)]) == 0
+    info = capsys.readouterr().out
+    assert f"  {version.model_id} (fine-tuned from ivdnet-lumbar: not judged, no independent held-out case)" in info
+    assert re.search(r"  active: ivdnet-lumbar \(bundled; \d+\.\d\d mm on its card's dev set, not this store's\)", info)
 
 
 def test_train_needs_one_source_and_one_budget(capsys):

@@ -72,7 +72,9 @@ def test_train_runs_in_the_background_stores_a_version_and_predict_uses_it(
         with qtbot.waitSignal(widget.job_done, timeout=30_000):
             qtbot.mouseClick(widget.models.activate_button, Qt.MouseButton.LeftButton)
     assert widget.models.active_label.text().startswith(f"Active: {new} — ")
-    assert widget.model_box.currentText().startswith(f"★ {new} (fine-tuned, val ")
+    shown = widget.model_box.currentText()  # the same-run comparison, with its case count
+    assert shown.startswith(f"★ {new} (fine-tuned from ivdnet-lumbar: ") and shown.endswith(" on 1 held-out case)")
+    assert " mm vs parent " in shown
     assert AnnotationStore.open(location).active_model().model == new
 
     used: list[str | None] = []
@@ -109,22 +111,53 @@ def test_cancel_during_training_stores_nothing(make_napari_viewer, qtbot, traini
     assert widget.model_box.count() == len(bundled_model_names()) + 1  # the bundled models and Browse…
 
 
-def test_train_waits_for_two_corrected_cases_and_says_why(make_napari_viewer, qtbot, shared_data, tmp_path):
-    location = make_store(tmp_path, shared_data, with_annotations=True, extra_images=(sample_t2w_path(),))
+@pytest.mark.slow
+def test_train_says_before_the_click_when_nothing_can_judge_and_stores_that_run_unjudged(
+    make_napari_viewer, qtbot, shared_data, tmp_path
+):
+    location = make_store(tmp_path, shared_data, with_annotations=False, extra_images=(sample_t2w_path(),))
     _viewer, widget = _open(make_napari_viewer, location)
     panel = widget.train_panel
     assert not panel.train_button.isEnabled()
-    assert "needs at least 2 corrected or verified cases" in panel.plan_label.text()
+    assert "needs at least 1 corrected or verified case" in panel.plan_label.text()
 
     # a click that gets through anyway (say, from a script) is a notification, not a traceback
     start = len(notification_manager.records)
     with qtbot.waitSignal(panel.run_done, timeout=30_000):
         panel.train()
     (message,) = notifications_since(start)
-    assert message.startswith("Fine-tune: fine-tuning needs at least 2 corrected or verified cases")
+    assert message.startswith("Fine-tune: fine-tuning needs at least 1 corrected or verified case")
     assert "Traceback" not in message and panel.status_label.text().startswith("Failed: ")
 
-    # correcting a second case by hand makes a run possible
+    # the parent's proposal, verified unchanged: the only verified case cannot judge the parent
+    with qtbot.waitSignal(widget.case_opened, timeout=30_000):
+        widget.table.selectRow(widget.table.case_ids().index(CASE_ID))
+    with qtbot.waitSignal(widget.predicted, timeout=RUN_TIMEOUT_MS):
+        qtbot.mouseClick(widget.predict_button, Qt.MouseButton.LeftButton)
+    with qtbot.waitSignal(widget.job_done, timeout=30_000):
+        qtbot.mouseClick(widget.verify_button, Qt.MouseButton.LeftButton)
+    store = AnnotationStore.open(location)
+    assert store.case(CASE_ID).status == "verified" and store.revision(CASE_ID).source == "model:ivdnet-lumbar"
+    text = panel.plan_label.text()
+    assert text.startswith("Fine-tuning learns from 1 corrected case; no independent case to validate on")
+    assert "correct or import a reference for at least one more case" in text
+    assert f"train only (accepted unchanged from ivdnet-lumbar's proposal: trains, cannot judge it): {CASE_ID}" in text
+    assert panel.train_button.isEnabled()
+
+    # trained anyway: the version is stored, not judged, and the bundled parent stays active
+    with qtbot.waitSignal(panel.run_done, timeout=RUN_TIMEOUT_MS):
+        qtbot.mouseClick(panel.train_button, Qt.MouseButton.LeftButton)
+    (version,) = AnnotationStore.open(location).list_models()
+    assert panel.status_label.text() == (
+        f"{version.model_id} stored; no independent held-out case: not judged; Make active by hand if you trust it"
+    )
+    assert AnnotationStore.open(location).active_model() is None
+    listed = widget.model_box.itemText(widget.model_box.findData(version.model_id))
+    assert listed == f"{version.model_id} (fine-tuned from ivdnet-lumbar: not judged, no independent held-out case)"
+    assert widget.model_box.itemText(0).startswith("★ ivdnet-lumbar (bundled; ")
+    assert widget.model_box.itemText(0).endswith(" mm on its card's dev set, not this store's)")
+
+    # correcting another case by hand gives the run a case to judge on
     with qtbot.waitSignal(widget.case_opened, timeout=30_000):
         (other,) = (row for row, case_id in enumerate(widget.table.case_ids()) if case_id != CASE_ID)
         widget.table.selectRow(other)
@@ -133,4 +166,6 @@ def test_train_waits_for_two_corrected_cases_and_says_why(make_napari_viewer, qt
     with qtbot.waitSignal(widget.saved, timeout=30_000):
         qtbot.mouseClick(widget.save_button, Qt.MouseButton.LeftButton)
     assert panel.train_button.isEnabled()
-    assert panel.plan_label.text().startswith("Fine-tuning learns from 1 corrected cases; validates on 1: ")
+    assert panel.plan_label.text().startswith(
+        f"Fine-tuning learns from 1 corrected case; validates on 1: {widget.case_id} (parent and new version alike)"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,8 +74,8 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_info(info: dict[str, Any]) -> str:
-    """``store info`` as text."""
+def format_info(info: dict[str, Any], model_lines: Sequence[str] = ()) -> str:
+    """``store info`` as text; ``model_lines`` (from :func:`describe_models`) follow the models line."""
     lines = [
         f"store      {info['location']}",
         f"format     version {info['format_version']}, created {info['created_utc']}",
@@ -82,6 +83,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"size       {info['size_bytes'] / 1e6:.2f} MB",
         f"lock       {info['lock'] or 'free'}",
         f"models     {', '.join(info['models']) or 'none'}",
+        *model_lines,
         f"cases      {len(info['cases'])}",
     ]
     if info["cases"]:
@@ -93,6 +95,16 @@ def format_info(info: dict[str, Any]) -> str:
             f"{shape:>14s} {c['axcodes']}"
         )
     return "\n".join(lines)
+
+
+def describe_models(store: AnnotationStore) -> list[str]:
+    """The active model, then one line per stored version: where it comes from and its same-run figure."""
+    from napari_ivd.model_versions import active_choice, model_choices
+
+    active = active_choice(store)
+    lines = [f"  active: {active.label()}"]
+    lines += [f"  {c.label(active=c == active)}" for c in model_choices(store) if c.stored]
+    return lines
 
 
 def format_history(store: AnnotationStore, case_id: str) -> str:
@@ -118,7 +130,7 @@ def run_store(args: argparse.Namespace) -> int:
 
     store = AnnotationStore.open(args.store)
     if args.action == "info":
-        print(format_info(store.info()))
+        print(format_info(store.info(), describe_models(store)))
         return 0
     if args.action == "check":
         report = store.check([args.case] if args.case else None)

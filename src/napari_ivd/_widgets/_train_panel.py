@@ -76,7 +76,8 @@ class TrainPanel(QGroupBox):
         self.train_button = QPushButton("Train")
         self.train_button.setToolTip(
             "Fine-tune the active model on every verified or corrected case, in the background; "
-            "the new version becomes active only if it validates better"
+            "the new version becomes active only if it validates better than the active one on the same held-out "
+            "cases (cases annotated by hand or imported; proposals accepted unchanged only train)"
         )
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop at the end of the current epoch; nothing is stored")

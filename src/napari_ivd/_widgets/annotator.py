@@ -373,12 +373,12 @@ class AnnotatorWidget(StoreActions, QWidget):
         self._run(steps, f"Predict {case_id}", self._show_prediction, worklist.PREDICT_STEPS)
 
     def _show_prediction(self, result: tuple[Any, Any, Any]) -> None:
-        prediction, _proposal, labels = result
+        prediction, proposal, labels = result
         if self.case is None:
             return
         self.case.set_points(prediction_points(prediction))
         self.case.set_mask(labels)
-        self.origin = f"model:{prediction.model}"
+        self.origin = f"model:{proposal.model}"  # the model version, as the proposal names it: it cannot judge it
         self.tools.reset_history()
         self._set_baseline()
         self._refresh_row()

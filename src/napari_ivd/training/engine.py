@@ -189,6 +189,8 @@ def fit(
 
     Yields a :class:`TrainProgress` per epoch; returns the saved card (``None`` if no
     validation ever ran). Stopping the iteration early leaves the best model saved so far.
+    Without ``dev_cases`` the model is saved once, when training ends, un-judged (its card's
+    ``metrics.validation`` is ``None``).
 
     Raises
     ------
@@ -232,6 +234,24 @@ def fit(
     best: dict[str, Any] | None = None
     saved_card = None
     stale = step = 0
+
+    def save(validation: dict[str, Any] | None) -> dict[str, Any]:
+        extra = {
+            "skeleton": card["skeleton"],
+            **(card_extra or {}),
+            "metrics": {"validation": validation},
+            "train_config": cfg.to_dict(),
+            "sample_config": sample_cfg.to_dict(),
+            "trained_on": [c.name for c in train_cases],
+            "training_seconds": round(time.perf_counter() - start, 1),
+            "steps": step,
+            "device": str(device),
+            "processes": ranks.world,
+            "torch": torch.__version__,
+        }
+        save_checkpoint(out_dir, model, cfg.model, config, labels=labels, input_spec=card["input"], extra=extra)
+        return extra
+
     for epoch in range(cfg.max_epochs):
         trained.train()
         dataset.set_epoch(epoch)
@@ -284,21 +304,7 @@ def fit(
             improved = best is None or validation_key(validation) < validation_key(best)
             if improved:
                 best, stale = validation, 0
-                extra = {
-                    "skeleton": card["skeleton"],
-                    **(card_extra or {}),
-                    "metrics": {"validation": validation},
-                    "train_config": cfg.to_dict(),
-                    "sample_config": sample_cfg.to_dict(),
-                    "trained_on": [c.name for c in train_cases],
-                    "training_seconds": round(time.perf_counter() - start, 1),
-                    "steps": step,
-                    "device": str(device),
-                    "processes": ranks.world,
-                    "torch": torch.__version__,
-                }
-                save_checkpoint(out_dir, model, cfg.model, config, labels=labels, input_spec=card["input"], extra=extra)
-                saved_card = extra
+                saved_card = save(validation)
             else:
                 stale += 1
         n = max(1, len(losses))
@@ -315,4 +321,7 @@ def fit(
         )
         if ddp.agree(out_of_time or stale >= cfg.patience):
             break
+    if ranks.main and not dev_cases:  # nothing to judge by: the model as training left it
+        model.eval()
+        saved_card = save(None)
     return saved_card

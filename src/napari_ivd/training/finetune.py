@@ -3,9 +3,13 @@
 One run: plan the cases (:mod:`.store_cases`), score the parent on the held-out cases,
 train from the parent's weights with :func:`napari_ivd.training.engine.fit`, store the best
 checkpoint under ``models/`` with a card naming its parent, the exact case revisions,
-hyper-parameters and the validation figures before and after, and make it the active
-model only when it validates better than its parent. Nothing reaches the store before the
-run has finished: a cancelled or failed run leaves the store as it was.
+hyper-parameters, the held-out cases and the validation figures of parent and child on
+them (same cases, same run), and make it the active model only when it validates better
+than its parent. Held-out cases never hold a model's own unchanged output
+(:func:`~napari_ivd.training.store_cases.can_judge`); when the store has no such case to
+hold out, the run trains on every case and stores the result un-judged, not active (the
+user may make it active by hand). Nothing reaches the store before the run has finished:
+a cancelled or failed run leaves the store as it was.
 
 The viewer drives :func:`finetune_steps` in a worker; ``napari-ivd train --store`` drives it
 with a loop, under ``torchrun`` too (only rank 0 evaluates and writes).
@@ -28,14 +32,14 @@ from typing import Any
 
 from napari_ivd.errors import TrainingError
 from napari_ivd.inference import resolve_device
-from napari_ivd.model_versions import ModelChoice, active_choice, model_choices, model_folder
+from napari_ivd.model_versions import ModelChoice, active_choice, model_choices, model_folder, validation_figure
 from napari_ivd.models import load_checkpoint, read_card
 from napari_ivd.store import AnnotationStore, ModelInfo
 from napari_ivd.store.schema import default_author
 from napari_ivd.training import ddp
 from napari_ivd.training.data import SampleConfig
 from napari_ivd.training.engine import TrainConfig, TrainProgress, evaluate_cases, fit, validation_key
-from napari_ivd.training.store_cases import TrainingPlan, load_planned_cases, plan_training
+from napari_ivd.training.store_cases import NOT_JUDGED, TrainingPlan, load_planned_cases, plan_training
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +119,6 @@ def parent_choice(store: AnnotationStore, parent: str | None) -> ModelChoice:
     raise TrainingError(f"no model {parent!r} in {store.location} or bundled (available: {known})")
 
 
-def _figure(metrics: dict[str, Any]) -> str:
-    error, dice = validation_key(metrics)
-    text = f"{error:.2f} mm" if error != float("inf") else "no keypoints"
-    return text + (f", Dice {1 - dice:.2f}" if dice < 1.0 else "")
-
-
 def finetune_steps(
     store: AnnotationStore,
     cfg: FineTuneConfig | None = None,
@@ -136,8 +134,8 @@ def finetune_steps(
     Raises
     ------
     TrainingError
-        Too few corrected cases, an unknown parent, a diverging loss, or no validation
-        within the budget.
+        No corrected case, an unknown parent, a diverging loss, or no validation within
+        the budget.
     CheckpointError
         The parent's weights cannot be loaded.
     """
@@ -150,7 +148,7 @@ def finetune_steps(
     parent_dir = model_folder(store, choice.key)
     device = resolve_device(cfg.device)
     before: dict[str, Any] = {}
-    if ranks.main:
+    if ranks.main and val_cases:
         yield FineTuneProgress("baseline", f"scoring {choice.key} on the {len(val_cases)} held-out cases", 0.05)
         model, card = load_checkpoint(parent_dir, device=device)
         before = evaluate_cases(model, card, val_cases, device)
@@ -161,7 +159,9 @@ def finetune_steps(
         "case_revisions": plan.revisions(),
         "store": store.location,
         "hyperparameters": asdict(cfg),
-        "metrics_before": {"validation": before},
+        "held_out": {"cases": [c.name for c in val_cases], "count": len(val_cases)},
+        "train_only": dict(plan.train_only),
+        "metrics_before": {"validation": before or None},
         "author": author or default_author(),
     }
     start = time.perf_counter()
@@ -183,17 +183,17 @@ def finetune_steps(
             raise TrainingError("fine-tuning ended before any validation ran; give it more time or epochs")
         yield FineTuneProgress("saving", "storing the new model version", 0.97, None, before)
         info = store.add_model(out_dir)
-    after = saved["metrics"]["validation"]
-    better = validation_key(after) < validation_key(before)
+    after = saved["metrics"]["validation"] or {}
+    better = bool(val_cases) and validation_key(after) < validation_key(before)
     held = f"{len(val_cases)} held-out case{'s' if len(val_cases) != 1 else ''}"
-    if better:
-        reason = f"validates better than its parent {choice.key} on {held}: {_figure(after)} vs {_figure(before)}"
+    figures = f"{validation_figure(after)} vs {validation_figure(before)}"
+    if not val_cases:
+        reason = NOT_JUDGED
+    elif better:
+        reason = f"validates better than its parent {choice.key} on {held}: {figures}"
         store.set_active_model(info.model_id, stored=True, reason=reason, author=author)
     else:
-        reason = (
-            f"kept {choice.key} active: the new version validates no better on {held} "
-            f"({_figure(after)} vs {_figure(before)})"
-        )
+        reason = f"kept {choice.key} active: the new version validates no better on {held} ({figures})"
     log.info("fine-tuned %s -> %s in %.0f s: %s", choice.key, info.model_id, time.perf_counter() - start, reason)
     return FineTuneResult(info, choice.key, better, reason, before, after, plan)
 
@@ -221,5 +221,5 @@ def _train_line(p: TrainProgress, epochs: int | None) -> str:
     budget = f"of {epochs}" if epochs else f"({left / 60:.1f} min left)"
     line = f"epoch {p.epoch + 1} {budget}, step {p.step}, loss {p.loss:.3f}"
     if p.validation is not None:
-        line += f"; validation {_figure(p.validation)}{' (best)' if p.improved else ''}"
+        line += f"; validation {validation_figure(p.validation)}{' (best)' if p.improved else ''}"
     return line

@@ -1,11 +1,15 @@
-"""Which of a store's cases a fine-tuning run learns from and which it checks on.
+"""Which of a store's cases a fine-tuning run learns from and which judge it.
 
 Fine-tuning uses every case a person has vouched for: verified cases and cases whose head
 revision was saved by hand (``source == "manual"``), each at that exact revision, so the
-model card can name what the model saw. A few of them are held out for validation,
-chosen from the case ids alone (verified cases first), so the same cases keep being the
-yardstick as the store grows and a parent and its fine-tuned child are compared on equal
-terms.
+model card can name what the model saw. Only cases whose annotation no model produced
+(:func:`can_judge`: edited by a person or imported) are held out to judge a run: a case
+verified unchanged from a proposal of model M would score M on its own output, so it
+trains but never judges. Held-out cases are chosen from the case ids alone (verified ones
+first), so the same cases keep being the yardstick as the store grows, and a parent and
+its fine-tuned child are scored on the same ones in the same run. With no independent
+case, or only one case in all, a run trains on everything and its result is stored
+un-judged (never made active by the run).
 """
 
 from __future__ import annotations
@@ -24,10 +28,27 @@ from napari_ivd.worklist import StepProgress
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_CASES", "PlannedCase", "TrainingPlan", "load_planned_cases", "plan_training"]
+__all__ = [
+    "MIN_CASES",
+    "NOT_JUDGED",
+    "PlannedCase",
+    "TrainingPlan",
+    "can_judge",
+    "load_planned_cases",
+    "plan_training",
+]
 
-#: One case to learn from and one to validate on, at the very least.
-MIN_CASES = 2
+#: One case to learn from, at the very least (judging the result needs one more, independent case).
+MIN_CASES = 1
+
+#: Why a run without an independent held-out case is stored but not made active.
+NOT_JUDGED = "no independent held-out case: not judged; Make active by hand if you trust it"
+
+#: What to do about it, said before a run starts.
+HOW_TO_JUDGE = (
+    "correct or import a reference for at least one more case: accepted-unchanged proposals "
+    "cannot judge the model that made them"
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +67,13 @@ class TrainingPlan:
     train: tuple[PlannedCase, ...]
     validation: tuple[PlannedCase, ...]
     skipped: tuple[tuple[str, str], ...] = ()
+    #: Training cases that may not judge, with the reason (accepted unchanged from a model's proposal).
+    train_only: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def judged(self) -> bool:
+        """Whether the run's result can be judged against its parent (some case is held out)."""
+        return bool(self.validation)
 
     def revisions(self) -> dict[str, dict[str, str]]:
         """``{"train": {case: revision}, "validation": {...}}``, for the model card."""
@@ -55,13 +83,41 @@ class TrainingPlan:
         }
 
     def describe(self) -> str:
-        """One line for the widget and the CLI."""
-        held_out = ", ".join(c.case_id for c in self.validation)
-        return f"learns from {len(self.train)} corrected cases; validates on {len(self.validation)}: {held_out}"
+        """A few lines for the widget and the CLI: the cases, and what the result's judgement rests on."""
+        n = len(self.train)
+        text = f"learns from {n} corrected case{'s' if n != 1 else ''}; "
+        if self.judged:
+            held_out = ", ".join(c.case_id for c in self.validation)
+            text += f"validates on {len(self.validation)}: {held_out} (parent and new version alike)"
+        else:
+            text += (
+                "no independent case to validate on, so the new version will be stored un-judged and not made "
+                f"active. To have it judged, {HOW_TO_JUDGE}"
+            )
+        if self.train_only:
+            models = sorted({reason for _, reason in self.train_only})
+            text += f"\n{len(self.train_only)} case(s) train only ({'; '.join(models)}): "
+            text += ", ".join(case_id for case_id, _ in self.train_only)
+        return text
 
 
 def _hash_order(case_id: str) -> str:
     return hashlib.sha1(case_id.encode()).hexdigest()
+
+
+def can_judge(source: str) -> bool:
+    """Whether a case whose head revision has ``source`` may judge models: only if no model made it.
+
+    A revision saved unchanged from a model's proposal (``"model:<id>"``) holds that model's
+    own output: scoring the model (or a child trained on it) there measures nothing. Edited
+    and imported revisions (``"manual"``) are independent of every model.
+    """
+    return not source.startswith("model:")
+
+
+def _train_only_reason(source: str) -> str:
+    model = source.removeprefix("model:")
+    return f"accepted unchanged from {model}'s proposal: trains, cannot judge it"
 
 
 def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> TrainingPlan:
@@ -71,7 +127,8 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
     ----------
     store : AnnotationStore
     validation_fraction : float
-        Share of the usable cases held out (at least one).
+        Share of the usable cases held out: at least one, but only cases that
+        :func:`can_judge`, and never the last case to learn from (then none is held out).
 
     Raises
     ------
@@ -80,6 +137,7 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
     """
     usable: list[PlannedCase] = []
     skipped: list[tuple[str, str]] = []
+    train_only: list[tuple[str, str]] = []
     for case_id in store.case_ids():
         case = store.case(case_id)
         if case.head is None:
@@ -93,18 +151,22 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
             skipped.append((case_id, "head revision is empty"))
             continue
         usable.append(PlannedCase(case_id, case.head, case.status))
+        if not can_judge(revision.source):
+            train_only.append((case_id, _train_only_reason(revision.source)))
     if len(usable) < MIN_CASES:
         raise TrainingError(
-            f"fine-tuning needs at least {MIN_CASES} corrected or verified cases (one to learn from, one to "
-            f"check on); {store.location} has {len(usable)}. Correct and save more cases first"
+            f"fine-tuning needs at least {MIN_CASES} corrected or verified case; {store.location} has none. "
+            "Correct and save a case, or mark one verified, first"
         )
-    n_val = min(len(usable) - 1, max(1, round(validation_fraction * len(usable))))
-    ordered = sorted(usable, key=lambda c: (c.status != "verified", _hash_order(c.case_id)))
+    independent = [c for c in usable if c.case_id not in dict(train_only)]
+    n_val = min(len(independent), len(usable) - 1, max(1, round(validation_fraction * len(usable))))
+    ordered = sorted(independent, key=lambda c: (c.status != "verified", _hash_order(c.case_id)))
     held = {c.case_id for c in ordered[:n_val]}
     return TrainingPlan(
         train=tuple(c for c in usable if c.case_id not in held),
         validation=tuple(c for c in usable if c.case_id in held),
         skipped=tuple(skipped),
+        train_only=tuple(train_only),
     )
 
 
