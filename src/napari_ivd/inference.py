@@ -118,7 +118,13 @@ class _Grid:
 
 
 def _resample_volume(display: np.ndarray, display_spacing_mm: tuple[float, ...], spacing_mm: float) -> np.ndarray:
-    return np.stack([resample_slice(s, display_spacing_mm[1:], spacing_mm) for s in display])
+    """Every display slice resampled in-plane to ``spacing_mm``, written into one preallocated stack."""
+    first = resample_slice(display[0], display_spacing_mm[1:], spacing_mm)
+    out = np.empty((len(display), *first.shape), first.dtype)
+    out[0] = first
+    for k in range(1, len(display)):
+        out[k] = resample_slice(display[k], display_spacing_mm[1:], spacing_mm)
+    return out
 
 
 def _pad_to(x: np.ndarray, multiple: int) -> np.ndarray:
@@ -441,9 +447,9 @@ def iter_predict(
     device = torch.device(device)
 
     view = volume.view
-    display = view.to_display(normalize_volume(volume.array))
     display_spacing = view.spacing_mm
-    resampled = _resample_volume(display, display_spacing, spacing_mm)
+    # the normalised full-size copy lives only until it is resampled, not through the network runs
+    resampled = _resample_volume(view.to_display(normalize_volume(volume.array)), display_spacing, spacing_mm)
     grid = _Grid(display_spacing, spacing_mm, resampled.shape)  # type: ignore[arg-type]
     timings["prepare_s"] = time.perf_counter() - t0
     n_slices = resampled.shape[0]

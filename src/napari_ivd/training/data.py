@@ -73,7 +73,9 @@ def normalize_volume(array: np.ndarray) -> np.ndarray:
     lo, hi = _intensity_range(array)
     if not hi > lo:
         return np.zeros(np.shape(array), dtype=np.float32)
-    out = (np.asarray(array, dtype=np.float32) - np.float32(lo)) / np.float32(hi - lo)
+    out = np.array(array, dtype=np.float32)  # the one float copy; scaled in place (a large scan is not held thrice)
+    out -= np.float32(lo)
+    out /= np.float32(hi - lo)
     return np.clip(out, 0.0, 1.0, out=out)
 
 
