@@ -12,6 +12,7 @@ from typing import Literal
 from qtpy.QtWidgets import QFileDialog, QMessageBox, QWidget
 
 UnsavedAnswer = Literal["save", "discard", "cancel"]
+PredictionAnswer = Literal["keep", "replace"]
 
 
 class Dialogs:
@@ -37,6 +38,22 @@ class Dialogs:
         if answer == QMessageBox.StandardButton.Discard:
             return "discard"
         return "cancel"
+
+    def ask_prediction_over_edits(self, case_id: str, edited: list[str]) -> PredictionAnswer:
+        """``edited`` layers of ``case_id`` were changed while the prediction ran: keep them, or replace them?"""
+        box = QMessageBox(self.parent)
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle("Prediction finished")
+        box.setText(f"You edited the {' and the '.join(edited)} of {case_id} while the prediction ran.")
+        box.setInformativeText(
+            "Keep your edits (the prediction fills only what you did not touch), or replace them with the "
+            "prediction? The prediction stays in the case's history as a proposal either way."
+        )
+        keep = box.addButton("Keep my edits", QMessageBox.ButtonRole.AcceptRole)
+        box.addButton("Use the prediction", QMessageBox.ButtonRole.DestructiveRole)
+        box.setDefaultButton(keep)
+        box.exec()
+        return "keep" if box.clickedButton() in (keep, None) else "replace"
 
     def choose_store(self) -> Path | None:
         """An existing annotation store folder (``*.zarr``), or None."""

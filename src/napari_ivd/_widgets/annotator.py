@@ -7,6 +7,7 @@ runs in a napari worker (see :mod:`._jobs`); the GUI thread only adds and update
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import weakref
 from collections.abc import Callable, Generator
@@ -66,6 +67,11 @@ SHORTCUTS: tuple[tuple[str, str, str], ...] = (
 POINT_UNDO_KEYS = (
     "Ctrl+Z / Ctrl+Shift+Z on a points layer: undo / redo point edits (on the mask layer: napari's mask undo)"
 )
+
+
+def _digest(data: np.ndarray) -> bytes:
+    """A fingerprint of a layer's array, to tell later whether it was edited without keeping a copy."""
+    return hashlib.blake2b(np.ascontiguousarray(data).data, digest_size=16).digest()
 
 
 def shortcuts_help() -> str:
@@ -365,26 +371,49 @@ class AnnotatorWidget(StoreActions, QWidget):
             return
         store, case_id, volume = self.store, self.case.case_id, self.case.volume
         model, device = self.models.current(), self.device_box.currentText()
+        started = self.case.points(), _digest(self.case.labels.data)  # to tell edits made meanwhile
 
         def steps() -> Generator[Any, None, Any]:
             prediction, proposal = yield from worklist.predict_case_steps(store, case_id, volume, model, device)
             return prediction, proposal, prepare_labels(prediction.mask_tss, volume)
 
-        self._run(steps, f"Predict {case_id}", self._show_prediction, worklist.PREDICT_STEPS)
+        self._run(
+            steps, f"Predict {case_id}", lambda result: self._show_prediction(result, started), worklist.PREDICT_STEPS
+        )
 
-    def _show_prediction(self, result: tuple[Any, Any, Any]) -> None:
+    def _show_prediction(self, result: tuple[Any, Any, Any], started: tuple[corrections.Points, bytes]) -> None:
+        """Show the prediction; layers the user edited while it ran are kept unless the user chooses otherwise."""
         prediction, _proposal, labels = result
         if self.case is None:
             return
-        self.case.set_points(prediction_points(prediction))
-        self.case.set_mask(labels)
+        case_id = self.case.case_id
+        predicted = tuple(prediction_points(prediction))
+        edited = [
+            name
+            for name, changed in (
+                ("points", not corrections.same_points(self.case.points(), started[0])),
+                ("mask", _digest(self.case.labels.data) != started[1]),
+            )
+            if changed
+        ]
+        keep = bool(edited) and self.dialogs.ask_prediction_over_edits(case_id, edited) == "keep"
+        if not (keep and "points" in edited):
+            self.case.set_points(predicted)
+        if not (keep and "mask" in edited):
+            self.case.set_mask(labels)
         self.origin = f"model:{prediction.model}"
         self.tools.reset_history()
         self._set_baseline()
+        if keep:  # the baseline is the prediction, so the kept edits count as unsaved
+            self._baseline_points, self._baseline_mask = predicted, np.array(labels[0], copy=True)
+            self._update_status()
+            show_info(
+                f"{case_id}: your edits to the {' and the '.join(edited)} made during the prediction are kept "
+                "(unsaved); the prediction is kept in the case's history as a proposal"
+            )
         self._refresh_row()
         if not prediction.structures:
-            show_warning(f"{self.case.case_id}: the model found no disc or vertebra; annotate by hand")
-        case_id = self.case.case_id
+            show_warning(f"{case_id}: the model found no disc or vertebra; annotate by hand")
 
         def go_to_spine() -> None:  # a turn of its own: re-slicing every layer redraws the canvas
             if self.case is not None and self.case.case_id == case_id:
