@@ -34,6 +34,8 @@ class ScriptedDialogs:
     asked: list[tuple[str, str]] = field(default_factory=list)
     prediction_answer: str = "keep"
     asked_prediction: list[tuple[str, list[str]]] = field(default_factory=list)
+    training_answers: list[str] = field(default_factory=list)
+    asked_training: int = 0
 
     def ask_unsaved(self, case_id: str, action: str) -> str:
         self.asked.append((case_id, action))
@@ -42,6 +44,10 @@ class ScriptedDialogs:
     def ask_prediction_over_edits(self, case_id: str, edited: list[str]) -> str:
         self.asked_prediction.append((case_id, edited))
         return self.prediction_answer
+
+    def ask_stop_training(self) -> str:
+        self.asked_training += 1
+        return self.training_answers.pop(0) if self.training_answers else "keep"
 
     def choose_store(self) -> Path | None:
         return self.store

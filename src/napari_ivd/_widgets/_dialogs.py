@@ -13,6 +13,7 @@ from qtpy.QtWidgets import QFileDialog, QMessageBox, QWidget
 
 UnsavedAnswer = Literal["save", "discard", "cancel"]
 PredictionAnswer = Literal["keep", "replace"]
+TrainingAnswer = Literal["stop", "keep"]
 
 
 class Dialogs:
@@ -54,6 +55,21 @@ class Dialogs:
         box.setDefaultButton(keep)
         box.exec()
         return "keep" if box.clickedButton() in (keep, None) else "replace"
+
+    def ask_stop_training(self) -> TrainingAnswer:
+        """napari is closing while a fine-tuning run goes on: stop the run (and close), or keep training?"""
+        box = QMessageBox(self.parent)
+        box.setIcon(QMessageBox.Icon.Warning)
+        box.setWindowTitle("Fine-tuning in progress")
+        box.setText("A fine-tuning run is still going; closing napari stops it.")
+        box.setInformativeText(
+            "Stop the run and close napari once it has stopped (nothing of this run is stored), or keep training?"
+        )
+        stop = box.addButton("Stop training and close", QMessageBox.ButtonRole.DestructiveRole)
+        keep = box.addButton("Keep training", QMessageBox.ButtonRole.RejectRole)
+        box.setDefaultButton(keep)
+        box.exec()
+        return "stop" if box.clickedButton() is stop else "keep"
 
     def choose_store(self) -> Path | None:
         """An existing annotation store folder (``*.zarr``), or None."""

@@ -106,6 +106,8 @@ class AnnotatorWidget(StoreActions, QWidget):
         self._build()
         self._bind_keys()
         self._guarded_window: weakref.ReferenceType[QObject] | None = None
+        self._close_after_training: weakref.ReferenceType[QObject] | None = None
+        self.train_panel.run_done.connect(self._training_ended)
         self._set_busy(False)
 
     # ------------------------------------------------------------------ layout
@@ -509,8 +511,35 @@ class AnnotatorWidget(StoreActions, QWidget):
             window.installEventFilter(self)
             self._guarded_window = weakref.ref(window)  # a strong one would keep napari's window alive
 
+    def _training_blocks_close(self, window: QObject) -> bool:
+        """True when a fine-tuning run must stop before ``window`` closes; asks the user first.
+
+        Stopping takes until the end of the current epoch, so the close waits: the run is
+        cancelled (nothing stored) and the window closes once it has ended.
+        """
+        if not self.train_panel.running:
+            return False
+        if self._close_after_training is not None:
+            show_info("Fine-tune: still stopping the run; napari closes once it has stopped")
+            return True
+        if self.dialogs.ask_stop_training() == "stop":
+            self._close_after_training = weakref.ref(window)
+            self.train_panel.cancel()
+            show_info("Fine-tune: stopping the run at the end of this epoch; napari closes once it has stopped")
+        return True
+
+    def _training_ended(self) -> None:
+        """Close the window whose close waited for the fine-tuning run to stop."""
+        window = self._close_after_training() if self._close_after_training is not None else None
+        self._close_after_training = None
+        if window is not None:
+            QTimer.singleShot(0, window.close)
+
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        """Ask before napari's window closes over unsaved edits."""
+        """Ask before napari's window closes over a running fine-tuning or unsaved edits."""
+        if event.type() == QEvent.Type.Close and self._training_blocks_close(watched):
+            event.ignore()
+            return True
         if event.type() == QEvent.Type.Close and self.has_unsaved_changes():
             answer = self.dialogs.ask_unsaved(self.case_id, "close napari")
             if answer == "cancel":
