@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -31,6 +31,7 @@ from napari_ivd import anatomy
 from napari_ivd.errors import CorrectionError, UnknownLevelError
 from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.io.geometry import VolumeGeometry
+from napari_ivd.io.volume import iter_slabs
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +103,8 @@ def shift_levels(points: Sequence[LabelledPoint], steps: int, kinds: Iterable[st
 _MASK_CHUNK_VOXELS = 1 << 22
 
 
-def _mask_chunks(mask: np.ndarray) -> list[np.ndarray]:
-    """Views of ``mask`` in slabs along its first axis, about :data:`_MASK_CHUNK_VOXELS` voxels each."""
-    step = max(1, _MASK_CHUNK_VOXELS // max(1, mask[0].size))
-    return [mask[start : start + step] for start in range(0, len(mask), step)]
+def _mask_chunks(mask: np.ndarray) -> Iterator[np.ndarray]:
+    return iter_slabs(mask, 0, _MASK_CHUNK_VOXELS)  # Labels layer data is C-ordered
 
 
 def _present_labels(mask: np.ndarray) -> list[int]:

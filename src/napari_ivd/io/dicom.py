@@ -380,7 +380,8 @@ def _pixel_dtype(s: _Slice) -> np.dtype:
         signed = int(s.header.get("PixelRepresentation", 0) or 0) == 1
     except (TypeError, ValueError):
         n_bytes, signed = 2, False
-    return np.dtype(f"{'i' if signed else 'u'}{min(n_bytes, 8)}")
+    itemsize = next((size for size in (1, 2, 4) if size >= n_bytes), 8)
+    return np.dtype(f"{'i' if signed else 'u'}{itemsize}")
 
 
 def _check_series_size(folder: Path, slices: Sequence[_Slice], max_image_gb: float | None) -> None:

@@ -59,21 +59,29 @@ class Volume:
 _CHUNK_VOXELS = 1 << 24
 
 
-def _chunks(data: np.ndarray) -> Iterator[np.ndarray]:
-    """Views of ``data`` in slabs along its last axis, about :data:`_CHUNK_VOXELS` voxels each."""
-    step = max(1, _CHUNK_VOXELS // max(1, math.prod(data.shape[:-1])))
-    for start in range(0, data.shape[-1], step):
-        yield data[..., start : start + step]
+def iter_slabs(array: np.ndarray, axis: int, max_voxels: int) -> Iterator[np.ndarray]:
+    """Views of ``array`` in slabs along ``axis`` of at most about ``max_voxels`` voxels each (at least one plane).
+
+    For whole-volume work (counts, relabelling) without whole-volume temporaries; slab
+    along the array's slowest axis (the last for nibabel's Fortran order) to keep each contiguous.
+    """
+    plane = math.prod(n for i, n in enumerate(array.shape) if i != axis % array.ndim)
+    step = max(1, max_voxels // max(1, plane))
+    index: list[slice] = [slice(None)] * array.ndim
+    for start in range(0, array.shape[axis], step):
+        index[axis] = slice(start, start + step)
+        yield array[tuple(index)]
 
 
 def _count_non_finite(data: np.ndarray) -> int:
-    return sum(int(chunk.size - np.count_nonzero(np.isfinite(chunk))) for chunk in _chunks(data))
+    slabs = iter_slabs(data, -1, _CHUNK_VOXELS)
+    return sum(int(chunk.size - np.count_nonzero(np.isfinite(chunk))) for chunk in slabs)
 
 
 def _zero_non_finite(data: np.ndarray) -> np.ndarray:
     """``data`` with NaN/Inf set to 0: in place when the reader's array is writable, else on one copy."""
     out = data if data.flags.writeable else np.array(data)
-    for chunk in _chunks(out):
+    for chunk in iter_slabs(out, -1, _CHUNK_VOXELS):
         np.copyto(chunk, 0, where=~np.isfinite(chunk))
     return out
 
