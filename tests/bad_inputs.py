@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import gzip
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from _dicom_factory import write_dicom_series
-from napari_ivd.errors import DicomSeriesError, GeometryError, IvdError, UnreadableFileError, UnsupportedScanError
+from napari_ivd.errors import (
+    DicomSeriesError,
+    GeometryError,
+    ImageTooLargeError,
+    IvdError,
+    UnreadableFileError,
+    UnsupportedScanError,
+)
+from napari_ivd.io.limits import MAX_IMAGE_GB_ENV
 
 REAL_NIFTI = Path("fixtures/sct_testing_data/t2/t2.nii.gz")  # relative to the shared data root
 
@@ -38,6 +46,47 @@ def write_raw_nifti(path: Path, data: np.ndarray, pixdim=(1.0, 1.0, 1.0), sform:
         f.write(b"\0" * 4)
         f.write(np.asfortranarray(data).tobytes(order="F"))
     return path
+
+
+def write_header_only(path: Path, shape: tuple[int, ...], dtype: np.dtype | type = np.int16) -> Path:
+    """A gzipped NIfTI-1 header declaring ``shape`` with no voxel data: 76 bytes that claim gigabytes."""
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(shape)
+    hdr.set_data_dtype(dtype)
+    hdr.set_qform(np.eye(4), code=1)
+    hdr["vox_offset"] = 352
+    with gzip.open(path, "wb") as f:
+        f.write(hdr.binaryblock + b"\0" * 4)
+    return path
+
+
+def write_large_volume(path: Path, shape: tuple[int, int, int], dtype: np.dtype | type = np.int16) -> Path:
+    """A valid NIfTI volume of ``shape``: mostly zeros (it compresses to little) with a box and stripes."""
+    data = np.zeros(shape, dtype)
+    i, j, k = shape
+    data[i // 4 : i // 2, j // 4 : 3 * j // 4, ::7] = 100
+    data[:, ::64, k // 3] = 50
+    nib.save(nib.Nifti1Image(data, np.diag([0.5, 0.5, 0.5, 1.0])), path)
+    return path
+
+
+def _oversized_header(tmp: Path, shared: Path) -> Path:
+    return write_header_only(tmp / "oversized_header.nii.gz", (2000, 2000, 1000))
+
+
+def _cubed_header(tmp: Path, shared: Path) -> Path:
+    return write_header_only(tmp / "header_10000_cubed.nii.gz", (10000, 10000, 10000))
+
+
+def _volume_over_limit(tmp: Path, shared: Path) -> Path:
+    return write_large_volume(tmp / "large_volume.nii.gz", (256, 256, 64))  # 8.4 MB of int16
+
+
+def _dicom_series_over_limit(tmp: Path, shared: Path) -> Path:
+    img = nib.load(shared / REAL_NIFTI)
+    out = tmp / "large_series"
+    write_dicom_series(np.asarray(img.dataobj), img.affine, out)  # 60 x 55 x 52 int16: 343 KB
+    return out
 
 
 def _truncated(tmp: Path, shared: Path) -> Path:
@@ -110,12 +159,17 @@ def _mixed_dicom_folder(tmp: Path, shared: Path) -> Path:
 
 @dataclass(frozen=True)
 class BadInput:
-    """One broken input: how to make it, the typed error, and words the message must hold."""
+    """One broken input: how to make it, the typed error, and words the message must hold.
+
+    ``env`` holds environment variables the test sets while opening it (a memory limit
+    small enough that the case is refused on any machine).
+    """
 
     id: str
     make: Callable[[Path, Path], Path]
     error: type[IvdError]
     words: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 BAD_INPUTS: tuple[BadInput, ...] = (
@@ -130,4 +184,26 @@ BAD_INPUTS: tuple[BadInput, ...] = (
     BadInput("zero-column-affine", _zero_column_sform, GeometryError, ("zero axis",)),
     BadInput("empty-dicom-folder", _empty_dicom_folder, DicomSeriesError, ("no DICOM",)),
     BadInput("mixed-dicom-folder", _mixed_dicom_folder, DicomSeriesError, ("series", "T1 sag", "T2 sag")),
+    BadInput(
+        "oversized-header",
+        _oversized_header,
+        ImageTooLargeError,
+        ("2000 x 2000 x 1000", "int16", "8.0 GB", f"{MAX_IMAGE_GB_ENV}=4"),
+        {MAX_IMAGE_GB_ENV: "4"},
+    ),
+    BadInput("10000-cubed-header", _cubed_header, ImageTooLargeError, ("10000 x 10000 x 10000", "2000.0 GB", "memory")),
+    BadInput(
+        "volume-over-limit",
+        _volume_over_limit,
+        ImageTooLargeError,
+        ("256 x 256 x 64", f"{MAX_IMAGE_GB_ENV}=0.005", "crop or downsample"),
+        {MAX_IMAGE_GB_ENV: "0.005"},
+    ),
+    BadInput(
+        "dicom-series-over-limit",
+        _dicom_series_over_limit,
+        ImageTooLargeError,
+        ("60 x 55 x 52", f"{MAX_IMAGE_GB_ENV}=0.0002"),
+        {MAX_IMAGE_GB_ENV: "0.0002"},
+    ),
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_ivd import anatomy, corrections
 from napari_ivd.corrections import (
     REVIEWED_SCORE,
     EditHistory,
@@ -14,6 +15,7 @@ from napari_ivd.corrections import (
     same_points,
     set_level,
     shift_levels,
+    shift_mask_levels,
     sorted_points,
     step_level,
 )
@@ -183,3 +185,80 @@ def test_history_forgets_the_oldest_edits_beyond_its_limit():
     while history.undo() is not None:
         steps += 1
     assert steps == 3
+
+
+def _labelled_mask(levels: list[str], dtype: type = np.uint8) -> np.ndarray:
+    """One slab per level along the second axis, plus cord and canal voxels that must stay."""
+    mask = np.zeros((3, 4 * len(levels) + 2, 5), dtype)
+    for n, level in enumerate(levels):
+        mask[:, 4 * n : 4 * n + 4] = anatomy.structure(level).tss_value
+    mask[:, -2] = anatomy.TSS_CORD
+    mask[:, -1] = anatomy.TSS_CANAL
+    return mask
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32])
+def test_mask_levels_shift_like_the_points_and_shift_back(dtype, monkeypatch):
+    monkeypatch.setattr(corrections, "_MASK_CHUNK_VOXELS", 20)  # several slabs, the last one short
+    levels = ["T12", "T12-L1", "L1", "L4", "L4-L5", "L5"]  # T12 -> L1 while L1 -> L2: no label moves twice
+    mask = _labelled_mask(levels, dtype)
+    original = mask.copy()
+    assert shift_mask_levels(mask, 1) is mask  # in place
+    expected = ["L1", "L1-L2", "L2", "L5", "L5-S1", "S1"]
+    assert [anatomy.shift(level, 1).name for level in levels] == expected
+    assert np.array_equal(mask, _labelled_mask(expected, dtype))
+    shift_mask_levels(mask, -1)
+    assert np.array_equal(mask, original)
+
+
+def test_each_point_stays_on_its_own_mask_label_after_a_shift():
+    points = _spine()
+    mask = np.zeros(GEOMETRY.shape, np.uint8)
+    for p in points:
+        i, j, k = (round(v) for v in p.ijk_vox)
+        mask[i - 1 : i + 2, j - 2 : j + 3, k - 2 : k + 3] = anatomy.structure(p.level).tss_value
+    for steps in (-2, 1):
+        moved, relabelled = shift_levels(points, steps), shift_mask_levels(mask.copy(), steps)
+        for p in moved:
+            assert relabelled[tuple(round(v) for v in p.ijk_vox)] == anatomy.structure(p.level).tss_value
+
+
+@pytest.mark.parametrize(
+    ("levels", "steps", "words"),
+    [
+        (["L5", "S1"], 1, "value 50"),  # the sacrum cannot move further down
+        (["C2-C3", "C3"], -1, "C1-C2"),  # TotalSpineSeg has no C1-C2 value
+        (["L3"], 0, None),
+    ],
+)
+def test_a_mask_shift_off_the_spine_is_refused_and_changes_nothing(levels, steps, words):
+    mask = _labelled_mask(levels)
+    original = mask.copy()
+    if words is None:
+        assert np.array_equal(shift_mask_levels(mask, steps), original)
+        return
+    with pytest.raises(CorrectionError, match=words):
+        shift_mask_levels(mask, steps)
+    assert np.array_equal(mask, original)
+
+
+def test_a_mask_with_values_totalspineseg_does_not_know_is_refused():
+    mask = _labelled_mask(["L3"])
+    mask[0, 0, 0] = 3
+    with pytest.raises(CorrectionError, match="value 3"):
+        shift_mask_levels(mask, 1)
+
+
+def test_history_keeps_the_mask_shift_of_each_step():
+    points = _spine()
+    history = EditHistory(points)
+    down = shift_levels(points, 1)
+    assert history.record(down, mask_shift=1)
+    assert history.record(set_level(down, 0, "L1"))  # a point edit keeps the mask where it is
+    assert history.mask_shift == 1
+    assert not history.record(set_level(down, 0, "L1"), mask_shift=1)
+    assert history.undo() == down and history.mask_shift == 1
+    assert history.undo() == points and history.mask_shift == 0
+    assert history.redo() == down and history.mask_shift == 1
+    history.reset(down)
+    assert history.mask_shift == 0

@@ -79,7 +79,9 @@ def test_writing_without_the_source_file_keeps_the_affine(shared_data, tmp_path)
 
 
 @pytest.mark.parametrize("bad", BAD_INPUTS, ids=lambda b: b.id)
-def test_bad_input_raises_a_typed_error_naming_file_and_reason(bad: BadInput, shared_data, tmp_path):
+def test_bad_input_raises_a_typed_error_naming_file_and_reason(bad: BadInput, shared_data, tmp_path, monkeypatch):
+    for name, value in bad.env.items():
+        monkeypatch.setenv(name, value)
     path = bad.make(tmp_path, shared_data)
     with pytest.raises(bad.error) as info:
         read_volume(path)

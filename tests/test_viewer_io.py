@@ -77,11 +77,14 @@ def test_reader_declines_files_that_are_not_scans(tmp_path):
 
 @pytest.mark.parametrize("bad", BAD_INPUTS, ids=lambda b: b.id)
 def test_bad_input_is_a_notification_and_the_viewer_stays_usable(
-    bad: BadInput, make_napari_viewer, shared_data, tmp_path, notifications
+    bad: BadInput, make_napari_viewer, shared_data, tmp_path, notifications, monkeypatch
 ):
     viewer = make_napari_viewer()
     path = bad.make(tmp_path, shared_data)
-    viewer.open(path, plugin="napari-ivd")
+    with monkeypatch.context() as env:
+        for name, value in bad.env.items():
+            env.setenv(name, value)
+        viewer.open(path, plugin="napari-ivd")
     assert len(viewer.layers) == 0
     (message,) = [m for m in notifications() if path.name in m]
     assert message.startswith(f"napari-ivd could not open {path.name}")

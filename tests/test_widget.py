@@ -77,9 +77,16 @@ def test_annotator_predicts_corrects_and_saves_a_revision_that_a_fresh_viewer_fi
     assert [p.level for p in case.points()] == [anatomy.shift(p.level, 1).name for p in proposed]
     assert labels.selected_label == anatomy.structure("L4").tss_value
 
-    # 3. fix one mask voxel with napari's brush, in the selected structure's label
-    voxel = np.round(vertebrae.data[index]).astype(int) + np.array([0, 0, 3])
-    assert labels.data[tuple(voxel)] != labels.selected_label
+    # the mask's labels moved with the points: L3's label is L4's now, under the renamed point
+    assert labels.data[tuple(np.round(vertebrae.data[index]).astype(int))] in (0, labels.selected_label)
+
+    # 3. fix one mask voxel with napari's brush, in the selected structure's label (the first one beside it without)
+    centre = np.round(vertebrae.data[index]).astype(int)
+    voxel = next(
+        centre + np.array([0, 0, d])
+        for d in range(3, 60)
+        if labels.data[tuple(centre + np.array([0, 0, d]))] != labels.selected_label
+    )
     labels.brush_size = 1
     labels.paint(voxel, labels.selected_label)
     file_voxel = tuple(np.round(case.view.display_to_vox(voxel[None])[0]).astype(int))

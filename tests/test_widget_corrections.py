@@ -149,3 +149,49 @@ def test_store_from_the_open_image_layer(make_napari_viewer, qtbot, tmp_path):
     assert not original.visible and widget.case.image.visible  # the case's own layers take over
     store = AnnotationStore.open(tmp_path / "from-layer.zarr")
     assert store.read_image("t2_lumbar").array.shape == (38, 257, 201)
+
+
+def _off_their_labels(case) -> list[str]:
+    """Levels of the points that do not sit on their own level's mask label (display grid)."""
+    wrong = []
+    for layer in case.points_layers.values():
+        for level, coords in zip(_levels(layer), layer.data, strict=True):
+            value = case.labels.data[tuple(round(v) for v in coords)]
+            if value != anatomy.structure(level).tss_value:
+                wrong.append(f"{level} on {value}")
+    return wrong
+
+
+def test_all_levels_down_relabels_the_mask_with_the_points_and_undo_restores_both(
+    make_napari_viewer, qtbot, annotated_store, tmp_path
+):
+    location = copy_store(annotated_store, tmp_path)
+    _viewer, widget = _open(make_napari_viewer, qtbot, location)
+    case, tools = widget.case, widget.tools
+    discs = case.points_layers["disc"]
+    for level, coords in zip(_levels(discs), discs.data, strict=True):  # the reference mask has no discs: paint them
+        case.labels.brush_size = 3
+        case.labels.paint(coords, anatomy.structure(level).tss_value)
+    opened_points, opened_mask = case.points(), case.labels.data.copy()
+    assert _off_their_labels(case) == [] and len(opened_points) == 13
+
+    qtbot.mouseClick(tools.down_button, Qt.MouseButton.LeftButton)  # T11 -> T12 ... L5 -> S1
+    assert "S1" in _levels(case.points_layers["vertebra"]) and "T11" not in _levels(case.points_layers["vertebra"])
+    assert _off_their_labels(case) == []
+    assert anatomy.TSS_SACRUM in np.unique(case.labels.data)
+    shifted_mask = case.labels.data.copy()
+
+    qtbot.mouseClick(tools.undo_button, Qt.MouseButton.LeftButton)
+    assert same_points(case.points(), opened_points) and np.array_equal(case.labels.data, opened_mask)
+    qtbot.mouseClick(tools.redo_button, Qt.MouseButton.LeftButton)
+    assert np.array_equal(case.labels.data, shifted_mask) and _off_their_labels(case) == []
+
+    # a second shift down would push S1 off the spine: refused for points and mask alike
+    qtbot.mouseClick(tools.down_button, Qt.MouseButton.LeftButton)
+    assert np.array_equal(case.labels.data, shifted_mask) and _off_their_labels(case) == []
+
+    with qtbot.waitSignal(widget.saved, timeout=30_000):
+        qtbot.mouseClick(widget.save_button, Qt.MouseButton.LeftButton)
+    saved = AnnotationStore.open(location).load(CASE_ID)
+    for p in saved.points:
+        assert saved.mask_tss[tuple(round(v) for v in p.ijk_vox)] == anatomy.structure(p.level).tss_value

@@ -32,10 +32,22 @@ class ScriptedDialogs:
     model: Path | None = None
     answers: list[str] = field(default_factory=list)
     asked: list[tuple[str, str]] = field(default_factory=list)
+    prediction_answer: str = "keep"
+    asked_prediction: list[tuple[str, list[str]]] = field(default_factory=list)
+    training_answers: list[str] = field(default_factory=list)
+    asked_training: int = 0
 
     def ask_unsaved(self, case_id: str, action: str) -> str:
         self.asked.append((case_id, action))
         return self.answers.pop(0) if self.answers else "discard"
+
+    def ask_prediction_over_edits(self, case_id: str, edited: list[str]) -> str:
+        self.asked_prediction.append((case_id, edited))
+        return self.prediction_answer
+
+    def ask_stop_training(self) -> str:
+        self.asked_training += 1
+        return self.training_answers.pop(0) if self.training_answers else "keep"
 
     def choose_store(self) -> Path | None:
         return self.store

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -31,6 +31,7 @@ from napari_ivd import anatomy
 from napari_ivd.errors import CorrectionError, UnknownLevelError
 from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.io.geometry import VolumeGeometry
+from napari_ivd.io.volume import iter_slabs
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ __all__ = [
     "same_points",
     "set_level",
     "shift_levels",
+    "shift_mask_levels",
     "sorted_points",
     "step_level",
 ]
@@ -95,6 +97,73 @@ def shift_levels(points: Sequence[LabelledPoint], steps: int, kinds: Iterable[st
         except UnknownLevelError as exc:
             raise CorrectionError(f"cannot shift every level by {steps:+d}: {exc}") from exc
     return tuple(out)
+
+
+#: Voxels relabelled at a time by :func:`shift_mask_levels` (a label-sized temporary, not a mask-sized one).
+_MASK_CHUNK_VOXELS = 1 << 22
+
+
+def _mask_chunks(mask: np.ndarray) -> Iterator[np.ndarray]:
+    return iter_slabs(mask, 0, _MASK_CHUNK_VOXELS)  # Labels layer data is C-ordered
+
+
+def _present_labels(mask: np.ndarray) -> list[int]:
+    if mask.dtype == np.uint8:
+        counts = sum(np.bincount(chunk.ravel(), minlength=256) for chunk in _mask_chunks(mask))
+        return [int(v) for v in np.flatnonzero(counts)]
+    return sorted({int(v) for chunk in _mask_chunks(mask) for v in np.unique(chunk)})
+
+
+def shift_mask_levels(mask_tss: np.ndarray, steps: int) -> np.ndarray:
+    """Relabel, in place, every vertebra and disc of a TotalSpineSeg mask ``steps`` levels caudal.
+
+    The mask's half of :func:`shift_levels`: after both, each point still lies on the mask
+    label of its own level (L4's label becomes L5's where L4 became L5). Cord, canal and
+    background keep their values. Works on any grid (file or display): only values change.
+
+    Parameters
+    ----------
+    mask_tss : integer array
+        TotalSpineSeg values; changed in place.
+    steps : int
+        +1 moves every label one level down (L3 -> L4), -1 one level up.
+
+    Returns
+    -------
+    The same array, relabelled.
+
+    Raises
+    ------
+    CorrectionError
+        When a labelled structure would leave the spine or become one TotalSpineSeg has no
+        value for (C1-C2), or the mask holds values that are not TotalSpineSeg's; the mask
+        is not changed then.
+    """
+    if steps == 0:
+        return mask_tss
+    present = _present_labels(mask_tss)
+    table = np.arange(max(present, default=0) + 1, dtype=mask_tss.dtype)
+    for value in present:
+        if value in (0, anatomy.TSS_CORD, anatomy.TSS_CANAL):
+            continue
+        try:
+            source = anatomy.from_tss(value)
+            target = anatomy.shift(source, steps)
+        except UnknownLevelError as exc:
+            raise CorrectionError(
+                f"cannot shift every level by {steps:+d}: the mask labels value {value} ({exc}); "
+                "erase that label from the mask first"
+            ) from exc
+        if target.tss_value is None:
+            raise CorrectionError(
+                f"cannot shift every level by {steps:+d}: the mask's {source.name} would become {target.name}, "
+                "which TotalSpineSeg masks do not label; erase it from the mask first"
+            )
+        table[value] = target.tss_value
+    for chunk in _mask_chunks(mask_tss):
+        chunk[...] = table[chunk]
+    log.debug("mask relabelled %+d level(s): %s", steps, {v: int(table[v]) for v in present if table[v] != v})
+    return mask_tss
 
 
 def set_level(points: Sequence[LabelledPoint], index: int, level: str) -> Points:
@@ -281,18 +350,21 @@ def same_points(a: Iterable[LabelledPoint], b: Iterable[LabelledPoint], tol_vox:
 
 
 class EditHistory:
-    """Undo/redo over snapshots of the points.
+    """Undo/redo over snapshots of the points, and of how far the mask's levels were shifted.
 
     Every edit records the points after it. A drag reports many small moves; records
     sharing a ``merge_key`` within ``merge_window_s`` of each other replace the last
-    snapshot instead of adding one, so one drag is one undo step.
+    snapshot instead of adding one, so one drag is one undo step. Each snapshot also
+    keeps ``mask_shift``, the levels the mask was relabelled by so far (see
+    :func:`shift_mask_levels`): stepping to a snapshot with another value tells the
+    caller to relabel the mask by the difference, so undoing *All levels* restores both.
 
     Example
     -------
     >>> history = EditHistory(points)
-    >>> history.record(shift_levels(points, 1))
-    >>> history.undo() == points
-    True
+    >>> history.record(shift_levels(points, 1), mask_shift=1)
+    >>> history.undo() == points, history.mask_shift
+    (True, 0)
     """
 
     def __init__(self, initial: Sequence[LabelledPoint] = (), limit: int = 500, merge_window_s: float = 1.0) -> None:
@@ -301,16 +373,21 @@ class EditHistory:
         self.reset(initial)
 
     def reset(self, points: Sequence[LabelledPoint]) -> None:
-        """Start over from ``points`` (a freshly opened case): nothing to undo or redo."""
-        self._undo: list[Points] = [tuple(points)]
-        self._redo: list[Points] = []
+        """Start over from ``points`` (a freshly opened case): nothing to undo or redo, mask unshifted."""
+        self._undo: list[tuple[Points, int]] = [(tuple(points), 0)]
+        self._redo: list[tuple[Points, int]] = []
         self._last_key: Hashable | None = None
         self._last_time = -np.inf
 
     @property
     def current(self) -> Points:
         """The points after the last recorded (or undone/redone) edit."""
-        return self._undo[-1]
+        return self._undo[-1][0]
+
+    @property
+    def mask_shift(self) -> int:
+        """Levels the mask is shifted by (caudal positive) after the last recorded (or undone/redone) edit."""
+        return self._undo[-1][1]
 
     @property
     def can_undo(self) -> bool:
@@ -323,7 +400,11 @@ class EditHistory:
         return bool(self._redo)
 
     def record(
-        self, points: Sequence[LabelledPoint], merge_key: Hashable | None = None, now: float | None = None
+        self,
+        points: Sequence[LabelledPoint],
+        merge_key: Hashable | None = None,
+        now: float | None = None,
+        mask_shift: int | None = None,
     ) -> bool:
         """Record the points after an edit; returns False when nothing changed.
 
@@ -334,9 +415,11 @@ class EditHistory:
             Edits with the same key within ``merge_window_s`` merge into one undo step.
         now : float, optional
             Monotonic time in seconds (default: :func:`time.monotonic`), for tests.
+        mask_shift : int, optional
+            The mask's level shift after the edit (default: unchanged).
         """
-        snapshot = tuple(points)
-        if snapshot == self.current:
+        snapshot = (tuple(points), self.mask_shift if mask_shift is None else int(mask_shift))
+        if snapshot == self._undo[-1]:
             return False
         now = time.monotonic() if now is None else now
         merge = (

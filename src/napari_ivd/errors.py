@@ -19,6 +19,10 @@ class UnsupportedScanError(IvdError):
     """A readable file holds something napari-ivd cannot use (2D, 4D, no finite voxels)."""
 
 
+class ImageTooLargeError(UnsupportedScanError):
+    """An image's header declares more voxels than napari-ivd agrees to load on this machine."""
+
+
 class GeometryError(IvdError):
     """Voxel-to-scanner geometry is unusable: zero/negative spacing, singular affine."""
 

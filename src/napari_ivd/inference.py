@@ -43,7 +43,7 @@ from napari_ivd.io.annotations import LabelledPoint, label_centroids, write_poin
 from napari_ivd.models.decode import Candidate, decode
 from napari_ivd.progress import run_steps
 from napari_ivd.skeleton import SkeletonPrior, extend_chain, search
-from napari_ivd.training.data import normalize_volume, resample_slice
+from napari_ivd.training.data import intensity_range, normalize_volume, resample_slice
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,30 @@ class _Grid:
         return np.asarray(lrc, float) * np.array([1.0, self.spacing_mm / row_mm, self.spacing_mm / col_mm])
 
 
-def _resample_volume(display: np.ndarray, display_spacing_mm: tuple[float, ...], spacing_mm: float) -> np.ndarray:
-    return np.stack([resample_slice(s, display_spacing_mm[1:], spacing_mm) for s in display])
+def network_input(volume: Volume, spacing_mm: float) -> np.ndarray:
+    """What the network sees: the display's sagittal slices, normalised and resampled in-plane to ``spacing_mm``.
+
+    Each slice is normalised (with the whole volume's range) and resampled on its own into
+    one preallocated stack, so no float copy of the whole scan is made: a large scan costs
+    its voxels plus the (float32) stack.
+
+    Returns
+    -------
+    (slices, rows, cols) float32 array in [0, 1]
+    """
+    view = volume.view
+    display, display_spacing = view.to_display(volume.array), view.spacing_mm[1:]
+    value_range = intensity_range(volume.array)
+
+    def prepared(index: int) -> np.ndarray:
+        return resample_slice(normalize_volume(display[index], value_range), display_spacing, spacing_mm)
+
+    first = prepared(0)
+    out = np.empty((len(display), *first.shape), first.dtype)
+    out[0] = first
+    for k in range(1, len(display)):
+        out[k] = prepared(k)
+    return out
 
 
 def _pad_to(x: np.ndarray, multiple: int) -> np.ndarray:
@@ -441,9 +463,8 @@ def iter_predict(
     device = torch.device(device)
 
     view = volume.view
-    display = view.to_display(normalize_volume(volume.array))
     display_spacing = view.spacing_mm
-    resampled = _resample_volume(display, display_spacing, spacing_mm)
+    resampled = network_input(volume, spacing_mm)
     grid = _Grid(display_spacing, spacing_mm, resampled.shape)  # type: ignore[arg-type]
     timings["prepare_s"] = time.perf_counter() - t0
     n_slices = resampled.shape[0]

@@ -9,6 +9,7 @@ so napari's world coordinates are millimetres.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,25 @@ def _display_kwargs(view: SagittalView, name: str, metadata: dict[str, Any]) -> 
     }
 
 
+#: Voxels the contrast limits are estimated from: a regular sample of a larger volume (a
+#: percentile of the whole sorts a copy of it, 34 s and 1.6 GB for 1024 x 1024 x 768 int16).
+CONTRAST_SAMPLE_VOXELS = 1 << 24
+
+
+def _contrast_sample(array: np.ndarray) -> np.ndarray:
+    """Every n-th voxel along each axis, so that about :data:`CONTRAST_SAMPLE_VOXELS` remain (a view)."""
+    step = max(1, math.ceil((array.size / CONTRAST_SAMPLE_VOXELS) ** (1 / 3)))
+    return array[::step, ::step, ::step]
+
+
 def image_layer_data(volume: Volume) -> LayerDataTuple:
-    """An Image layer tuple showing ``volume`` sagittally, with robust contrast limits."""
+    """An Image layer tuple showing ``volume`` sagittally, with robust contrast limits.
+
+    The Image data is a view of ``volume.array`` (reoriented, not copied).
+    """
     view = volume.view
     shown = view.to_display(volume.array)
-    low, high = np.percentile(shown, (0.5, 99.5))
+    low, high = np.percentile(_contrast_sample(shown), (0.5, 99.5))
     if high <= low:
         high = low + 1
     kwargs = _display_kwargs(view, volume.name, layer_metadata(volume))

@@ -16,7 +16,7 @@ import napari
 import numpy as np
 
 from napari_ivd import anatomy
-from napari_ivd.corrections import Points
+from napari_ivd.corrections import Points, shift_mask_levels
 from napari_ivd.io import Volume
 from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.layer_data import (
@@ -289,6 +289,18 @@ class CaseLayers:
     def mask_tss(self) -> np.ndarray:
         """The Labels layer's mask on the file grid (a copy, uint8 TotalSpineSeg values)."""
         return np.ascontiguousarray(self.view.to_file(np.asarray(self.labels.data)), dtype=np.uint8)
+
+    def shift_mask_levels(self, steps: int) -> None:
+        """Relabel the mask's vertebrae and discs ``steps`` levels caudal, in place (see :func:`shift_mask_levels`).
+
+        Raises
+        ------
+        CorrectionError
+            A label would leave the spine; the mask is unchanged.
+        """
+        if steps:
+            shift_mask_levels(self.labels.data, steps)
+            self.labels.refresh()
 
     def set_mask(self, labels: LayerDataTuple) -> None:
         """Replace the mask with a tuple from :func:`prepare_labels`."""

@@ -12,6 +12,8 @@ from typing import Literal
 from qtpy.QtWidgets import QFileDialog, QMessageBox, QWidget
 
 UnsavedAnswer = Literal["save", "discard", "cancel"]
+PredictionAnswer = Literal["keep", "replace"]
+TrainingAnswer = Literal["stop", "keep"]
 
 
 class Dialogs:
@@ -37,6 +39,37 @@ class Dialogs:
         if answer == QMessageBox.StandardButton.Discard:
             return "discard"
         return "cancel"
+
+    def ask_prediction_over_edits(self, case_id: str, edited: list[str]) -> PredictionAnswer:
+        """``edited`` layers of ``case_id`` were changed while the prediction ran: keep them, or replace them?"""
+        box = QMessageBox(self.parent)
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle("Prediction finished")
+        box.setText(f"You edited the {' and the '.join(edited)} of {case_id} while the prediction ran.")
+        box.setInformativeText(
+            "Keep your edits (the prediction fills only what you did not touch), or replace them with the "
+            "prediction? The prediction stays in the case's history as a proposal either way."
+        )
+        keep = box.addButton("Keep my edits", QMessageBox.ButtonRole.AcceptRole)
+        box.addButton("Use the prediction", QMessageBox.ButtonRole.DestructiveRole)
+        box.setDefaultButton(keep)
+        box.exec()
+        return "keep" if box.clickedButton() in (keep, None) else "replace"
+
+    def ask_stop_training(self) -> TrainingAnswer:
+        """napari is closing while a fine-tuning run goes on: stop the run (and close), or keep training?"""
+        box = QMessageBox(self.parent)
+        box.setIcon(QMessageBox.Icon.Warning)
+        box.setWindowTitle("Fine-tuning in progress")
+        box.setText("A fine-tuning run is still going; closing napari stops it.")
+        box.setInformativeText(
+            "Stop the run and close napari once it has stopped (nothing of this run is stored), or keep training?"
+        )
+        stop = box.addButton("Stop training and close", QMessageBox.ButtonRole.DestructiveRole)
+        keep = box.addButton("Keep training", QMessageBox.ButtonRole.RejectRole)
+        box.setDefaultButton(keep)
+        box.exec()
+        return "stop" if box.clickedButton() is stop else "keep"
 
     def choose_store(self) -> Path | None:
         """An existing annotation store folder (``*.zarr``), or None."""

@@ -118,8 +118,10 @@ class PointTools(QWidget):
                 case.set_features(kind, i, score=corrections.REVIEWED_SCORE)
         self._record(merge_key)
 
-    def _record(self, merge_key: Any = None) -> None:
-        if self.case is not None and self.history.record(self.case.points(), merge_key=merge_key):
+    def _record(self, merge_key: Any = None, mask_shift: int | None = None) -> None:
+        if self.case is not None and self.history.record(
+            self.case.points(), merge_key=merge_key, mask_shift=mask_shift
+        ):
             self.edited.emit()
         self._refresh()
 
@@ -142,11 +144,13 @@ class PointTools(QWidget):
         self.insert_button.setEnabled(self.case is not None and len(selected) == 2)
 
     # ------------------------------------------------------------------ our edits
-    def _apply(self, new_points: corrections.Points, select: list[int], what: str) -> None:
+    def _apply(
+        self, new_points: corrections.Points, select: list[int], what: str, mask_shift: int | None = None
+    ) -> None:
         assert self.case is not None
         self.case.set_points(new_points, select=select)
         log.debug("%s: %s", self.case.case_id, what)
-        self._record()
+        self._record(mask_shift=mask_shift)
 
     def _selected_global(self) -> list[int]:
         if self.case is None:
@@ -155,15 +159,16 @@ class PointTools(QWidget):
         return [self.case.global_index(kind, i) for i in selected] if kind else []
 
     def shift_all(self, steps: int) -> None:
-        """Rename every point ``steps`` levels down (negative: up)."""
+        """Rename every point ``steps`` levels down (negative: up), and relabel the mask's levels alike."""
         if self.case is None:
             return
         try:
             new = corrections.shift_levels(self.case.points(), steps)
+            self.case.shift_mask_levels(steps)  # refuses before changing anything, as shift_levels does
         except IvdError as exc:
             show_error(str(exc))
             return
-        self._apply(new, self._selected_global(), f"levels shifted by {steps:+d}")
+        self._apply(new, self._selected_global(), f"levels shifted by {steps:+d}", self.history.mask_shift + steps)
 
     def step_selected(self, steps: int) -> None:
         """Move the selected point's level ``steps`` down (negative: up)."""
@@ -205,17 +210,25 @@ class PointTools(QWidget):
         self.case.viewer.layers.selection.active = self.case.points_layers["disc"]
 
     def undo(self) -> None:
-        """Undo the last point edit."""
-        points = self.history.undo()
-        if points is not None and self.case is not None:
-            self.case.set_points(points)
-            self.edited.emit()
-        self._refresh()
+        """Undo the last point edit (an *All levels* shift: of the points and the mask)."""
+        self._step(self.history.undo, self.history.redo)
 
     def redo(self) -> None:
         """Redo the last undone point edit."""
-        points = self.history.redo()
+        self._step(self.history.redo, self.history.undo)
+
+    def _step(self, step: Any, back: Any) -> None:
+        """Move through the history; relabel the mask when the step crosses a level shift."""
+        before = self.history.mask_shift
+        points = step()
         if points is not None and self.case is not None:
-            self.case.set_points(points)
-            self.edited.emit()
+            delta = self.history.mask_shift - before
+            try:
+                self.case.shift_mask_levels(delta)
+            except IvdError as exc:  # e.g. a label painted since that cannot move back: nothing changes
+                back()
+                show_error(f"Cannot undo/redo the level shift of the mask: {exc}")
+            else:
+                self.case.set_points(points)
+                self.edited.emit()
         self._refresh()

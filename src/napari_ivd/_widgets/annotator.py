@@ -7,6 +7,7 @@ runs in a napari worker (see :mod:`._jobs`); the GUI thread only adds and update
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import weakref
 from collections.abc import Callable, Generator
@@ -68,6 +69,11 @@ POINT_UNDO_KEYS = (
 )
 
 
+def _digest(data: np.ndarray) -> bytes:
+    """A fingerprint of a layer's array, to tell later whether it was edited without keeping a copy."""
+    return hashlib.blake2b(np.ascontiguousarray(data).data, digest_size=16).digest()
+
+
 def shortcuts_help() -> str:
     """The shortcut list shown as the widget's tooltip."""
     lines = [f"{key.replace('-', '+')}: {text}" for key, text, _ in SHORTCUTS]
@@ -100,6 +106,8 @@ class AnnotatorWidget(StoreActions, QWidget):
         self._build()
         self._bind_keys()
         self._guarded_window: weakref.ReferenceType[QObject] | None = None
+        self._close_after_training: weakref.ReferenceType[QObject] | None = None
+        self.train_panel.run_done.connect(self._training_ended)
         self._set_busy(False)
 
     # ------------------------------------------------------------------ layout
@@ -365,26 +373,49 @@ class AnnotatorWidget(StoreActions, QWidget):
             return
         store, case_id, volume = self.store, self.case.case_id, self.case.volume
         model, device = self.models.current(), self.device_box.currentText()
+        started = self.case.points(), _digest(self.case.labels.data)  # to tell edits made meanwhile
 
         def steps() -> Generator[Any, None, Any]:
             prediction, proposal = yield from worklist.predict_case_steps(store, case_id, volume, model, device)
             return prediction, proposal, prepare_labels(prediction.mask_tss, volume)
 
-        self._run(steps, f"Predict {case_id}", self._show_prediction, worklist.PREDICT_STEPS)
+        self._run(
+            steps, f"Predict {case_id}", lambda result: self._show_prediction(result, started), worklist.PREDICT_STEPS
+        )
 
-    def _show_prediction(self, result: tuple[Any, Any, Any]) -> None:
+    def _show_prediction(self, result: tuple[Any, Any, Any], started: tuple[corrections.Points, bytes]) -> None:
+        """Show the prediction; layers the user edited while it ran are kept unless the user chooses otherwise."""
         prediction, proposal, labels = result
         if self.case is None:
             return
-        self.case.set_points(prediction_points(prediction))
-        self.case.set_mask(labels)
+        case_id = self.case.case_id
+        predicted = tuple(prediction_points(prediction))
+        edited = [
+            name
+            for name, changed in (
+                ("points", not corrections.same_points(self.case.points(), started[0])),
+                ("mask", _digest(self.case.labels.data) != started[1]),
+            )
+            if changed
+        ]
+        keep = bool(edited) and self.dialogs.ask_prediction_over_edits(case_id, edited) == "keep"
+        if not (keep and "points" in edited):
+            self.case.set_points(predicted)
+        if not (keep and "mask" in edited):
+            self.case.set_mask(labels)
         self.origin = f"model:{proposal.model}"  # the model version, as the proposal names it: it cannot judge it
         self.tools.reset_history()
         self._set_baseline()
+        if keep:  # the baseline is the prediction, so the kept edits count as unsaved
+            self._baseline_points, self._baseline_mask = predicted, np.array(labels[0], copy=True)
+            self._update_status()
+            show_info(
+                f"{case_id}: your edits to the {' and the '.join(edited)} made during the prediction are kept "
+                "(unsaved); the prediction is kept in the case's history as a proposal"
+            )
         self._refresh_row()
         if not prediction.structures:
-            show_warning(f"{self.case.case_id}: the model found no disc or vertebra; annotate by hand")
-        case_id = self.case.case_id
+            show_warning(f"{case_id}: the model found no disc or vertebra; annotate by hand")
 
         def go_to_spine() -> None:  # a turn of its own: re-slicing every layer redraws the canvas
             if self.case is not None and self.case.case_id == case_id:
@@ -480,8 +511,35 @@ class AnnotatorWidget(StoreActions, QWidget):
             window.installEventFilter(self)
             self._guarded_window = weakref.ref(window)  # a strong one would keep napari's window alive
 
+    def _training_blocks_close(self, window: QObject) -> bool:
+        """True when a fine-tuning run must stop before ``window`` closes; asks the user first.
+
+        Stopping takes until the end of the current epoch, so the close waits: the run is
+        cancelled (nothing stored) and the window closes once it has ended.
+        """
+        if not self.train_panel.running:
+            return False
+        if self._close_after_training is not None:
+            show_info("Fine-tune: still stopping the run; napari closes once it has stopped")
+            return True
+        if self.dialogs.ask_stop_training() == "stop":
+            self._close_after_training = weakref.ref(window)
+            self.train_panel.cancel()
+            show_info("Fine-tune: stopping the run at the end of this epoch; napari closes once it has stopped")
+        return True
+
+    def _training_ended(self) -> None:
+        """Close the window whose close waited for the fine-tuning run to stop."""
+        window = self._close_after_training() if self._close_after_training is not None else None
+        self._close_after_training = None
+        if window is not None:
+            QTimer.singleShot(0, window.close)
+
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        """Ask before napari's window closes over unsaved edits."""
+        """Ask before napari's window closes over a running fine-tuning or unsaved edits."""
+        if event.type() == QEvent.Type.Close and self._training_blocks_close(watched):
+            event.ignore()
+            return True
         if event.type() == QEvent.Type.Close and self.has_unsaved_changes():
             answer = self.dialogs.ask_unsaved(self.case_id, "close napari")
             if answer == "cancel":

@@ -32,8 +32,12 @@ def can_read(path: str | Path) -> bool:
     return is_nifti_path(path) or looks_like_dicom_folder(Path(path))
 
 
-def read_volume(path: str | Path) -> Volume:
+def read_volume(path: str | Path, max_image_gb: float | None = None) -> Volume:
     """Open a NIfTI file or a DICOM series folder as a :class:`Volume`.
+
+    Images whose header declares more than ``max_image_gb`` (default
+    ``$NAPARI_IVD_MAX_IMAGE_GB`` or a quarter of the machine's memory) are refused before
+    their voxels are read.
 
     Raises
     ------
@@ -42,7 +46,7 @@ def read_volume(path: str | Path) -> Volume:
     """
     path = Path(path)
     if path.is_dir():
-        return read_dicom_series(path)
+        return read_dicom_series(path, max_image_gb)
     if is_nifti_path(path):
-        return read_nifti(path)
+        return read_nifti(path, max_image_gb)
     raise UnreadableFileError(f"{path}: not a NIfTI file (.nii, .nii.gz) or a DICOM series folder")

@@ -29,6 +29,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from napari_ivd.errors import DicomSeriesError, GeometryError, UnreadableFileError, UnsupportedScanError
+from napari_ivd.io.limits import check_image_size
 from napari_ivd.io.volume import Volume, checked_volume
 
 log = logging.getLogger(__name__)
@@ -372,17 +373,45 @@ def _decode_pixels(s: _Slice) -> NDArray[np.generic]:
     return pixels
 
 
+def _pixel_dtype(s: _Slice) -> np.dtype:
+    """The type pydicom decodes a slice to, from BitsAllocated and PixelRepresentation."""
+    try:
+        n_bytes = max(1, -(-int(s.header.get("BitsAllocated", 16) or 16) // 8))
+        signed = int(s.header.get("PixelRepresentation", 0) or 0) == 1
+    except (TypeError, ValueError):
+        n_bytes, signed = 2, False
+    itemsize = next((size for size in (1, 2, 4) if size >= n_bytes), 8)
+    return np.dtype(f"{'i' if signed else 'u'}{itemsize}")
+
+
+def _check_series_size(folder: Path, slices: Sequence[_Slice], max_image_gb: float | None) -> None:
+    """Refuse a series whose Rows x Columns x slices exceed the memory limit, before decoding any pixel."""
+    first = slices[0]
+    trivial = all(_rescale(s) == (1.0, 0.0) for s in slices)
+    dtype = _pixel_dtype(first) if trivial else np.dtype(np.float32)
+    shape = (int(first.header.Columns), int(first.header.Rows), len(slices))
+    check_image_size(folder, shape, dtype, max_image_gb)
+
+
 def _pixel_volume(sorted_slices: Sequence[_Slice]) -> NDArray[np.generic]:
-    """Stack decoded slices as array[i=column, j=row, k=slice], applying Rescale slope/intercept."""
+    """Stack decoded slices as array[i=column, j=row, k=slice], applying Rescale slope/intercept.
+
+    Each slice is decoded straight into one preallocated stack, so the series is held once.
+    """
     rescales = [_rescale(s) for s in sorted_slices]
     trivial = all(slope == 1.0 and intercept == 0.0 for slope, intercept in rescales)
-    frames = [_decode_pixels(s) for s in sorted_slices]
-    if trivial:
-        stack = np.stack(frames)
-    else:
-        stack = np.empty((len(frames), *frames[0].shape), dtype=np.float32)
-        for k, (frame, (slope, intercept)) in enumerate(zip(frames, rescales, strict=True)):
+    stack: NDArray[np.generic] | None = None
+    for k, (s, (slope, intercept)) in enumerate(zip(sorted_slices, rescales, strict=True)):
+        frame = _decode_pixels(s)
+        if stack is None:
+            stack = np.empty((len(sorted_slices), *frame.shape), dtype=frame.dtype if trivial else np.float32)
+        elif trivial and not np.can_cast(frame.dtype, stack.dtype):  # slices stored with different types
+            stack = stack.astype(np.result_type(stack.dtype, frame.dtype))
+        if trivial:
+            stack[k] = frame
+        else:
             stack[k] = frame.astype(np.float64) * slope + intercept
+    assert stack is not None  # a series has at least one slice
     # (slice, row, column) -> (column, row, slice); a transposed view, i.e. Fortran order like nibabel's arrays.
     return stack.transpose(2, 1, 0)
 
@@ -404,13 +433,15 @@ def _single_slice_step(s: _Slice, normal: NDArray[np.float64]) -> NDArray[np.flo
     return normal
 
 
-def read_dicom_series(folder: Path) -> Volume:
+def read_dicom_series(folder: Path, max_image_gb: float | None = None) -> Volume:
     """Read the single DICOM series in ``folder`` as a :class:`Volume` in NIfTI RAS space.
 
     Files that are not DICOM images (text, DICOMDIR, hidden files, reports) are skipped.
     Slices are ordered by position along the slice normal, never by file name or
     InstanceNumber, and the slice spacing is measured from the positions. Rescale
-    slope/intercept are applied (float32 output when they are not 1/0).
+    slope/intercept are applied (float32 output when they are not 1/0). Rows x Columns x
+    slices is checked against the memory limit (``max_image_gb``, default
+    ``$NAPARI_IVD_MAX_IMAGE_GB`` or a quarter of the memory) before any pixel is decoded.
 
     Raises
     ------
@@ -421,6 +452,8 @@ def read_dicom_series(folder: Path) -> Volume:
         Zero or negative PixelSpacing.
     UnreadableFileError
         Folder missing, a file corrupt, or compressed pixel data with no decoder installed.
+    ImageTooLargeError
+        The series holds more voxels than the limit allows.
     UnsupportedScanError
         A single slice, colour images, or no finite voxel (from :func:`checked_volume`).
     """
@@ -450,6 +483,7 @@ def read_dicom_series(folder: Path) -> Volume:
         )
     series = _group_series(folder, slices)
     _check_single_frame_grayscale(folder, series)
+    _check_series_size(folder, series, max_image_gb)
     _check_geometry_present(folder, series)
     row_cos, col_cos, pixel_spacing = _in_plane_geometry(folder, series)
     normal = np.cross(row_cos, col_cos)

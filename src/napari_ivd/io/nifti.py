@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import zlib
 from pathlib import Path
 
@@ -15,10 +16,13 @@ from nibabel.spatialimages import HeaderDataError
 
 from napari_ivd.errors import GeometryError, UnreadableFileError
 from napari_ivd.io.geometry import VolumeGeometry
+from napari_ivd.io.limits import check_image_size
 from napari_ivd.io.volume import NIFTI_SUFFIXES, Volume, checked_volume
 
 log = logging.getLogger(__name__)
 
+#: Bytes decompressed at a time when reading a compressed file.
+_READ_CHUNK_BYTES = 1 << 26
 # What nibabel, gzip and numpy raise for truncated, corrupt or mislabelled files.
 _DECODE_ERRORS = (ImageFileError, HeaderDataError, gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError)
 
@@ -62,16 +66,60 @@ def _file_affine(img: nib.Nifti1Image, path: Path) -> np.ndarray:
         raise GeometryError(f"{path}: the header's orientation is invalid ({exc})") from exc
 
 
-def read_nifti(path: str | Path) -> Volume:
+def _stored_voxels(img: nib.Nifti1Image, path: Path) -> np.ndarray:
+    """The voxels as stored (no scale factor applied), held once in memory.
+
+    An uncompressed file is memory-mapped copy-on-write, as nibabel does. A compressed one
+    is decompressed chunk by chunk straight into the array: nibabel's own reader holds the
+    whole decompressed data twice (Python's gzip returns a full-size bytes object before it
+    is copied), and touches all of it before finding out that the file is truncated.
+    """
+    if path.name.lower().endswith(".nii"):
+        return np.asanyarray(img.dataobj.get_unscaled())
+    proxy = img.dataobj  # where the voxels start, their type and order, as nibabel parsed them
+    shape = tuple(int(n) for n in proxy.shape)
+    flat = np.empty(math.prod(shape), proxy.dtype)
+    buffer = flat.view(np.uint8)
+    done = 0
+    with ImageOpener(path) as fileobj:
+        fileobj.seek(int(proxy.offset))
+        while done < buffer.size:
+            n_read = fileobj.readinto(buffer[done : done + _READ_CHUNK_BYTES])
+            if not n_read:
+                break
+            done += n_read
+    if done < buffer.size:
+        raise UnreadableFileError(
+            f"{path}: the file is truncated ({done} of the {buffer.size} bytes of voxel data its header declares); "
+            "copy or download it again"
+        )
+    return flat.reshape(shape, order=proxy.order)
+
+
+def read_nifti(path: str | Path, max_image_gb: float | None = None) -> Volume:
     """Read a NIfTI file into a :class:`Volume` on the file's own voxel grid.
 
-    The whole file is decoded here (not lazily) so that a truncated download fails now,
-    with the file named, rather than later inside the viewer.
+    The header's declared size is checked against the memory limit before any voxel is
+    read (see :mod:`napari_ivd.io.limits`). The whole file is then decoded here (not
+    lazily) so that a truncated download fails now, with the file named, rather than later
+    inside the viewer. Voxels keep the file's type; a header with a scale factor
+    (``scl_slope``/``scl_inter``) gives float32, not nibabel's float64, so a large scan is
+    not held at four times its size.
+
+    Parameters
+    ----------
+    path : Path
+        A ``.nii`` or ``.nii.gz`` file.
+    max_image_gb : float, optional
+        Refuse images larger than this in memory (GB); default ``$NAPARI_IVD_MAX_IMAGE_GB``
+        or a quarter of the machine's memory.
 
     Raises
     ------
     UnreadableFileError
         Missing, truncated, corrupt or not NIfTI.
+    ImageTooLargeError
+        The header declares more voxels than the limit allows.
     UnsupportedScanError
         Not a 3D volume, or no finite voxel.
     GeometryError
@@ -80,10 +128,20 @@ def read_nifti(path: str | Path) -> Volume:
     path = Path(path)
     img = _load_image(path)
     affine = _file_affine(img, path)
+    proxy = img.dataobj
+    slope, inter = float(proxy.slope), float(proxy.inter)
+    scaled = (slope, inter) != (1.0, 0.0)
+    stored = img.get_data_dtype()
+    in_memory = np.result_type(stored, np.float32) if scaled else stored
+    check_image_size(path, img.shape, in_memory, max_image_gb)
     try:
-        data = np.asanyarray(img.dataobj)
+        data = _stored_voxels(img, path)
     except _DECODE_ERRORS as exc:
         raise UnreadableFileError(f"{path}: the voxel data cannot be decoded; is the file truncated? ({exc})") from exc
+    if scaled:
+        data = data.astype(in_memory)  # one copy, then scaled in place
+        data *= in_memory.type(slope)
+        data += in_memory.type(inter)
     volume = checked_volume(data, affine, path)
     log.debug("read %s: shape %s, %s", path, data.shape, "".join(volume.geometry.axcodes))
     return volume

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,12 +55,44 @@ class Volume:
         return nifti_stem(self.path)
 
 
+#: Voxels checked at a time for NaN/Inf: a boolean mask of the whole volume would cost a quarter of a float32 copy.
+_CHUNK_VOXELS = 1 << 24
+
+
+def iter_slabs(array: np.ndarray, axis: int, max_voxels: int) -> Iterator[np.ndarray]:
+    """Views of ``array`` in slabs along ``axis`` of at most about ``max_voxels`` voxels each (at least one plane).
+
+    For whole-volume work (counts, relabelling) without whole-volume temporaries; slab
+    along the array's slowest axis (the last for nibabel's Fortran order) to keep each contiguous.
+    """
+    plane = math.prod(n for i, n in enumerate(array.shape) if i != axis % array.ndim)
+    step = max(1, max_voxels // max(1, plane))
+    index: list[slice] = [slice(None)] * array.ndim
+    for start in range(0, array.shape[axis], step):
+        index[axis] = slice(start, start + step)
+        yield array[tuple(index)]
+
+
+def _count_non_finite(data: np.ndarray) -> int:
+    slabs = iter_slabs(data, -1, _CHUNK_VOXELS)
+    return sum(int(chunk.size - np.count_nonzero(np.isfinite(chunk))) for chunk in slabs)
+
+
+def _zero_non_finite(data: np.ndarray) -> np.ndarray:
+    """``data`` with NaN/Inf set to 0: in place when the reader's array is writable, else on one copy."""
+    out = data if data.flags.writeable else np.array(data)
+    for chunk in iter_slabs(out, -1, _CHUNK_VOXELS):
+        np.copyto(chunk, 0, where=~np.isfinite(chunk))
+    return out
+
+
 def checked_volume(array: ArrayLike, affine: ArrayLike, path: Path) -> Volume:
     """Validate what a reader decoded and wrap it as a :class:`Volume`.
 
     Shared by every reader so bad input is refused the same way whatever the format.
     Trailing singleton dimensions (a 4D file with one time point) are dropped.
-    Non-finite voxels are shown as 0 with an :class:`IvdWarning`; the file is untouched.
+    Non-finite voxels are shown as 0 with an :class:`IvdWarning`; the file is untouched
+    (the reader's own array is repaired in place, so a large volume is not copied).
 
     Raises
     ------
@@ -83,9 +117,8 @@ def checked_volume(array: ArrayLike, affine: ArrayLike, path: Path) -> Volume:
     if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
         raise UnsupportedScanError(f"{path}: voxel type {data.dtype} is not a real-valued image")
     if np.issubdtype(data.dtype, np.floating):
-        finite = np.isfinite(data)
-        n_bad = int(finite.size - np.count_nonzero(finite))
-        if n_bad == finite.size:
+        n_bad = _count_non_finite(data)
+        if n_bad == data.size:
             raise UnsupportedScanError(f"{path}: every voxel is NaN or Inf; there is no image to show")
         if n_bad:
             warnings.warn(
@@ -93,6 +126,6 @@ def checked_volume(array: ArrayLike, affine: ArrayLike, path: Path) -> Volume:
                 IvdWarning,
                 stacklevel=2,
             )
-            data = np.where(finite, data, 0).astype(data.dtype)
+            data = _zero_non_finite(data)
     geometry = VolumeGeometry(np.asarray(affine, dtype=np.float64), data.shape, str(path))  # type: ignore[arg-type]
     return Volume(data, geometry, Path(path))

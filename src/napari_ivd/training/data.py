@@ -38,6 +38,7 @@ __all__ = [
     "OUTPUT_STRIDE",
     "SampleConfig",
     "SliceDataset",
+    "intensity_range",
     "normalize_volume",
     "resample_slice",
 ]
@@ -50,12 +51,13 @@ _PERCENTILES = (0.5, 99.5)
 _SEG_KINDS = ("vertebra", "disc")  # seg channel order
 
 
-def _intensity_range(array: np.ndarray) -> tuple[float, float]:
+def intensity_range(array: np.ndarray) -> tuple[float, float]:
+    """The volume's 0.5 / 99.5 intensity percentiles: the range :func:`normalize_volume` maps to [0, 1]."""
     lo, hi = np.percentile(array, _PERCENTILES)
     return float(lo), float(hi)
 
 
-def normalize_volume(array: np.ndarray) -> np.ndarray:
+def normalize_volume(array: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Clip a volume to its 0.5 / 99.5 intensity percentiles and scale it to [0, 1].
 
     One normalisation for training and inference, so a model sees the same intensities
@@ -64,16 +66,21 @@ def normalize_volume(array: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     array : (...) real array
-        Intensities of the whole volume.
+        Intensities of the whole volume, or of part of it when ``value_range`` is given.
+    value_range : (float, float), optional
+        The whole volume's range (:func:`intensity_range`), to normalise it slice by slice
+        without a float copy of all of it.
 
     Returns
     -------
     (...) float32 array in [0, 1]
     """
-    lo, hi = _intensity_range(array)
+    lo, hi = value_range or intensity_range(array)
     if not hi > lo:
         return np.zeros(np.shape(array), dtype=np.float32)
-    out = (np.asarray(array, dtype=np.float32) - np.float32(lo)) / np.float32(hi - lo)
+    out = np.array(array, dtype=np.float32)  # the one float copy, scaled in place
+    out -= np.float32(lo)
+    out /= np.float32(hi - lo)
     return np.clip(out, 0.0, 1.0, out=out)
 
 
@@ -333,7 +340,7 @@ def _prepare(case: LabelledCase, cfg: SampleConfig) -> _Prepared:
         name=case.name,
         image=image,
         spacing_mm=spacing,
-        intensity_range=_intensity_range(case.volume.array),
+        intensity_range=intensity_range(case.volume.array),
         labels=labels,
         is_kind=is_kind,
         kind_rows=tuple(kind_rows),
