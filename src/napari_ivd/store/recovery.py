@@ -193,6 +193,11 @@ def repair_case(store: AnnotationStore, case_id: str) -> RepairResult:
     restored = tuple(e for e, _ in revisions[len(base.revisions) :]) + tuple(
         p for p, _ in proposals[len(base.proposals) :]
     )
+    for group, entries in ((schema.REVISIONS, base.revisions), (schema.PROPOSALS, base.proposals)):
+        for entry_id, digest in entries:  # listed by HEAD, so committed: mark those that lack it
+            mark = schema.case_key(case_id, group, entry_id, schema.COMMITTED)
+            if keys.get(mark) is None:
+                keys.write(mark, digest.encode())
     if restored or head is None:
         status = (
             base.status if head is not None else ("in progress" if revisions else "proposed" if proposals else "new")

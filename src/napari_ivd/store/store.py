@@ -762,8 +762,9 @@ class AnnotationStore:
                 self._keys.delete(schema.case_key(case_id, name))
         self._keys.put(schema.case_key(case_id, schema.HEAD), head.to_json())
         for group, entries in ((schema.REVISIONS, head.revisions), (schema.PROPOSALS, head.proposals)):
-            if entries:  # mark the newest entry committed (earlier ones were marked by their own commit)
-                entry_id, digest = entries[-1]
+            # mark the newest two: the one just committed, and its predecessor in case a writer
+            # was killed between its HEAD and its mark (earlier ones were marked by later commits)
+            for entry_id, digest in entries[-2:]:
                 mark = schema.case_key(case_id, group, entry_id, schema.COMMITTED)
                 if self._keys.get(mark) is None:
                     self._keys.write(mark, digest.encode())
@@ -1064,6 +1065,12 @@ class AnnotationStore:
             case_ids = [c for c in case_ids if self.has_case(c) or committed_entries(self._keys, c)]
         with self._lock.hold("repair"):
             return [repair_case(self, case_id) for case_id in case_ids]
+
+    def lost_entries(self, case_id: str) -> list[str]:
+        """Revisions/proposals committed once but no longer listed by ``HEAD`` (it was rolled back): see ``repair``."""
+        from napari_ivd.store.recovery import find_lost_entries
+
+        return find_lost_entries(self._keys, case_id, self._head(case_id))
 
     def info(self) -> dict[str, Any]:
         """A JSON-able summary: settings, size, writer lock, cases and models."""
