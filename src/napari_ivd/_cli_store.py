@@ -64,6 +64,12 @@ def run_export(args: argparse.Namespace) -> int:
         raise IvdError("--revision names a revision of one case; give --case too")
     if args.out.exists() and not args.out.is_dir():
         raise IvdError(f"--out {args.out} is a file; give a folder (it is created if absent)")
+    lost = [] if args.case else store.lost_cases()
+    if lost:
+        raise IvdError(
+            f"{store.location}: case(s) {', '.join(lost)} lost their HEAD; nothing exported. "
+            f"Run `napari-ivd store repair {store.location}` first"
+        )
     case_ids = [args.case] if args.case else store.case_ids()
     if not case_ids:
         raise IvdError(f"{store.location}: holds no case to export")

@@ -1066,6 +1066,15 @@ class AnnotationStore:
         with self._lock.hold("repair"):
             return [repair_case(self, case_id) for case_id in case_ids]
 
+    def lost_cases(self) -> list[str]:
+        """Case folders without ``HEAD`` that hold committed records: their ``HEAD`` was lost (see ``repair``)."""
+        names = [c for c in self._keys.children(schema.CASES) if c != schema.ZARR_JSON and not c.startswith(".")]
+        return [
+            c
+            for c in names
+            if self._keys.get(schema.case_key(c, schema.HEAD)) is None and committed_entries(self._keys, c)
+        ]
+
     def lost_entries(self, case_id: str) -> list[str]:
         """Revisions/proposals committed once but no longer listed by ``HEAD`` (it was rolled back): see ``repair``."""
         from napari_ivd.store.recovery import find_lost_entries
