@@ -134,7 +134,7 @@ class AnnotationStore:
         root = keys.get(schema.ZARR_JSON)
         if root is None:
             present = [c for c in keys.children("") if not c.startswith(".")] if keys.exists() else []
-            if present:
+            if present and not cls._interrupted_creation(keys, present):
                 raise StoreError(
                     f"{keys.location}: holds {', '.join(present[:5])} but no zarr.json: a half-written store "
                     "(its creation was interrupted) or not a zarr store; move it aside and import again"
@@ -154,6 +154,15 @@ class AnnotationStore:
     def exists(location: str | Path, storage_options: dict[str, Any] | None = None) -> bool:
         """True when a store (complete or not: any root ``zarr.json``) is at ``location``."""
         return open_keys(location, storage_options).get(schema.ZARR_JSON) is not None
+
+    @staticmethod
+    def _interrupted_creation(keys: KeyValue, present: list[str]) -> bool:
+        """True when ``present`` is what a killed :meth:`_create` leaves: empty groups only (safe to redo)."""
+        return set(present) <= {schema.CASES, schema.MODELS} and all(
+            {f for f in keys.files(group) if not f.rsplit("/", 1)[-1].startswith(".")}  # temp files aside
+            <= {f"{group}/{schema.ZARR_JSON}"}
+            for group in present
+        )
 
     @staticmethod
     def _create(keys: KeyValue, mask_chunk_vox: tuple[int, int, int], keyframe_every: int) -> None:
