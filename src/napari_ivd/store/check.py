@@ -264,7 +264,7 @@ def check_store(store: AnnotationStore, case_ids: Iterable[str] | None = None) -
                     f"case {name}: files of an interrupted import, never committed (the next import redoes it)"
                 )
     for model_id in keys.children(schema.MODELS):
-        if model_id == schema.ZARR_JSON:
+        if model_id == schema.ZARR_JSON or model_id.startswith("."):  # temp files of interrupted writes
             continue
         try:
             record = read_model_record(keys, model_id)
