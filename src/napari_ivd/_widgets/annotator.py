@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any
 
 import napari
@@ -72,6 +73,13 @@ def shortcuts_help() -> str:
     """The shortcut list shown as the widget's tooltip."""
     lines = [f"{key.replace('-', '+')}: {text}" for key, text, _ in SHORTCUTS]
     return "Keyboard shortcuts (in the viewer canvas):\n" + "\n".join(lines) + "\n" + POINT_UNDO_KEYS
+
+
+@dataclass(frozen=True)
+class _Conflict:
+    """A save refused because someone saved meanwhile (a returned exception would count as a failure)."""
+
+    error: StoreConflictError
 
 
 class AnnotatorWidget(StoreActions, QWidget):
@@ -426,8 +434,8 @@ class AnnotatorWidget(StoreActions, QWidget):
         kwargs = {**self._save_kwargs(source, on_conflict), "status": status}
 
         def done(info: Any) -> None:
-            if isinstance(info, StoreConflictError):
-                self._after_job.append(lambda: self._resolve_conflict(case_id, info, status, then))
+            if isinstance(info, _Conflict):
+                self._after_job.append(lambda: self._resolve_conflict(case_id, info.error, status, then))
                 return
             if self.case_id == case_id:
                 self.parent_revision, self.origin, self.proposal = info.revision_id, source, None
@@ -442,7 +450,7 @@ class AnnotatorWidget(StoreActions, QWidget):
             try:
                 return (yield from worklist.call_steps("saving", store.save_revision, case_id, points, mask, **kwargs))
             except StoreConflictError as exc:  # not an error to report: a choice for the user
-                return exc
+                return _Conflict(exc)
 
         self._run(steps, f"Save {case_id}", done, 1)
 
