@@ -156,7 +156,11 @@ def _check_content(
 
 def _leftovers(store: AnnotationStore, report: CheckReport, head: Head) -> None:
     keys = store._keys
-    lost = find_lost_entries(keys, head.case_id, head)
+    try:
+        lost = find_lost_entries(keys, head.case_id)
+    except StoreError as exc:  # HEAD became unreadable since it was read: a problem of its own
+        report.problems.append(str(exc))
+        lost = []
     if lost:
         report.problems.append(
             f"case {head.case_id}: {', '.join(lost)} were committed but HEAD (head {head.head or '-'}) no longer "

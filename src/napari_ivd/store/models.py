@@ -211,9 +211,11 @@ def read_active_model(keys: KeyValue) -> ActiveModel | None:
     if data is None:
         return None
     try:
-        return ActiveModel(**json.loads(data))
-    except (ValueError, TypeError) as exc:
+        active = ActiveModel(**json.loads(data))
+        schema.check_case_id(active.model, "active model")  # a name or id, never a path
+    except (ValueError, TypeError, StoreError) as exc:
         raise StoreError(f"{keys.location}: {schema.ACTIVE_MODEL} is damaged ({exc}); choose the model again") from exc
+    return active
 
 
 def write_active_model(keys: KeyValue, model: str, stored: bool, reason: str, author: str) -> ActiveModel:

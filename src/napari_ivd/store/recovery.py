@@ -50,10 +50,24 @@ def committed_entries(keys: KeyValue, case_id: str) -> list[str]:
     return found
 
 
-def find_lost_entries(keys: KeyValue, case_id: str, head: Head | None) -> list[str]:
-    """Committed (marked) entries that ``head`` does not list: everything when ``head`` is None."""
+def find_lost_entries(keys: KeyValue, case_id: str) -> list[str]:
+    """Committed (marked) entries that the case's ``HEAD`` does not list: all of them when it has none.
+
+    ``HEAD`` is read *after* the marks are listed: a mark is written after the ``HEAD`` that
+    lists its entry, so a writer committing meanwhile is never taken for a rollback.
+
+    Raises
+    ------
+    StoreError
+        ``HEAD`` is unreadable.
+    """
+    marked = committed_entries(keys, case_id)
+    if not marked:
+        return []
+    data = keys.get(schema.case_key(case_id, schema.HEAD))
+    head = None if data is None else Head.from_json(data, f"{keys.location} case {case_id}")
     listed = set() if head is None else {*head.revision_ids, *head.proposal_ids}
-    return [e for e in committed_entries(keys, case_id) if e not in listed]
+    return [e for e in marked if e not in listed]
 
 
 @dataclass(frozen=True)

@@ -129,12 +129,17 @@ def check_case_id(case_id: str, what: str = "case id") -> str:
         When it is empty, too long, or holds characters other than letters, digits, ``.``,
         ``_`` and ``-`` (or starts with one of the last three).
     """
-    if not isinstance(case_id, str) or _CASE_ID_RE.fullmatch(case_id) is None:
+    if not is_case_id(case_id):
         raise StoreError(
             f"{what} {case_id!r} is not usable: use 1–128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (e.g. VB2_case-07)"
         )
     return case_id
+
+
+def is_case_id(name: str) -> bool:
+    """True when ``name`` can be a case (or model) id: see :func:`check_case_id`."""
+    return isinstance(name, str) and _CASE_ID_RE.fullmatch(name) is not None
 
 
 def check_source(source: str) -> str:

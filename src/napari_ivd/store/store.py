@@ -159,8 +159,7 @@ class AnnotationStore:
     def _interrupted_creation(keys: KeyValue, present: list[str]) -> bool:
         """True when ``present`` is what a killed :meth:`_create` leaves: empty groups only (safe to redo)."""
         return set(present) <= {schema.CASES, schema.MODELS} and all(
-            {f for f in keys.files(group) if not f.rsplit("/", 1)[-1].startswith(".")}  # temp files aside
-            <= {f"{group}/{schema.ZARR_JSON}"}
+            {c for c in keys.children(group) if not c.startswith(".")} <= {schema.ZARR_JSON}  # temp files aside
             for group in present
         )
 
@@ -299,7 +298,7 @@ class AnnotationStore:
             c
             for c in self._keys.children(schema.CASES)
             if c != schema.ZARR_JSON
-            and not c.startswith(".")
+            and schema.is_case_id(c)
             and self._keys.get(schema.case_key(c, schema.HEAD)) is not None
         ]
 
@@ -1088,7 +1087,8 @@ class AnnotationStore:
         """Revisions/proposals committed once but no longer listed by ``HEAD`` (it was rolled back): see ``repair``."""
         from napari_ivd.store.recovery import find_lost_entries
 
-        return find_lost_entries(self._keys, case_id, self._head(case_id))
+        self._head(case_id)  # no such case: a clear error
+        return find_lost_entries(self._keys, case_id)
 
     def info(self) -> dict[str, Any]:
         """A JSON-able summary: settings, size, writer lock, cases and models."""
