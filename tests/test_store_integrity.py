@@ -66,6 +66,7 @@ def test_a_deleted_head_is_reported_reimport_keeps_the_revisions_and_repair_rest
     with pytest.raises(StoreError, match=r"holds committed r000001.*store repair"):  # re-import never wipes
         AnnotationStore.open(loc).add_case(_image_volume(), CASE)
     assert _snapshot(Path(loc)) == before
+    assert "LOST HEAD  crash" in _run(capsys, "store", "info", loc)[1]
     code, out = _run(capsys, "store", "repair", loc)
     assert code == 0 and "restored r000001, r000002, r000003, p000001; head is now r000003" in out
     fresh = AnnotationStore.open(loc)
@@ -98,6 +99,20 @@ def test_a_rolled_back_head_is_reported_a_save_on_it_deletes_nothing_and_repair_
     fresh = AnnotationStore.open(loc)
     assert fresh.case(CASE).head == "r000003" and fresh.check().ok
     np.testing.assert_array_equal(fresh.load(CASE).mask_tss, r3.mask_tss)
+
+
+def test_repair_restores_only_what_verifies_and_says_what_it_left(three, capsys):
+    loc, head = three.location, _case(three) / "HEAD"
+    old = json.loads(head.read_text())
+    old["revisions"], old["head"] = old["revisions"][:1], "r000001"
+    head.write_text(json.dumps(old))
+    masks = _case(three) / "revisions" / "masks"
+    [chunk] = [p for p in masks.iterdir() if p.name.startswith("c.3.")]
+    chunk.write_bytes(b"garbage")  # r000003's delta is damaged: r000002 comes back, r000003 stays on disk
+    code, out = _run(capsys, "store", "repair", loc)
+    assert code == 1 and "restored r000002; head is now r000002; left out (damaged, kept on disk): r000003" in out
+    assert (_case(three) / "revisions" / "r000003" / "zarr.json").is_file() and chunk.is_file()
+    assert AnnotationStore.open(loc).case(CASE).head == "r000002"
 
 
 # ----------------------------------------------------------------- every read verifies

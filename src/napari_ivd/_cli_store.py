@@ -92,6 +92,11 @@ def format_info(info: dict[str, Any]) -> str:
         f"models     {', '.join(info['models']) or 'none'}",
         f"cases      {len(info['cases'])}",
     ]
+    if info.get("lost_head"):
+        lines.append(
+            f"LOST HEAD  {', '.join(info['lost_head'])}: committed revisions no HEAD lists; "
+            f"run `napari-ivd store repair {info['location']}`"
+        )
     if info["cases"]:
         lines.append(f"  {'case':28s} {'status':12s} {'head':8s} {'revs':>4s} {'props':>5s} {'shape':>14s} orient")
     for c in info["cases"]:

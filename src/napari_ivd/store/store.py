@@ -1116,4 +1116,5 @@ class AnnotationStore:
             "cases": cases,
             "models": [m.model_id for m in self.list_models()],
             "active_model": None if (active := self.active_model()) is None else active.model,
+            "lost_head": self.lost_cases(),
         }
