@@ -4,8 +4,10 @@ Run after a crash, before a training run, or in a nightly job. Every committed r
 and proposal is read back as a reader would (records, points, masks rebuilt from their
 keyframes and deltas) and compared with the sha256 its commit recorded; parents and
 restore sources must be earlier committed revisions; images must match their digest;
-stored models their card. What an interrupted writer left behind (never committed, never
-read) is listed as a note, not a problem: the next writer overwrites it.
+stored models their card. A case whose ``HEAD`` is missing or rolled back (records with a
+``COMMITTED`` mark that it does not list) is a problem, fixed by ``napari-ivd store repair``.
+What an interrupted writer left behind (never committed, never read) is listed as a note,
+not a problem: the next writer overwrites it.
 """
 
 from __future__ import annotations
