@@ -75,7 +75,9 @@ def _check_entries(
     missing_marks: list[str] = []
     entries = head.revisions if group == schema.REVISIONS else head.proposals
     marks = {
-        e: m for e, _ in entries if (m := store._keys.get(schema.case_key(head.case_id, group, e, schema.COMMITTED)))
+        e: m
+        for e, _ in entries
+        if (m := store._keys.get(schema.case_key(head.case_id, group, e, schema.COMMITTED))) is not None
     }
     for position, (entry_id, digest) in enumerate(entries, start=1):
         where = f"case {head.case_id} {entry_id}"
@@ -93,12 +95,11 @@ def _check_entries(
                 f"{where}: record does not match the sha256 its commit recorded (changed after commit)"
             )
         mark = marks.get(entry_id)
-        if mark is None and marks and position < len(entries) - 1:  # the next commits would have marked it
-            report.problems.append(f"{where}: its COMMITTED mark is missing (deleted after its commit)")
-        elif mark is None:
-            missing_marks.append(entry_id)
+        if mark != digest.encode() and marks and position < len(entries) - 1:  # later commits would have marked it
+            state = "missing" if mark is None else "does not match the sha256 its commit recorded"
+            report.problems.append(f"{where}: its COMMITTED mark {state} (damaged after its commit)")
         elif mark != digest.encode():
-            report.problems.append(f"{where}: its COMMITTED mark does not match the sha256 its commit recorded")
+            missing_marks.append(entry_id)
         if group == schema.REVISIONS:
             parent = record.get("parent")
             if parent != (committed[-1] if committed else None):
@@ -113,9 +114,9 @@ def _check_entries(
         committed.append(entry_id)
     if missing_marks:
         report.notes.append(
-            f"case {head.case_id}: {', '.join(missing_marks[:5])} committed without a COMMITTED mark (a writer killed "
-            "right after its commit, or a store written before marks existed); harmless while HEAD lists them, "
-            "and `napari-ivd store repair` writes them"
+            f"case {head.case_id}: {', '.join(missing_marks[:5])} committed without a whole COMMITTED mark (a writer "
+            "killed right after its commit, or a store written before marks existed); harmless while HEAD lists "
+            "them; the next commit or `napari-ivd store repair` writes them"
         )
 
 

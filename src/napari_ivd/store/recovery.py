@@ -210,7 +210,7 @@ def repair_case(store: AnnotationStore, case_id: str) -> RepairResult:
     for group, entries in ((schema.REVISIONS, base.revisions), (schema.PROPOSALS, base.proposals)):
         for entry_id, digest in entries:  # listed by HEAD, so committed: mark those that lack it
             mark = schema.case_key(case_id, group, entry_id, schema.COMMITTED)
-            if keys.get(mark) is None:
+            if keys.get(mark) != digest.encode():
                 keys.write(mark, digest.encode())
     if restored or head is None:
         status = (

@@ -774,7 +774,7 @@ class AnnotationStore:
             # was killed between its HEAD and its mark (earlier ones were marked by later commits)
             for entry_id, digest in entries[-2:]:
                 mark = schema.case_key(case_id, group, entry_id, schema.COMMITTED)
-                if self._keys.get(mark) is None:
+                if self._keys.get(mark) != digest.encode():  # absent, or cut short by a killed writer
                     self._keys.write(mark, digest.encode())
         log.debug("%s: committed %s (commit %d)", self._where(case_id), head.head, head.commit)
 
