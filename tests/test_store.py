@@ -294,13 +294,16 @@ def test_case_committed_by_a_newer_format_is_refused(store):
     assert "format_version 7" in store.check().format()
 
 
-def test_half_written_store_is_refused_with_advice(tmp_path):
+def test_half_written_store_is_refused_with_advice_unless_only_its_creation_was_interrupted(tmp_path):
     half = tmp_path / "half.zarr"
     (half / "cases").mkdir(parents=True)
     (half / "cases" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+    (half / "cases" / "L3").mkdir()  # more than a killed creation leaves
     with pytest.raises(StoreError, match="half-written store"):
         AnnotationStore.open(half, create=True)
-    assert sorted(p.name for p in half.rglob("*")) == ["cases", "zarr.json"]
+    assert sorted(p.name for p in half.rglob("*")) == ["L3", "cases", "zarr.json"]
+    (half / "cases" / "L3").rmdir()  # only the empty groups a killed creation leaves: created again
+    assert AnnotationStore.open(half, create=True).check().ok
 
 
 def test_plain_zarr_and_missing_stores_are_not_taken_for_annotation_stores(tmp_path):

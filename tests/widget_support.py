@@ -49,6 +49,10 @@ class ScriptedDialogs:
         self.asked_training += 1
         return self.training_answers.pop(0) if self.training_answers else "keep"
 
+    def ask_conflict(self, case_id: str, started_from: str | None, head: str | None) -> str:
+        self.asked.append((case_id, f"conflict {started_from} -> {head}"))
+        return self.answers.pop(0) if self.answers else "cancel"
+
     def choose_store(self) -> Path | None:
         return self.store
 

@@ -63,6 +63,14 @@ def run_export(args: argparse.Namespace) -> int:
     store = AnnotationStore.open(args.store)
     if args.revision and not args.case:
         raise IvdError("--revision names a revision of one case; give --case too")
+    if args.out.exists() and not args.out.is_dir():
+        raise IvdError(f"--out {args.out} is a file; give a folder (it is created if absent)")
+    lost = [] if args.case else store.lost_cases()
+    if lost:
+        raise IvdError(
+            f"{store.location}: case(s) {', '.join(lost)} lost their HEAD; nothing exported. "
+            f"Run `napari-ivd store repair {store.location}` first"
+        )
     case_ids = [args.case] if args.case else store.case_ids()
     if not case_ids:
         raise IvdError(f"{store.location}: holds no case to export")
@@ -86,6 +94,11 @@ def format_info(info: dict[str, Any], model_lines: Sequence[str] = ()) -> str:
         *model_lines,
         f"cases      {len(info['cases'])}",
     ]
+    if info.get("lost_head"):
+        lines.append(
+            f"LOST HEAD  {', '.join(info['lost_head'])}: committed revisions no HEAD lists; "
+            f"run `napari-ivd store repair {info['location']}`"
+        )
     if info["cases"]:
         lines.append(f"  {'case':28s} {'status':12s} {'head':8s} {'revs':>4s} {'props':>5s} {'shape':>14s} orient")
     for c in info["cases"]:
@@ -116,6 +129,10 @@ def format_history(store: AnnotationStore, case_id: str) -> str:
     for r in store.revisions(case_id):
         mask = "no mask" if not r.has_mask else f"mask {r.mask_storage} ({r.voxels_changed} vox changed)"
         restored = f" restored from {r.restored_from}" if r.restored_from else ""
+        if r.proposal:
+            restored += f" started from {r.proposal}"
+        if r.merged_over:
+            restored += f" (edit based on {r.based_on}, kept on top of {r.merged_over})"
         mark = "  <- head" if r.revision_id == case.head else ""
         lines.append(
             f"  {r.revision_id}  {r.created_utc[:19]}  {r.author:12s} {r.source:14s} parent {r.parent or '-':8s} "
@@ -125,13 +142,20 @@ def format_history(store: AnnotationStore, case_id: str) -> str:
 
 
 def run_store(args: argparse.Namespace) -> int:
-    """``store info|check|history``; ``check`` returns 1 when the store has problems."""
+    """``store info|check|history|repair``; ``check`` returns 1 when the store has problems."""
     from napari_ivd.store import AnnotationStore
 
     store = AnnotationStore.open(args.store)
     if args.action == "info":
         print(format_info(store.info(), describe_models(store)))
         return 0
+    if args.action == "repair":
+        results = store.repair([args.case] if args.case else None)
+        for result in results:
+            print(result.format())
+        if not results:
+            print(f"{store.location}: no case with a lost or rolled-back HEAD")
+        return 1 if any(r.unverified for r in results) else 0
     if args.action == "check":
         report = store.check([args.case] if args.case else None)
         print(report.format())
@@ -181,13 +205,15 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
     store = sub.add_parser(
         "store",
-        help="inspect an annotation store: info, check, history",
+        help="inspect an annotation store: info, check, history, repair",
         description=(
             "info: settings, size, lock and cases. check: verify every committed revision (hashes, parents, "
-            "masks); exits 1 with a report when something is wrong. history: the revisions of CASE (or all)."
+            "masks); exits 1 with a report when something is wrong. history: the revisions of CASE (or all). "
+            "repair: restore a lost or rolled-back HEAD from the committed revision records (deletes nothing; "
+            "exits 1 when a committed record could not be verified)."
         ),
     )
-    store.add_argument("action", choices=["info", "check", "history"])
+    store.add_argument("action", choices=["info", "check", "history", "repair"])
     store.add_argument("store", help="store folder or fsspec URL")
     store.add_argument("case", nargs="?", help="limit check/history to one case")
     store.set_defaults(func=run_store)

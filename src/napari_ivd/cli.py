@@ -66,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IvdError as exc:
         print(f"napari-ivd: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a missing permission, a path that is a file: the OS's words suffice
+        print(f"napari-ivd: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -55,6 +55,19 @@ class StoreLockedError(StoreError):
     """Another process holds the annotation store's writer lock."""
 
 
+class StoreConflictError(StoreError):
+    """A save started from a revision or proposal that is no longer the case's head (someone saved meanwhile).
+
+    ``started_from`` is what the edit began from, ``head`` the case's head now; save again
+    with ``on_conflict="on_top"`` to keep the edit as a new revision on top, or reload.
+    """
+
+    def __init__(self, message: str, started_from: str | None, head: str | None) -> None:
+        super().__init__(message)
+        self.started_from = started_from
+        self.head = head
+
+
 class TrainingError(IvdError):
     """Training cannot start or went wrong: too few labelled cases, a diverging loss."""
 

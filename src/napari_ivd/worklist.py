@@ -200,7 +200,8 @@ class OpenedCase:
     ``points``/``mask_tss`` come from the head revision, else from the latest model
     proposal, else are empty. ``revision`` is the head revision (the parent of the next
     save); ``origin`` says where the shown annotation came from: ``"manual"`` (a
-    revision), ``"model:<name>"`` (a proposal) or None (nothing yet).
+    revision), ``"model:<name>"`` (a proposal) or None (nothing yet); ``proposal`` is
+    the shown proposal's id when the case has no revision yet.
     """
 
     case_id: str
@@ -210,6 +211,7 @@ class OpenedCase:
     revision: str | None
     origin: str | None
     status: str
+    proposal: str | None = None
 
 
 def open_case_steps(store: AnnotationStore, case_id: str) -> Generator[StepProgress, None, OpenedCase]:
@@ -227,7 +229,7 @@ def open_case_steps(store: AnnotationStore, case_id: str) -> Generator[StepProgr
     if info.n_proposals:
         ann = store.load_proposal(case_id)
         model = getattr(ann.info, "model", "model")
-        return OpenedCase(case_id, volume, ann.points, ann.mask_tss, None, f"model:{model}", info.status)
+        return OpenedCase(case_id, volume, ann.points, ann.mask_tss, None, f"model:{model}", info.status, ann.entry_id)
     return OpenedCase(case_id, volume, (), None, None, None, info.status)
 
 

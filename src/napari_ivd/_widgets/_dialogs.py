@@ -14,6 +14,7 @@ from qtpy.QtWidgets import QFileDialog, QMessageBox, QWidget
 UnsavedAnswer = Literal["save", "discard", "cancel"]
 PredictionAnswer = Literal["keep", "replace"]
 TrainingAnswer = Literal["stop", "keep"]
+ConflictAnswer = Literal["on_top", "reload", "cancel"]
 
 
 class Dialogs:
@@ -70,6 +71,24 @@ class Dialogs:
         box.setDefaultButton(keep)
         box.exec()
         return "stop" if box.clickedButton() is stop else "keep"
+
+    def ask_conflict(self, case_id: str, started_from: str | None, head: str | None) -> ConflictAnswer:
+        """``head`` was saved after this edit started from ``started_from``: keep mine on top, reload, or cancel?"""
+        box = QMessageBox(self.parent)
+        box.setIcon(QMessageBox.Icon.Warning)
+        box.setWindowTitle("Saved by someone else meanwhile")
+        box.setText(f"{case_id}: {head} was saved after your edit started from {started_from}.")
+        box.setInformativeText(
+            f"Keep your edit as a new revision on top of {head} (both stay in the history), "
+            f"or reload {case_id} to see {head} (your edit is dropped)?"
+        )
+        on_top = box.addButton("Keep mine on top", QMessageBox.ButtonRole.AcceptRole)
+        reload = box.addButton("Reload", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(on_top)
+        box.exec()
+        clicked = box.clickedButton()
+        return "on_top" if clicked is on_top else "reload" if clicked is reload else "cancel"
 
     def choose_store(self) -> Path | None:
         """An existing annotation store folder (``*.zarr``), or None."""

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import weakref
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any
 
 import napari
@@ -43,7 +44,7 @@ from napari_ivd._widgets._ranking_panel import RankingPanel
 from napari_ivd._widgets._scroll import VerticalScroll
 from napari_ivd._widgets._store_actions import StoreActions
 from napari_ivd._widgets._train_panel import TrainPanel
-from napari_ivd.errors import IvdError
+from napari_ivd.errors import IvdError, StoreConflictError
 from napari_ivd.inference import prediction_points
 from napari_ivd.layer_data import image_layer_data
 from napari_ivd.model_versions import ModelChoice
@@ -80,6 +81,13 @@ def shortcuts_help() -> str:
     return "Keyboard shortcuts (in the viewer canvas):\n" + "\n".join(lines) + "\n" + POINT_UNDO_KEYS
 
 
+@dataclass(frozen=True)
+class _Conflict:
+    """A save refused because someone saved meanwhile (a returned exception would count as a failure)."""
+
+    error: StoreConflictError
+
+
 class AnnotatorWidget(StoreActions, QWidget):
     """Predict, correct and save spine annotations case by case, from an annotation store."""
 
@@ -98,6 +106,7 @@ class AnnotatorWidget(StoreActions, QWidget):
         self.case: CaseLayers | None = None
         self.case_id: str | None = None
         self.parent_revision: str | None = None
+        self.proposal: str | None = None  # the proposal shown when the case has no revision (saves record it)
         self.origin: str | None = None
         self.worker: Any = None
         self._after_job: list[Callable[[], None]] = []
@@ -310,6 +319,7 @@ class AnnotatorWidget(StoreActions, QWidget):
             self.case = CaseLayers(self.viewer, opened.case_id, opened.volume, opened.points, image, labels)
             self.case.labels.events.paint.connect(self._update_status)
         self.case_id, self.parent_revision, self.origin = opened.case_id, opened.revision, opened.origin
+        self.proposal = opened.proposal
         self.tools.set_case(self.case)
         self._set_baseline()
         self.table.show_current(self.case_id)
@@ -325,6 +335,7 @@ class AnnotatorWidget(StoreActions, QWidget):
             self.tools.set_case(None)
             self.case.remove()
         self.case, self.case_id, self.parent_revision, self.origin = None, None, None, None
+        self.proposal = None
 
     def _set_baseline(self) -> None:
         assert self.case is not None
@@ -389,6 +400,7 @@ class AnnotatorWidget(StoreActions, QWidget):
         if self.case is None:
             return
         case_id = self.case.case_id
+        self.proposal = None if self.parent_revision else getattr(proposal, "proposal_id", None)
         predicted = tuple(prediction_points(prediction))
         edited = [
             name
@@ -424,8 +436,25 @@ class AnnotatorWidget(StoreActions, QWidget):
 
         self._after_job.append(lambda: QTimer.singleShot(0, go_to_spine))
 
-    def save(self, status: str | None = None, then: Callable[[], None] | None = None) -> None:
-        """Write the shown points and mask as a new revision (parent: the revision that was opened)."""
+    def _save_kwargs(self, source: str, on_conflict: str = "refuse") -> dict[str, Any]:
+        """What a save started from (the revision, or the proposal of a case without one) and who saves."""
+        proposal = None if self.parent_revision else self.proposal
+        return {
+            "author": self.author(),
+            "parent": self.parent_revision,
+            "proposal": proposal,
+            "on_conflict": on_conflict,
+            "source": source,
+        }
+
+    def save(
+        self, status: str | None = None, then: Callable[[], None] | None = None, on_conflict: str = "refuse"
+    ) -> None:
+        """Write the shown points and mask as a new revision (parent: the revision or proposal that was opened).
+
+        When someone else saved the case meanwhile, the user chooses: reload it, or keep this
+        edit as a new revision on top (``on_conflict="on_top"``, both recorded).
+        """
         if self.case is None or self.store is None:
             return
         payload = self._revision_payload()
@@ -433,11 +462,14 @@ class AnnotatorWidget(StoreActions, QWidget):
             return
         points, mask, source = payload
         store, case_id = self.store, self.case.case_id
-        kwargs = {"author": self.author(), "parent": self.parent_revision, "source": source, "status": status}
+        kwargs = {**self._save_kwargs(source, on_conflict), "status": status}
 
         def done(info: Any) -> None:
+            if isinstance(info, _Conflict):
+                self._after_job.append(lambda: self._resolve_conflict(case_id, info.error, status, then))
+                return
             if self.case_id == case_id:
-                self.parent_revision, self.origin = info.revision_id, source
+                self.parent_revision, self.origin, self.proposal = info.revision_id, source, None
                 self._set_baseline()
             self._refresh_row()
             show_info(f"{case_id}: saved {info.revision_id}" + (f" ({status})" if status else ""))
@@ -445,8 +477,26 @@ class AnnotatorWidget(StoreActions, QWidget):
             if then is not None:
                 self._after_job.append(then)
 
-        steps = lambda: worklist.call_steps("saving", store.save_revision, case_id, points, mask, **kwargs)  # noqa: E731
+        def steps() -> Generator[Any, None, Any]:
+            try:
+                return (yield from worklist.call_steps("saving", store.save_revision, case_id, points, mask, **kwargs))
+            except StoreConflictError as exc:  # not an error to report: a choice for the user
+                return _Conflict(exc)
+
         self._run(steps, f"Save {case_id}", done, 1)
+
+    def _resolve_conflict(
+        self, case_id: str, conflict: StoreConflictError, status: str | None, then: Callable[[], None] | None
+    ) -> None:
+        if self.case_id != case_id:
+            return
+        answer = self.dialogs.ask_conflict(case_id, conflict.started_from, conflict.head)
+        if answer == "on_top":
+            self.save(status, then, on_conflict="on_top")
+        elif answer == "reload":
+            self.open_case(case_id)
+        else:
+            show_info(f"{case_id}: not saved; your edit is still shown")
 
     def author(self) -> str | None:
         """The author field (None when empty: the store then uses the login name)."""
@@ -552,14 +602,7 @@ class AnnotatorWidget(StoreActions, QWidget):
                     return True
                 points, mask, source = payload
                 try:  # the window is going away: save right here, not in a worker
-                    self.store.save_revision(
-                        self.case.case_id,
-                        points,
-                        mask,
-                        author=self.author(),
-                        parent=self.parent_revision,
-                        source=source,
-                    )
+                    self.store.save_revision(self.case.case_id, points, mask, **self._save_kwargs(source, "on_top"))
                 except IvdError as exc:
                     notify_error("Save before closing", exc)
                     event.ignore()

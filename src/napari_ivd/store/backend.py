@@ -40,6 +40,8 @@ class KeyValue(ABC):
 
     #: Where the store lives, for messages.
     location: str
+    #: True when :meth:`create` is exclusive even against other hosts (and :meth:`take_over` is atomic).
+    exclusive_create: bool = True
 
     @abstractmethod
     def get(self, key: str) -> bytes | None:
@@ -56,6 +58,13 @@ class KeyValue(ABC):
     @abstractmethod
     def create(self, key: str, data: bytes) -> bool:
         """Create ``key`` with ``data`` unless it exists; True when this call created it."""
+
+    def take_over(self, key: str, expected: bytes) -> bool:
+        """Remove ``key`` if it still holds ``expected``, atomically; True when this call removed it.
+
+        Where that cannot be done atomically (``exclusive_create`` False) nothing is removed.
+        """
+        return False
 
     @abstractmethod
     def delete(self, key: str) -> None:
@@ -170,6 +179,25 @@ class LocalKeys(KeyValue):
             tmp.unlink(missing_ok=True)
         return True
 
+    def take_over(self, key: str, expected: bytes) -> bool:
+        # rename is atomic: of two writers breaking the same stale lock, exactly one moves it aside
+        path = self._path(key)
+        aside = path.with_name(f".{path.name}.{uuid.uuid4().hex}.broken")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        try:
+            if aside.read_bytes() == expected:
+                return True
+            try:  # a fresh lock was taken meanwhile and we moved it: put it back
+                os.link(aside, path)
+            except FileExistsError:
+                log.warning("%s: %s was replaced while being put back", self.location, key)
+            return False
+        finally:
+            aside.unlink(missing_ok=True)
+
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
@@ -240,9 +268,12 @@ class FsspecKeys(KeyValue):
     """Keys as objects of an fsspec file system (``memory://``, ``s3://``, ``gs://`` ...).
 
     Object stores replace an object atomically on upload, which is all :meth:`put` needs.
-    :meth:`create` is "check, then write": exclusive only as far as the backend allows, so
-    two writers on an object store must not race for the lock (one viewer per store).
+    :meth:`create` is "check, write, read back": not exclusive (``exclusive_create`` is
+    False), so two writers starting at the same instant are not reliably kept apart, and a
+    stale lock is never broken automatically. Use one writer at a time on such a store.
     """
+
+    exclusive_create = False
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         from fsspec.core import url_to_fs
@@ -273,7 +304,7 @@ class FsspecKeys(KeyValue):
         if self.fs.exists(path):
             return False
         self.fs.pipe_file(path, data)
-        return True
+        return self.get(key) == data  # another writer's value landed last: theirs, not ours
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):

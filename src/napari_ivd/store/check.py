@@ -4,12 +4,15 @@ Run after a crash, before a training run, or in a nightly job. Every committed r
 and proposal is read back as a reader would (records, points, masks rebuilt from their
 keyframes and deltas) and compared with the sha256 its commit recorded; parents and
 restore sources must be earlier committed revisions; images must match their digest;
-stored models their card. What an interrupted writer left behind (never committed, never
-read) is listed as a note, not a problem: the next writer overwrites it.
+stored models their card. A case whose ``HEAD`` is missing or rolled back (records with a
+``COMMITTED`` mark that it does not list) is a problem, fixed by ``napari-ivd store repair``.
+What an interrupted writer left behind (never committed, never read) is listed as a note,
+not a problem: the next writer overwrites it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,12 +21,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_ivd import anatomy
+from napari_ivd.errors import StoreError
 from napari_ivd.io.geometry import VolumeGeometry
 from napari_ivd.store import schema
-from napari_ivd.store.content import canonical_json, image_sha256, mask_sha256, points_from_table, sha256_hex
+from napari_ivd.store.backend import KeyValue
+from napari_ivd.store.content import canonical_json, mask_sha256, points_from_table, sha256_hex
 from napari_ivd.store.lock import WriterLock
 from napari_ivd.store.models import read_model_record
 from napari_ivd.store.records import CaseInfo, Head
+from napari_ivd.store.recovery import committed_entries, find_lost_entries
 
 if TYPE_CHECKING:
     from napari_ivd.store.store import AnnotationStore
@@ -66,7 +72,13 @@ def _check_entries(
     store: AnnotationStore, report: CheckReport, head: Head, group: str, geometry: VolumeGeometry
 ) -> None:
     committed: list[str] = []
+    missing_marks: list[str] = []
     entries = head.revisions if group == schema.REVISIONS else head.proposals
+    marks = {
+        e: m
+        for e, _ in entries
+        if (m := store._keys.get(schema.case_key(head.case_id, group, e, schema.COMMITTED))) is not None
+    }
     for position, (entry_id, digest) in enumerate(entries, start=1):
         where = f"case {head.case_id} {entry_id}"
         expected = schema.revision_id(position) if group == schema.REVISIONS else schema.proposal_id(position)
@@ -77,10 +89,17 @@ def _check_entries(
         except Exception as exc:  # a checker reports, whatever went wrong
             report.problems.append(f"{where}: record unreadable ({exc})")
             continue
-        if sha256_hex(canonical_json(record)) != digest:
+        intact = sha256_hex(canonical_json(record)) == digest
+        if not intact:
             report.problems.append(
                 f"{where}: record does not match the sha256 its commit recorded (changed after commit)"
             )
+        mark = marks.get(entry_id)
+        if mark != digest.encode() and marks and position < len(entries) - 1:  # later commits would have marked it
+            state = "missing" if mark is None else "does not match the sha256 its commit recorded"
+            report.problems.append(f"{where}: its COMMITTED mark {state} (damaged after its commit)")
+        elif mark != digest.encode():
+            missing_marks.append(entry_id)
         if group == schema.REVISIONS:
             parent = record.get("parent")
             if parent != (committed[-1] if committed else None):
@@ -88,10 +107,17 @@ def _check_entries(
             if record.get("restored_from") is not None and record["restored_from"] not in committed:
                 report.problems.append(f"{where}: restored_from {record['restored_from']} is no earlier revision")
         try:
-            _check_content(store, report, head.case_id, group, record, committed, geometry, where)
+            if intact:  # a changed record is reported once, not again through every read of it
+                _check_content(store, report, head.case_id, group, record, committed, geometry, where)
         except Exception as exc:  # a checker reports, whatever went wrong
             report.problems.append(f"{where}: content unreadable ({type(exc).__name__}: {exc})")
         committed.append(entry_id)
+    if missing_marks:
+        report.notes.append(
+            f"case {head.case_id}: {', '.join(missing_marks[:5])} committed without a whole COMMITTED mark (a writer "
+            "killed right after its commit, or a store written before marks existed); harmless while HEAD lists "
+            "them; the next commit or `napari-ivd store repair` writes them"
+        )
 
 
 def _check_content(
@@ -133,9 +159,20 @@ def _check_content(
 
 def _leftovers(store: AnnotationStore, report: CheckReport, head: Head) -> None:
     keys = store._keys
+    try:
+        lost = find_lost_entries(keys, head.case_id)
+    except StoreError as exc:  # HEAD became unreadable since it was read: a problem of its own
+        report.problems.append(str(exc))
+        lost = []
+    if lost:
+        report.problems.append(
+            f"case {head.case_id}: {', '.join(lost)} were committed but HEAD (head {head.head or '-'}) no longer "
+            f"lists them: HEAD was rolled back or replaced. Run `napari-ivd store repair {store.location} "
+            f"{head.case_id}` to restore them (nothing is deleted)"
+        )
     for group, ids in ((schema.REVISIONS, head.revision_ids), (schema.PROPOSALS, head.proposal_ids)):
         present = keys.children(schema.case_key(head.case_id, group))
-        stray = [c for c in present if c not in ids and c not in (schema.MASKS, schema.ZARR_JSON)]
+        stray = [c for c in present if c not in ids and c not in (schema.MASKS, schema.ZARR_JSON) and c not in lost]
         chunks = keys.children(schema.case_key(head.case_id, group, schema.MASKS))
         indices = sorted({int(c.split(".")[1]) for c in chunks if c.startswith("c.") and c.split(".")[1].isdigit()})
         stray += [f"{schema.MASKS} slice {i}" for i in indices if i > len(ids)]
@@ -144,6 +181,17 @@ def _leftovers(store: AnnotationStore, report: CheckReport, head: Head) -> None:
                 f"case {head.case_id}: uncommitted {group} left by an interrupted write: {', '.join(stray)} "
                 "(invisible; the next save overwrites them)"
             )
+
+
+def _group_metadata(keys: KeyValue, key: str) -> None:
+    """Raise StoreError unless ``key`` is a readable zarr group ``zarr.json``."""
+    data = keys.get(key)
+    try:
+        ok = data is not None and json.loads(data).get("node_type") == "group"
+    except (ValueError, AttributeError):
+        ok = False
+    if not ok:
+        raise StoreError(f"{key} is missing or not zarr group metadata")
 
 
 def _check_case(store: AnnotationStore, report: CheckReport, case_id: str) -> None:
@@ -156,11 +204,15 @@ def _check_case(store: AnnotationStore, report: CheckReport, case_id: str) -> No
         return
     report.cases += 1
     try:
-        image = store._array(case_id, schema.IMAGE)[...]
-        if image_sha256(np.asarray(image)) != info.image_sha256:
-            report.problems.append(f"case {case_id}: the stored image does not match its sha256")
+        store.read_image(case_id)  # read and compared with its sha256, as every reader does
     except Exception as exc:  # a checker reports, whatever went wrong
-        report.problems.append(f"case {case_id}: image unreadable ({exc})")
+        report.problems.append(f"case {case_id}: {exc}")
+    for group in (schema.REVISIONS, schema.PROPOSALS):
+        try:
+            _group_metadata(store._keys, schema.case_key(case_id, group, schema.ZARR_JSON))
+            store._array(case_id, f"{group}/{schema.MASKS}")
+        except Exception as exc:  # a checker reports, whatever went wrong
+            report.problems.append(f"case {case_id}: {group} unreadable ({exc})")
     _check_entries(store, report, head, schema.REVISIONS, info.geometry)
     _check_entries(store, report, head, schema.PROPOSALS, info.geometry)
     report.revisions += len(head.revisions)
@@ -196,19 +248,36 @@ def check_store(store: AnnotationStore, case_ids: Iterable[str] | None = None) -
         _check_case(fresh, report, case_id)
     if not everything:
         return report
+    for group in (schema.CASES, schema.MODELS):
+        try:
+            _group_metadata(keys, f"{group}/{schema.ZARR_JSON}")
+        except StoreError as exc:
+            report.problems.append(str(exc))
     for name in keys.children(schema.CASES):
         if (
             name != schema.ZARR_JSON
             and not name.startswith(".")
             and keys.get(schema.case_key(name, schema.HEAD)) is None
         ):
-            report.notes.append(
-                f"case {name}: files of an interrupted import, never committed (the next import redoes it)"
-            )
+            lost = committed_entries(keys, name)
+            if lost:
+                report.problems.append(
+                    f"case {name}: HEAD is missing but {', '.join(lost[:5])} were committed. Run "
+                    f"`napari-ivd store repair {fresh.location} {name}` to restore it (nothing is deleted); "
+                    "do not import the case again before that"
+                )
+            else:
+                report.notes.append(
+                    f"case {name}: files of an interrupted import, never committed (the next import redoes it)"
+                )
     for model_id in keys.children(schema.MODELS):
-        if model_id == schema.ZARR_JSON:
+        if model_id == schema.ZARR_JSON or model_id.startswith("."):  # temp files of interrupted writes
             continue
-        record = read_model_record(keys, model_id)
+        try:
+            record = read_model_record(keys, model_id)
+        except StoreError as exc:
+            report.problems.append(str(exc))
+            continue
         if record is None:
             report.notes.append(f"model {model_id}: files of an interrupted upload, never committed")
             continue
@@ -220,6 +289,10 @@ def check_store(store: AnnotationStore, case_ids: Iterable[str] | None = None) -
             data = keys.get(f"{schema.MODELS}/{model_id}/{name}")
             if data is None or sha256_hex(data) != digest:
                 report.problems.append(f"model {model_id}: {name} is missing or does not match its sha256")
+    try:
+        fresh.active_model()
+    except StoreError as exc:
+        report.problems.append(str(exc))
     holder = WriterLock(keys).holder()
     if holder is not None:
         lock = WriterLock(keys)

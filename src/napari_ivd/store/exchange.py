@@ -218,6 +218,12 @@ def export_revision(
         The files written, by kind.
     """
     info = store.case(case_id)
+    lost = store.lost_entries(case_id)
+    if lost:
+        raise StoreError(
+            f"{store.location} case {case_id}: {', '.join(lost)} were committed but its HEAD no longer lists them "
+            f"(rolled back); nothing exported. Run `napari-ivd store repair {store.location} {case_id}` first"
+        )
     annotation = store.load(case_id, revision)
     geometry, like = info.geometry, _like(info)
     out_dir = Path(out_dir)

@@ -4,8 +4,12 @@ zarr has no locks, and two writers appending revision ``r000007`` to the same ca
 would each believe they wrote it. Every write operation therefore holds the ``LOCK`` key,
 created exclusively with the holder's pid, host and start time. A lock whose process is
 gone (same host, pid not running) or that is older than ``stale_after_s`` is stale and is
-broken by the next writer, so a crashed viewer never blocks the store for good. Readers
-never take the lock: they follow committed ``HEAD`` records only.
+broken by the next writer, so a crashed viewer never blocks the store for good; breaking is
+one atomic take-over of exactly the lock judged stale (never "check, then delete", which
+would let two writers break it and both proceed). On object stores (fsspec URLs) no key
+can be created exclusively: the lock is best effort, a stale one is never broken
+automatically, and the user is told so. Readers never take the lock: they follow committed
+``HEAD`` records only.
 """
 
 from __future__ import annotations
@@ -67,6 +71,11 @@ class LockHolder:
             return None
 
 
+def _parse(data: bytes) -> LockHolder:
+    """The holder a ``LOCK`` key names (an unreadable one counts as a stale holder)."""
+    return LockHolder.from_json(data) or LockHolder(-1, "?", "", "unreadable lock record", "")
+
+
 def _pid_running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -105,9 +114,7 @@ class WriterLock:
     def holder(self) -> LockHolder | None:
         """The current holder, or None when the store is not locked."""
         data = self.keys.get(schema.LOCK)
-        if data is None:
-            return None
-        return LockHolder.from_json(data) or LockHolder(-1, "?", "", "unreadable lock record", "")
+        return None if data is None else _parse(data)
 
     def is_stale(self, holder: LockHolder) -> bool:
         """True when ``holder``'s process is gone or the lock is older than ``stale_after_s``."""
@@ -126,22 +133,34 @@ class WriterLock:
         token = uuid.uuid4().hex
         me = LockHolder(os.getpid(), socket.gethostname(), schema.utc_now(), operation, token)
         deadline = time.monotonic() + self.timeout_s
+        location = self.keys.location
+        if not self.keys.exclusive_create:
+            log.warning(
+                "%s: an object store cannot create the writer lock exclusively; two writers starting at the "
+                "same instant are not kept apart, so write from one place at a time",
+                location,
+            )
         while True:
             if self.keys.create(schema.LOCK, me.to_json()):
                 self._token = token
                 return
-            holder = self.holder()
-            if holder is not None and self.is_stale(holder):
-                # break it only if it is still the lock we judged stale
-                if self.holder() == holder:
-                    log.warning("%s: breaking stale writer lock held by %s", self.keys.location, holder.describe())
-                    self.keys.delete(schema.LOCK)
+            raw = self.keys.get(schema.LOCK)
+            holder = None if raw is None else _parse(raw)
+            if raw is not None and holder is not None and self.is_stale(holder):
+                if not self.keys.exclusive_create:
+                    raise StoreLockedError(
+                        f"{location}: the writer lock of {holder.describe()} looks stale, but on this storage a "
+                        "lock cannot be taken over safely, so it is left alone. If that writer is surely gone, "
+                        f"delete {location}/LOCK and retry"
+                    )
+                if self.keys.take_over(schema.LOCK, raw):  # only exactly the lock judged stale
+                    log.warning("%s: broke the stale writer lock held by %s", location, holder.describe())
                 continue
             if time.monotonic() >= deadline:
                 who = holder.describe() if holder else "another writer"
                 raise StoreLockedError(
-                    f"{self.keys.location}: the store is being written by {who}; waited {self.timeout_s:g} s. "
-                    f"Retry when it is done; if that process no longer exists, delete {self.keys.location}/LOCK"
+                    f"{location}: the store is being written by {who}; waited {self.timeout_s:g} s. "
+                    f"Retry when it is done; if that process no longer exists, delete {location}/LOCK"
                 )
             time.sleep(0.02)
 

@@ -57,9 +57,34 @@ def _info(record: dict[str, Any]) -> ModelInfo:
 
 
 def read_model_record(keys: KeyValue, model_id: str) -> dict[str, Any] | None:
-    """The commit record of a stored model, or None when it is not (completely) stored."""
+    """The commit record of a stored model, or None when it is not (completely) stored.
+
+    The id (the folder name, and the one the record names) is checked before it is used in
+    any key or path, and the digests before they name a cache folder.
+
+    Raises
+    ------
+    StoreError
+        An id that is no model id (``../x``), or a damaged ``model.json``.
+    """
+    schema.check_case_id(model_id, "model id")
+    where = f"{keys.location}: model {model_id} ({_key(model_id, schema.MODEL_RECORD)})"
     data = keys.get(_key(model_id, schema.MODEL_RECORD))
-    return None if data is None else json.loads(data)
+    if data is None:
+        return None
+    try:
+        record = json.loads(data)
+        if record["model_id"] != model_id:
+            raise ValueError(f"it names model id {record['model_id']!r}, not its folder's")
+        for field in ("weights_sha256", "card_sha256"):
+            schema.check_sha256(record[field], where)
+        _info(record)  # every field a reader uses is there and typed
+    except (ValueError, KeyError, TypeError, AttributeError, StoreError) as exc:
+        raise StoreError(
+            f"{where} is damaged ({type(exc).__name__}: {exc}); run `napari-ivd store check`, then add the "
+            "model folder again"
+        ) from exc
+    return record
 
 
 def add_model(keys: KeyValue, model_dir: Path, model_id: str | None = None) -> ModelInfo:
@@ -132,7 +157,13 @@ def list_models(keys: KeyValue) -> list[ModelInfo]:
     """Every committed model, sorted by id."""
     out = []
     for model_id in keys.children(schema.MODELS):
-        record = read_model_record(keys, model_id) if model_id != schema.ZARR_JSON else None
+        if model_id == schema.ZARR_JSON or model_id.startswith("."):
+            continue
+        try:
+            record = read_model_record(keys, model_id)
+        except StoreError as exc:  # one damaged model must not hide the others; `store check` reports it
+            log.warning("%s; left out", exc)
+            continue
         if record is not None:
             out.append(_info(record))
     return out
@@ -180,9 +211,11 @@ def read_active_model(keys: KeyValue) -> ActiveModel | None:
     if data is None:
         return None
     try:
-        return ActiveModel(**json.loads(data))
-    except (ValueError, TypeError) as exc:
+        active = ActiveModel(**json.loads(data))
+        schema.check_case_id(active.model, "active model")  # a name or id, never a path
+    except (ValueError, TypeError, StoreError) as exc:
         raise StoreError(f"{keys.location}: {schema.ACTIVE_MODEL} is damaged ({exc}); choose the model again") from exc
+    return active
 
 
 def write_active_model(keys: KeyValue, model: str, stored: bool, reason: str, author: str) -> ActiveModel:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_ivd.errors import StoreError, StoreVersionError
+from napari_ivd.errors import IvdError, StoreError, StoreVersionError
 from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.io.geometry import VolumeGeometry
 from napari_ivd.store import schema
@@ -91,17 +91,26 @@ class Head:
                 "Upgrade napari-ivd to open this store"
             )
         try:
-            return cls(
-                case_id=str(d["case_id"]),
+            head = cls(
+                case_id=schema.check_case_id(d["case_id"]),
                 status=schema.check_status(d["status"]),
                 head=d["head"],
-                revisions=tuple((str(e["id"]), str(e["sha256"])) for e in d["revisions"]),
-                proposals=tuple((str(e["id"]), str(e["sha256"])) for e in d["proposals"]),
+                revisions=tuple(
+                    (schema.check_entry_id(e["id"], schema.REVISIONS), schema.check_sha256(e["sha256"], where))
+                    for e in d["revisions"]
+                ),
+                proposals=tuple(
+                    (schema.check_entry_id(e["id"], schema.PROPOSALS), schema.check_sha256(e["sha256"], where))
+                    for e in d["proposals"]
+                ),
                 updated_utc=str(d.get("updated_utc", "")),
                 commit=int(d.get("commit", 0)),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"{where}: HEAD lacks {exc}; the commit record is damaged") from exc
+        except (KeyError, TypeError, ValueError, StoreError) as exc:
+            raise StoreError(f"{where}: HEAD is damaged ({exc}); run `napari-ivd store check`") from exc
+        if head.head is not None and head.head not in head.revision_ids:
+            raise StoreError(f"{where}: HEAD names head {head.head!r}, no committed revision; the store is damaged")
+        return head
 
 
 @dataclass(frozen=True)
@@ -123,23 +132,37 @@ class CaseInfo:
 
     @classmethod
     def from_records(cls, record: dict[str, Any], head: Head) -> CaseInfo:
-        """Combine the case group's attributes with its head."""
-        image, source = record["image"], record["source"]
-        geometry = VolumeGeometry(np.asarray(image["affine"], dtype=np.float64), tuple(image["shape"]), source["path"])
-        return cls(
-            case_id=record["case_id"],
-            geometry=geometry,
-            image_sha256=image["sha256"],
-            image_dtype=image["dtype"],
-            source_path=source["path"],
-            source_file_sha256=source.get("file_sha256"),
-            created_utc=record["created_utc"],
-            status=head.status,
-            head=head.head,
-            n_revisions=len(head.revisions),
-            n_proposals=len(head.proposals),
-            updated_utc=head.updated_utc,
-        )
+        """Combine the case group's attributes with its head.
+
+        Raises
+        ------
+        StoreError
+            The case record lacks a field or holds an unusable grid (a damaged ``zarr.json``).
+        """
+        try:
+            image, source = record["image"], record["source"]
+            geometry = VolumeGeometry(
+                np.asarray(image["affine"], dtype=np.float64), tuple(int(n) for n in image["shape"]), source["path"]
+            )
+            return cls(
+                case_id=str(record["case_id"]),
+                geometry=geometry,
+                image_sha256=schema.check_sha256(image["sha256"], f"case {head.case_id} image"),
+                image_dtype=str(image["dtype"]),
+                source_path=str(source["path"]),
+                source_file_sha256=source.get("file_sha256"),
+                created_utc=str(record["created_utc"]),
+                status=head.status,
+                head=head.head,
+                n_revisions=len(head.revisions),
+                n_proposals=len(head.proposals),
+                updated_utc=head.updated_utc,
+            )
+        except (KeyError, TypeError, ValueError, IvdError) as exc:
+            raise StoreError(
+                f"case {head.case_id}: its record (cases/{head.case_id}/zarr.json) is damaged "
+                f"({type(exc).__name__}: {exc}); run `napari-ivd store check`"
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -159,6 +182,9 @@ class RevisionInfo:
     mask_storage: str | None
     voxels_changed: int | None
     chunks_written: int
+    proposal: str | None = None
+    based_on: str | None = None
+    merged_over: str | None = None
 
     @classmethod
     def from_record(cls, case_id: str, record: dict[str, Any]) -> RevisionInfo:
@@ -178,6 +204,9 @@ class RevisionInfo:
             mask_storage=None if mask is None else mask["storage"],
             voxels_changed=None if mask is None else mask.get("voxels_changed"),
             chunks_written=0 if mask is None else len(mask["chunks"]),
+            proposal=record.get("proposal"),
+            based_on=record.get("based_on"),
+            merged_over=record.get("merged_over"),
         )
 
 

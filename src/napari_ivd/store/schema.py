@@ -25,9 +25,13 @@ written down once, here::
                                 (all-zero chunks absent)
         revisions/r000001/      group; attributes = revision record (immutable): parent,
                                 author, created_utc, note, source ("manual" |
-                                "model:<name>"), restored_from, points (level, kind,
+                                "model:<name>"), restored_from, proposal (the proposal
+                                the edit started from), based_on/merged_over (an edit
+                                kept on top of a colleague's save), points (level, kind,
                                 ijk_vox, xyz_mm, score) or points_from, mask {storage
                                 full|delta, index, chunks, chain, sha256}
+          COMMITTED             the record's sha256, written right after the HEAD that
+                                commits it (tells a committed record from a leftover)
         proposals/masks/        array (P, I, J, K) uint8: slice n = mask of proposal n
         proposals/p000001/      group; attributes = proposal record: model, created_utc,
                                 points, mask
@@ -70,6 +74,9 @@ ROOT_ATTRS = "napari_ivd"
 ZARR_JSON = "zarr.json"
 LOCK = "LOCK"
 HEAD = "HEAD"
+#: Key written into a revision/proposal group right after the ``HEAD`` that lists it: proof it
+#: was committed, so a record beyond a lost or rolled-back ``HEAD`` is never taken for a leftover.
+COMMITTED = "COMMITTED"
 CASES = "cases"
 MODELS = "models"
 IMAGE = "image"
@@ -96,6 +103,7 @@ DEFAULT_KEYFRAME_EVERY = 64
 
 _CASE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ENTRY_RE = re.compile(r"([rp])(\d{6,})")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _SOURCE_RE = re.compile(r"manual|model:\S+")
 
 
@@ -121,12 +129,17 @@ def check_case_id(case_id: str, what: str = "case id") -> str:
         When it is empty, too long, or holds characters other than letters, digits, ``.``,
         ``_`` and ``-`` (or starts with one of the last three).
     """
-    if not isinstance(case_id, str) or _CASE_ID_RE.fullmatch(case_id) is None:
+    if not is_case_id(case_id):
         raise StoreError(
             f"{what} {case_id!r} is not usable: use 1–128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (e.g. VB2_case-07)"
         )
     return case_id
+
+
+def is_case_id(name: str) -> bool:
+    """True when ``name`` can be a case (or model) id: see :func:`check_case_id`."""
+    return isinstance(name, str) and _CASE_ID_RE.fullmatch(name) is not None
 
 
 def check_source(source: str) -> str:
@@ -177,6 +190,38 @@ def entry_index(entry_id: str) -> int:
     if match is None:
         raise StoreError(f"{entry_id!r} is not a revision id like r000003 (or a proposal id like p000001)")
     return int(match.group(2))
+
+
+def check_entry_id(entry_id: object, group: str) -> str:
+    """Return ``entry_id`` if it is a revision id (``group`` = revisions) or proposal id (proposals).
+
+    Every id read from the store passes here before it becomes part of a key, so a damaged
+    or forged record cannot point outside its case.
+
+    Raises
+    ------
+    StoreError
+        Anything else (``../x``, ``p000001`` among revisions, not a string).
+    """
+    letter = "r" if group == REVISIONS else "p"
+    match = _ENTRY_RE.fullmatch(entry_id) if isinstance(entry_id, str) else None
+    if match is None or match.group(1) != letter:
+        kind = "revision id like r000003" if letter == "r" else "proposal id like p000001"
+        raise StoreError(f"{entry_id!r} is not a {kind}; the store is damaged (run `napari-ivd store check`)")
+    return entry_id
+
+
+def check_sha256(digest: object, what: str) -> str:
+    """Return ``digest`` if it is 64 lower-case hex digits (it may become part of a folder name).
+
+    Raises
+    ------
+    StoreError
+        Anything else.
+    """
+    if not isinstance(digest, str) or _SHA256_RE.fullmatch(digest) is None:
+        raise StoreError(f"{what}: {digest!r} is not a sha256 digest; the record is damaged")
+    return digest
 
 
 def case_key(case_id: str, *parts: str) -> str:

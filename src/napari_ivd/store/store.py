@@ -23,7 +23,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
-from napari_ivd.errors import StoreError, StoreVersionError
+from napari_ivd.errors import StoreConflictError, StoreError, StoreVersionError
 from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.io.geometry import VolumeGeometry
 from napari_ivd.io.volume import Volume
@@ -44,11 +44,13 @@ from napari_ivd.store.content import (
 from napari_ivd.store.lock import WriterLock
 from napari_ivd.store.masks import ChunkGrid, read_entry, write_entry
 from napari_ivd.store.records import Annotation, CaseInfo, Head, ModelInfo, ProposalInfo, RevisionInfo
+from napari_ivd.store.recovery import committed_entries
 
 if TYPE_CHECKING:
     from napari_ivd.store.check import CheckReport
     from napari_ivd.store.history import RevisionDiff
     from napari_ivd.store.models import ActiveModel
+    from napari_ivd.store.recovery import RepairResult
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +134,7 @@ class AnnotationStore:
         root = keys.get(schema.ZARR_JSON)
         if root is None:
             present = [c for c in keys.children("") if not c.startswith(".")] if keys.exists() else []
-            if present:
+            if present and not cls._interrupted_creation(keys, present):
                 raise StoreError(
                     f"{keys.location}: holds {', '.join(present[:5])} but no zarr.json: a half-written store "
                     "(its creation was interrupted) or not a zarr store; move it aside and import again"
@@ -152,6 +154,14 @@ class AnnotationStore:
     def exists(location: str | Path, storage_options: dict[str, Any] | None = None) -> bool:
         """True when a store (complete or not: any root ``zarr.json``) is at ``location``."""
         return open_keys(location, storage_options).get(schema.ZARR_JSON) is not None
+
+    @staticmethod
+    def _interrupted_creation(keys: KeyValue, present: list[str]) -> bool:
+        """True when ``present`` is what a killed :meth:`_create` leaves: empty groups only (safe to redo)."""
+        return set(present) <= {schema.CASES, schema.MODELS} and all(
+            {c for c in keys.children(group) if not c.startswith(".")} <= {schema.ZARR_JSON}  # temp files aside
+            for group in present
+        )
 
     @staticmethod
     def _create(keys: KeyValue, mask_chunk_vox: tuple[int, int, int], keyframe_every: int) -> None:
@@ -213,31 +223,59 @@ class AnnotationStore:
 
     def _case_record(self, case_id: str) -> dict[str, Any]:
         if case_id not in self._case_records:
-            data = self._keys.get(schema.case_key(case_id, schema.ZARR_JSON))
-            if data is None:
-                raise StoreError(
-                    f"{self._where(case_id)}: committed but its zarr.json is missing; the store is damaged"
-                )
-            self._case_records[case_id] = json.loads(data)["attributes"]
+            self._case_records[case_id] = self._attributes(case_id, schema.case_key(case_id, schema.ZARR_JSON))
         return self._case_records[case_id]
+
+    def _attributes(self, case_id: str, key: str) -> dict[str, Any]:
+        """The attributes of a group's ``zarr.json``; a missing or unreadable one is a damaged store."""
+        data = self._keys.get(key)
+        if data is None:
+            raise StoreError(
+                f"{self._where(case_id)}: {key} is missing; the store is damaged (run `napari-ivd store check`)"
+            )
+        try:
+            attributes = json.loads(data)["attributes"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(
+                f"{self._where(case_id)}: {key} is not readable JSON metadata ({type(exc).__name__}: {exc}); "
+                "the store is damaged (run `napari-ivd store check`)"
+            ) from exc
+        if not isinstance(attributes, dict):
+            raise StoreError(f"{self._where(case_id)}: {key} holds no record; the store is damaged")
+        return attributes
 
     def _read_record(self, case_id: str, group: str, entry_id: str) -> dict[str, Any]:
         """A revision/proposal record straight from the store (no cache, no commit check)."""
-        data = self._keys.get(schema.case_key(case_id, group, entry_id, schema.ZARR_JSON))
-        if data is None:
-            raise StoreError(f"{self._where(case_id)}: record {entry_id} is missing; run `napari-ivd store check`")
-        return json.loads(data)["attributes"]
+        schema.check_entry_id(entry_id, group)
+        return self._attributes(case_id, schema.case_key(case_id, group, entry_id, schema.ZARR_JSON))
 
     def _record(self, case_id: str, group: str, entry_id: str) -> dict[str, Any]:
+        """A committed record, checked against the sha256 its ``HEAD`` recorded (then cached: records never change)."""
         key = (case_id, group, entry_id)
-        if key not in self._records:  # records are immutable once committed: cache forever
-            self._records[key] = self._read_record(case_id, group, entry_id)
+        if key not in self._records:
+            head = self._head(case_id)
+            digest = dict(head.revisions if group == schema.REVISIONS else head.proposals).get(entry_id)
+            record = self._read_record(case_id, group, entry_id)
+            if digest is None or sha256_hex(canonical_json(record)) != digest or record.get("id") != entry_id:
+                raise StoreError(
+                    f"{self._where(case_id)} {entry_id}: {schema.case_key(case_id, group, entry_id, schema.ZARR_JSON)} "
+                    "does not match the sha256 its HEAD recorded (damaged or changed after its commit); "
+                    "run `napari-ivd store check`"
+                )
+            self._records[key] = record
         return self._records[key]
 
     def _array(self, case_id: str, path: str) -> zarr.Array:
         key = (case_id, path)
         if key not in self._arrays:
-            self._arrays[key] = zarr.open_array(self._zstore, path=schema.case_key(case_id, path), mode="r+")
+            name = schema.case_key(case_id, path)
+            try:
+                self._arrays[key] = zarr.open_array(self._zstore, path=name, mode="r+")
+            except Exception as exc:  # zarr raises many kinds for a missing or garbled zarr.json
+                raise StoreError(
+                    f"{self._where(case_id)}: array {name} is unreadable ({type(exc).__name__}: {exc}); "
+                    "the store is damaged (run `napari-ivd store check`)"
+                ) from exc
         return self._arrays[key]
 
     def _grid(self, case_id: str, group: str) -> ChunkGrid:
@@ -260,7 +298,7 @@ class AnnotationStore:
             c
             for c in self._keys.children(schema.CASES)
             if c != schema.ZARR_JSON
-            and not c.startswith(".")
+            and schema.is_case_id(c)
             and self._keys.get(schema.case_key(c, schema.HEAD)) is not None
         ]
 
@@ -281,10 +319,30 @@ class AnnotationStore:
         return CaseInfo.from_records(self._case_record(case_id), head)
 
     def read_image(self, case_id: str) -> Volume:
-        """The stored copy of a case's image, with its grid (``path`` = the original source)."""
+        """The stored copy of a case's image, with its grid (``path`` = the original source).
+
+        Raises
+        ------
+        StoreError
+            The stored voxels are unreadable or do not match the image's sha256 (a lost or
+            damaged chunk): a damaged image is never handed out.
+        """
         info = self.case(case_id)
-        array = self._array(case_id, schema.IMAGE)[...]
-        return Volume(np.asarray(array), info.geometry, Path(info.source_path))
+        where = f"{self._where(case_id)}: image ({schema.case_key(case_id, schema.IMAGE)})"
+        try:
+            array = np.asarray(self._array(case_id, schema.IMAGE)[...])
+        except StoreError:
+            raise
+        except Exception as exc:  # a garbled chunk: the codec's own error type
+            raise StoreError(
+                f"{where} is unreadable ({type(exc).__name__}: {exc}); run `napari-ivd store check`"
+            ) from exc
+        if array.shape != info.geometry.shape or image_sha256(array) != info.image_sha256:
+            raise StoreError(
+                f"{where} does not match its sha256 (a chunk is lost or damaged); import the image again "
+                "from its source under a new case id, or restore the store from a backup"
+            )
+        return Volume(array, info.geometry, Path(info.source_path))
 
     def add_case(
         self,
@@ -372,6 +430,12 @@ class AnnotationStore:
 
     def _write_case(self, case_id: str, volume: Volume, digest: str) -> None:
         prefix = schema.case_key(case_id)
+        committed = committed_entries(self._keys, case_id)
+        if committed:
+            raise StoreError(
+                f"{self._where(case_id)}: has no HEAD but holds committed {', '.join(committed[:5])}: its HEAD was "
+                f"lost. Nothing was changed; run `napari-ivd store repair {self.location} {case_id}` to restore it"
+            )
         self._keys.delete_tree(prefix)  # leftovers of an interrupted import: never committed
         self._forget_case(case_id)
         geometry = volume.geometry
@@ -458,6 +522,8 @@ class AnnotationStore:
         note: str = "",
         source: str = "manual",
         parent: str | None = None,
+        proposal: str | None = None,
+        on_conflict: str = "refuse",
         status: str | None = None,
         image_sha256: str | None = None,
     ) -> RevisionInfo:
@@ -482,6 +548,15 @@ class AnnotationStore:
         parent : str, optional
             The revision the edit started from; when given and no longer the head (another
             writer saved meanwhile) the save is refused instead of silently overwriting.
+        proposal : str, optional
+            The proposal the edit started from (``p000001``); recorded in the revision. Without
+            ``parent`` it means the edit started from no revision: if one was saved meanwhile,
+            the save is refused.
+        on_conflict : {"refuse", "on_top"}
+            What a stale ``parent``/``proposal`` does: ``"refuse"`` raises
+            :class:`~napari_ivd.errors.StoreConflictError` (reload, or save again with
+            ``"on_top"``); ``"on_top"`` keeps the edit as a new head revision that records
+            what it was ``based_on`` and the head it was ``merged_over``, so both stay in history.
         status : str, optional
             Case status after the save (default ``"in progress"``).
         image_sha256 : str, optional
@@ -499,8 +574,11 @@ class AnnotationStore:
         UnknownLevelError
             A point's level is unknown.
         StoreError
-            Unknown mask values, a level given twice, another image, a stale ``parent``.
+            Unknown mask values, a level given twice, another image; StoreConflictError for a
+            stale ``parent``/``proposal``.
         """
+        if on_conflict not in ("refuse", "on_top"):
+            raise StoreError(f"on_conflict {on_conflict!r} is not 'refuse' or 'on_top'")
         info = self.case(case_id)
         where = self._where(case_id)
         if image_sha256 is not None and image_sha256 != info.image_sha256:
@@ -514,7 +592,19 @@ class AnnotationStore:
             schema.check_status(status)
         source = schema.check_source(source)
         with self._lock.hold(f"save revision of {case_id}"):
-            return self._save(case_id, checked, checked_mask, author, note, source, status, parent, None)
+            return self._save(
+                case_id,
+                checked,
+                checked_mask,
+                author,
+                note,
+                source,
+                status,
+                parent,
+                None,
+                proposal=proposal,
+                on_conflict=on_conflict,
+            )
 
     def _save(
         self,
@@ -527,14 +617,29 @@ class AnnotationStore:
         status: str | None,
         parent: str | None,
         restored_from: str | None,
+        *,
+        proposal: str | None = None,
+        on_conflict: str = "refuse",
     ) -> RevisionInfo:
         head = self._head(case_id)
-        if parent is not None and parent != head.head:
-            raise StoreError(
-                f"{self._where(case_id)}: the edit started from {parent} but the head is now {head.head} "
-                "(saved by someone else meanwhile); reload the case and redo the edit"
-            )
-        new_head = self._write_revision(case_id, head, points, mask, author, note, source, status, restored_from)
+        if proposal is not None and schema.check_entry_id(proposal, schema.PROPOSALS) not in head.proposal_ids:
+            raise StoreError(f"{self._where(case_id)}: no proposal {proposal} to start from")
+        provenance: dict[str, str | None] = {"proposal": proposal} if proposal is not None else {}
+        started_from = parent or proposal
+        if started_from is not None and parent != head.head:
+            if on_conflict != "on_top":
+                by = f" by {self._record(case_id, schema.REVISIONS, head.head)['author']}" if head.head else ""
+                raise StoreConflictError(
+                    f"{self._where(case_id)}: the edit started from {started_from} but the head is now "
+                    f"{head.head or 'none'} (saved{by} meanwhile). Nothing was saved: reload the case to see it, "
+                    "or keep this edit as a new revision on top of it (both stay in the history)",
+                    started_from,
+                    head.head,
+                )
+            provenance.update(based_on=started_from, merged_over=head.head)
+        new_head = self._write_revision(
+            case_id, head, points, mask, author, note, source, status, restored_from, provenance
+        )
         self._commit(case_id, new_head)
         assert new_head.head is not None
         if mask is not None:
@@ -552,8 +657,12 @@ class AnnotationStore:
         source: str,
         status: str | None,
         restored_from: str | None,
+        provenance: dict[str, str | None] | None = None,
     ) -> Head:
-        """Write revision n+1 completely (not yet committed); return the head that commits it."""
+        """Write revision n+1 completely (not yet committed); return the head that commits it.
+
+        ``provenance`` (``proposal``, ``based_on``, ``merged_over``) goes into the record as given.
+        """
         where = self._where(case_id)
         geometry = CaseInfo.from_records(self._case_record(case_id), head).geometry
         index = len(head.revisions) + 1
@@ -599,6 +708,7 @@ class AnnotationStore:
             "note": str(note),
             "source": source,
             "restored_from": restored_from,
+            **(provenance or {}),
             "n_points": len(points),
             "points": points_field,
             "points_from": points_from,
@@ -637,8 +747,15 @@ class AnnotationStore:
         """
         entry = schema.revision_id(index) if group == schema.REVISIONS else schema.proposal_id(index)
         record_prefix = schema.case_key(case_id, group, entry)
-        if not self._keys.children(record_prefix):
+        present = self._keys.children(record_prefix)
+        if not present:
             return
+        if schema.COMMITTED in present:
+            raise StoreError(
+                f"{self._where(case_id)}: {entry} was committed but HEAD no longer lists it (HEAD was rolled back "
+                f"or replaced). Nothing was saved or deleted; run `napari-ivd store repair {self.location} {case_id}`, "
+                "then reload the case and save again"
+            )
         log.info("%s: removing %s/%s left by an interrupted write", self._where(case_id), group, entry)
         masks = schema.case_key(case_id, group, schema.MASKS)
         for name in self._keys.children(masks):
@@ -652,6 +769,13 @@ class AnnotationStore:
             if name.startswith(f".{schema.HEAD}.") and name.endswith(".tmp"):  # a killed writer's; we hold the lock
                 self._keys.delete(schema.case_key(case_id, name))
         self._keys.put(schema.case_key(case_id, schema.HEAD), head.to_json())
+        for group, entries in ((schema.REVISIONS, head.revisions), (schema.PROPOSALS, head.proposals)):
+            # mark the newest two: the one just committed, and its predecessor in case a writer
+            # was killed between its HEAD and its mark (earlier ones were marked by later commits)
+            for entry_id, digest in entries[-2:]:
+                mark = schema.case_key(case_id, group, entry_id, schema.COMMITTED)
+                if self._keys.get(mark) != digest.encode():  # absent, or cut short by a killed writer
+                    self._keys.write(mark, digest.encode())
         log.debug("%s: committed %s (commit %d)", self._where(case_id), head.head, head.commit)
 
     def revisions(self, case_id: str) -> list[RevisionInfo]:
@@ -709,8 +833,19 @@ class AnnotationStore:
         grid = self._grid(case_id, group)
         out = base if base is not None else np.zeros(grid.shape, np.uint8)
         array = self._array(case_id, f"{group}/{schema.MASKS}")
-        for rec in reversed(chain):
-            read_entry(array, rec["mask"]["index"], grid, rec["mask"]["chunks"], out)
+        where = f"{self._where(case_id)} {entry_id}: mask ({schema.case_key(case_id, group, schema.MASKS)})"
+        try:
+            for rec in reversed(chain):
+                read_entry(array, rec["mask"]["index"], grid, rec["mask"]["chunks"], out)
+        except Exception as exc:  # a garbled chunk: the codec's own error type
+            raise StoreError(
+                f"{where} is unreadable ({type(exc).__name__}: {exc}); run `napari-ivd store check`"
+            ) from exc
+        if mask_sha256(out) != record["mask"]["sha256"]:
+            raise StoreError(
+                f"{where}: rebuilt from revisions {', '.join(r['id'] for r in reversed(chain))}, it does not match "
+                "its sha256 (a chunk is lost or damaged); run `napari-ivd store check`, load an older revision"
+            )
         self._cache_put((case_id, group, entry_id), out)
         return self._mask_cache[(case_id, group, entry_id)]
 
@@ -912,6 +1047,49 @@ class AnnotationStore:
 
         return check_store(self, case_ids)
 
+    def repair(self, case_ids: Iterable[str] | None = None) -> list[RepairResult]:
+        """Restore lost or rolled-back ``HEAD`` records from the committed records; deletes nothing.
+
+        Parameters
+        ----------
+        case_ids : iterable of str, optional
+            Only these cases (default: every case folder, with or without ``HEAD``).
+
+        Returns
+        -------
+        list of RepairResult
+            One per case looked at: what was restored, what could not be verified.
+        """
+        from napari_ivd.store.recovery import repair_case
+
+        if case_ids is None:
+            names = [c for c in self._keys.children(schema.CASES) if c != schema.ZARR_JSON and not c.startswith(".")]
+            case_ids = []
+            for name in names:
+                try:
+                    case_ids.append(schema.check_case_id(name))
+                except StoreError:
+                    log.warning("%s: %s/%s is no case folder; left as it is", self.location, schema.CASES, name)
+            case_ids = [c for c in case_ids if self.has_case(c) or committed_entries(self._keys, c)]
+        with self._lock.hold("repair"):
+            return [repair_case(self, case_id) for case_id in case_ids]
+
+    def lost_cases(self) -> list[str]:
+        """Case folders without ``HEAD`` that hold committed records: their ``HEAD`` was lost (see ``repair``)."""
+        names = [c for c in self._keys.children(schema.CASES) if c != schema.ZARR_JSON and not c.startswith(".")]
+        return [
+            c
+            for c in names
+            if self._keys.get(schema.case_key(c, schema.HEAD)) is None and committed_entries(self._keys, c)
+        ]
+
+    def lost_entries(self, case_id: str) -> list[str]:
+        """Revisions/proposals committed once but no longer listed by ``HEAD`` (it was rolled back): see ``repair``."""
+        from napari_ivd.store.recovery import find_lost_entries
+
+        self._head(case_id)  # no such case: a clear error
+        return find_lost_entries(self._keys, case_id)
+
     def info(self) -> dict[str, Any]:
         """A JSON-able summary: settings, size, writer lock, cases and models."""
         holder = self._lock.holder()
@@ -938,4 +1116,5 @@ class AnnotationStore:
             "cases": cases,
             "models": [m.model_id for m in self.list_models()],
             "active_model": None if (active := self.active_model()) is None else active.model,
+            "lost_head": self.lost_cases(),
         }
