@@ -307,3 +307,43 @@ def test_growth_goes_up_too_and_needs_two_chosen_structures(prior):
     assert all(named[name].row == truth[name][0] for name in LUMBAR)
     one = {"L4": lower[4]}
     assert extend_chain(one, candidates, LUMBAR) == one
+
+
+def test_a_grown_prior_keeps_its_means_and_places_new_levels_where_the_training_shapes_put_them(prior):
+    """Fine-tuning to new levels: the parent's skeleton stays, new labels come from the cases that show them."""
+    rng = np.random.default_rng(7)
+    lower = LUMBAR[4:]  # the parent knows L1 ... L5-S1 only
+    parent = SkeletonPrior.fit([{n: p for n, p in _spine_mm(rng).items() if n in lower} for _ in range(12)])
+    shapes = [{n: p for n, p in _spine_mm(rng).items() if LUMBAR.index(n) < 7} for _ in range(3)]  # T11 ... L2
+    grown = parent.grown(LUMBAR, shapes)
+    assert grown.labels == LUMBAR
+    kept = [grown.labels.index(n) for n in lower]
+    assert [grown.mean_steps[i] for i in kept] == list(parent.mean_steps)
+    assert [grown.spread_steps[i] for i in kept] == list(parent.spread_steps)
+    assert grown.counts[:4] == (3, 3, 3, 3) and grown.step_mm == parent.step_mm
+    # the new levels lie where the full prior has them, relative to the shared ones (within a fifth of a step)
+    full = prior.mean_complex()
+    a, b = _similarity_onto(full[4:], parent.mean_complex())
+    np.testing.assert_allclose(grown.mean_complex()[:4], a * full[:4] + b, atol=0.2)
+    assert parent.grown(lower, shapes) is parent
+
+
+def test_a_grown_prior_places_levels_no_case_connects_above_it_in_their_own_layout():
+    """Cervical levels on a lumbar prior: extrapolated up the rows, spaced as the case shows them (here unevenly)."""
+    rng = np.random.default_rng(3)
+    parent = SkeletonPrior.fit([_spine_mm(rng) for _ in range(6)])
+    cervical = {"C3": (0.0, 0.0), "C4": (18.0, 1.0), "C5": (54.0, 2.0)}  # shares no level with the prior
+    grown = parent.grown(["C3", "C4", "C5", *LUMBAR], [cervical])
+    assert grown.labels == ("C3", "C4", "C5", *LUMBAR)
+    rows = np.asarray(grown.mean_steps)[:, 0]
+    assert rows[0] < rows[1] < rows[2] < rows[3]  # cranial of T11, in order
+    np.testing.assert_allclose(rows[2] - rows[1], 2 * (rows[1] - rows[0]), rtol=0.05)  # the case's own spacing
+    assert grown.counts[:3] == (1, 1, 1)
+    assert SkeletonPrior.from_dict(grown.to_dict()) == grown
+
+
+def _similarity_onto(src: np.ndarray, dst: np.ndarray) -> tuple[complex, complex]:
+    """Least-squares ``dst ≈ a * src + b``."""
+    src_c, dst_c = src - src.mean(), dst - dst.mean()
+    a = complex((np.conj(src_c) * dst_c).sum() / (np.abs(src_c) ** 2).sum())
+    return a, complex(dst.mean() - a * src.mean())

@@ -2,9 +2,10 @@
 
 Two sources of cases: ``--store S`` fine-tunes the store's active model (or ``--model``) on
 its corrected cases and writes a new model version into the store, exactly as the viewer's
-Train button does; ``--lumbar DIR --out DIR`` trains from scratch (or ``--init``) on a
-labelled data folder. Either runs under ``torchrun --nproc_per_node=N`` with
-DistributedDataParallel (gloo on CPU, NCCL on GPUs); only rank 0 prints and writes.
+Train button does; ``--data DIR --out DIR`` trains from scratch (or ``--init``) on a
+labelled data folder, learning the levels its cases name (``--lumbar`` is its old name).
+Either runs under ``torchrun --nproc_per_node=N`` with DistributedDataParallel (gloo on CPU,
+NCCL on GPUs); only rank 0 prints and writes.
 """
 
 from __future__ import annotations
@@ -59,37 +60,39 @@ def _train_from_store(args: argparse.Namespace, main: bool) -> int:
 
 
 def _train_from_folder(args: argparse.Namespace, main: bool) -> int:
-    from napari_ivd.training.cases import load_lumbar_cases, split_cases
+    from napari_ivd.training.cases import labels_of, load_lumbar_cases, split_cases
     from napari_ivd.training.data import SampleConfig
     from napari_ivd.training.engine import TrainConfig, fit
     from napari_ivd.training.finetune import parent_sample_config
     from napari_ivd.worklist import run_steps
 
     if args.out is None:
-        print("--lumbar needs --out (the model folder to write)", file=sys.stderr)
+        print("--data needs --out (the model folder to write)", file=sys.stderr)
         return 2
     if args.init is not None and args.in_channels is not None:
         print("--in-channels cannot change a model given with --init (it keeps the parent's)", file=sys.stderr)
         return 2
-    if args.init is not None:  # the parent's slices, channels and labels, which its weights expect
-        sample_cfg = parent_sample_config(args.init)
+    cases = load_lumbar_cases(args.data)
+    if args.contrasts:
+        cases = [c for c in cases if c.contrast in args.contrasts]
+        if not cases:
+            print(f"no case of contrast {', '.join(args.contrasts)} under {args.data}", file=sys.stderr)
+            return 2
+    train, dev = split_cases(cases, dev_fraction=args.dev_fraction, seed=args.seed)
+    if args.init is not None:  # the parent's slices and channels, which its weights expect; its labels grown
+        sample_cfg = parent_sample_config(args.init, train)
     else:
         try:
             sample_cfg = SampleConfig(
-                in_channels=SampleConfig.in_channels if args.in_channels is None else args.in_channels
+                labels=labels_of(train),
+                in_channels=SampleConfig.in_channels if args.in_channels is None else args.in_channels,
             )
         except ValueError as exc:
             print(f"--in-channels: {exc}", file=sys.stderr)
             return 2
-    cases = load_lumbar_cases(args.lumbar)
-    if args.contrasts:
-        cases = [c for c in cases if c.contrast in args.contrasts]
-        if not cases:
-            print(f"no case of contrast {', '.join(args.contrasts)} under {args.lumbar}", file=sys.stderr)
-            return 2
-    train, dev = split_cases(cases, dev_fraction=args.dev_fraction, seed=args.seed)
     if main:
         print(f"training on {len(train)} cases, validating on {len(dev)}: {', '.join(c.name for c in dev)}")
+        print(f"levels: {', '.join(sample_cfg.labels)}")
     cfg = TrainConfig(
         model=args.model or "ivdnet",
         minutes=args.minutes if args.minutes is not None else (600.0 if args.epochs else 10.0),
@@ -140,33 +143,39 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         description=(
             "--store S: fine-tune the store's active model (or --model) on its corrected and verified cases, "
             "validate on held-out ones, and add the result to the store as a new model version (active only "
-            "if it validates better than its parent). --lumbar DIR --out DIR: train a model folder on a "
-            "labelled data folder. Runs under `torchrun --nproc_per_node=N` too (gloo on CPU, NCCL on GPUs)."
+            "if it validates better than its parent). --data DIR --out DIR: train a model folder on a "
+            "labelled data folder; it learns every level its cases name (with --init: the parent's grown to them). "
+            "Runs under `torchrun --nproc_per_node=N` too (gloo on CPU, NCCL on GPUs)."
         ),
     )
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--store", help="annotation store (folder or fsspec URL) to fine-tune from and write to")
-    source.add_argument("--lumbar", type=Path, help="a folder laid out like shared/data/lumbar")
+    source.add_argument(
+        "--data", type=Path, help="a labelled data folder laid out like shared/data/lumbar (<set>/<case>/image.nii.gz)"
+    )
+    source.add_argument("--lumbar", type=Path, dest="data", help=argparse.SUPPRESS)  # the old name of --data
     train.add_argument(
         "--model",
-        help="--store: parent model (stored id or bundled name; default: the active one); --lumbar: architecture",
+        help="--store: parent model (stored id or bundled name; default: the active one); --data: architecture",
     )
-    train.add_argument("--out", type=Path, help="with --lumbar: model folder to write")
-    train.add_argument("--init", type=Path, help="with --lumbar: start from this model folder")
+    train.add_argument("--out", type=Path, help="with --data: model folder to write")
+    train.add_argument(
+        "--init", type=Path, help="with --data: start from this model folder (grown to the data's levels)"
+    )
     train.add_argument(
         "--in-channels",
         type=int,
-        help="with --lumbar: adjacent sagittal slices stacked as the input (odd; default 1, the slice alone)",
+        help="with --data: adjacent sagittal slices stacked as the input (odd; default 1, the slice alone)",
     )
     budget = train.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float, help="time budget (default: 5 with --store, 10 with --lumbar)")
+    budget.add_argument("--minutes", type=float, help="time budget (default: 5 with --store, 10 with --data)")
     budget.add_argument("--epochs", type=int, help="number of epochs instead of a time budget")
-    train.add_argument("--lr", type=float, help="peak learning rate (default: 5e-4 with --store, 2e-3 with --lumbar)")
+    train.add_argument("--lr", type=float, help="peak learning rate (default: 5e-4 with --store, 2e-3 with --data)")
     train.add_argument("--author", help="with --store: recorded in the model card (default: login name)")
     train.add_argument(
-        "--contrasts", nargs="+", choices=["T1w", "T2w", "water"], help="with --lumbar: only cases of these contrasts"
+        "--contrasts", nargs="+", choices=["T1w", "T2w", "water"], help="with --data: only cases of these contrasts"
     )
-    train.add_argument("--dev-fraction", type=float, default=0.2, help="with --lumbar: held-out share per contrast")
+    train.add_argument("--dev-fraction", type=float, default=0.2, help="with --data: held-out share per contrast")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(func=run_train)

@@ -71,6 +71,27 @@ def _similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = N
     return a, complex(dst_mean - a * src_mean)
 
 
+def _aligned_means(
+    anchors: Mapping[str, complex], shapes: Sequence[Mapping[str, complex]], targets: set[str]
+) -> dict[str, tuple[complex, int]]:
+    """Mean position (and count) of each target label over the shapes aligned onto ``anchors``.
+
+    A shape counts when it shows a target and at least two anchors; it is mapped onto the
+    anchors by the least-squares similarity on the anchors it shows.
+    """
+    sums: dict[str, complex] = {}
+    seen: dict[str, int] = {}
+    for shape in shapes:
+        common = [name for name in shape if name in anchors]
+        shown = [name for name in shape if name in targets]
+        if len(common) >= 2 and shown:
+            a, b = _similarity(np.array([shape[n] for n in common]), np.array([anchors[n] for n in common]))
+            for name in shown:
+                sums[name] = sums.get(name, 0j) + a * shape[name] + b
+                seen[name] = seen.get(name, 0) + 1
+    return {name: (total / seen[name], seen[name]) for name, total in sums.items()}
+
+
 def _normalise_mean(mean: np.ndarray) -> np.ndarray:
     """Centre, orient (first→last label along +row) and scale (mean consecutive step = 1)."""
     centred = mean - mean.mean()
@@ -290,6 +311,64 @@ class SkeletonPrior:
             float(np.median(spread)),
         )
         return prior
+
+    def grown(self, labels: Sequence[str], shapes: Sequence[Mapping[str, tuple[float, float]]]) -> SkeletonPrior:
+        """This prior with ``labels`` added, its own means, spreads and scale kept.
+
+        Why: a model grown to new levels (:func:`napari_ivd.models.grow.grow_labels`) keeps the
+        prior its parent learnt from many cases, and a handful of fine-tuning cases place only
+        the new levels. A new label is placed by aligning (similarity, as in :meth:`fit`) each
+        training shape that shows it and at least two placed labels onto the prior, and
+        averaging; shapes chain on, so a level two steps past the prior is placed through one
+        in between. A label no shape connects is first extrapolated along the prior's mean
+        step per cranio-caudal position, then shapes showing two or more such labels
+        re-place them by their own layout. New labels take the prior's largest spread.
+
+        Parameters
+        ----------
+        labels : sequence of str
+            Labels the prior must hold (its own and new ones, any order).
+        shapes : sequence of mapping label -> (row_mm, col_mm)
+            Training keypoints, as for :meth:`fit`.
+
+        Example
+        -------
+        >>> prior = SkeletonPrior.fit([{"L3": (0.0, 0.0), "L3-L4": (17.0, 1.0), "L4": (34.0, 1.5)}])
+        >>> prior.grown(["L4-L5"], [{"L3-L4": (0.0, 0.0), "L4": (17.0, 0.0), "L4-L5": (34.0, 0.0)}]).labels
+        ('L3', 'L3-L4', 'L4', 'L4-L5')
+        """
+        wanted = {_canonical(name) for name in labels} - set(self.labels)
+        if not wanted:
+            return self
+        placed = dict(zip(self.labels, self.mean_complex(), strict=True))
+        parsed = [{_canonical(n): complex(float(rc[0]), float(rc[1])) for n, rc in shape.items()} for shape in shapes]
+        counts = dict.fromkeys(wanted, 0)
+        while means := _aligned_means(placed, parsed, wanted - set(placed)):  # chain on, level by level
+            placed |= {name: z for name, (z, _) in means.items()}
+            counts |= {name: n for name, (_, n) in means.items()}
+        missing = wanted - set(placed)
+        if missing:
+            orders = np.array([structure(name).order for name in self.labels], dtype=np.float64)
+            slope, intercept = np.polyfit(orders, self.mean_complex(), 1)
+            guess = {name: complex(slope * structure(name).order + intercept) for name in missing}
+            # shapes showing two or more of the guessed labels give them their own layout
+            means = _aligned_means(guess, parsed, missing)
+            placed |= guess | {name: z for name, (z, _) in means.items()}
+            counts |= {name: n for name, (_, n) in means.items()}
+        names = sorted(placed, key=lambda name: structure(name).order)
+        spread = dict(zip(self.labels, self.spread_steps, strict=True))
+        count = dict(zip(self.labels, self.counts, strict=True)) | counts
+        new_spread = max(self.spread_steps)
+        log.info("SkeletonPrior grown by %s", ", ".join(sorted(wanted, key=lambda n: structure(n).order)))
+        return SkeletonPrior(
+            labels=tuple(names),
+            mean_steps=tuple((float(placed[n].real), float(placed[n].imag)) for n in names),
+            spread_steps=tuple(spread.get(n, new_spread) for n in names),
+            counts=tuple(count[n] for n in names),
+            step_mm=self.step_mm,
+            log_scale_sd=self.log_scale_sd,
+            n_shapes=self.n_shapes,
+        )
 
     @staticmethod
     def _initial_mean(data: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

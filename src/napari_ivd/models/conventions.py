@@ -22,6 +22,8 @@ from napari_ivd.models.registry import ModelConfig
 
 __all__ = [
     "HEATMAP_INIT_BIAS",
+    "ChannelKey",
+    "LabelAxes",
     "PipelineConfig",
     "PipelineNet",
     "canonical_labels",
@@ -30,9 +32,15 @@ __all__ = [
     "check_positive_ints",
     "check_probability",
     "init_weights",
+    "keypoint_axes",
 ]
 
 log = logging.getLogger(__name__)
+
+#: One channel of a per-label axis: (label, part), e.g. ("L4", 1) for L4's column offset.
+ChannelKey = tuple[str, int]
+#: Per-label axes of a state dict: weight name -> {dim: the channel key of each index along it}.
+LabelAxes = dict[str, dict[int, tuple[ChannelKey, ...]]]
 
 #: Starting bias of heatmap logits: sigmoid(-4) ~ 0.02, near the focal loss's prior (CenterNet).
 HEATMAP_INIT_BIAS = -4.0
@@ -247,6 +255,19 @@ class PipelineNet(nn.Module):
         super().__init__()
         self.config = config
 
+    def label_axes(self) -> LabelAxes:
+        """Where the state dict holds per-label channels, for :func:`~napari_ivd.models.grow.grow_labels`.
+
+        Dimension 0 of a weight is its output channels, dimension 1 its inputs. This default
+        covers a ``heatmap`` and an ``offset`` 1x1 convolution (:func:`keypoint_axes`);
+        networks with more per-label weights extend it.
+        """
+        return keypoint_axes(self.config.labels)
+
+    def label_source(self, name: str, old_state: Mapping[str, Tensor]) -> str:
+        """The weight of a smaller network that ``name`` grows from: ``name`` itself unless overridden."""
+        return name
+
     def check_input(self, x: Tensor, multiple: int) -> None:
         """Refuse ``x`` unless it is ``(B, in_channels, H, W)`` with H and W multiples of ``multiple``.
 
@@ -268,6 +289,24 @@ class PipelineNet(nn.Module):
                 f"{name} input rows and cols must be multiples of {multiple}, got {h}x{w}; "
                 "pad with zeros at the bottom/right (docs/pipeline.md)"
             )
+
+
+def keypoint_axes(labels: Iterable[str], prefix: str = "", heatmap: str = "heatmap") -> LabelAxes:
+    """The label axes of a keypoint head's ``heatmap`` (one channel per label) and ``offset`` (rows, cols per label).
+
+    Example
+    -------
+    >>> keypoint_axes(["L4"])["offset.weight"]
+    {0: (('L4', 0), ('L4', 1))}
+    """
+    one = tuple((label, 0) for label in labels)
+    two = tuple((label, part) for label, _ in one for part in (0, 1))
+    return {
+        f"{prefix}{heatmap}.weight": {0: one},
+        f"{prefix}{heatmap}.bias": {0: one},
+        f"{prefix}offset.weight": {0: two},
+        f"{prefix}offset.bias": {0: two},
+    }
 
 
 def init_weights(model: nn.Module, heatmap: nn.Conv2d, offset: nn.Conv2d, seg: Iterable[nn.Conv2d]) -> None:

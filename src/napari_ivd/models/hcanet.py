@@ -59,7 +59,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from napari_ivd.models.conventions import PipelineConfig
+from napari_ivd.models.conventions import LabelAxes, PipelineConfig
 from napari_ivd.models.hourglass import (
     SegHead,
     StackedHeatmapLoss,
@@ -223,6 +223,7 @@ class HcaNet(StackedHourglassNet):
     """
 
     config: HcaNetConfig
+    heatmap_head = "last_heatmap"
 
     def __init__(self, config: HcaNetConfig | None = None) -> None:
         super().__init__(config or HcaNetConfig())
@@ -238,6 +239,12 @@ class HcaNet(StackedHourglassNet):
         with torch.no_grad():  # the merge starts as the mean of the stacks' heatmaps, keeping their prior
             self.merge.weight.copy_(torch.eye(k).repeat(1, stacks)[:, :, None, None] / stacks)
             self.merge.bias.zero_()
+
+    def label_axes(self) -> LabelAxes:
+        """The stacked hourglass's axes, plus the merge: one output per label, inputs stack by stack."""
+        one = tuple((label, 0) for label in self.config.labels)
+        stacked = tuple((label, s) for s in range(self.config.stacks) for label, _ in one)
+        return super().label_axes() | {"merge.weight": {0: one, 1: stacked}, "merge.bias": {0: one}}
 
     def forward(self, x: Tensor, seg_only: bool = False) -> dict[str, Tensor]:
         """The pipeline's outputs (``"heatmap"``: logits of the merged heatmap), and every stack's own.

@@ -61,7 +61,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from napari_ivd.models.conventions import HEATMAP_INIT_BIAS, PipelineConfig, PipelineNet, init_weights
+from napari_ivd.models.conventions import (
+    HEATMAP_INIT_BIAS,
+    LabelAxes,
+    PipelineConfig,
+    PipelineNet,
+    init_weights,
+    keypoint_axes,
+)
 from napari_ivd.models.ivdnet import INPUT_MULTIPLE
 from napari_ivd.models.layers import conv_bn_relu, keypoint_convs
 from napari_ivd.models.losses import IvdLoss
@@ -388,6 +395,17 @@ class StackedHourglassNet(PipelineNet):
 
     backbone: StackedHourglass
     seg: SegHead
+    #: Attribute name of the last heatmap convolution.
+    heatmap_head = "heatmap"
+
+    def label_axes(self) -> LabelAxes:
+        """The keypoint head's axes, plus every intermediate head and the remap that feeds its heatmaps on."""
+        one = tuple((label, 0) for label in self.config.labels)
+        axes = keypoint_axes(self.config.labels, heatmap=self.heatmap_head)
+        for s in range(len(self.backbone.heads)):
+            axes |= {f"backbone.heads.{s}.weight": {0: one}, f"backbone.heads.{s}.bias": {0: one}}
+            axes[f"backbone.remap_heatmaps.{s}.weight"] = {1: one}
+        return axes
 
     def _stacks(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor]]:
         """Check ``x``, run the stacks: each stack's representation, the intermediate heatmaps, ``{"seg": ...}``."""

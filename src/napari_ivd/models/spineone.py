@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from napari_ivd.anatomy import structure
-from napari_ivd.models.conventions import PipelineConfig, PipelineNet, init_weights
+from napari_ivd.models.conventions import LabelAxes, PipelineConfig, PipelineNet, init_weights, keypoint_axes
 from napari_ivd.models.deeplab import ASPP, DeepLabDecoder
 from napari_ivd.models.ivdnet import DualAttention
 from napari_ivd.models.layers import conv_bn_relu, keypoint_convs, upsample_like
@@ -451,6 +451,25 @@ class SpineOne(PipelineNet):
         init_weights(self, first.heatmap, first.offset, [self.seg, *self._logit_convs(first)])
         for stream in others:  # resets only this stream's convolutions
             init_weights(stream, stream.heatmap, stream.offset, self._logit_convs(stream))
+
+    def label_axes(self) -> LabelAxes:
+        """Each substream's keypoint (and degeneration) heads, over that stream's labels."""
+        axes: LabelAxes = {}
+        for kind, stream in self.streams.items():
+            labels = [label for label in self.config.labels if structure(label).kind == kind]
+            axes |= keypoint_axes(labels, prefix=f"streams.{kind}.")
+            if stream.degeneration is not None:
+                one = tuple((label, 0) for label in labels)
+                axes |= {f"streams.{kind}.degeneration.{p}": {0: one} for p in ("weight", "bias")}
+        return axes
+
+    def label_source(self, name: str, old_state: Mapping[str, Tensor]) -> str:
+        """A substream the smaller network lacks (no label of that kind) grows from the other one."""
+        if name in old_state or not name.startswith("streams."):
+            return name
+        _, kind, rest = name.split(".", 2)
+        other = next(k for k in ("disc", "vertebra") if k != kind)
+        return f"streams.{other}.{rest}"
 
     @staticmethod
     def _logit_convs(stream: Substream) -> list[nn.Conv2d]:

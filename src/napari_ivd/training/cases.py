@@ -30,6 +30,7 @@ __all__ = [
     "MASK_KINDS",
     "LabelledCase",
     "guess_contrast",
+    "labels_of",
     "load_lumbar_case",
     "load_lumbar_cases",
     "mask_kinds_of",
@@ -110,6 +111,18 @@ class LabelledCase:
     def has_mask(self) -> bool:
         """True when the case carries any segmentation mask."""
         return self.mask_tss is not None or self.mask_kind_only is not None
+
+
+def labels_of(cases: Sequence[LabelledCase], also: Sequence[str] = ()) -> tuple[str, ...]:
+    """The levels the cases name with a keypoint (plus ``also``), cranio-caudal: what a model trained on them can learn.
+
+    Example
+    -------
+    >>> labels_of([], also=["L4-L5", "C3"])
+    ('C3', 'L4-L5')
+    """
+    names = {structure(name).name for name in also} | {name for case in cases for name in case.keypoints_vox}
+    return tuple(sorted(names, key=lambda name: structure(name).order))
 
 
 _CONTRAST_WORDS = re.compile(r"(?<![A-Za-z0-9])(T1w|T2w|water)(?![A-Za-z0-9])", re.IGNORECASE)

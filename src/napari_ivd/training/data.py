@@ -27,7 +27,7 @@ import torch
 from scipy import ndimage
 
 from napari_ivd.anatomy import LUMBAR_LABELS, from_tss, structure
-from napari_ivd.errors import UnknownLevelError
+from napari_ivd.errors import TrainingError, UnknownLevelError
 from napari_ivd.models.decode import input_to_output_px
 from napari_ivd.training.cases import LabelledCase
 
@@ -322,7 +322,10 @@ def _prepare(case: LabelledCase, cfg: SampleConfig) -> _Prepared:
         mid_lr = float(lr.mean())
         anchors = np.array([[si.min(), ap.min()], [si.max(), ap.max()]], dtype=np.float64)
     else:
-        raise ValueError(f"case {case.name}: no keypoint among {cfg.labels} and no mask; nothing to train on")
+        raise TrainingError(
+            f"case {case.name}: no keypoint among the model's labels ({', '.join(cfg.labels)}) and no vertebra or "
+            "disc mask; nothing to train on. Add its levels (points or a labelled mask) or leave it out"
+        )
 
     n_lr = image.shape[0]
     all_slices = np.arange(n_lr)

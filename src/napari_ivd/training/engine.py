@@ -29,6 +29,7 @@ from napari_ivd.metrics import (
     summarize_keypoints,
 )
 from napari_ivd.models import build, load_checkpoint, registry, save_checkpoint, to_device
+from napari_ivd.models.grow import grow_labels
 from napari_ivd.skeleton import SkeletonPrior
 from napari_ivd.training import ddp
 from napari_ivd.training.cases import LabelledCase
@@ -90,10 +91,27 @@ def in_plane_mm(case: LabelledCase) -> dict[str, tuple[float, float]]:
     return out
 
 
+def _shapes(cases: Sequence[LabelledCase], labels: Sequence[str]) -> list[dict[str, tuple[float, float]]]:
+    return [{n: p for n, p in in_plane_mm(c).items() if n in labels} for c in cases]
+
+
 def fit_skeleton(cases: Sequence[LabelledCase], labels: Sequence[str]) -> SkeletonPrior:
     """The mean normalised skeleton of the training cases' keypoints, over ``labels``."""
-    shapes = [{n: p for n, p in in_plane_mm(c).items() if n in labels} for c in cases]
-    return SkeletonPrior.fit([s for s in shapes if len(s) >= 3])
+    return SkeletonPrior.fit([s for s in _shapes(cases, labels) if len(s) >= 3])
+
+
+def starting_skeleton(
+    parent_card: dict[str, Any] | None, cases: Sequence[LabelledCase], labels: Sequence[str]
+) -> dict[str, Any]:
+    """The skeleton prior a run starts with: the parent's, grown to ``labels`` from ``cases``; else fitted on them.
+
+    Why keep the parent's: it was learnt from more cases than a handful of corrections; only
+    levels it lacks are placed from the training cases that show them.
+    """
+    if parent_card is None or not parent_card.get("skeleton"):
+        return fit_skeleton(cases, labels).to_dict()
+    prior = SkeletonPrior.from_dict(parent_card["skeleton"])
+    return prior.grown(labels, _shapes(cases, labels)).to_dict()
 
 
 def evaluate_cases(
@@ -157,11 +175,16 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 def _starting_model(
     cfg: TrainConfig, sample_cfg: SampleConfig, init_from: Path | None, device: torch.device
 ) -> tuple[TrainConfig, Any, torch.nn.Module, dict[str, Any] | None]:
-    """(config with the model's name, model config, model on ``device``, parent card or None)."""
+    """(config with the model's name, model config, model on ``device``, parent card or None).
+
+    A parent is grown to the sample labels when they hold levels it lacks (:func:`grow_labels`).
+    """
     if init_from is not None:
         model, parent_card = load_checkpoint(init_from, device=device)
         cfg = replace(cfg, model=parent_card["name"])
-        return cfg, registry.config_class(cfg.model).from_dict(parent_card["config"]), model, parent_card
+        if set(model.config.labels) <= set(sample_cfg.labels):
+            model = grow_labels(model, sample_cfg.labels)
+        return cfg, model.config, model, parent_card
     config_cls = registry.config_class(cfg.model)
     overrides = {"labels": list(sample_cfg.labels), **cfg.model_overrides}
     config = config_cls.from_dict({**config_cls().to_dict(), **overrides})
@@ -183,8 +206,9 @@ def fit(
     ``validate_every_min`` minutes), after the last epoch and when the time budget is spent;
     training stops early after ``patience`` validations without improvement. Fine-tuning
     (``init_from``) keeps the parent's skeleton prior, learnt from more cases than a
-    handful of corrections. On CUDA the forward pass runs in mixed precision and an
-    out-of-memory step halves the batch and goes on. Under ``torchrun`` (see
+    handful of corrections; when ``sample_cfg.labels`` hold levels the parent lacks, the
+    parent's heads and prior grow to them (:func:`starting_skeleton`). On CUDA the forward
+    pass runs in mixed precision and an out-of-memory step halves the batch and goes on. Under ``torchrun`` (see
     :mod:`napari_ivd.training.ddp`) every rank trains and only rank 0 validates and saves.
 
     Yields a :class:`TrainProgress` per epoch; returns the saved card (``None`` if no
@@ -204,10 +228,7 @@ def fit(
     labels = list(config.labels)
     if list(sample_cfg.labels) != labels:
         raise ValueError(f"sample labels {sample_cfg.labels} differ from the model's {labels}")
-    if parent_card is not None and parent_card.get("skeleton"):
-        skeleton = parent_card["skeleton"]
-    else:
-        skeleton = fit_skeleton(train_cases, labels).to_dict()
+    skeleton = starting_skeleton(parent_card, train_cases, labels)
     card = {
         "name": cfg.model,
         "labels": labels,

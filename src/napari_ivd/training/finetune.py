@@ -25,8 +25,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Generator
-from dataclasses import asdict, dataclass
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from napari_ivd.models import load_checkpoint, read_card
 from napari_ivd.store import AnnotationStore, ModelInfo
 from napari_ivd.store.schema import default_author
 from napari_ivd.training import ddp
+from napari_ivd.training.cases import LabelledCase, labels_of
 from napari_ivd.training.data import SampleConfig
 from napari_ivd.training.engine import TrainConfig, TrainProgress, evaluate_cases, fit, validation_key
 from napari_ivd.training.store_cases import NOT_JUDGED, TrainingPlan, load_planned_cases, plan_training
@@ -153,7 +154,7 @@ def finetune_steps(
         model, card = load_checkpoint(parent_dir, device=device)
         before = evaluate_cases(model, card, val_cases, device)
         del model
-    sample_cfg = parent_sample_config(parent_dir)
+    sample_cfg = parent_sample_config(parent_dir, train_cases)
     extra = {
         "parent": {"model": choice.key, "stored": choice.stored, "weights_sha256": choice.card.get("weights_sha256")},
         "case_revisions": plan.revisions(),
@@ -208,12 +209,15 @@ def _read(store: AnnotationStore, plan: TrainingPlan) -> Generator[FineTuneProgr
         yield FineTuneProgress("reading", report.message, 0.05 * report.step / max(1, report.total))
 
 
-def parent_sample_config(parent_dir: Path) -> SampleConfig:
-    """The parent's sampling settings (same spacing, channels and labels), defaults otherwise."""
+def parent_sample_config(parent_dir: Path, cases: Sequence[LabelledCase] = ()) -> SampleConfig:
+    """The parent's sampling settings (same spacing, channels), its labels grown to the levels ``cases`` name.
+
+    The labels are the cranio-caudal union of the parent's and the cases' keypoint levels,
+    so fine-tuning learns every level its cases carry (:func:`~napari_ivd.models.grow.grow_labels`).
+    """
     card = read_card(parent_dir)
-    if card.get("sample_config"):
-        return SampleConfig.from_dict(card["sample_config"])
-    return SampleConfig(labels=tuple(card["labels"]))
+    sample_cfg = SampleConfig.from_dict(card["sample_config"]) if card.get("sample_config") else SampleConfig()
+    return replace(sample_cfg, labels=labels_of(cases, also=card["labels"]))
 
 
 def _train_line(p: TrainProgress, epochs: int | None) -> str:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_ivd.errors import TrainingError
-from napari_ivd.store import AnnotationStore
+from napari_ivd.io.annotations import points_from_tss_mask
+from napari_ivd.store import AnnotationStore, RevisionInfo
 from napari_ivd.training.cases import LabelledCase, guess_contrast, mask_kinds_of
 from napari_ivd.worklist import StepProgress
 
@@ -34,7 +35,9 @@ __all__ = [
     "PlannedCase",
     "TrainingPlan",
     "can_judge",
+    "labelled_case",
     "load_planned_cases",
+    "nothing_to_learn",
     "plan_training",
 ]
 
@@ -147,8 +150,9 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
         if case.status != "verified" and revision.source != "manual":
             skipped.append((case_id, f"head revision is an uncorrected proposal ({revision.source})"))
             continue
-        if revision.n_points == 0 and not revision.has_mask:
-            skipped.append((case_id, "head revision is empty"))
+        reason = nothing_to_learn(store, case_id, revision)
+        if reason is not None:
+            skipped.append((case_id, reason))
             continue
         usable.append(PlannedCase(case_id, case.head, case.status))
         if not can_judge(revision.source):
@@ -170,17 +174,39 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
     )
 
 
+def nothing_to_learn(store: AnnotationStore, case_id: str, revision: RevisionInfo) -> str | None:
+    """Why a revision gives a model nothing to learn (no point, no vertebra or disc in its mask), else None.
+
+    Any named point can be learnt (a model grows to the levels its cases name); a mask only
+    when it holds vertebrae or discs, so only a revision without points has its mask read.
+    """
+    if revision.n_points:
+        return None
+    if not revision.has_mask:
+        return "head revision is empty"
+    mask = store.load(case_id, revision.revision_id).mask_tss
+    if mask is None or not mask_kinds_of(mask):
+        return "head revision has no point and its mask holds no vertebra or disc (nothing a model learns)"
+    return None
+
+
 def labelled_case(store: AnnotationStore, planned: PlannedCase) -> LabelledCase:
-    """One planned case as training data: its image and the points and mask of its planned revision."""
+    """One planned case as training data: its image and the points and mask of its planned revision.
+
+    A level its mask holds but no point names gets a keypoint at the centroid of its mask,
+    so the levels of a mask-only annotation are learnt too.
+    """
     volume = store.read_image(planned.case_id)
     annotation = store.load(planned.case_id, planned.revision)
     mask = annotation.mask_tss
     kinds = frozenset() if mask is None else mask_kinds_of(mask)
+    from_mask = points_from_tss_mask(mask, kinds=kinds) if kinds else []
+    points = {p.level: np.asarray(p.ijk_vox) for p in (*from_mask, *annotation.points)}  # named points win
     return LabelledCase(
         name=planned.case_id,
         contrast=guess_contrast(f"{planned.case_id} {store.case(planned.case_id).source_path}"),
         volume=volume,
-        keypoints_vox={p.level: np.asarray(p.ijk_vox) for p in annotation.points},
+        keypoints_vox=points,
         mask_tss=mask if kinds else None,
         mask_kinds=kinds,
     )

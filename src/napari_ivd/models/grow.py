@@ -1,0 +1,166 @@
+"""Grow a trained network to more levels: per-label channels copied by name, new ones from their nearest level.
+
+A lumbar model fine-tuned on cervical cases must learn C3 without forgetting L4. Every
+architecture keeps one heatmap channel (and two offset channels, and whatever else its own
+loss reads) per label, and declares where in its state dict those channels lie
+(:meth:`~napari_ivd.models.conventions.PipelineNet.label_axes`). :func:`grow_labels` builds
+the same architecture with more labels and fills it from the trained one:
+
+* every weight not tied to labels is copied as is;
+* a per-label channel of an old label is copied from that label's channel;
+* a per-label channel of a new label starts as a copy of the nearest old level of the same
+  kind (a disc from the nearest disc, a vertebra from the nearest vertebra; of any kind when
+  the network has none of that kind), so its first proposals are a sensible guess and its
+  gradients start from trained features, not from noise;
+* where a layer *reads* heatmaps (a stacked hourglass feeds each stack's heatmaps to the
+  next), the inputs from new labels start at zero, so every old output is unchanged; a new
+  label's row reads its own heatmap where its source level read its own.
+
+So on the same input the grown network gives the old network's outputs on the old labels
+and, on each new label, the outputs of its source level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from napari_ivd.anatomy import structure
+from napari_ivd.models.conventions import ChannelKey, PipelineNet, canonical_labels
+from napari_ivd.models.registry import to_device
+
+__all__ = ["grow_labels", "nearest_level"]
+
+log = logging.getLogger(__name__)
+
+
+def nearest_level(name: str, candidates: Sequence[str]) -> str:
+    """The candidate closest to ``name`` in the cranio-caudal order, of the same kind where one exists.
+
+    Ties go to the cranial candidate. Why the same kind: a disc channel has learnt what a disc
+    looks like, which is a better start for another disc than a neighbouring vertebra.
+
+    Raises
+    ------
+    ValueError
+        ``candidates`` is empty.
+
+    Example
+    -------
+    >>> nearest_level("T10-T11", ["T11", "T11-T12", "L1"])
+    'T11-T12'
+    >>> nearest_level("C3", ["T11", "T11-T12", "L1"])
+    'T11'
+    """
+    if not candidates:
+        raise ValueError(f"no level to start {name} from")
+    target = structure(name)
+    same_kind = [c for c in candidates if structure(c).kind == target.kind] or list(candidates)
+    return min(same_kind, key=lambda c: (abs(structure(c).order - target.order), structure(c).order))
+
+
+def _sources(axis: Sequence[ChannelKey], old_axis: Sequence[ChannelKey]) -> list[ChannelKey]:
+    """For each channel key of the grown axis, the key of the old axis it starts from."""
+    old_labels = list(dict.fromkeys(label for label, _ in old_axis))
+    source = {label: label if label in old_labels else nearest_level(label, old_labels) for label, _ in axis}
+    return [(source[label], part) for label, part in axis]
+
+
+def _grow_tensor(
+    old: torch.Tensor,
+    new_shape: torch.Size,
+    axes: dict[int, Sequence[ChannelKey]],
+    old_axes: dict[int, Sequence[ChannelKey]],
+    name: str,
+) -> torch.Tensor:
+    """One parameter of the grown network from the old one (see the module docstring for the rules)."""
+    out = torch.zeros(new_shape, dtype=old.dtype)
+    old_index = {dim: {key: i for i, key in enumerate(keys)} for dim, keys in old_axes.items()}
+    if set(axes) - {0, 1}:
+        raise ValueError(f"{name}: label axes {sorted(axes)} beyond the first two are not supported")
+    rows = axes.get(0)
+    cols = axes.get(1)
+    old_col_labels = {label for label, _ in old_axes.get(1, ())}
+    row_sources = _sources(rows, old_axes[0]) if rows is not None else None
+    n_rows = new_shape[0]
+    for i in range(n_rows):
+        src_i = old_index[0][row_sources[i]] if row_sources is not None else i
+        if cols is None:
+            out[i] = old[src_i]
+            continue
+        own_label = rows[i][0] if rows is not None else None
+        source_label = row_sources[i][0] if row_sources is not None else None
+        for j, (label, part) in enumerate(cols):
+            if label == own_label:  # a new row reads its own heatmap where its source read its own
+                key = (source_label, part)
+            elif label in old_col_labels and label != source_label:
+                key = (label, part)
+            else:  # new inputs start at zero: old outputs stay as they were
+                continue
+            out[i, j] = old[src_i, old_index[1][key]]
+    return out
+
+
+def grow_labels(model: PipelineNet, labels: Sequence[str]) -> PipelineNet:
+    """The same network with ``labels`` (a superset of its own), old channels kept, new ones from their nearest level.
+
+    Parameters
+    ----------
+    model : PipelineNet
+        A registered network (any device; left untouched).
+    labels : sequence of str
+        The grown label set, cranio-caudal; must hold every label of ``model.config.labels``.
+
+    Returns
+    -------
+    PipelineNet
+        A new network of the same class on the same device and in the same mode, with
+        ``config.labels == labels``; ``model`` itself when the labels are unchanged.
+
+    Raises
+    ------
+    ValueError
+        ``labels`` drops a label of the model or breaks the config's label rules, or the
+        architecture's label axes miss a weight whose shape depends on the labels.
+
+    Example
+    -------
+    >>> from napari_ivd.models import build
+    >>> grown = grow_labels(build("ivdnet"), ["T10", "T10-T11", *build("ivdnet").config.labels])
+    >>> grown.config.num_labels
+    16
+    """
+    config = model.config
+    labels = canonical_labels(labels, type(config).__name__)
+    dropped = [label for label in config.labels if label not in labels]
+    if dropped:
+        raise ValueError(f"growing {type(model).__name__} to {list(labels)} would drop {dropped}; keep every label")
+    if labels == tuple(config.labels):
+        return model
+    grown = type(model)(dataclasses.replace(config, labels=labels))
+    old_state = model.state_dict()
+    old_axes, new_axes = model.label_axes(), grown.label_axes()
+    state = {}
+    for name, tensor in grown.state_dict().items():
+        source_name = grown.label_source(name, old_state)
+        if source_name not in old_state:
+            raise ValueError(f"{type(model).__name__}.{name}: no weight of the smaller network to grow it from")
+        old = old_state[source_name]
+        axes = new_axes.get(name)
+        if axes is None:
+            if old.shape != tensor.shape:
+                raise ValueError(
+                    f"{type(model).__name__}.{name} changes shape with the labels ({tuple(old.shape)} -> "
+                    f"{tuple(tensor.shape)}) but label_axes() does not describe it"
+                )
+            state[name] = old.detach().clone()
+            continue
+        state[name] = _grow_tensor(old.detach().cpu(), tensor.shape, axes, old_axes[source_name], name)
+    grown.load_state_dict(state, strict=True)
+    grown = to_device(grown, next(model.parameters()).device)
+    grown.train(model.training)
+    log.info("grew %s from %d to %d labels", type(model).__name__, len(config.labels), len(labels))
+    return grown

@@ -1,0 +1,121 @@
+"""Growing a trained network to more levels keeps what it knew and starts new levels from their nearest one.
+
+For every registered architecture: on the same input, the grown network's outputs on the old
+labels equal the parent's, and each new label's outputs equal those of its nearest old level of
+the same kind (a disc from a disc, a vertebra from a vertebra).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from _arch_contract import TINY, seeded_single_thread  # noqa: F401 (autouse fixture)
+from napari_ivd.models import available, build, to_device
+from napari_ivd.models.grow import grow_labels, nearest_level
+
+OLD = ("L4", "L4-L5")
+#: C3 and S1 are vertebrae (start from L4), L3-L4 and L5-S1 are discs (start from L4-L5).
+NEW = ("C3", "L3-L4", "L4", "L4-L5", "L5-S1", "S1")
+SOURCE = {"C3": "L4", "L3-L4": "L4-L5", "L4": "L4", "L4-L5": "L4-L5", "L5-S1": "L4-L5", "S1": "L4"}
+
+
+def _trained_like(name: str, labels: tuple[str, ...]) -> torch.nn.Module:
+    """A tiny network whose every weight is random (no two labels' channels alike, as after training)."""
+    net = build(name, dataclasses.replace(TINY[name].config, labels=labels))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return to_device(net, "cpu").eval()  # the layout training uses, as the grown network has
+
+
+def _per_label(out: dict[str, torch.Tensor], label_dims: dict[str, int], k: int) -> dict[str, torch.Tensor]:
+    """Each per-label output as (..., K, parts, ...) so that channel k is label k."""
+    views = {}
+    for key, dim in label_dims.items():
+        tensor = out[key]
+        parts = tensor.shape[dim] // k
+        views[key] = tensor.unflatten(dim, (k, parts))
+    return views
+
+
+def _label_dims(out: dict[str, torch.Tensor]) -> dict[str, int]:
+    dims = {"heatmap": 1, "offset": 1}
+    dims |= {key: 1 for key in ("heatmap_values", "degeneration") if key in out}
+    dims |= {"aux_heatmaps": 2} if "aux_heatmaps" in out else {}
+    return dims
+
+
+def _check_grown(name: str, old_labels: tuple[str, ...], new_labels: tuple[str, ...], source: dict[str, str]) -> None:
+    parent = _trained_like(name, old_labels)
+    child = grow_labels(parent, new_labels)
+    assert child.config.labels == new_labels and child.config == dataclasses.replace(parent.config, labels=new_labels)
+    # in double precision: a deep stack amplifies float32 rounding of the longer sums to ~1e-3
+    parent, child = parent.double(), child.double()
+    x = torch.rand(2, 1, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        before, after = parent(x), child(x)
+    torch.testing.assert_close(after["seg"], before["seg"])
+    dims = _label_dims(before)
+    assert set(dims) == set(_label_dims(after))
+    old = _per_label(before, dims, len(old_labels))
+    new = _per_label(after, dims, len(new_labels))
+    for key, dim in dims.items():
+        for k, label in enumerate(new_labels):
+            expected = old[key].select(dim, old_labels.index(source[label]))
+            torch.testing.assert_close(new[key].select(dim, k), expected, msg=f"{name} {key} {label}")
+
+
+@pytest.mark.parametrize("name", available())
+def test_grown_network_keeps_old_outputs_and_starts_new_levels_from_the_nearest_of_their_kind(name: str):
+    _check_grown(name, OLD, NEW, SOURCE)
+
+
+@pytest.mark.parametrize("name", available())
+def test_growing_by_one_level_at_either_end(name: str):
+    _check_grown(name, OLD, ("L4", "L4-L5", "L5"), {"L4": "L4", "L4-L5": "L4-L5", "L5": "L4"})
+    _check_grown(name, OLD, ("L3-L4", "L4", "L4-L5"), {"L3-L4": "L4-L5", "L4": "L4", "L4-L5": "L4-L5"})
+
+
+def test_spineone_grows_a_whole_substream_for_a_kind_it_had_none_of():
+    """A discs-only SpineOne has no vertebra stream: the new stream starts as a copy of the disc stream."""
+    _check_grown(
+        "spineone", ("L3-L4", "L4-L5"), ("L3-L4", "L4", "L4-L5"), {"L3-L4": "L3-L4", "L4": "L3-L4", "L4-L5": "L4-L5"}
+    )
+
+
+def test_grown_network_trains_its_new_channels():
+    child = grow_labels(_trained_like("ivdnet", OLD), NEW).train()
+    child(torch.rand(2, 1, 32, 32))["heatmap"][:, NEW.index("C3")].sum().backward()
+    assert child.heatmap.weight.grad[NEW.index("C3")].abs().sum() > 0
+
+
+def test_growing_refuses_to_drop_a_level_and_keeps_the_same_labels_as_is():
+    parent = _trained_like("unet", OLD)
+    with pytest.raises(ValueError, match=r"would drop \['L4-L5'\]"):
+        grow_labels(parent, ("L4", "L5"))
+    assert grow_labels(parent, ["l4", "L4/L5"]) is parent
+
+
+def test_growing_names_a_label_sized_weight_its_architecture_does_not_describe(monkeypatch):
+    """A new architecture that forgets a per-label weight in label_axes() fails loudly, not silently."""
+    from napari_ivd.models.hcanet import HcaNet
+
+    monkeypatch.setattr(HcaNet, "label_axes", lambda self: super(HcaNet, self).label_axes())
+    with pytest.raises(ValueError, match=r"merge\.weight changes shape"):
+        grow_labels(_trained_like("hcanet", OLD), NEW)
+
+
+@pytest.mark.parametrize(
+    ("name", "candidates", "expected"),
+    [
+        ("T10-T11", ("T11", "T11-T12", "L1"), "T11-T12"),
+        ("C3", ("T11", "T11-T12"), "T11"),
+        ("S1", ("L4-L5", "L5-S1"), "L5-S1"),  # no vertebra to start from: the nearest of any kind
+        ("L3", ("L2", "L4"), "L2"),  # a tie goes to the cranial level
+    ],
+)
+def test_nearest_level(name: str, candidates: tuple[str, ...], expected: str):
+    assert nearest_level(name, candidates) == expected
