@@ -36,7 +36,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cache
@@ -46,7 +46,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_ivd.anatomy import structure
 from napari_ivd.errors import IvdError
 from napari_ivd.inference import predict, resolve_device
 from napari_ivd.io.annotations import LabelledPoint
@@ -54,8 +53,8 @@ from napari_ivd.metrics import keypoint_rows, summarize_keypoints
 from napari_ivd.model_versions import model_folder
 from napari_ivd.models import load_checkpoint, read_card
 from napari_ivd.store import AnnotationStore
-from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases
-from napari_ivd.training.data import ROBUST_AUGMENTATION, SampleConfig
+from napari_ivd.training.cases import LabelledCase, labels_of, load_lumbar_cases, split_cases
+from napari_ivd.training.data import AUGMENTATIONS, SampleConfig
 from napari_ivd.training.engine import TrainConfig, fit
 from napari_ivd.training.finetune import FineTuneConfig, finetune_steps
 from napari_ivd.training.store_cases import load_planned_cases, plan_training
@@ -102,23 +101,13 @@ def _source(case_name: str) -> str:
     return case_name.split("/")[0]
 
 
-def cranio_caudal(names: Iterable[str]) -> tuple[str, ...]:
-    """Distinct structure names, cranio-caudal (the channel order of a model's labels)."""
-    return tuple(sorted(set(names), key=lambda n: structure(n).order))
-
-
-def labels_of(cases: Sequence[LabelledCase]) -> tuple[str, ...]:
-    """Every level the cases annotate, cranio-caudal."""
-    return cranio_caudal(name for case in cases for name in case.keypoints_vox)
-
-
 def _setup(settings: Settings) -> None:
     torch.set_num_threads(settings.threads)
 
 
 def sample_config(recipe: str, labels: Sequence[str]) -> SampleConfig:
-    """Training samples of a recipe: ``default`` (the engine's augmentation) or ``robust`` (plus site changes)."""
-    return SampleConfig(labels=tuple(labels), **(ROBUST_AUGMENTATION if recipe == "robust" else {}))
+    """Training samples of an augmentation recipe (:data:`napari_ivd.training.data.AUGMENTATIONS`)."""
+    return SampleConfig(labels=tuple(labels), **AUGMENTATIONS[recipe])
 
 
 def base_dir(settings: Settings, recipe: str, source: str) -> Path:
@@ -206,7 +195,7 @@ def _scratch(job: Job, settings: Settings, store: AnnotationStore, out: Path) ->
     plan = plan_training(store, FineTuneConfig.validation_fraction)
     train, val = run_steps(load_planned_cases(store, plan))
     base_labels = read_card(base_dir(settings, job.recipe, job.source))["labels"]
-    labels = cranio_caudal([*base_labels, *labels_of([*train, *val])])
+    labels = labels_of([*train, *val], also=base_labels)
     fine = FineTuneConfig(minutes=settings.minutes, epochs=settings.max_epochs, device=settings.device, seed=job.seed)
     cfg = replace(fine.train_config(), lr=TrainConfig.lr, warmup_steps=TrainConfig.warmup_steps)
     saved = run_steps(fit(cfg, sample_config(job.recipe, labels), train, val, out))
@@ -331,7 +320,7 @@ def main() -> None:
         "--recipes",
         nargs="+",
         default=["default"],
-        choices=["default", "robust"],
+        choices=sorted(AUGMENTATIONS),
         help="augmentation of the bases; every recipe is scored at k = 0, the first one is fine-tuned",
     )
     parser.add_argument("--bases", type=Path, default=Path("bench-adapt-bases"), help="kept base models (reused)")

@@ -61,7 +61,7 @@ def _train_from_store(args: argparse.Namespace, main: bool) -> int:
 
 def _train_from_folder(args: argparse.Namespace, main: bool) -> int:
     from napari_ivd.training.cases import labels_of, load_lumbar_cases, split_cases
-    from napari_ivd.training.data import SampleConfig
+    from napari_ivd.training.data import AUGMENTATIONS, SampleConfig
     from napari_ivd.training.engine import TrainConfig, fit
     from napari_ivd.training.finetune import parent_sample_config
     from napari_ivd.worklist import run_steps
@@ -86,6 +86,7 @@ def _train_from_folder(args: argparse.Namespace, main: bool) -> int:
             sample_cfg = SampleConfig(
                 labels=labels_of(train),
                 in_channels=SampleConfig.in_channels if args.in_channels is None else args.in_channels,
+                **AUGMENTATIONS[args.augmentation],
             )
         except ValueError as exc:
             print(f"--in-channels: {exc}", file=sys.stderr)
@@ -176,6 +177,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "--contrasts", nargs="+", choices=["T1w", "T2w", "water"], help="with --data: only cases of these contrasts"
     )
     train.add_argument("--dev-fraction", type=float, default=0.2, help="with --data: held-out share per contrast")
+    train.add_argument(
+        "--augmentation",
+        choices=["default", "robust"],
+        default="default",
+        help="with --data: 'robust' adds other sites' looks (intensity curves, inversion, bias field, blur)",
+    )
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(func=run_train)

@@ -34,8 +34,10 @@ from napari_ivd.training.cases import LabelledCase
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "AUGMENTATIONS",
     "DEFAULT_LABELS",
     "OUTPUT_STRIDE",
+    "ROBUST_AUGMENTATION",
     "SampleConfig",
     "SliceDataset",
     "intensity_range",
@@ -584,13 +586,16 @@ class SliceDataset(torch.utils.data.Dataset):
         return heatmap, offsets, offset_mask
 
 
-#: The site and contrast augmentation chosen by ``benchmarks/bench_adapt.py --recipe robust``.
+#: Site and contrast changes on top of the default augmentation (``train --augmentation robust``);
+#: ``benchmarks/bench_adapt.py --recipes default robust`` compares the two on sources left out.
 ROBUST_AUGMENTATION: dict[str, float] = {
     "remap_probability": 0.5,
     "invert_probability": 0.2,
     "bias_field_strength": 0.4,
     "blur_sigma_max_px": 1.5,
 }
+#: The augmentation recipes by name: SampleConfig settings on top of its defaults.
+AUGMENTATIONS: dict[str, dict[str, float]] = {"default": {}, "robust": ROBUST_AUGMENTATION}
 
 
 def _augment_site(image: np.ndarray, cfg: SampleConfig, rng: np.random.Generator) -> None:
