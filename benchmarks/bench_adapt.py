@@ -36,7 +36,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cache
@@ -76,6 +76,7 @@ class Settings:
     minutes: float
     max_epochs: int
     start_before: float | None = None  # time.time() after which runs are not started any more
+    base: str | None = None  # a given model (bundled name or folder) instead of trained bases
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,9 @@ def sample_config(recipe: str, labels: Sequence[str]) -> SampleConfig:
 
 
 def base_dir(settings: Settings, recipe: str, source: str) -> Path:
-    """Where the base without ``source`` is kept."""
+    """Where the base without ``source`` is kept (the ``--base`` model when one is given)."""
+    if settings.base is not None:
+        return model_folder(None, settings.base)
     return settings.bases / f"ivdnet-{recipe}-no-{source}"
 
 
@@ -119,7 +122,7 @@ def train_base(settings: Settings, recipe: str, source: str) -> dict[str, Any]:
     """Train (or reuse) the base model on every case of the other sources."""
     _setup(settings)
     out = base_dir(settings, recipe, source)
-    if (out / "card.json").is_file():
+    if settings.base is not None or (out / "card.json").is_file():
         return {"recipe": recipe, "source": source, "reused": str(out)}
     others = [c for name, c in _cases(settings.data).items() if _source(name) != source]
     train, dev = split_cases(others, seed=0)
@@ -139,14 +142,19 @@ def train_base(settings: Settings, recipe: str, source: str) -> dict[str, Any]:
     return {"recipe": recipe, "source": source, "seconds": seconds, "steps": saved["steps"]}
 
 
-def plan_jobs(cases: Sequence[str], source: str, ks: Sequence[int], seeds: Sequence[int], recipe: str) -> list[Job]:
-    """The runs of one source: per seed a random case order, nested corrected sets, one scored set."""
+def plan_jobs(
+    cases: Sequence[str], source: str, ks: Sequence[int], seeds: Sequence[int], recipe: str, seen: Iterable[str] = ()
+) -> list[Job]:
+    """The runs of one source: per seed a random case order, nested corrected sets, one scored set.
+
+    A case the base trained on (``seen``) may be corrected but is never scored.
+    """
     names = sorted(cases)
     usable = [k for k in ks if k <= len(names) - 1]
     jobs = []
     for seed in seeds:
         order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
-        scored = tuple(sorted(order[max(usable) :]))
+        scored = tuple(sorted(set(order[max(usable) :]) - set(seen)))
         for k in usable:
             corrected = tuple(order[:k])
             modes = ("base",) if k == 0 else ("fine-tuned", "scratch")
@@ -324,6 +332,11 @@ def main() -> None:
         help="augmentation of the bases; every recipe is scored at k = 0, the first one is fine-tuned",
     )
     parser.add_argument("--bases", type=Path, default=Path("bench-adapt-bases"), help="kept base models (reused)")
+    parser.add_argument(
+        "--base",
+        help="use this model (bundled name or folder) as every source's base instead of training one; "
+        "the cases its card says it trained on are never scored",
+    )
     parser.add_argument("--base-minutes", type=float, default=20.0, help="training budget of each base")
     parser.add_argument("--minutes", type=float, default=FineTuneConfig.minutes, help="fine-tuning budget")
     parser.add_argument(
@@ -340,14 +353,15 @@ def main() -> None:
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     stop = None if args.stop_after_minutes is None else time.time() + 60 * args.stop_after_minutes
     settings = Settings(
-        args.data, args.bases, args.device, threads, args.base_minutes, args.minutes, args.max_epochs, stop
+        args.data, args.bases, args.device, threads, args.base_minutes, args.minutes, args.max_epochs, stop, args.base
     )
     names = list(_cases(args.data))
+    seen = read_card(model_folder(None, args.base)).get("trained_on", []) if args.base else []
     jobs = [
         job
         for recipe in args.recipes
         for source in args.sources
-        for job in plan_jobs([n for n in names if _source(n) == source], source, args.ks, args.seeds, recipe)
+        for job in plan_jobs([n for n in names if _source(n) == source], source, args.ks, args.seeds, recipe, seen)
         if job.mode == "base" or (job.mode in args.modes and recipe == args.recipes[0])
     ]
     jobs.sort(key=lambda job: (job.seed, job.k))  # every source's small k first, should time run out
