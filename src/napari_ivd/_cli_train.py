@@ -81,6 +81,9 @@ def _train_from_folder(args: argparse.Namespace, main: bool) -> int:
     train, dev = split_cases(cases, dev_fraction=args.dev_fraction, seed=args.seed)
     if args.init is not None:  # the parent's slices and channels, which its weights expect; its labels grown
         sample_cfg = parent_sample_config(args.init, train)
+    elif not labels_of(train):
+        print(f"no training case under {args.data} names a level (points or a labelled mask)", file=sys.stderr)
+        return 2
     else:
         try:
             sample_cfg = SampleConfig(
