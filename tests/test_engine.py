@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from napari_ivd.inference import predict
+from napari_ivd.inference import find_model_dir, predict
 from napari_ivd.models import load_checkpoint
 from napari_ivd.training.cases import load_lumbar_case
 from napari_ivd.training.data import SampleConfig
-from napari_ivd.training.engine import TrainConfig, fit
+from napari_ivd.training.engine import TrainConfig, evaluate_cases, fit
 
 
 @pytest.mark.slow
@@ -58,3 +58,12 @@ def test_out_of_memory_halves_the_batch_and_training_goes_on(shared_data, tmp_pa
     reports = list(fit(cfg, SampleConfig(crop=(128, 128)), [case], [], tmp_path / "model"))
     assert failures == [4]
     assert [r.batch_size for r in reports] == [2, 2] and reports[-1].step == 2  # no step lost but the failed one
+
+
+def test_evaluation_judges_every_annotated_level_even_one_the_model_cannot_name(shared_data):
+    case = load_lumbar_case(shared_data / "lumbar/VB1/case-02")  # T1w, named T10...S1
+    model, card = load_checkpoint(find_model_dir())  # the starter knows T11...L5-S1
+    assert {"T10", "S1"} <= set(case.keypoints_vox) and not {"T10", "S1"} & set(card["labels"])
+    report = evaluate_cases(model, card, [case], torch.device("cpu"))
+    judged = sum(report["keypoints"][kind]["n_annotated"] for kind in ("disc", "vertebra"))
+    assert judged == len(case.keypoints_vox)  # T10, T10-T11 and S1 count as missed, not as absent

@@ -119,8 +119,10 @@ def evaluate_cases(
 ) -> dict[str, Any]:
     """Predict every case and summarise the papers' metrics (keypoints per kind, Dice) and latency.
 
-    Only the levels the model names are judged; Dice only for the kinds each case's mask
-    annotates. ``predict_seconds`` holds each case's prediction time (model already loaded).
+    Every level a case annotates is judged, also one the model has no label for (it counts
+    as missed), so a parent and a child grown to more levels are compared on the same
+    references; Dice only for the kinds each case's mask annotates. ``predict_seconds``
+    holds each case's prediction time (model already loaded).
     """
     point_rows, mask_rows, seconds = [], [], []
     for case in cases:
@@ -129,7 +131,6 @@ def evaluate_cases(
         seconds.append(time.perf_counter() - start)
         geometry = case.volume.geometry
         gt_mm = {n: geometry.vox_to_mm(np.asarray(p)[None])[0] for n, p in case.keypoints_vox.items()}
-        gt_mm = {n: p for n, p in gt_mm.items() if n in card["labels"]}
         point_rows += keypoint_rows(case.name, {s.name: s.xyz_mm for s in prediction.structures}, gt_mm)
         if case.mask_tss is not None:
             mask_rows += dice_rows(case.name, prediction.mask_tss, case.mask_tss)
