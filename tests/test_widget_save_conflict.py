@@ -32,7 +32,7 @@ def test_a_colleagues_save_is_kept_and_mine_goes_on_top_only_when_chosen(make_na
     qtbot.mouseClick(widget.open_button, Qt.MouseButton.LeftButton)
     with qtbot.waitSignal(widget.case_opened, timeout=30_000):
         widget.table.selectRow(widget.table.case_ids().index(CASE_ID))
-    assert (widget.parent_revision, widget.proposal) == (None, "p000001")
+    assert (widget.annotator.parent_revision, widget.annotator.proposal) == (None, "p000001")
 
     colleague = AnnotationStore.open(proposed_store)
     shown = colleague.load_proposal(CASE_ID)
@@ -58,4 +58,8 @@ def test_a_colleagues_save_is_kept_and_mine_goes_on_top_only_when_chosen(make_na
         "p000001",
         "r000001",
     )
-    assert mine.proposal == "p000001" and widget.parent_revision == "r000002" and not widget.has_unsaved_changes()
+    assert (
+        mine.proposal == "p000001"
+        and widget.annotator.parent_revision == "r000002"
+        and not widget.has_unsaved_changes()
+    )
