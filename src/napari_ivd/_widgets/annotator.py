@@ -1,8 +1,11 @@
 """The annotator dock widget: open a store, predict, correct, save, next case.
 
-A thin view over :mod:`napari_ivd.worklist` (cases, prediction), :mod:`napari_ivd.store`
-(revisions) and :mod:`napari_ivd.corrections` (point edits). Every store or model call
-runs in a napari worker (see :mod:`._jobs`); the GUI thread only adds and updates layers.
+A thin view over a core :class:`~napari_ivd.annotator.Annotator`, which holds the open
+case and its rules (unsaved, source, parent, conflicts, level shifts, undo): the widget
+shows its points and mask in layers and forwards the user's actions to it. Every store or
+model call of a case runs in a napari worker (see :mod:`._jobs`); the GUI thread only
+adds and updates layers (listing a store's cases when it is opened, and a save while
+napari closes, run on it).
 """
 
 from __future__ import annotations
