@@ -118,7 +118,7 @@ def _run_case(viewer: Any, widget: Any, monitor: StallMonitor, timeout_s: float)
     opened_at = marks.get("opened", t0)
     start, end = marks.get("predict_start", opened_at), marks.get("last_yield", done)
     return {
-        "case": widget.case_id,
+        "case": widget.annotator.case_id,
         "mode": "main thread" if NOTHREADS_ENV in os.environ else "worker",
         "points": len(widget.case.points()) if widget.case is not None else 0,
         "next_to_proposals_s": done - t0,
@@ -190,7 +190,7 @@ def main() -> None:
         rows = [_run_case(viewer, widget, monitor, args.timeout) for _ in ids]
         slice_steps = _slice_step_stalls(viewer, widget, monitor)
         if args.nothreads_too:
-            widget.store.add_case(read_volume(args.data / args.cases[-1] / "image.nii.gz"), "again")
+            widget.annotator.store.add_case(read_volume(args.data / args.cases[-1] / "image.nii.gz"), "again")
             widget.refresh_cases()
             os.environ[NOTHREADS_ENV] = "1"
             rows.append(_run_case(viewer, widget, monitor, args.timeout))

@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 CORE_MODULES = [
     "napari_ivd.active",
     "napari_ivd.anatomy",
+    "napari_ivd.annotator",
     "napari_ivd.corrections",
     "napari_ivd.errors",
     "napari_ivd.io",

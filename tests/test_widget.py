@@ -105,7 +105,7 @@ def test_annotator_predicts_corrects_and_saves_a_revision_that_a_fresh_viewer_fi
     assert widget2.table.statuses()[CASE_ID] == "in progress"
     with qtbot.waitSignal(widget2.case_opened, timeout=30_000):
         widget2.table.selectRow(0)
-    assert widget2.parent_revision == "r000001"
+    assert widget2.annotator.parent_revision == "r000001"
     assert same_points(widget2.case.points(), expected_points, tol_vox=1e-4)
     reopened = widget2.case.mask_tss()
     assert reopened[file_voxel] == anatomy.structure("L4").tss_value
@@ -156,7 +156,7 @@ def test_bad_files_and_a_bad_model_are_notifications_and_the_viewer_stays_usable
         qtbot.mouseClick(widget.folder_button, Qt.MouseButton.LeftButton)
     (message,) = notifications_since(start)
     assert message.startswith("Not imported: broken.nii.gz") and "not a readable NIfTI file" in message
-    assert widget.table.case_ids() == ["noise", "t2"] and widget.case_id == "noise"
+    assert widget.table.case_ids() == ["noise", "t2"] and widget.annotator.case_id == "noise"
 
     # a scan without a spine: the prediction is empty, and the user is told so
     start = len(notification_manager.records)

@@ -45,7 +45,7 @@ def test_annotator_replaces_a_misplaced_disc_renames_one_and_undoes(
     case, tools = widget.case, widget.tools
     discs, vertebrae = case.points_layers["disc"], case.points_layers["vertebra"]
     opened = case.points()
-    assert widget.parent_revision == "r000001" and "L3-L4" in _levels(discs)
+    assert widget.annotator.parent_revision == "r000001" and "L3-L4" in _levels(discs)
 
     # delete the L3-L4 disc with the keyboard (napari's own tool)
     viewer.layers.selection.active = viewer.layers[discs.name]
@@ -108,13 +108,13 @@ def test_switching_case_with_unsaved_edits_asks_and_does_what_was_answered(
     dialogs.answers = ["cancel"]
     widget.table.selectRow(other)
     assert dialogs.asked == [(CASE_ID, "open t2_lumbar")]
-    assert widget.case_id == CASE_ID and widget.case.points() == shifted
+    assert widget.annotator.case_id == CASE_ID and widget.case.points() == shifted
     assert widget.table.currentRow() == widget.table.case_ids().index(CASE_ID)
 
     dialogs.answers = ["save"]
     with qtbot.waitSignal(widget.case_opened, timeout=30_000):
         widget.table.selectRow(other)
-    assert widget.case_id == "t2_lumbar" and len(dialogs.asked) == 2
+    assert widget.annotator.case_id == "t2_lumbar" and len(dialogs.asked) == 2
     # the same layers now show the other scan, on its own grid
     assert widget.case.image.data.shape == widget.case.labels.data.shape == (38, 201, 257)
     assert widget.case.image.name == "t2_lumbar" and widget.case.points() == ()

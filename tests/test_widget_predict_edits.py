@@ -47,10 +47,12 @@ def test_a_point_moved_during_a_prediction_is_kept_and_a_replaced_mask_is_asked_
     assert dialogs.asked_prediction == [(CASE_ID, ["points"])]
     assert same_points(case.points(), edited_points)
     # the untouched mask took the prediction
-    assert not np.array_equal(case.labels.data, opened_mask) and np.array_equal(case.labels.data, widget._baseline_mask)
+    assert not np.array_equal(case.labels.data, opened_mask) and np.array_equal(
+        case.labels.data, widget.annotator.baseline[1]
+    )
     assert widget.has_unsaved_changes() and "unsaved changes" in widget.status_label.text()
     assert any("kept" in m and "points" in m for m in notifications_since(start))
-    proposal_points = widget._baseline_points
+    proposal_points = widget.annotator.baseline[0]
     assert not same_points(proposal_points, edited_points)
 
     # the kept edit saves as the user's (manual) revision, on top of the opened one

@@ -32,7 +32,7 @@ def test_a_colleagues_save_is_kept_and_mine_goes_on_top_only_when_chosen(make_na
     qtbot.mouseClick(widget.open_button, Qt.MouseButton.LeftButton)
     with qtbot.waitSignal(widget.case_opened, timeout=30_000):
         widget.table.selectRow(widget.table.case_ids().index(CASE_ID))
-    assert (widget.parent_revision, widget.proposal) == (None, "p000001")
+    assert (widget.annotator.parent_revision, widget.annotator.proposal) == (None, "p000001")
 
     colleague = AnnotationStore.open(proposed_store)
     shown = colleague.load_proposal(CASE_ID)
@@ -58,4 +58,29 @@ def test_a_colleagues_save_is_kept_and_mine_goes_on_top_only_when_chosen(make_na
         "p000001",
         "r000001",
     )
-    assert mine.proposal == "p000001" and widget.parent_revision == "r000002" and not widget.has_unsaved_changes()
+    assert (
+        mine.proposal == "p000001"
+        and widget.annotator.parent_revision == "r000002"
+        and not widget.has_unsaved_changes()
+    )
+
+
+def test_reload_after_a_conflict_shows_the_colleagues_revision_and_drops_mine(
+    make_napari_viewer, qtbot, proposed_store
+):
+    _viewer, widget = docked_annotator(make_napari_viewer)
+    widget.auto_predict.setChecked(False)
+    widget.open_store(proposed_store)
+    with qtbot.waitSignal(widget.case_opened, timeout=30_000):
+        widget.next_case()
+    colleague = AnnotationStore.open(proposed_store)
+    shown = colleague.load_proposal(CASE_ID)
+    colleague.save_revision(CASE_ID, shown.points[1:], shown.mask_tss, author="colleague", proposal="p000001")
+    qtbot.mouseClick(widget.tools.down_button, Qt.MouseButton.LeftButton)
+
+    widget.dialogs.answers = ["reload"]
+    with qtbot.waitSignal(widget.case_opened, timeout=30_000):
+        widget.save()
+    assert widget.annotator.parent_revision == "r000001" and not widget.has_unsaved_changes()
+    assert len(widget.case.points()) == len(shown.points) - 1  # the colleague's points, not mine
+    assert [r.author for r in AnnotationStore.open(proposed_store).revisions(CASE_ID)] == ["colleague"]

@@ -56,7 +56,7 @@ def test_train_runs_in_the_background_stores_a_version_and_predict_uses_it(
         # the annotator is not blocked by the run: a case opens while it trains
         with qtbot.waitSignal(widget.case_opened, timeout=60_000):
             widget.table.selectRow(0)
-        assert panel.running and widget.case_id == "VB3-case-01"
+        assert panel.running and widget.annotator.case_id == "VB3-case-01"
     elapsed = time.perf_counter() - start
     timer.stop()
     assert len(ticks) >= elapsed / 0.05 / 4, f"{len(ticks)} ticks in {elapsed:.1f} s: the GUI thread stalled"
@@ -166,6 +166,7 @@ def test_train_says_before_the_click_when_nothing_can_judge_and_stores_that_run_
     with qtbot.waitSignal(widget.saved, timeout=30_000):
         qtbot.mouseClick(widget.save_button, Qt.MouseButton.LeftButton)
     assert panel.train_button.isEnabled()
+    case_id = widget.annotator.case_id
     assert panel.plan_label.text().startswith(
-        f"Fine-tuning learns from 1 corrected case; validates on 1: {widget.case_id} (parent and new version alike)"
+        f"Fine-tuning learns from 1 corrected case; validates on 1: {case_id} (parent and new version alike)"
     )

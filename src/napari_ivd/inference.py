@@ -562,6 +562,11 @@ def predict(
     return run_steps(iter_predict(volume, model, card, device), progress)
 
 
+def cuda_available() -> bool:
+    """True when torch sees a CUDA device (the viewer offers ``cuda`` only then, without importing torch)."""
+    return bool(torch.cuda.is_available())
+
+
 def resolve_device(device: str) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; anything else as given."""
     if device == "auto":

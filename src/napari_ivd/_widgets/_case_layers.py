@@ -16,7 +16,8 @@ import napari
 import numpy as np
 
 from napari_ivd import anatomy
-from napari_ivd.corrections import Points, shift_mask_levels
+from napari_ivd.annotator import KINDS
+from napari_ivd.corrections import Points
 from napari_ivd.io import Volume
 from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.layer_data import (
@@ -29,7 +30,6 @@ from napari_ivd.layer_data import (
 
 log = logging.getLogger(__name__)
 
-KINDS = ("vertebra", "disc")
 FEATURES = ("kind", "level", "score")
 #: Border of the points the active-learning ranking finds most likely wrong (low scores are red).
 UNSURE_COLOUR, UNSURE_BORDER = "orange", 0.35
@@ -290,19 +290,7 @@ class CaseLayers:
         """The Labels layer's mask on the file grid (a copy, uint8 TotalSpineSeg values)."""
         return np.ascontiguousarray(self.view.to_file(np.asarray(self.labels.data)), dtype=np.uint8)
 
-    def shift_mask_levels(self, steps: int) -> None:
-        """Relabel the mask's vertebrae and discs ``steps`` levels caudal, in place (see :func:`shift_mask_levels`).
-
-        Raises
-        ------
-        CorrectionError
-            A label would leave the spine; the mask is unchanged.
-        """
-        if steps:
-            shift_mask_levels(self.labels.data, steps)
-            self.labels.refresh()
-
-    def set_mask(self, labels: LayerDataTuple) -> None:
-        """Replace the mask with a tuple from :func:`prepare_labels`."""
+    def set_mask(self, mask: np.ndarray) -> None:
+        """Show ``mask`` (display grid, e.g. an :class:`~napari_ivd.annotator.Annotator`'s) in the Labels layer."""
         with self._updating():
-            self.labels.data = labels[0]
+            self.labels.data = mask

@@ -11,10 +11,11 @@ from typing import Literal
 
 from qtpy.QtWidgets import QFileDialog, QMessageBox, QWidget
 
+from napari_ivd.annotator import ConflictAnswer
+
 UnsavedAnswer = Literal["save", "discard", "cancel"]
 PredictionAnswer = Literal["keep", "replace"]
 TrainingAnswer = Literal["stop", "keep"]
-ConflictAnswer = Literal["on_top", "reload", "cancel"]
 
 
 class Dialogs:

@@ -1,13 +1,15 @@
 """Correction tools for the case's points: level of the selected point, shift all, insert a disc, undo/redo.
 
 napari's own Points tools move, add and delete points; this panel adds the edits that
-fit how spine labelling goes wrong (see :mod:`napari_ivd.corrections`, which does the
-work) and keeps an undo/redo history over all point edits, napari's included.
+fit how spine labelling goes wrong. It forwards every edit, napari's included, to the
+:class:`~napari_ivd.annotator.Annotator` (which applies :mod:`napari_ivd.corrections` and
+keeps the undo/redo history) and shows the result in the case's layers.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from napari.utils.notifications import show_error
@@ -16,6 +18,7 @@ from qtpy.QtWidgets import QComboBox, QGridLayout, QLabel, QPushButton, QWidget
 
 from napari_ivd import anatomy, corrections
 from napari_ivd._widgets._case_layers import KINDS, CaseLayers
+from napari_ivd.annotator import Annotator
 from napari_ivd.errors import IvdError
 
 log = logging.getLogger(__name__)
@@ -26,10 +29,10 @@ class PointTools(QWidget):
 
     edited = Signal()
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, annotator: Annotator, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.annotator = annotator
         self.case: CaseLayers | None = None
-        self.history = corrections.EditHistory()
         self.level_box = QComboBox()
         # a fixed width: filling the list on selection must not resize the dock (and the canvas under the mouse)
         self.level_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -64,32 +67,27 @@ class PointTools(QWidget):
 
     # ------------------------------------------------------------------ case
     def set_case(self, case: CaseLayers | None) -> None:
-        """Work on ``case``'s layers (None: nothing open); history starts over."""
+        """Work on ``case``'s layers (None: nothing open), which show the annotator's case."""
         if self.case is not None:
             for layer in self.case.points_layers.values():
                 layer.events.data.disconnect(self._on_data)
                 layer.selected_data.events.items_changed.disconnect(self._on_selection)
         self.case = case
-        self.history.reset(case.points() if case else ())
         if case is not None:
             for layer in case.points_layers.values():
                 layer.events.data.connect(self._on_data)
                 layer.selected_data.events.items_changed.connect(self._on_selection)
                 layer.bind_key("Control-Z", lambda _layer: self.undo(), overwrite=True)
                 layer.bind_key("Control-Shift-Z", lambda _layer: self.redo(), overwrite=True)
-        self._refresh()
+        self.refresh()
 
-    def reset_history(self) -> None:
-        """Forget the edits so far (after a save or a new prediction)."""
-        self.history.reset(self.case.points() if self.case else ())
-        self._refresh()
-
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
+        """Enable the buttons that apply now (after the annotator's state changed)."""
         has_case = self.case is not None
         for button in (self.up_button, self.down_button, self.insert_button):
             button.setEnabled(has_case)
-        self.undo_button.setEnabled(self.history.can_undo)
-        self.redo_button.setEnabled(self.history.can_redo)
+        self.undo_button.setEnabled(self.annotator.can_undo)
+        self.redo_button.setEnabled(self.annotator.can_redo)
         self._on_selection()
 
     # ------------------------------------------------------------------ napari's edits
@@ -118,12 +116,11 @@ class PointTools(QWidget):
                 case.set_features(kind, i, score=corrections.REVIEWED_SCORE)
         self._record(merge_key)
 
-    def _record(self, merge_key: Any = None, mask_shift: int | None = None) -> None:
-        if self.case is not None and self.history.record(
-            self.case.points(), merge_key=merge_key, mask_shift=mask_shift
-        ):
+    def _record(self, merge_key: Any = None) -> None:
+        """Hand the points as napari left them to the annotator."""
+        if self.case is not None and self.annotator.edit_points(self.case.points(), merge_key=merge_key):
             self.edited.emit()
-        self._refresh()
+        self.refresh()
 
     def _on_selection(self, *_: Any) -> None:
         """The level box and the Labels layer's selected label follow the selected point."""
@@ -144,13 +141,26 @@ class PointTools(QWidget):
         self.insert_button.setEnabled(self.case is not None and len(selected) == 2)
 
     # ------------------------------------------------------------------ our edits
-    def _apply(
-        self, new_points: corrections.Points, select: list[int], what: str, mask_shift: int | None = None
-    ) -> None:
-        assert self.case is not None
-        self.case.set_points(new_points, select=select)
+    def _apply(self, edit: Callable[[], object], select: Callable[[], Sequence[int]], what: str) -> bool:
+        """Run one of the annotator's edits and show its points (and mask); an IvdError is shown, nothing changes."""
+        if self.case is None:
+            return False
+        try:
+            edit()
+        except IvdError as exc:
+            show_error(str(exc))
+            return False
+        self._show(select())
         log.debug("%s: %s", self.case.case_id, what)
-        self._record(mask_shift=mask_shift)
+        return True
+
+    def _show(self, select: Sequence[int] = ()) -> None:
+        """Show the annotator's points (selecting ``select``) and its mask, which it may have relabelled."""
+        assert self.case is not None
+        self.case.set_points(self.annotator.points, select=select)
+        self.case.labels.refresh()
+        self.edited.emit()
+        self.refresh()
 
     def _selected_global(self) -> list[int]:
         if self.case is None:
@@ -160,38 +170,20 @@ class PointTools(QWidget):
 
     def shift_all(self, steps: int) -> None:
         """Rename every point ``steps`` levels down (negative: up), and relabel the mask's levels alike."""
-        if self.case is None:
-            return
-        try:
-            new = corrections.shift_levels(self.case.points(), steps)
-            self.case.shift_mask_levels(steps)  # refuses before changing anything, as shift_levels does
-        except IvdError as exc:
-            show_error(str(exc))
-            return
-        self._apply(new, self._selected_global(), f"levels shifted by {steps:+d}", self.history.mask_shift + steps)
+        selected = self._selected_global()
+        self._apply(lambda: self.annotator.shift_levels(steps), lambda: selected, f"levels shifted by {steps:+d}")
 
     def step_selected(self, steps: int) -> None:
         """Move the selected point's level ``steps`` down (negative: up)."""
         selected = self._selected_global()
-        if self.case is None or len(selected) != 1:
-            return
-        try:
-            new = corrections.step_level(self.case.points(), selected[0], steps)
-        except IvdError as exc:
-            show_error(str(exc))
-            return
-        self._apply(new, selected, "level stepped")
+        if len(selected) == 1:
+            self._apply(lambda: self.annotator.step_level(selected[0], steps), lambda: selected, "level stepped")
 
     def _level_chosen(self, row: int) -> None:
         selected = self._selected_global()
-        if self.case is None or len(selected) != 1 or row < 0:
-            return
-        try:
-            new = corrections.set_level(self.case.points(), selected[0], self.level_box.itemText(row))
-        except IvdError as exc:
-            show_error(str(exc))
-            return
-        self._apply(new, selected, "level set")
+        if len(selected) == 1 and row >= 0:
+            level = self.level_box.itemText(row)
+            self._apply(lambda: self.annotator.set_level(selected[0], level), lambda: selected, "level set")
 
     def insert_disc(self) -> None:
         """Insert the disc missing between the two selected points."""
@@ -201,34 +193,28 @@ class PointTools(QWidget):
         if len(selected) != 2:
             show_error("Insert disc: select two neighbouring vertebrae or discs first (Shift+click)")
             return
-        try:
-            new, level = corrections.insert_disc(self.case.points(), *selected)
-        except IvdError as exc:
-            show_error(str(exc))
-            return
-        self._apply(new, [len(new) - 1], f"inserted {level}")
-        self.case.viewer.layers.selection.active = self.case.points_layers["disc"]
+
+        def inserted() -> list[int]:  # the inserted disc is the annotator's last point
+            return [len(self.annotator.points) - 1]
+
+        if self._apply(lambda: self.annotator.insert_disc(*selected), inserted, "disc inserted"):
+            self.case.viewer.layers.selection.active = self.case.points_layers["disc"]
 
     def undo(self) -> None:
         """Undo the last point edit (an *All levels* shift: of the points and the mask)."""
-        self._step(self.history.undo, self.history.redo)
+        self._step(self.annotator.undo)
 
     def redo(self) -> None:
         """Redo the last undone point edit."""
-        self._step(self.history.redo, self.history.undo)
+        self._step(self.annotator.redo)
 
-    def _step(self, step: Any, back: Any) -> None:
-        """Move through the history; relabel the mask when the step crosses a level shift."""
-        before = self.history.mask_shift
-        points = step()
-        if points is not None and self.case is not None:
-            delta = self.history.mask_shift - before
-            try:
-                self.case.shift_mask_levels(delta)
-            except IvdError as exc:  # e.g. a label painted since that cannot move back: nothing changes
-                back()
-                show_error(f"Cannot undo/redo the level shift of the mask: {exc}")
-            else:
-                self.case.set_points(points)
-                self.edited.emit()
-        self._refresh()
+    def _step(self, step: Callable[[], bool]) -> None:
+        """Move through the annotator's history and show where it is."""
+        try:
+            changed = step()
+        except IvdError as exc:  # e.g. a label painted since that cannot move back: nothing changes
+            show_error(f"Cannot undo/redo the level shift of the mask: {exc}")
+            changed = False
+        if changed and self.case is not None:
+            self._show()
+        self.refresh()

@@ -1,22 +1,22 @@
 """The annotator dock widget: open a store, predict, correct, save, next case.
 
-A thin view over :mod:`napari_ivd.worklist` (cases, prediction), :mod:`napari_ivd.store`
-(revisions) and :mod:`napari_ivd.corrections` (point edits). Every store or model call
-runs in a napari worker (see :mod:`._jobs`); the GUI thread only adds and updates layers.
+A thin view over a core :class:`~napari_ivd.annotator.Annotator`, which holds the open
+case and its rules (unsaved, source, parent, conflicts, level shifts, undo): the widget
+shows its points and mask in layers and forwards the user's actions to it. Every store or
+model call of a case runs in a napari worker (see :mod:`._jobs`); the GUI thread only
+adds and updates layers (listing a store's cases when it is opened, and a save while
+napari closes, run on it).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import weakref
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import napari
-import numpy as np
-import torch
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, QTimer, Signal
 from qtpy.QtWidgets import (
@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_ivd import corrections, worklist
+from napari_ivd import worklist
 from napari_ivd._widgets._case_layers import CaseLayers, prepare_labels
 from napari_ivd._widgets._case_table import CaseTable
 from napari_ivd._widgets._dialogs import Dialogs
@@ -44,8 +44,9 @@ from napari_ivd._widgets._ranking_panel import RankingPanel
 from napari_ivd._widgets._scroll import VerticalScroll
 from napari_ivd._widgets._store_actions import StoreActions
 from napari_ivd._widgets._train_panel import TrainPanel
-from napari_ivd.errors import IvdError, StoreConflictError
-from napari_ivd.inference import prediction_points
+from napari_ivd.annotator import Annotator, PredictionResult, SaveConflict, Saved
+from napari_ivd.errors import CorrectionError, IvdError
+from napari_ivd.inference import cuda_available
 from napari_ivd.layer_data import image_layer_data
 from napari_ivd.model_versions import ModelChoice
 from napari_ivd.store import AnnotationStore
@@ -70,26 +71,19 @@ POINT_UNDO_KEYS = (
 )
 
 
-def _digest(data: np.ndarray) -> bytes:
-    """A fingerprint of a layer's array, to tell later whether it was edited without keeping a copy."""
-    return hashlib.blake2b(np.ascontiguousarray(data).data, digest_size=16).digest()
-
-
 def shortcuts_help() -> str:
     """The shortcut list shown as the widget's tooltip."""
     lines = [f"{key.replace('-', '+')}: {text}" for key, text, _ in SHORTCUTS]
     return "Keyboard shortcuts (in the viewer canvas):\n" + "\n".join(lines) + "\n" + POINT_UNDO_KEYS
 
 
-@dataclass(frozen=True)
-class _Conflict:
-    """A save refused because someone saved meanwhile (a returned exception would count as a failure)."""
+class AnnotatorWidget(QWidget):
+    """Predict, correct and save spine annotations case by case, from an annotation store.
 
-    error: StoreConflictError
-
-
-class AnnotatorWidget(StoreActions, QWidget):
-    """Predict, correct and save spine annotations case by case, from an annotation store."""
+    The view of an :class:`~napari_ivd.annotator.Annotator` (``annotator``), which holds the
+    open case and its rules: this widget shows its points and mask in layers, forwards the
+    user's actions to it and runs its long steps in workers.
+    """
 
     #: Emitted once the widget is idle again after a case was shown / predicted / saved (revision id).
     case_opened = Signal(str)
@@ -101,17 +95,13 @@ class AnnotatorWidget(StoreActions, QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        #: Asks the user; tests swap in an object with the same methods that answers without a window.
         self.dialogs: Any = Dialogs(self)
-        self.store: AnnotationStore | None = None
-        self.case: CaseLayers | None = None
-        self.case_id: str | None = None
-        self.parent_revision: str | None = None
-        self.proposal: str | None = None  # the proposal shown when the case has no revision (saves record it)
-        self.origin: str | None = None
+        self.annotator = Annotator()
+        self.case: CaseLayers | None = None  # the layers showing the annotator's case
         self.worker: Any = None
         self._after_job: list[Callable[[], None]] = []
-        self._baseline_points: corrections.Points = ()
-        self._baseline_mask: np.ndarray | None = None
+        self.stores = StoreActions(self)
         self._build()
         self._bind_keys()
         self._guarded_window: weakref.ReferenceType[QObject] | None = None
@@ -130,8 +120,8 @@ class AnnotatorWidget(StoreActions, QWidget):
         self.layer_button = QPushButton("New from layer")
         self.layer_button.setToolTip("Create a store from the selected image layer")
         self.open_button.clicked.connect(lambda: self.open_store())
-        self.folder_button.clicked.connect(lambda: self.new_store_from_folder())
-        self.layer_button.clicked.connect(lambda: self.new_store_from_layer())
+        self.folder_button.clicked.connect(lambda: self.stores.new_store_from_folder())
+        self.layer_button.clicked.connect(lambda: self.stores.new_store_from_layer())
         self.table = CaseTable()
         self.table.case_chosen.connect(self.open_case)
 
@@ -140,9 +130,11 @@ class AnnotatorWidget(StoreActions, QWidget):
         self.model_box = self.models.box
         self.device_box = QComboBox()
         self.device_box.addItems(["auto", "cpu", "cuda"])
-        if not torch.cuda.is_available():
+        if not cuda_available():
             self.device_box.model().item(2).setEnabled(False)
         self.author_edit = QLineEdit(default_author())
+        self.author_edit.textChanged.connect(lambda _text: setattr(self.annotator, "author", self.author()))
+        self.annotator.author = self.author()
         self.auto_predict = QCheckBox("Predict cases without proposals when opened")
         self.auto_predict.setChecked(True)
 
@@ -156,7 +148,7 @@ class AnnotatorWidget(StoreActions, QWidget):
         self.save_button.clicked.connect(lambda: self.save())
         self.verify_button.clicked.connect(lambda: self.mark_verified())
         self.next_button.clicked.connect(lambda: self.next_case())
-        self.tools = PointTools()
+        self.tools = PointTools(self.annotator)
         self.tools.edited.connect(self._update_status)
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
@@ -170,7 +162,11 @@ class AnnotatorWidget(StoreActions, QWidget):
         store_layout.addWidget(self.store_label)
         store_layout.addWidget(self.table)
         self.ranking = RankingPanel(
-            self.table, lambda: self.store, self.models.current, self.device_box.currentText, lambda: self.case
+            self.table,
+            lambda: self.annotator.store,
+            self.models.current,
+            self.device_box.currentText,
+            lambda: self.case,
         )
         self.case_opened.connect(self.ranking.highlight)
         store_layout.addWidget(self.ranking)
@@ -232,13 +228,17 @@ class AnnotatorWidget(StoreActions, QWidget):
             button.setEnabled(not busy)
         for button in (self.predict_button, self.save_button, self.verify_button):
             button.setEnabled(not busy and has_case)
-        self.next_button.setEnabled(not busy and self.store is not None)
+        self.next_button.setEnabled(not busy and self.annotator.store is not None)
         self.cancel_button.setEnabled(busy)
         self.models.set_busy(busy)
 
-    def _run(
+    def run_job(
         self, steps: Callable[[], Generator[Any, None, Any]], what: str, on_return: Callable[[Any], None], total: int
     ) -> None:
+        """Run ``steps()`` in a worker (progress ``what``, ``total`` reports), then ``on_return(result)`` here.
+
+        One job at a time; its follow-ups (:meth:`after_job`) run once it has ended.
+        """
         if self._busy:
             show_info("napari-ivd is busy; wait for the running job or cancel it")
             return
@@ -269,6 +269,37 @@ class AnnotatorWidget(StoreActions, QWidget):
             on_finish=finished,
         )
 
+    def after_job(self, follow_up: Callable[[], None]) -> None:
+        """Call ``follow_up`` once the running job has ended (at once when none runs)."""
+        if self._busy:
+            self._after_job.append(follow_up)
+        else:
+            follow_up()
+
+    # ------------------------------------------------------------------ store
+    def open_store(self, location: str | Path | None = None) -> None:
+        """Open an existing store (asks for the folder when ``location`` is None)."""
+        self.stores.open_store(location)
+
+    def use_store(self, store: AnnotationStore, open_first: bool = False) -> None:
+        """Work on ``store``: list its cases (and open the first not verified when ``open_first``)."""
+        self._close_case()
+        self.annotator.use_store(store)
+        self.store_label.setText(f"Store: {store.location}")
+        self.refresh_cases()
+        self.models.set_store(store)
+        self.train_panel.set_store(store)
+        self._set_busy(self._busy)
+        self.guard_window()
+        if open_first:
+            self.after_job(self.next_case)
+
+    def refresh_cases(self) -> None:
+        """Re-read every case's status and head revision from the store."""
+        store = self.annotator.store
+        if store is not None:
+            self.table.set_cases([store.case(c) for c in store.case_ids()], self.annotator.case_id)
+
     def cancel(self) -> None:
         """Stop the running job at its next step."""
         if self.worker is not None:
@@ -277,17 +308,13 @@ class AnnotatorWidget(StoreActions, QWidget):
     # ------------------------------------------------------------------ cases
     def has_unsaved_changes(self) -> bool:
         """True when the shown points or mask differ from what was opened, predicted or saved."""
-        if self.case is None:
-            return False
-        if not corrections.same_points(self.case.points(), self._baseline_points):
-            return True
-        return self._baseline_mask is None or not np.array_equal(self.case.labels.data, self._baseline_mask)
+        return self.annotator.has_unsaved_changes()
 
-    def _confirm_leave(self, action: str, then: Callable[[], None] | None = None) -> bool:
+    def confirm_leave(self, action: str, then: Callable[[], None] | None = None) -> bool:
         """Ask before unsaved edits would be dropped; True when the caller may go on now."""
-        if not self.has_unsaved_changes():
+        if not self.annotator.has_unsaved_changes():
             return True
-        answer = self.dialogs.ask_unsaved(self.case_id, action)
+        answer = self.dialogs.ask_unsaved(self.annotator.case_id, action)
         if answer == "save":
             self.save(then=then)  # goes on once saved
             return False
@@ -295,19 +322,23 @@ class AnnotatorWidget(StoreActions, QWidget):
 
     def open_case(self, case_id: str) -> None:
         """Show a case (asks first when the open one has unsaved edits)."""
-        if self.store is None or case_id == self.case_id:
+        if self.annotator.store is None or case_id == self.annotator.case_id:
             return
-        if not self._confirm_leave(f"open {case_id}", then=lambda: self.open_case(case_id)):
-            self.table.show_current(self.case_id)
+        if not self.confirm_leave(f"open {case_id}", then=lambda: self.open_case(case_id)):
+            self.table.show_current(self.annotator.case_id)
             return
-        store = self.store
+        self._open(case_id)
+
+    def _open(self, case_id: str) -> None:
+        """Read ``case_id`` in a worker and show it (whatever is shown now is dropped)."""
+        annotator = self.annotator
 
         def steps() -> Generator[Any, None, Any]:
-            opened = yield from worklist.open_case_steps(store, case_id)
+            opened = yield from annotator.open_steps(case_id)
             yield worklist.StepProgress(2, 2, "preparing layers")
             return opened, image_layer_data(opened.volume), prepare_labels(opened.mask_tss, opened.volume)
 
-        self._run(steps, f"Open {case_id}", self._show_case, 4)
+        self.run_job(steps, f"Open {case_id}", self._show_case, 4)
 
     def _show_case(self, result: tuple[worklist.OpenedCase, Any, Any]) -> None:
         opened, image, labels = result
@@ -318,13 +349,12 @@ class AnnotatorWidget(StoreActions, QWidget):
             self._close_case()
             self.case = CaseLayers(self.viewer, opened.case_id, opened.volume, opened.points, image, labels)
             self.case.labels.events.paint.connect(self._update_status)
-        self.case_id, self.parent_revision, self.origin = opened.case_id, opened.revision, opened.origin
-        self.proposal = opened.proposal
+        self.annotator.finish_open(opened, mask=self.case.labels.data)  # napari paints into the annotator's mask
         self.tools.set_case(self.case)
-        self._set_baseline()
-        self.table.show_current(self.case_id)
+        self._update_status()
+        self.table.show_current(opened.case_id)
         self.viewer.layers.selection.active = self.case.points_layers["disc"]
-        self._after_job.append(lambda case_id=self.case_id: self.case_opened.emit(case_id))
+        self._after_job.append(lambda case_id=opened.case_id: self.case_opened.emit(case_id))
         if opened.origin is None and self.auto_predict.isChecked():
             # start the worker once the event loop has drawn the case: the first draw of new
             # layers is slow on software OpenGL and must not compete with the prediction
@@ -334,21 +364,15 @@ class AnnotatorWidget(StoreActions, QWidget):
         if self.case is not None:
             self.tools.set_case(None)
             self.case.remove()
-        self.case, self.case_id, self.parent_revision, self.origin = None, None, None, None
-        self.proposal = None
-
-    def _set_baseline(self) -> None:
-        assert self.case is not None
-        self._baseline_points = self.case.points()
-        self._baseline_mask = np.array(self.case.labels.data, copy=True)
-        self._update_status()
+        self.case = None
+        self.annotator.close_case()
 
     def next_case(self) -> None:
-        """Open the next case that is not verified yet."""
-        if self.store is None:
+        """Open the next case that is not verified yet (in the table's order)."""
+        if self.annotator.store is None:
             show_info("Open or create a store first")
             return
-        found = worklist.next_case(self.table.case_ids(), self.table.statuses(), self.case_id)
+        found = self.annotator.next_case_id(self.table.case_ids(), self.table.statuses())
         if found is None:
             show_info("Every case is verified")
             return
@@ -357,11 +381,12 @@ class AnnotatorWidget(StoreActions, QWidget):
     # ------------------------------------------------------------------ predict, save, verify
     def make_active(self, choice: ModelChoice) -> None:
         """Record ``choice`` as the store's active model: the default of everyone predicting or fine-tuning on it."""
-        if self.store is None:
+        store = self.annotator.store
+        if store is None:
             return
-        store, author = self.store, self.author()
+        author = self.author()
         reason = f"chosen in the viewer by {author or default_author()}"
-        self._run(
+        self.run_job(
             lambda: worklist.call_steps(
                 "setting the active model",
                 store.set_active_model,
@@ -377,55 +402,37 @@ class AnnotatorWidget(StoreActions, QWidget):
 
     def predict(self) -> None:
         """Propose points and a mask for the open case with the chosen model, off the GUI thread."""
-        if self.case is None or self.store is None:
+        if self.case is None or not self.annotator.is_open:
             show_info("Open a case first")
             return
-        if not self._confirm_leave("replace them with a new prediction", then=self.predict):
+        if not self.confirm_leave("replace them with a new prediction", then=self.predict):
             return
-        store, case_id, volume = self.store, self.case.case_id, self.case.volume
-        model, device = self.models.current(), self.device_box.currentText()
-        started = self.case.points(), _digest(self.case.labels.data)  # to tell edits made meanwhile
+        # started here, on the GUI thread: what is shown now tells the edits made while it runs
+        steps = self.annotator.predict_steps(self.models.current(), self.device_box.currentText())
+        self.run_job(lambda: steps, f"Predict {self.annotator.case_id}", self._show_prediction, worklist.PREDICT_STEPS)
 
-        def steps() -> Generator[Any, None, Any]:
-            prediction, proposal = yield from worklist.predict_case_steps(store, case_id, volume, model, device)
-            return prediction, proposal, prepare_labels(prediction.mask_tss, volume)
-
-        self._run(
-            steps, f"Predict {case_id}", lambda result: self._show_prediction(result, started), worklist.PREDICT_STEPS
-        )
-
-    def _show_prediction(self, result: tuple[Any, Any, Any], started: tuple[corrections.Points, bytes]) -> None:
+    def _show_prediction(self, result: PredictionResult) -> None:
         """Show the prediction; layers the user edited while it ran are kept unless the user chooses otherwise."""
-        prediction, proposal, labels = result
-        if self.case is None:
+        annotator, case_id = self.annotator, result.start.case_id
+        self.table.update_case(result.case)
+        if self.case is None or annotator.case_id != case_id:
             return
-        case_id = self.case.case_id
-        self.proposal = None if self.parent_revision else getattr(proposal, "proposal_id", None)
-        predicted = tuple(prediction_points(prediction))
-        edited = [
-            name
-            for name, changed in (
-                ("points", not corrections.same_points(self.case.points(), started[0])),
-                ("mask", _digest(self.case.labels.data) != started[1]),
-            )
-            if changed
-        ]
-        keep = bool(edited) and self.dialogs.ask_prediction_over_edits(case_id, edited) == "keep"
-        if not (keep and "points" in edited):
-            self.case.set_points(predicted)
-        if not (keep and "mask" in edited):
-            self.case.set_mask(labels)
-        self.origin = f"model:{proposal.model}"  # the model version, as the proposal names it: it cannot judge it
-        self.tools.reset_history()
-        self._set_baseline()
-        if keep:  # the baseline is the prediction, so the kept edits count as unsaved
-            self._baseline_points, self._baseline_mask = predicted, np.array(labels[0], copy=True)
-            self._update_status()
+        edited = annotator.edited_since(result.start)
+        replace = bool(edited) and self.dialogs.ask_prediction_over_edits(case_id, edited) != "keep"
+        kept = annotator.apply_prediction(result, replace=replace)
+        if "points" not in kept:
+            self.case.set_points(annotator.points)
+        if "mask" not in kept and annotator.mask is not None:
+            self.case.set_mask(annotator.mask)
+            annotator.set_mask(self.case.labels.data)  # napari paints into the annotator's mask
+        self.tools.refresh()
+        self._update_status()
+        if kept:
             show_info(
-                f"{case_id}: your edits to the {' and the '.join(edited)} made during the prediction are kept "
+                f"{case_id}: your edits to the {' and the '.join(kept)} made during the prediction are kept "
                 "(unsaved); the prediction is kept in the case's history as a proposal"
             )
-        self._refresh_row()
+        prediction = result.prediction
         if not prediction.structures:
             show_warning(f"{case_id}: the model found no disc or vertebra; annotate by hand")
 
@@ -436,17 +443,6 @@ class AnnotatorWidget(StoreActions, QWidget):
 
         self._after_job.append(lambda: QTimer.singleShot(0, go_to_spine))
 
-    def _save_kwargs(self, source: str, on_conflict: str = "refuse") -> dict[str, Any]:
-        """What a save started from (the revision, or the proposal of a case without one) and who saves."""
-        proposal = None if self.parent_revision else self.proposal
-        return {
-            "author": self.author(),
-            "parent": self.parent_revision,
-            "proposal": proposal,
-            "on_conflict": on_conflict,
-            "source": source,
-        }
-
     def save(
         self, status: str | None = None, then: Callable[[], None] | None = None, on_conflict: str = "refuse"
     ) -> None:
@@ -455,46 +451,40 @@ class AnnotatorWidget(StoreActions, QWidget):
         When someone else saved the case meanwhile, the user chooses: reload it, or keep this
         edit as a new revision on top (``on_conflict="on_top"``, both recorded).
         """
-        if self.case is None or self.store is None:
+        annotator = self.annotator
+        if self.case is None or not annotator.is_open:
             return
-        payload = self._revision_payload()
-        if payload is None:
+        try:
+            request = annotator.save_request(status, on_conflict)
+        except CorrectionError as exc:
+            show_error(str(exc))
             return
-        points, mask, source = payload
-        store, case_id = self.store, self.case.case_id
-        kwargs = {**self._save_kwargs(source, on_conflict), "status": status}
+        steps = annotator.save_steps(request)
 
-        def done(info: Any) -> None:
-            if isinstance(info, _Conflict):
-                self._after_job.append(lambda: self._resolve_conflict(case_id, info.error, status, then))
+        def done(outcome: Saved | SaveConflict) -> None:
+            if isinstance(outcome, SaveConflict):
+                self._after_job.append(lambda: self._resolve_conflict(outcome, then))
                 return
-            if self.case_id == case_id:
-                self.parent_revision, self.origin, self.proposal = info.revision_id, source, None
-                self._set_baseline()
-            self._refresh_row()
-            show_info(f"{case_id}: saved {info.revision_id}" + (f" ({status})" if status else ""))
-            self._after_job.append(lambda: self.saved.emit(info.revision_id))
+            annotator.finish_save(outcome)
+            self.table.update_case(outcome.case)
+            revision_id = outcome.revision.revision_id
+            show_info(f"{request.case_id}: saved {revision_id}" + (f" ({status})" if status else ""))
+            self._after_job.append(lambda: self.saved.emit(revision_id))
             if then is not None:
                 self._after_job.append(then)
 
-        def steps() -> Generator[Any, None, Any]:
-            try:
-                return (yield from worklist.call_steps("saving", store.save_revision, case_id, points, mask, **kwargs))
-            except StoreConflictError as exc:  # not an error to report: a choice for the user
-                return _Conflict(exc)
+        self.run_job(lambda: steps, f"Save {request.case_id}", done, 1)
 
-        self._run(steps, f"Save {case_id}", done, 1)
-
-    def _resolve_conflict(
-        self, case_id: str, conflict: StoreConflictError, status: str | None, then: Callable[[], None] | None
-    ) -> None:
-        if self.case_id != case_id:
+    def _resolve_conflict(self, conflict: SaveConflict, then: Callable[[], None] | None) -> None:
+        """Ask the user how to answer a save refused because someone saved the case meanwhile."""
+        case_id = conflict.request.case_id
+        if self.annotator.case_id != case_id:
             return
         answer = self.dialogs.ask_conflict(case_id, conflict.started_from, conflict.head)
         if answer == "on_top":
-            self.save(status, then, on_conflict="on_top")
+            self.save(conflict.request.status, then, on_conflict="on_top")
         elif answer == "reload":
-            self.open_case(case_id)
+            self._open(case_id)  # the user chose to drop the edit: no unsaved-changes question
         else:
             show_info(f"{case_id}: not saved; your edit is still shown")
 
@@ -502,50 +492,27 @@ class AnnotatorWidget(StoreActions, QWidget):
         """The author field (None when empty: the store then uses the login name)."""
         return self.author_edit.text().strip() or None
 
-    def _revision_payload(self) -> tuple[corrections.Points, np.ndarray | None, str] | None:
-        """Points, mask (None when there is none to keep) and source of the next revision; None if not savable."""
-        assert self.case is not None
-        points = corrections.sorted_points(self.case.points())
-        twice = corrections.duplicate_levels(points)
-        if twice:
-            show_error(f"Not saved: {', '.join(twice)} given to more than one point; rename or delete one")
-            return None
-        mask: np.ndarray | None = self.case.mask_tss()
-        if not mask.any() and not (self._baseline_mask is not None and self._baseline_mask.any()):
-            mask = None  # nothing drawn and nothing to erase: a points-only revision
-        unchanged = not self.has_unsaved_changes()
-        source = self.origin if unchanged and self.origin and self.origin.startswith("model:") else "manual"
-        return points, mask, source
-
     def mark_verified(self) -> None:
         """Mark the open case verified, saving the shown annotation first when it is not saved yet."""
-        if self.case is None or self.store is None:
+        if self.case is None or not self.annotator.is_open:
             return
-        if self.has_unsaved_changes() or self.parent_revision is None:
+        if self.annotator.verify_needs_save():
             self.save(status="verified")
             return
-        store, case_id = self.store, self.case.case_id
-        self._run(
-            lambda: worklist.call_steps("verifying", store.set_status, case_id, "verified"),
-            f"Verify {case_id}",
-            lambda info: self._refresh_row(),
-            1,
-        )
-
-    def _refresh_row(self) -> None:
-        if self.store is not None and self.case_id is not None:
-            self.table.update_case(self.store.case(self.case_id))
+        steps = self.annotator.verify_steps()
+        self.run_job(lambda: steps, f"Verify {self.annotator.case_id}", self.table.update_case, 1)
 
     def _update_status(self, *_: Any) -> None:
-        if self.case is None:
+        annotator = self.annotator
+        if self.case is None or not annotator.is_open:
             self.status_label.setText("")
             return
-        if self.parent_revision is not None:
-            shown = f"revision {self.parent_revision}"
+        if annotator.parent_revision is not None:
+            shown = f"revision {annotator.parent_revision}"
         else:
-            shown = f"proposal of {self.origin}" if self.origin else "no annotation yet"
-        state = "unsaved changes" if self.has_unsaved_changes() else "no unsaved changes"
-        self.status_label.setText(f"{self.case_id} · {shown} · {state}")
+            shown = f"proposal of {annotator.origin}" if annotator.origin else "no annotation yet"
+        state = "unsaved changes" if annotator.has_unsaved_changes() else "no unsaved changes"
+        self.status_label.setText(f"{annotator.case_id} · {shown} · {state}")
 
     # ------------------------------------------------------------------ closing napari
     def showEvent(self, event: Any) -> None:
@@ -591,18 +558,17 @@ class AnnotatorWidget(StoreActions, QWidget):
             event.ignore()
             return True
         if event.type() == QEvent.Type.Close and self.has_unsaved_changes():
-            answer = self.dialogs.ask_unsaved(self.case_id, "close napari")
+            answer = self.dialogs.ask_unsaved(self.annotator.case_id, "close napari")
             if answer == "cancel":
                 event.ignore()
                 return True
-            if answer == "save" and self.store is not None and self.case is not None:
-                payload = self._revision_payload()
-                if payload is None:
+            if answer == "save" and self.annotator.is_open:
+                try:  # the window is going away: save right here, not in a worker
+                    self.annotator.save(on_conflict="on_top")
+                except CorrectionError as exc:
+                    show_error(str(exc))
                     event.ignore()
                     return True
-                points, mask, source = payload
-                try:  # the window is going away: save right here, not in a worker
-                    self.store.save_revision(self.case.case_id, points, mask, **self._save_kwargs(source, "on_top"))
                 except IvdError as exc:
                     notify_error("Save before closing", exc)
                     event.ignore()
