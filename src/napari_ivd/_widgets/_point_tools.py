@@ -142,6 +142,11 @@ class PointTools(QWidget):
         self.insert_button.setEnabled(self.case is not None and len(selected) == 2)
 
     # ------------------------------------------------------------------ our edits
+    def apply(self, new_points: corrections.Points, what: str) -> None:
+        """Show ``new_points`` as one undoable edit (another panel's, e.g. an accepted missing level)."""
+        if self.case is not None:
+            self._apply(new_points, [], what)
+
     def _apply(self, new_points: corrections.Points, select: list[int], what: str) -> None:
         assert self.case is not None
         self.case.set_points(new_points, select=select)

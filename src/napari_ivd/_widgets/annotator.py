@@ -153,7 +153,12 @@ class AnnotatorWidget(StoreActions, QWidget):
         store_layout.addWidget(self.store_label)
         store_layout.addWidget(self.table)
         self.ranking = RankingPanel(
-            self.table, lambda: self.store, self.models.current, self.device_box.currentText, lambda: self.case
+            self.table,
+            lambda: self.store,
+            self.models.current,
+            self.device_box.currentText,
+            lambda: self.case,
+            self.tools,
         )
         self.case_opened.connect(self.ranking.highlight)
         store_layout.addWidget(self.ranking)
