@@ -24,6 +24,7 @@ from napari_ivd.active import (
     ScoreCache,
     assess,
     check_chain,
+    compare_with_earlier,
     embed_volume,
     implausibility,
     k_center_order,
@@ -270,6 +271,24 @@ def test_implausibility_finds_a_point_off_the_learned_spine_shape():
     assert (
         found.points["L3"].reason.startswith("L3 off the learned spine shape") and found.points["L3"].uncertainty > 0.5
     )
+
+
+def test_structures_an_earlier_model_version_named_otherwise_at_the_same_place_are_flagged():
+    spine = _spine()
+    scored = assess(_prediction(spine), [_prediction(spine)] * 3, VIEW, _prior())
+    assert scored.reason == "no doubt found" and scored.score == 0.0
+    mm = {s.name: s.xyz_mm for s in _prediction(spine).structures}
+    same = compare_with_earlier(scored, mm, "ivdnet-lumbar")
+    assert same == scored  # the same names at the same places: nothing to say
+    shifted = {anatomy.shift(n, 1).name: p for n, p in mm.items() if n != "L5-S1" and n != "L5"}  # named one lower
+    flagged = compare_with_earlier(scored, shifted, "ivdnet-lumbar")
+    assert flagged.reason == "names one level off from ivdnet-lumbar's proposal: L4-L5 was L5-S1"
+    by_level = {p.level: p for p in flagged.points}
+    assert by_level["L3"].reason == "names one level off from ivdnet-lumbar's proposal: L3 was L4"
+    assert by_level["L3"].uncertainty >= 0.9 and by_level["L5"].uncertainty == 0.0  # L5 has no earlier match
+    assert flagged.score > 0.5
+    far = {n: p + np.array([20.0, 0.0, 0.0]) for n, p in shifted.items()}  # other slices: not the same structures
+    assert compare_with_earlier(scored, far, "ivdnet-lumbar") == scored
 
 
 # ---------------------------------------------------------------------- the scorer's cues

@@ -28,6 +28,7 @@ from napari_ivd.active.uncertainty import (
     perturb,
     score_volume_steps,
 )
+from napari_ivd.active.versions import compare_with_earlier
 
 __all__ = [
     "PERTURBATIONS",
@@ -48,6 +49,7 @@ __all__ = [
     "VolumeScore",
     "assess",
     "check_chain",
+    "compare_with_earlier",
     "embed_volume",
     "implausibility",
     "k_center_order",

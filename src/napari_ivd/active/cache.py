@@ -53,7 +53,10 @@ def score_to_json(score: VolumeScore) -> dict[str, Any]:
             }
             for p in score.points
         ],
-        "findings": [{"uncertainty": f.uncertainty, "reason": f.reason, "level": f.level} for f in score.findings],
+        "findings": [
+            {"uncertainty": f.uncertainty, "reason": f.reason, "level": f.level, "headline": f.headline}
+            for f in score.findings
+        ],
         "placeholders": [
             {"level": p.level, "position": list(p.position), "reason": p.reason} for p in score.placeholders
         ],

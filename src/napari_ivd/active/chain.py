@@ -135,7 +135,12 @@ def _missing_between(
         t = (_order(name) - start) / (end - start)
         position = points[a] + t * (points[b] - points[a])
         reason = f"{name} missing between {a} and {b}"
-        out.append((Finding(GAP_UNCERTAINTY, reason, name), Placeholder(name, tuple(map(float, position)), reason)))
+        out.append(
+            (
+                Finding(GAP_UNCERTAINTY, reason, name, headline=True),
+                Placeholder(name, tuple(map(float, position)), reason),
+            )
+        )
     return out
 
 
@@ -170,7 +175,12 @@ def _missing_beyond(
         if not (margin <= position[0] <= rows - margin and 0 <= position[1] <= cols):
             break
         reason = f"{name} missing: the chain stops {room:.0f} mm {where}"
-        out.append((Finding(END_UNCERTAINTY, reason, name), Placeholder(name, tuple(map(float, position)), reason)))
+        out.append(
+            (
+                Finding(END_UNCERTAINTY, reason, name, headline=True),
+                Placeholder(name, tuple(map(float, position)), reason),
+            )
+        )
     return out
 
 
@@ -186,7 +196,7 @@ def _miscounts(names: Sequence[str], points: Mapping[str, np.ndarray], step_mm: 
             if off and 0 <= expected < len(anatomy.STRUCTURES):
                 would_be = anatomy.STRUCTURES[expected].name
                 reason = f"names {_levels(off)} off from the sacrum: {upper} would be {would_be}"
-                found[upper] = Finding(MISCOUNT_UNCERTAINTY, reason, upper)
+                found[upper] = Finding(MISCOUNT_UNCERTAINTY, reason, upper, headline=True)
         return found
     for upper, lower in itertools.pairwise(names):
         named_apart = _order(lower) - _order(upper)
@@ -198,7 +208,7 @@ def _miscounts(names: Sequence[str], points: Mapping[str, np.ndarray], step_mm: 
         else:
             reason = f"{upper} to {lower}: room for {_levels(fitting - named_apart)} more than named"
         for name in (upper, lower):
-            found.setdefault(name, Finding(MISCOUNT_UNCERTAINTY, reason, name))
+            found.setdefault(name, Finding(MISCOUNT_UNCERTAINTY, reason, name, headline=True))
     return found
 
 

@@ -50,12 +50,15 @@ SKELETON_MIN_POINTS = 4
 class Finding:
     """Something suspicious, how suspicious (0..1) and why, in words.
 
-    ``level`` names the structure it concerns (None for the whole case).
+    ``level`` names the structure it concerns (None for the whole case); ``headline`` marks
+    what a researcher fixes (a missing level, names off by one), which becomes the case's
+    reason before the symptoms it causes (an odd spacing, a point off the learned shape).
     """
 
     uncertainty: float
     reason: str
     level: str | None = None
+    headline: bool = False
 
 
 @dataclass(frozen=True)

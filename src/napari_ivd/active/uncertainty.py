@@ -53,6 +53,7 @@ __all__ = [
     "plane_extent_mm",
     "plane_positions_mm",
     "score_volume_steps",
+    "summarise",
 ]
 
 #: A perturbed run's structure of the same kind within this distance is the same structure.
@@ -236,6 +237,22 @@ def _only_perturbed(plain: Prediction, runs: Sequence[Prediction]) -> list[Findi
     ]
 
 
+def summarise(points: Sequence[PointScore], findings: Sequence[Finding]) -> tuple[float, str]:
+    """A case's score and reason from its point scores and findings.
+
+    Score = weighted mean (:data:`TOP_WEIGHTS`) of the three highest uncertainties; reason =
+    the most certain headline finding (a missing level, names off by one: what the
+    researcher fixes, not the odd spacing it causes), else the highest one's,
+    :data:`NO_DOUBT` when nothing is above 0.
+    """
+    ranked = sorted([(p.uncertainty, p.reason) for p in points] + [(f.uncertainty, f.reason) for f in findings])[::-1]
+    if not ranked or ranked[0][0] <= 0:
+        return 0.0, NO_DOUBT
+    score = sum(w * u for w, (u, _) in zip(TOP_WEIGHTS, ranked, strict=False))
+    headlines = [f for f in findings if f.headline]
+    return float(score), max(headlines, key=lambda f: f.uncertainty).reason if headlines else ranked[0][1]
+
+
 def assess(
     plain: Prediction, perturbed: Sequence[Prediction], view: SagittalView, prior: SkeletonPrior | None = None
 ) -> VolumeScore:
@@ -255,10 +272,8 @@ def assess(
     Returns
     -------
     VolumeScore
-        Score = weighted mean (:data:`TOP_WEIGHTS`) of the three highest uncertainties among
-        points and case findings; reason = the most certain missing level or miscount,
-        else the highest one's (:data:`NO_DOUBT` when none is above 0); a placeholder per
-        missing level.
+        Score and reason from :func:`summarise` over points and case findings; a
+        placeholder per missing level.
     """
     if not plain.structures:
         nothing = Finding(1.0, "no disc or vertebra found")
@@ -271,16 +286,12 @@ def assess(
     if len(plain.structures) < EXPECTED_STRUCTURES:
         n = len(plain.structures)
         findings.append(Finding((EXPECTED_STRUCTURES - n) / EXPECTED_STRUCTURES, f"only {n} structures named"))
-    ranked = sorted([(p.uncertainty, p.reason) for p in points] + [(f.uncertainty, f.reason) for f in findings])[::-1]
-    score = sum(w * u for w, (u, _) in zip(TOP_WEIGHTS, ranked, strict=False))
-    # a missing level or a miscount is what the researcher fixes; the spacing it upsets is its symptom
-    headline = max(chain.case, key=lambda f: f.uncertainty).reason if chain.case else ranked[0][1]
-    reason = headline if ranked[0][0] > 0 else NO_DOUBT
+    score, reason = summarise(points, findings)
     placeholders = tuple(
         Placeholder(p.level, _plane_to_mm(p.position, plain.mid_sagittal_mm, view), p.reason)
         for p in chain.placeholders
     )
-    return VolumeScore(float(score), reason, points, tuple(findings), plain.mid_sagittal_mm, placeholders, plain)
+    return VolumeScore(score, reason, points, tuple(findings), plain.mid_sagittal_mm, placeholders, plain)
 
 
 def score_volume_steps(
