@@ -124,8 +124,8 @@ def _missing_between(
 ) -> list[tuple[Finding, Placeholder]]:
     """Levels missing between consecutive named ``a`` and ``b``, interpolated in place.
 
-    None when the room between them holds fewer structures than their names say: then the
-    names are miscounted (see :func:`_miscounts`), not a level missed.
+    Nothing when the room between them holds fewer structures than their names say: then
+    the names are miscounted (see :func:`_miscounts`), not a level missed.
     """
     out: list[tuple[Finding, Placeholder]] = []
     start, end = _order(a), _order(b)
@@ -268,12 +268,12 @@ def check_chain(
         if len(names) >= 2:
             miscounted = _miscounts(names, points, step_mm)
     per_point = dict(miscounted)
-    for finding, _ in missing:
+    for _, placeholder in missing:
         for name in names:
-            if abs(_order(name) - _order(finding.level or name)) == 1 and name not in per_point:
-                reason = f"{name} next to missing {finding.level}"
+            if abs(_order(name) - _order(placeholder.level)) == 1 and name not in per_point:
+                reason = f"{name} next to missing {placeholder.level}"
                 per_point[name] = Finding(NEIGHBOUR_UNCERTAINTY, reason, name)
     case = [f for f, _ in missing]
-    if miscounted:
-        case.append(max(miscounted.values(), key=lambda f: _order(f.level or SACRUM_DISC)))  # where the miscount starts
+    if miscounted:  # the lowest miscounted structure: where the miscount starts
+        case.append(miscounted[max(miscounted, key=_order)])
     return Chain(tuple(case), per_point, tuple(p for _, p in missing))
