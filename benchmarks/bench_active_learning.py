@@ -2,11 +2,27 @@
 
     pip install -e .[benchmarks]        # matplotlib, for the figure
     python benchmarks/bench_active_learning.py [--lumbar ../shared/data/lumbar] [--base MODEL] [--contrast water]
-        [--start 2] [--k 2] [--rounds 4] [--minutes 2] [--seeds 0 1 2]
-        [--strategies random uncertainty uncertainty+diversity] [--device cpu]
+        [--pool-source VB1|VB3|IVD|VB2] [--val-fraction 0.4] [--max-pool N]
+        [--start 2] [--k 2] [--rounds 4] [--minutes 2] [--max-epochs N] [--seeds 0 1 2 3 4]
+        [--strategies random uncertainty uncertainty+diversity] [--device cpu|cuda]
         [--work /tmp/napari-ivd-active-learning] [--png docs/active-learning.png]
 
-The ground truth plays the annotator. The cases of one contrast are split as
+**Leave one source out** (``--pool-source``, the adaptation benchmark's setting,
+``benchmarks/bench_adapt.py``): the pool and the validation set are the cases of one
+source the ``--base`` model never saw (e.g. ``bench-adapt-bases/ivdnet-default-no-VB1``);
+a fixed ``--val-fraction`` of them (drawn with seed 0, the same for every seed and
+strategy) validates, the rest is the pool. Each round fine-tunes the base with the
+viewer's own Train (:func:`napari_ivd.training.finetune.finetune_steps` on a store holding
+the annotated cases as verified revisions, ``--minutes`` and at most ``--max-epochs``) and
+judges every validation case's reference levels as ``bench_adapt.py`` does:
+identification (own level within 5 mm) and distance to target per kind. The table gives,
+per strategy, the mean ± sd over seeds per number of annotated cases and how many cases
+the strategy needs to reach random's final identification. Cases of the pool source the
+base trained on (its card's ``trained_on``) are left out of pool and validation, so the
+bundled starter can be used on VB1 (it saw only VB1/case-02).
+
+**One contrast** (no ``--pool-source``, the earlier experiment):
+the ground truth plays the annotator. The cases of one contrast are split as
 ``napari-ivd train`` splits them (seed 0): the dev cases are the fixed validation set, the
 rest is the pool. Per seed, ``--start`` pool cases drawn at random are "annotated"; then for
 each round every strategy picks ``--k`` more from the pool (the uncertainty strategies score
@@ -44,6 +60,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_adapt import SOURCES, _store_with, score
 
 from napari_ivd.active import (
     STRATEGIES,
@@ -55,10 +72,12 @@ from napari_ivd.active import (
 )
 from napari_ivd.inference import find_model_dir, resolve_device
 from napari_ivd.metrics import mean_structure_dice
-from napari_ivd.models import load_checkpoint
+from napari_ivd.model_versions import model_folder
+from napari_ivd.models import load_checkpoint, read_card
 from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases
 from napari_ivd.training.data import SampleConfig
 from napari_ivd.training.engine import TrainConfig, evaluate_cases, fit
+from napari_ivd.training.finetune import FineTuneConfig, finetune_steps
 from napari_ivd.worklist import run_steps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,6 +136,40 @@ def _fine_tune(
     return card["metrics"]["validation"]
 
 
+def _judge(model_dir: Path, val: Sequence[LabelledCase], device: torch.device) -> dict[str, Any]:
+    """Every validation case's reference levels judged as ``bench_adapt.py`` does (identification, distance)."""
+    model, card = load_checkpoint(model_dir, device=device)
+    metrics = score(model, card, val, device)
+    distances = [metrics[k]["dtt_mean_mm"] for k in ("disc", "vertebra") if metrics.get(k, {}).get("dtt_mean_mm")]
+    return {
+        "identification": metrics["identification"],
+        "error_mm": float(np.mean(distances)) if distances else None,
+        "dice": None,
+    }
+
+
+def _fine_tune_viewer(
+    annotated: Sequence[LabelledCase],
+    val: Sequence[LabelledCase],
+    base: Path,
+    out: Path,
+    args: argparse.Namespace,
+    seed: int,
+) -> dict[str, Any]:
+    """The viewer's Train from ``base`` on a store of the annotated cases (verified); judged on ``val``."""
+    keep = out.with_name(out.name + "-store")  # the store; ``out`` becomes a link to the fine-tuned model
+    keep.mkdir(parents=True, exist_ok=True)
+    store = _store_with(annotated, keep)
+    store.add_model(base, model_id="base")
+    store.set_active_model("base", stored=True, reason="active-learning benchmark base")
+    cfg = FineTuneConfig(minutes=args.minutes, epochs=args.max_epochs, device=args.device, seed=seed)
+    result = run_steps(finetune_steps(store, cfg, author="bench_active_learning"))
+    folder = model_folder(store, result.model.model_id)
+    out.unlink(missing_ok=True)
+    out.symlink_to(folder.resolve())
+    return _judge(folder, val, resolve_device(args.device))
+
+
 def _train_round(
     seed: int,
     strategy: str,
@@ -130,38 +183,117 @@ def _train_round(
 ) -> dict[str, Any]:
     """Fine-tune on the cases annotated so far, evaluate, print and return the round's row."""
     started = time.perf_counter()
-    validation = _fine_tune(annotated, val, base, out, args, seed)
+    if args.pool_source:
+        validation = _fine_tune_viewer(annotated, val, base, out, args, seed)
+    else:
+        validation = _fine_tune(annotated, val, base, out, args, seed)
+        validation = {**validation, "dice": mean_structure_dice(validation["dice"]), "identification": None}
     row = {
         "seed": seed,
         "strategy": strategy,
         "round": round_,
         "n_annotated": len(annotated),
         "error_mm": validation["error_mm"],
-        "dice": mean_structure_dice(validation["dice"]),
+        "identification": validation["identification"],
+        "dice": validation["dice"],
         "scoring_s": round(scoring_s, 1),
         "training_s": round(time.perf_counter() - started, 1),
         "annotated": " ".join(c.name for c in annotated),
     }
-    print(
-        f"seed {seed} {strategy:22s} round {round_}: {row['n_annotated']:2d} cases, error {row['error_mm']:.2f} mm, "
-        f"Dice {row['dice']:.3f}  (scoring {row['scoring_s']:.0f} s, training {row['training_s']:.0f} s)",
-        flush=True,
-    )
+    print(f"seed {seed} {strategy:22s} round {round_}: {row['n_annotated']:2d} cases, {_figures(row)}", flush=True)
     return row
+
+
+def _figures(row: dict[str, Any]) -> str:
+    """A row's figures in words."""
+    shown = [f"distance {row['error_mm']:.2f} mm" if row["error_mm"] is not None else "distance –"]
+    if row.get("identification") is not None:
+        shown.append(f"identification {100 * row['identification']:.1f} %")
+    if row.get("dice") is not None:
+        shown.append(f"Dice {row['dice']:.3f}")
+    if "training_s" in row:
+        shown.append(f"(scoring {row['scoring_s']:.0f} s, training {row['training_s']:.0f} s)")
+    return ", ".join(shown)
+
+
+def _cases(args: argparse.Namespace) -> tuple[list[LabelledCase], list[LabelledCase], Path]:
+    """The pool, the fixed validation cases and the base model's folder, as the options choose them."""
+    base = find_model_dir(args.base)
+    cases = [c for c in load_lumbar_cases(args.lumbar) if c.keypoints_vox]
+    if args.contrast:
+        cases = [c for c in cases if c.contrast == args.contrast]
+    if not args.pool_source:
+        rest, val = split_cases(cases, seed=0)
+        return sorted(rest, key=lambda c: c.name)[: args.max_pool], val, base
+    cases = sorted((c for c in cases if c.name.split("/")[0] == args.pool_source), key=lambda c: c.name)
+    seen = set(read_card(base).get("trained_on", []))
+    if any(c.name in seen for c in cases):
+        dropped = sorted(c.name for c in cases if c.name in seen)
+        print(f"{base} trained on {len(dropped)} {args.pool_source} cases, left out of pool and validation: {dropped}")
+        cases = [c for c in cases if c.name not in seen]
+    order = np.random.default_rng(0).permutation(len(cases))
+    n_val = max(1, round(args.val_fraction * len(cases)))
+    val = [cases[i] for i in sorted(order[:n_val])]
+    pool = [cases[i] for i in sorted(order[n_val:])][: args.max_pool]
+    if len(pool) < args.start + args.k * args.rounds:
+        raise SystemExit(f"{args.pool_source}: {len(pool)} pool cases, fewer than --start + --k x --rounds")
+    return pool, val, base
+
+
+def table(results: dict[str, Any]) -> str:
+    """Markdown: per strategy and cases annotated, mean ± sd over seeds; then the cases to reach random's final."""
+    rows = results["rows"]
+    keys = [k for k in ("identification", "error_mm", "dice") if any(r[k] is not None for r in rows)]
+    scale = {"identification": 100.0, "error_mm": 1.0, "dice": 1.0}
+    names = {"identification": "identification %", "error_mm": "distance mm", "dice": "Dice"}
+    lines = ["| strategy | cases annotated | " + " | ".join(names[k] for k in keys) + " | seeds |"]
+    lines.append("|---" * (len(keys) + 3) + "|")
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    means: dict[tuple[str, int], float] = {}
+    for strategy in strategies:
+        for n in sorted({r["n_annotated"] for r in rows if r["strategy"] == strategy}):
+            group = [r for r in rows if r["strategy"] == strategy and r["n_annotated"] == n]
+            cells = []
+            for key in keys:
+                values = [scale[key] * r[key] for r in group if r[key] is not None]
+                cells.append(f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "–")
+            first = keys[0]
+            found = [r[first] for r in group if r[first] is not None]
+            if found:
+                means[(strategy, n)] = float(np.mean(found))
+            lines.append(f"| {strategy} | {n} | " + " | ".join(cells) + f" | {len(group)} |")
+    if "random" in strategies:
+        final_n = max(n for s, n in means if s == "random")
+        target = means[("random", final_n)]
+        better = (lambda v: v >= target) if keys[0] != "error_mm" else (lambda v: v <= target)
+        lines.append("")
+        lines.append(f"cases to reach random's final {names[keys[0]]} ({scale[keys[0]] * target:.2f} at {final_n}):")
+        for strategy in strategies:
+            reached = [n for s, n in sorted(means) if s == strategy and better(means[(s, n)])]
+            lines.append(
+                f"  {strategy}: "
+                + (f"{min(reached)} ({100 * min(reached) / final_n:.0f} %)" if reached else "not reached")
+            )
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole experiment; returns what the ``.json`` holds."""
     device = resolve_device(args.device)
-    base = find_model_dir(args.base)
-    cases = [c for c in load_lumbar_cases(args.lumbar) if c.contrast == args.contrast and c.keypoints_vox]
-    rest, val = split_cases(cases, seed=0)
-    pool_all = sorted(rest, key=lambda c: c.name)
-    print(f"{args.contrast}: pool {len(pool_all)} cases, validation {', '.join(c.name for c in val)}; base {base}")
-    base_model, base_card = load_checkpoint(base, device=device)
-    base_validation = evaluate_cases(base_model, base_card, val, device)
-    base_row = {"error_mm": base_validation["error_mm"], "dice": mean_structure_dice(base_validation["dice"])}
-    print(f"base model: error {base_row['error_mm']:.2f} mm, Dice {base_row['dice']}")
+    pool_all, val, base = _cases(args)
+    what = args.pool_source or args.contrast
+    print(f"{what}: pool {len(pool_all)} cases, validation {len(val)}: {', '.join(c.name for c in val)}; base {base}")
+    if args.pool_source:
+        base_row = _judge(base, val, device)
+    else:
+        base_model, base_card = load_checkpoint(base, device=device)
+        base_validation = evaluate_cases(base_model, base_card, val, device)
+        base_row = {
+            "error_mm": base_validation["error_mm"],
+            "dice": mean_structure_dice(base_validation["dice"]),
+            "identification": None,
+        }
+    print(f"base model: {_figures(base_row)}")
 
     rows, picks = [], []
     for seed in args.seeds:
@@ -182,6 +314,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "command": args.command,
         "contrast": args.contrast,
+        "pool_source": args.pool_source,
         "validation": [c.name for c in val],
         "base": {"model": str(base), **base_row},
         "rows": rows,
@@ -200,7 +333,10 @@ def plot(results: dict[str, Any], png: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.4))
-    panels = (("error_mm", "distance to target (mm; missed = 20 mm)"), ("dice", "Dice per structure"))
+    if results.get("pool_source"):
+        panels = (("identification", "identification (own level within 5 mm)"), ("error_mm", "distance to target (mm)"))
+    else:
+        panels = (("error_mm", "distance to target (mm; missed = 20 mm)"), ("dice", "Dice per structure"))
     strategies = list(dict.fromkeys(r["strategy"] for r in results["rows"]))
     for axis, (key, label) in zip(axes, panels, strict=True):
         for strategy in strategies:
@@ -211,7 +347,7 @@ def plot(results: dict[str, Any], png: Path) -> None:
             sd = np.array([np.std(v) for v in values])
             axis.plot(sizes, mean, marker="o", label=f"{strategy} ({len(values[0])} seeds)")
             axis.fill_between(sizes, mean - sd, mean + sd, alpha=0.2)
-        if results["base"][key] is not None:
+        if results["base"].get(key) is not None:
             axis.axhline(results["base"][key], color="grey", linestyle="--", label="base model")
         axis.set_xlabel("cases annotated")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -219,7 +355,8 @@ def plot(results: dict[str, Any], png: Path) -> None:
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     n_val = len(results["validation"])
-    figure.suptitle(f"Simulated active learning on {results['contrast']} cases ({n_val} fixed validation cases)")
+    what = f"left-out {results['pool_source']}" if results.get("pool_source") else results["contrast"]
+    figure.suptitle(f"Simulated active learning on {what} cases ({n_val} fixed validation cases)")
     figure.text(0.01, 0.01, results["command"], fontsize=6, family="monospace")
     figure.tight_layout(rect=(0, 0.04, 1, 0.95))
     figure.savefig(png, dpi=120)
@@ -230,17 +367,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lumbar", type=Path, default=REPO.parent / "shared/data/lumbar")
     parser.add_argument("--base", help="model folder or bundled name to fine-tune from (default: the starter)")
-    parser.add_argument("--contrast", default="water", choices=["T1w", "T2w", "water"])
+    parser.add_argument(
+        "--contrast", choices=["T1w", "T2w", "water"], help="default: water; every contrast of --pool-source"
+    )
+    parser.add_argument(
+        "--pool-source", choices=SOURCES, help="leave this source out: its cases are pool and validation"
+    )
+    parser.add_argument("--val-fraction", type=float, default=0.4, help="share of --pool-source's cases that validates")
+    parser.add_argument("--max-pool", type=int, help="use only the first N pool cases (quick checks)")
+    parser.add_argument("--max-epochs", type=int, default=80, help="epoch cap of each viewer fine-tune (--pool-source)")
     parser.add_argument("--start", type=int, default=2, help="cases annotated before the first pick")
     parser.add_argument("--k", type=int, default=2, help="cases picked per round")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--minutes", type=float, default=2.0, help="fine-tuning budget per round")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "napari-ivd-active-learning")
     parser.add_argument("--png", type=Path, default=REPO / "docs/active-learning.png")
     args = parser.parse_args()
+    if not args.pool_source and not args.contrast:
+        args.contrast = "water"
     args.command = "python benchmarks/bench_active_learning.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     results = run(args)
     args.png.parent.mkdir(parents=True, exist_ok=True)
@@ -250,7 +397,8 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(results["rows"])
     plot(results, args.png)
-    print(f"wrote {args.png} and its .csv and .json")
+    print("\n" + table(results))
+    print(f"\nwrote {args.png} and its .csv and .json")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """Does the per-point uncertainty of napari_ivd.active find the points that are actually wrong?
 
     python benchmarks/bench_point_uncertainty.py [--model ivdnet-lumbar] [--data ../shared/data/lumbar]
-                                                 [--all-held-out] [--device cpu|cuda] [--json out.json]
+                                                 [--all-held-out] [--sources VB1 ...] [--device cpu|cuda]
+                                                 [--json out.json]
 
 Scores every held-out dev case of every contrast (the split `napari-ivd train` holds out,
 same seed; a model trained on one of them is refused), or with ``--all-held-out`` every
-labelled case the model was not trained on, with the active-learning scorer (the
+labelled case the model was not trained on (``--sources``: of those sources only), with the active-learning scorer (the
 plain prediction plus three perturbed ones), and compares each named point's uncertainty with
 its actual error, the distance to the annotated position of the same level (points whose
 level is not annotated are not judged). Prints one row per case and the Spearman rank
@@ -29,7 +30,7 @@ from napari_ivd.models import load_checkpoint
 from napari_ivd.training.cases import load_lumbar_cases, split_cases
 from napari_ivd.worklist import run_steps
 
-CUES = ("spread", "lost", "renamed", "peak", "shape")
+CUES = ("spread", "lost", "renamed", "peak", "shape", "chain")
 
 
 def _spearman(x: list[float], y: list[float]) -> tuple[float | None, float | None]:
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model folder or bundled name (default: starter model)")
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/lumbar")
     parser.add_argument("--all-held-out", action="store_true", help="every case not in the card's trained_on")
+    parser.add_argument("--sources", nargs="+", help="only cases of these sources (e.g. VB1 VB3)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -56,7 +58,7 @@ def main() -> None:
         dev = [c for c in cases if c.name not in set(card.get("trained_on", []))]
     else:
         _, dev = split_cases(cases, seed=seed)
-    dev = [c for c in dev if c.keypoints_vox]
+    dev = [c for c in dev if c.keypoints_vox and (not args.sources or c.name.split("/")[0] in args.sources)]
     leaked = sorted({c.name for c in dev} & set(card.get("trained_on", [])))
     if leaked:
         raise SystemExit(f"the model was trained on dev cases {leaked}; pass a model trained with this split")

@@ -18,10 +18,13 @@ from napari_ivd import anatomy
 from napari_ivd.active import (
     CachedCase,
     CaseRecord,
+    Chain,
     Perturbation,
     Ranking,
     ScoreCache,
     assess,
+    check_chain,
+    compare_with_earlier,
     embed_volume,
     implausibility,
     k_center_order,
@@ -77,7 +80,7 @@ def _records() -> list[CaseRecord]:
         CaseRecord("calm", score=0.2, reason="L3 weak (0.45 peak)", embedding=unit[0]),
         CaseRecord("twin-a", score=0.9, reason="L4-L5 unsure (4.2 mm spread)", embedding=unit[1]),
         CaseRecord("twin-b", score=0.85, reason="L4 lost in 2 of 3 perturbed runs", embedding=unit[1] + 0.01),
-        CaseRecord("odd", score=0.6, reason="L2-L3 missing between named levels", embedding=unit[2]),
+        CaseRecord("odd", score=0.6, reason="L2-L3 missing between L2 and L3", embedding=unit[2]),
         CaseRecord("unscored", reason="not scored: unreadable image"),
         CaseRecord("done", status="verified", score=1.0, embedding=unit[0]),
     ]
@@ -153,8 +156,7 @@ def _prior() -> SkeletonPrior:
 
 
 def test_a_regular_spine_is_plausible():
-    found = implausibility(_spine(), _prior())
-    assert found.points == {} and found.case == ()
+    assert implausibility(_spine(), _prior()).points == {}
 
 
 def test_implausibility_finds_a_level_out_of_order():
@@ -163,17 +165,96 @@ def test_implausibility_finds_a_level_out_of_order():
     assert [n for n, f in found.points.items() if f.reason.endswith("out of order")] == ["L3"]
 
 
-def test_implausibility_finds_missing_levels_between_named_ones():
+# ---------------------------------------------------------------------- the chain: missing levels, off by one
+EXTENT = (219.0, 99.0)  # the hand-built scan's plane: rows, cols (mm)
+
+
+def test_a_whole_chain_down_to_the_sacrum_has_nothing_missing_or_miscounted():
+    assert check_chain(_spine(), EXTENT, _prior()) == Chain()
+
+
+def test_a_level_missing_between_named_ones_gets_a_placeholder_between_its_neighbours():
     spine = _spine()
     del spine["L3"], spine["L3-L4"]
-    found = implausibility(spine, _prior())
-    assert [(f.level, f.reason) for f in found.case] == [
-        ("L3", "L3 missing between named levels"),
-        ("L3-L4", "L3-L4 missing between named levels"),
+    chain = check_chain(spine, EXTENT, _prior())
+    assert [(f.level, f.reason) for f in chain.case] == [
+        ("L3", "L3 missing between L2-L3 and L4"),
+        ("L3-L4", "L3-L4 missing between L2-L3 and L4"),
     ]
-    assert found.points == {}  # the named levels around the gap are still evenly spaced
-    del spine["L1"]  # a level above the first named one is not "missing": the field of view may end there
-    assert {f.level for f in implausibility(spine, _prior()).case} == {"L3", "L3-L4"}
+    assert [(p.level, p.position) for p in chain.placeholders] == [
+        ("L3", pytest.approx(_spine()["L3"])),
+        ("L3-L4", pytest.approx(_spine()["L3-L4"])),
+    ]
+    assert {n: f.reason for n, f in chain.points.items()} == {
+        "L2-L3": "L2-L3 next to missing L3",
+        "L4": "L4 next to missing L3-L4",
+    }
+    del spine["L1"]  # a level above the model's first one is not "missing": it cannot name it
+    assert {f.level for f in check_chain(spine, EXTENT, _prior(), top="L1-L2").case} == {"L3", "L3-L4"}
+    assert {f.level for f in check_chain(spine, EXTENT, _prior()).case} == {"L1", "L3", "L3-L4"}
+
+
+def test_a_chain_that_stops_short_of_the_sacrum_misses_the_levels_the_scan_still_shows():
+    spine = {n: p for n, p in _spine().items() if n not in ("L5", "L5-S1")}  # L4-L5 at 139 mm, scan to 219 mm
+    chain = check_chain(spine, EXTENT, _prior())
+    assert [f.reason for f in chain.case] == [
+        "L5 missing: the chain stops 80 mm above the end of the scan",
+        "L5-S1 missing: the chain stops 80 mm above the end of the scan",
+    ]
+    assert [(p.level, p.position) for p in chain.placeholders] == [
+        ("L5", pytest.approx(_spine()["L5"])),
+        ("L5-S1", pytest.approx(_spine()["L5-S1"])),
+    ]
+    # the scan ends right under L4-L5: nothing below is in view, so nothing is missing
+    assert check_chain(spine, (145.0, 99.0), _prior()) == Chain()
+    # only L5 fits: L5-S1 would lie less than half a step from the scan's end
+    assert [p.level for p in check_chain(spine, (165.0, 99.0), _prior()).placeholders] == ["L5"]
+
+
+def test_a_chain_that_starts_below_the_models_first_level_misses_the_levels_above():
+    spine = {n: p for n, p in _spine(rows={n: r + 40 for n, (r, _) in _spine().items()}).items() if n != "L1"}
+    chain = check_chain(spine, (260.0, 99.0), _prior())  # L1-L2 at 77 mm: L1 belongs at 60 mm
+    assert [(f.level, f.reason) for f in chain.case] == [
+        ("L1", "L1 missing: the chain stops 77 mm below the top of the scan")
+    ]
+    assert chain.placeholders[0].position == pytest.approx((60.0, 50.0))
+
+
+def test_names_off_by_one_from_the_sacrum_are_found_though_every_name_is_in_order():
+    # the network lost count above L4: the real L3-L4 is called L2-L3, L3 is called L2, and so on
+    real = anatomy.span("L2", "L5-S1")
+    named = ["L1", "L1-L2", "L2", "L2-L3", "L4", "L4-L5", "L5", "L5-S1"]
+    spine = {name: (20.0 + STEP_MM * i, 50.0) for i, name in enumerate(named)}
+    chain = check_chain(spine, EXTENT, _prior())
+    assert {n: f.reason for n, f in chain.points.items()} == {
+        name: f"names one level off from the sacrum: {name} would be {truth}"
+        for name, truth in zip(named[:4], real[:4], strict=True)
+    }
+    assert [f.reason for f in chain.case] == ["names one level off from the sacrum: L2-L3 would be L3-L4"]
+    assert chain.placeholders == ()  # nothing is missing: the names are wrong, not the structures
+    # without the sacrum in view the names still skip a level where the spine has none
+    local = check_chain({n: p for n, p in spine.items() if n != "L5-S1"}, EXTENT, _prior())
+    assert local.points["L4"].reason == "L2-L3 to L4: names skip one level where the spine has none"
+
+
+def test_the_scorer_adds_the_chain_to_each_points_uncertainty_and_places_the_missing_levels():
+    spine = _spine()
+    off = {
+        anatomy.shift(n, -1).name if anatomy.structure(n).order < anatomy.structure("L4").order else n: p
+        for n, p in spine.items()
+    }  # stable under perturbation, one level off above L4
+    scored = assess(_prediction(off), [_prediction(off)] * 3, VIEW, _prior())
+    by_level = {p.level: p for p in scored.points}
+    assert by_level["L2-L3"].components["chain"] == pytest.approx(0.9) and by_level["L2-L3"].uncertainty >= 0.9
+    assert by_level["L5"].reason == "L5: no doubt found"
+    assert scored.reason.startswith("names one level off from the sacrum") and scored.score > 0.5
+
+    short = {n: p for n, p in spine.items() if n != "L5-S1"}
+    scored = assess(_prediction(short), [_prediction(short)] * 3, VIEW, _prior())
+    assert scored.reason == "L5-S1 missing: the chain stops 63 mm above the end of the scan"
+    (placeholder,) = scored.placeholders
+    ijk = VIEW.display_to_vox(np.array([[32.0, *spine["L5-S1"]]]))[0]
+    assert placeholder.level == "L5-S1" and placeholder.position == pytest.approx(GEOMETRY.vox_to_mm(ijk[None])[0])
 
 
 def test_implausibility_finds_a_disc_spacing_outlier():
@@ -190,6 +271,24 @@ def test_implausibility_finds_a_point_off_the_learned_spine_shape():
     assert (
         found.points["L3"].reason.startswith("L3 off the learned spine shape") and found.points["L3"].uncertainty > 0.5
     )
+
+
+def test_structures_an_earlier_model_version_named_otherwise_at_the_same_place_are_flagged():
+    spine = _spine()
+    scored = assess(_prediction(spine), [_prediction(spine)] * 3, VIEW, _prior())
+    assert scored.reason == "no doubt found" and scored.score == 0.0
+    mm = {s.name: s.xyz_mm for s in _prediction(spine).structures}
+    same = compare_with_earlier(scored, mm, "ivdnet-lumbar")
+    assert same == scored  # the same names at the same places: nothing to say
+    shifted = {anatomy.shift(n, 1).name: p for n, p in mm.items() if n != "L5-S1" and n != "L5"}  # named one lower
+    flagged = compare_with_earlier(scored, shifted, "ivdnet-lumbar")
+    assert flagged.reason == "names one level off from ivdnet-lumbar's proposal: L4-L5 was L5-S1"
+    by_level = {p.level: p for p in flagged.points}
+    assert by_level["L3"].reason == "names one level off from ivdnet-lumbar's proposal: L3 was L4"
+    assert by_level["L3"].uncertainty >= 0.9 and by_level["L5"].uncertainty == 0.0  # L5 has no earlier match
+    assert flagged.score > 0.5
+    far = {n: p + np.array([20.0, 0.0, 0.0]) for n, p in shifted.items()}  # other slices: not the same structures
+    assert compare_with_earlier(scored, far, "ivdnet-lumbar") == scored
 
 
 # ---------------------------------------------------------------------- the scorer's cues

@@ -14,7 +14,7 @@ import pytest
 from napari.utils.notifications import notification_manager
 from qtpy.QtCore import Qt
 
-from napari_ivd.active import CachedCase, Finding, PointScore, ScoreCache, VolumeScore, model_key
+from napari_ivd.active import CachedCase, Finding, Placeholder, PointScore, ScoreCache, VolumeScore, model_key
 from napari_ivd.inference import find_model_dir
 from napari_ivd.io import read_volume
 from napari_ivd.models import read_card
@@ -36,14 +36,24 @@ def three_case_store(tmp_path_factory, shared_data) -> Path:
     return location
 
 
-def _cache_scores(location: Path, scores: dict[str, float]) -> None:
-    """Scores as the bundled model would have cached them: case-07's L3 is the point likely wrong."""
+def _cache_scores(location: Path, scores: dict[str, float], missing: tuple[Placeholder, ...] = ()) -> None:
+    """Scores as the bundled model would have cached them: case-07's L3 is the point likely wrong.
+
+    ``missing``: case-07's placeholders (levels the ranking finds missing).
+    """
     store = AnnotationStore.open(location)
     cache = ScoreCache(store, model_key(read_card(find_model_dir(None))))
     for n, (case_id, score) in enumerate(scores.items()):
         points = (PointScore("L3", 0.9, "L3 named L2 in 2 of 3 perturbed runs", 0.8, 1.2),)
         reason = points[0].reason if case_id == CASE_ID else f"L{n + 1} weak (0.20 peak)"
-        volume_score = VolumeScore(score, reason, points if case_id == CASE_ID else (), (Finding(score, reason),), 20.0)
+        volume_score = VolumeScore(
+            score,
+            reason,
+            points if case_id == CASE_ID else (),
+            (Finding(score, reason),),
+            20.0,
+            missing if case_id == CASE_ID else (),
+        )
         embedding = np.eye(3)[n]
         cache.put(case_id, CachedCase(store.case(case_id).image_sha256, volume_score, embedding))
     cache.save()
@@ -108,6 +118,53 @@ def test_rank_sorts_the_cases_next_case_follows_and_the_unsure_point_stands_out(
         widget.ranking.refresh()
     assert table.case_ids() == ranked.args[0].case_ids()
     assert {table.item(row, 4).text() for row in range(3)} == {"random draw (seed 0)"}
+
+
+def test_a_missing_level_shows_as_an_orange_named_cross_to_accept_as_a_point_or_delete(
+    make_napari_viewer, qtbot, three_case_store, tmp_path
+):
+    location = copy_store(three_case_store, tmp_path)
+    store = AnnotationStore.open(location)
+    geometry = store.read_image(CASE_ID).geometry
+    mm = {p.level: geometry.vox_to_mm(np.array([p.ijk_vox]))[0] for p in store.load(CASE_ID).points}
+    where_mm = 2 * mm["L5"] - mm["L4-L5"]  # case-07's reference stops at L5: L5-S1 belongs one step below
+    reason = "L5-S1 missing: the chain stops 40 mm above the end of the scan"
+    _cache_scores(location, {CASE_ID: 0.8}, (Placeholder("L5-S1", tuple(where_mm), reason),))
+    _viewer, widget = docked_annotator(make_napari_viewer)
+    widget.auto_predict.setChecked(False)
+    widget.open_store(location)
+    panel = widget.ranking
+    assert not panel.accept_button.isEnabled() and not panel.delete_button.isEnabled()
+    with qtbot.waitSignal(panel.ranked, timeout=RANK_TIMEOUT_MS):
+        qtbot.mouseClick(panel.rank_button, Qt.MouseButton.LeftButton)
+    with qtbot.waitSignal(widget.case_opened, timeout=60_000):
+        qtbot.mouseClick(widget.next_button, Qt.MouseButton.LeftButton)
+
+    crosses = widget.case.placeholders
+    assert crosses.name == f"{CASE_ID} missing levels" and list(crosses.features["level"]) == ["L5-S1"]
+    assert list(crosses.features["reason"]) == [reason]
+    assert np.allclose(crosses.face_color[0], [1.0, 165 / 255, 0.0, 1.0])  # orange
+    shown_vox = widget.case.view.display_to_vox(crosses.data)[0]
+    assert np.allclose(geometry.vox_to_mm(shown_vox[None])[0], where_mm, atol=1e-4)
+    assert panel.accept_button.isEnabled() and panel.delete_button.isEnabled()
+    before = widget.case.points()
+
+    # accepted: a disc point named L5-S1 where the cross was, one undoable edit, unsaved until saved
+    qtbot.mouseClick(panel.accept_button, Qt.MouseButton.LeftButton)
+    discs = widget.case.points_layers["disc"]
+    assert "L5-S1" in list(discs.features["level"]) and len(crosses.data) == 0
+    (accepted,) = [p for p in widget.case.points() if p.level == "L5-S1"]
+    assert np.allclose(geometry.vox_to_mm(np.array([accepted.ijk_vox]))[0], where_mm, atol=1e-4)
+    assert widget.has_unsaved_changes() and not panel.accept_button.isEnabled()
+    qtbot.mouseClick(widget.tools.undo_button, Qt.MouseButton.LeftButton)
+    assert widget.case.points() == before
+
+    # shown again (the level is still missing) and deleted: the points stay as they were
+    panel.highlight()
+    assert list(widget.case.placeholders.features["level"]) == ["L5-S1"]
+    qtbot.mouseClick(panel.delete_button, Qt.MouseButton.LeftButton)
+    assert len(widget.case.placeholders.data) == 0 and widget.case.points() == before
+    assert not widget.has_unsaved_changes()
 
 
 @pytest.mark.slow

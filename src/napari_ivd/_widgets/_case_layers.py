@@ -17,7 +17,7 @@ import numpy as np
 
 from napari_ivd import anatomy
 from napari_ivd.annotator import KINDS
-from napari_ivd.corrections import Points
+from napari_ivd.corrections import REVIEWED_SCORE, Points
 from napari_ivd.io import Volume
 from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.layer_data import (
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 FEATURES = ("kind", "level", "score")
 #: Border of the points the active-learning ranking finds most likely wrong (low scores are red).
 UNSURE_COLOUR, UNSURE_BORDER = "orange", 0.35
+#: A missing level's placeholder (from the ranking): an orange cross, named, until accepted or deleted.
+PLACEHOLDER_SYMBOL, PLACEHOLDER_SIZE = "cross", 8.0
 
 
 def _unwrap(obj: Any) -> Any:
@@ -113,6 +115,7 @@ class CaseLayers:
         self.view = volume.view
         self.updating = False
         self.unsure: dict[str, float] = {}  # level -> uncertainty, from the active-learning ranking
+        self.placeholders: Any = None  # the missing levels' Points layer, once the ranking places some
         data, kwargs, _ = image or image_layer_data(volume)
         self.image = viewer.add_image(data, **{**kwargs, "name": case_id})
         data, kwargs, _ = labels or prepare_labels(None, volume)
@@ -149,6 +152,7 @@ class CaseLayers:
         """
         self.case_id, self.volume, self.view = case_id, volume, volume.view
         self.unsure = {}
+        self.set_placeholders(())
         with self._updating():
             for layer, (data, kwargs, _), name in (
                 (self.image, image, case_id),
@@ -175,7 +179,7 @@ class CaseLayers:
 
     def remove(self) -> None:
         """Take the case's layers out of the viewer."""
-        for layer in self.layers:
+        for layer in [*self.layers, self.placeholders]:
             if layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
 
@@ -262,6 +266,58 @@ class CaseLayers:
         self.unsure = dict(levels)
         for kind in KINDS:
             self.restyle(kind)
+
+    # ------------------------------------------------------------------ missing levels
+    def set_placeholders(self, missing: Sequence[tuple[str, Sequence[float], str]]) -> None:
+        """Show missing levels ``(level, scanner xyz mm, reason)`` as orange named crosses; ``()`` clears.
+
+        Levels the case already has are left out (the researcher may have added them).
+        """
+        present = {p.level for p in self.points()}
+        shown = [(level, xyz_mm, reason) for level, xyz_mm, reason in missing if level not in present]
+        if self.placeholders is None and not shown:
+            return
+        ijk_vox = self.volume.geometry.mm_to_vox(np.array([m[1] for m in shown])) if shown else np.zeros((0, 3))
+        data = self.view.vox_to_display(ijk_vox) if shown else np.zeros((0, 3))
+        features = {"level": [m[0] for m in shown], "reason": [m[2] for m in shown]}
+        if self.placeholders is None or self.placeholders not in self.viewer.layers:
+            self.placeholders = self.viewer.add_points(
+                data,
+                name=f"{self.case_id} missing levels",
+                scale=self.view.spacing_mm,
+                axis_labels=self.image.axis_labels,
+                units=("mm", "mm", "mm"),
+                features=features,
+                face_color=UNSURE_COLOUR,
+                border_color=UNSURE_COLOUR,
+                symbol=PLACEHOLDER_SYMBOL,
+                size=PLACEHOLDER_SIZE,
+                projection_mode="all",
+                text={"string": "{level}?", "size": 10, "color": UNSURE_COLOUR, "anchor": "upper_left"},
+            )
+        else:
+            with _batched(self.placeholders):
+                self.placeholders.selected_data = set()
+                _set_scale(self.placeholders, self.view.spacing_mm)
+                self.placeholders.data = data
+                self.placeholders.features = features
+                self.placeholders.name = f"{self.case_id} missing levels"
+            self.placeholders.text.refresh(self.placeholders.features)
+
+    def take_placeholders(self, indices: Sequence[int]) -> list[LabelledPoint]:
+        """Remove placeholders ``indices`` from their layer and return them as reviewed points (file grid)."""
+        layer = self.placeholders
+        if layer is None or not len(indices):
+            return []
+        chosen = sorted(set(indices))
+        ijk_vox = self.view.display_to_vox(layer.data[chosen])
+        levels = [str(layer.features["level"].iloc[i]) for i in chosen]
+        layer.selected_data = set(chosen)
+        layer.remove_selected()
+        return [
+            LabelledPoint(level, tuple(float(v) for v in ijk), REVIEWED_SCORE)  # type: ignore[arg-type]
+            for level, ijk in zip(levels, ijk_vox, strict=True)
+        ]
 
     def set_features(self, kind: str, index: int, **values: Any) -> None:
         """Change features (``level``, ``score``) of one point and recolour its layer."""

@@ -141,6 +141,10 @@ class PointTools(QWidget):
         self.insert_button.setEnabled(self.case is not None and len(selected) == 2)
 
     # ------------------------------------------------------------------ our edits
+    def apply(self, new_points: corrections.Points, what: str) -> None:
+        """Show ``new_points`` as one undoable edit (another panel's, e.g. an accepted missing level)."""
+        self._apply(lambda: self.annotator.edit_points(new_points), lambda: (), what)
+
     def _apply(self, edit: Callable[[], object], select: Callable[[], Sequence[int]], what: str) -> bool:
         """Run one of the annotator's edits and show its points (and mask); an IvdError is shown, nothing changes."""
         if self.case is None:

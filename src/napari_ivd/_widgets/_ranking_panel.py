@@ -4,7 +4,9 @@ A thin view over :func:`napari_ivd.active.score_store_steps`: pick a strategy, *
 scores the store's cases off the GUI thread (cached per model version, so ranking again
 is quick) and sorts the case table by the ranking, with each case's score and main
 reason; **Next case** then walks down the ranking. The open case's most likely wrong
-points get an orange border.
+points get an orange border, and each level the ranking finds missing an orange cross
+where it should be: **Accept missing** makes the selected crosses (all, when none is
+selected) points of their level, as one undoable point edit; **Delete missing** drops them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from napari_ivd import active
 from napari_ivd._widgets._case_layers import CaseLayers
 from napari_ivd._widgets._case_table import CaseTable
 from napari_ivd._widgets._jobs import start_job
+from napari_ivd._widgets._point_tools import PointTools
 from napari_ivd.store import AnnotationStore
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,8 @@ class RankingPanel(QWidget):
     store, model, device, case : callables
         The open store, the chosen model (stored id, bundled name or folder; None: the
         store's active model), the device name and the open case's layers, read when needed.
+    tools : PointTools
+        The point tools, whose undo history records an accepted missing level.
     """
 
     #: Emitted with the :class:`napari_ivd.active.Ranking` once the table shows it.
@@ -55,10 +60,12 @@ class RankingPanel(QWidget):
         model: Callable[[], str | None],
         device: Callable[[], str],
         case: Callable[[], CaseLayers | None],
+        tools: PointTools,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
         self.table, self._store, self._model, self._device, self._case = table, store, model, device, case
+        self.tools = tools
         self.ranking: active.Ranking | None = None
         self._ranked_store: AnnotationStore | None = None
         self.worker: Any = None
@@ -76,6 +83,18 @@ class RankingPanel(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
+        self.accept_button = QPushButton("Accept missing")
+        self.accept_button.setToolTip(
+            "Make the selected orange crosses (all, when none is selected) points of their level (undoable)"
+        )
+        self.accept_button.clicked.connect(self.accept_missing)
+        self.delete_button = QPushButton("Delete missing")
+        self.delete_button.setToolTip("Drop the selected orange crosses (all, when none is selected)")
+        self.delete_button.clicked.connect(self.delete_missing)
+        missing = QHBoxLayout()
+        missing.setContentsMargins(0, 0, 0, 0)
+        missing.addWidget(self.accept_button)
+        missing.addWidget(self.delete_button)
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(QLabel("Next by"))
@@ -86,7 +105,9 @@ class RankingPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(row)
         layout.addWidget(self.status_label)
+        layout.addLayout(missing)
         self._set_running(False)
+        self._enable_missing()
 
     def _set_running(self, running: bool) -> None:
         self.rank_button.setEnabled(not running)
@@ -160,7 +181,44 @@ class RankingPanel(QWidget):
         return {} if score is None else score.unsure_levels()
 
     def highlight(self, *_: Any) -> None:
-        """Border the open case's likely-wrong points (call when a case opens)."""
+        """Border the open case's likely-wrong points and place its missing levels (call when a case opens)."""
         case = self._case()
         if case is not None:
             case.set_unsure(self.unsure_levels(case.case_id))
+            case.set_placeholders([(p.level, p.position, p.reason) for p in self.missing_levels(case.case_id)])
+        self._enable_missing()
+
+    def missing_levels(self, case_id: str) -> tuple[active.Placeholder, ...]:
+        """The levels of ``case_id`` the last ranking of the open store finds missing, where they should be."""
+        if self.ranking is None or self._ranked_store is not self._store():
+            return ()
+        score = self.ranking.scores.get(case_id)
+        return () if score is None else score.placeholders
+
+    def _enable_missing(self) -> None:
+        case = self._case()
+        shown = case is not None and case.placeholders is not None and len(case.placeholders.data) > 0
+        self.accept_button.setEnabled(shown)
+        self.delete_button.setEnabled(shown)
+
+    def _chosen_missing(self, case: CaseLayers) -> list[int]:
+        """The selected placeholders of the open case, or all of them when none is selected."""
+        layer = case.placeholders
+        return sorted(layer.selected_data) or list(range(len(layer.data)))
+
+    def accept_missing(self) -> None:
+        """Make the chosen placeholders points of their level, as one undoable point edit."""
+        case = self._case()
+        if case is None or case.placeholders is None:
+            return
+        accepted = case.take_placeholders(self._chosen_missing(case))
+        if accepted:
+            self.tools.apply((*case.points(), *accepted), "accepted " + ", ".join(p.level for p in accepted))
+        self._enable_missing()
+
+    def delete_missing(self) -> None:
+        """Drop the chosen placeholders (the ranking was wrong: nothing is missing there)."""
+        case = self._case()
+        if case is not None and case.placeholders is not None:
+            case.take_placeholders(self._chosen_missing(case))
+        self._enable_missing()

@@ -167,6 +167,7 @@ class AnnotatorWidget(QWidget):
             self.models.current,
             self.device_box.currentText,
             lambda: self.case,
+            self.tools,
         )
         self.case_opened.connect(self.ranking.highlight)
         store_layout.addWidget(self.ranking)

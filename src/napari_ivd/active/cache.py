@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_ivd.active.chain import Placeholder
 from napari_ivd.active.plausibility import Finding
 from napari_ivd.active.uncertainty import PointScore, VolumeScore
 from napari_ivd.errors import StoreError
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 __all__ = ["CACHE_VERSION", "CachedCase", "ScoreCache", "model_key", "score_from_json", "score_to_json"]
 
 #: Bump when the scores change meaning: older caches are then ignored and recomputed.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def model_key(card: dict[str, Any]) -> str:
@@ -52,7 +53,13 @@ def score_to_json(score: VolumeScore) -> dict[str, Any]:
             }
             for p in score.points
         ],
-        "findings": [{"uncertainty": f.uncertainty, "reason": f.reason, "level": f.level} for f in score.findings],
+        "findings": [
+            {"uncertainty": f.uncertainty, "reason": f.reason, "level": f.level, "headline": f.headline}
+            for f in score.findings
+        ],
+        "placeholders": [
+            {"level": p.level, "position": list(p.position), "reason": p.reason} for p in score.placeholders
+        ],
     }
 
 
@@ -64,6 +71,10 @@ def score_from_json(data: dict[str, Any]) -> VolumeScore:
         points=tuple(PointScore(**p) for p in data["points"]),
         findings=tuple(Finding(**f) for f in data["findings"]),
         mid_sagittal_mm=float(data["mid_sagittal_mm"]),
+        placeholders=tuple(
+            Placeholder(str(p["level"]), tuple(float(v) for v in p["position"]), str(p["reason"]))
+            for p in data.get("placeholders", [])
+        ),
     )
 
 

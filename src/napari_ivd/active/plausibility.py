@@ -1,20 +1,19 @@
-"""Anatomical implausibility of a set of named points: order, gaps, spacing, fit to the learned skeleton.
+"""Anatomical implausibility of a set of named points: order, spacing, fit to the learned skeleton.
 
 A proposal that looks unlike a spine is likely wrong wherever the network itself is sure.
-Four checks, each on the points' in-plane positions (row S→I, col A→P, in mm):
+Three checks, each on the points' in-plane positions (row S→I, col A→P, in mm):
 
 * **order**: structures must run cranio-caudally down the rows; the points outside the
   longest correctly ordered subsequence are the misplaced ones;
-* **gaps**: a level missing between the first and last named ones (the field of view shows
-  it, so the model should have found it);
 * **spacing**: distances between consecutive discs (and between consecutive vertebrae),
   per level skipped, against their median in the case;
 * **skeleton**: how much the similarity fit to the model card's
   :class:`~napari_ivd.skeleton.SkeletonPrior` improves when the point is left out
   (a leave-one-out chi-square from :func:`napari_ivd.skeleton.hypothesis_cost`).
 
-Every finding carries an uncertainty in [0, 1] and a short reason, so the active-learning
-score can say why a case or a point is suspicious.
+Missing levels and miscounted names are :mod:`napari_ivd.active.chain`'s. Every finding
+carries an uncertainty in [0, 1] and a short reason, so the active-learning score can say
+why a case or a point is suspicious.
 """
 
 from __future__ import annotations
@@ -35,8 +34,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Finding", "Plausibility", "implausibility", "longest_ordered", "ramp"]
 
-#: Uncertainty of a level missing between named ones.
-GAP_UNCERTAINTY = 0.9
 #: Spacing ratios within this factor of the median are normal variation (uncertainty 0) ...
 SPACING_TOLERANCE = 1.15
 #: ... and at this factor (or its inverse) the spacing is certainly wrong (uncertainty 1).
@@ -53,20 +50,22 @@ SKELETON_MIN_POINTS = 4
 class Finding:
     """Something suspicious, how suspicious (0..1) and why, in words.
 
-    ``level`` names the structure it concerns (None for the whole case).
+    ``level`` names the structure it concerns (None for the whole case); ``headline`` marks
+    what a researcher fixes (a missing level, names off by one), which becomes the case's
+    reason before the symptoms it causes (an odd spacing, a point off the learned shape).
     """
 
     uncertainty: float
     reason: str
     level: str | None = None
+    headline: bool = False
 
 
 @dataclass(frozen=True)
 class Plausibility:
-    """Per-point implausibility (the worst check per level) and case-level findings (gaps)."""
+    """Per-point implausibility: the worst check per level."""
 
     points: dict[str, Finding] = field(default_factory=dict)
-    case: tuple[Finding, ...] = ()
 
 
 def longest_ordered(rows: Sequence[float]) -> list[int]:
@@ -156,7 +155,7 @@ def _skeleton(points: dict[str, np.ndarray], prior: SkeletonPrior) -> dict[str, 
 
 
 def implausibility(points_mm: Mapping[str, Sequence[float]], prior: SkeletonPrior | None = None) -> Plausibility:
-    """Check named points against spine anatomy; returns per-point and case-level findings.
+    """Check named points against spine anatomy; returns the per-point findings.
 
     Parameters
     ----------
@@ -168,8 +167,7 @@ def implausibility(points_mm: Mapping[str, Sequence[float]], prior: SkeletonPrio
     Returns
     -------
     Plausibility
-        ``points``: the worst finding per level (levels without one are absent);
-        ``case``: one finding per missing interior level.
+        ``points``: the worst finding per level (levels without one are absent).
 
     Example
     -------
@@ -192,12 +190,4 @@ def implausibility(points_mm: Mapping[str, Sequence[float]], prior: SkeletonPrio
         for name, finding in found.items():
             if name not in per_point or per_point[name].uncertainty < finding.uncertainty:
                 per_point[name] = finding
-
-    gaps = []
-    if names:
-        gaps = [
-            Finding(GAP_UNCERTAINTY, f"{n} missing between named levels", n)
-            for n in anatomy.span(names[0], names[-1])
-            if n not in named
-        ]
-    return Plausibility(per_point, tuple(gaps))
+    return Plausibility(per_point)

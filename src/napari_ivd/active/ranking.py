@@ -26,8 +26,10 @@ import numpy as np
 from napari_ivd.active.cache import CachedCase, ScoreCache, model_key
 from napari_ivd.active.diversity import embed_volume, k_center_order, points_mid_sagittal_mm
 from napari_ivd.active.uncertainty import PERTURBATIONS, Perturbation, VolumeScore, score_volume_steps
+from napari_ivd.active.versions import compare_with_earlier
 from napari_ivd.errors import IvdError, RankingError
-from napari_ivd.model_versions import active_choice, model_folder
+from napari_ivd.inference import find_model_dir
+from napari_ivd.model_versions import active_choice, model_folder, stored_model
 from napari_ivd.store import AnnotationStore
 from napari_ivd.worklist import ModelCache, StepProgress
 
@@ -183,6 +185,14 @@ def _relay(
         yield StepProgress(offset + report.step, total, f"{prefix}: {report.message}")
 
 
+def _earlier_proposal(store: AnnotationStore, case_id: str, current: str) -> tuple[str, dict[str, np.ndarray]]:
+    """The case's latest proposal by another model version than ``current``: its model and points (mm)."""
+    earlier = [p for p in store.proposals(case_id) if p.model != current]
+    if not earlier:
+        return current, {}
+    return earlier[-1].model, store.load_proposal(case_id, earlier[-1].proposal_id).points_mm()
+
+
 def score_store_steps(
     store: AnnotationStore,
     model: str | Path | None = None,
@@ -195,11 +205,13 @@ def score_store_steps(
     """Score the store's cases that need it (cached per model version), yielding progress; returns the ranking.
 
     Cases not verified get a score and an embedding; verified cases only an embedding, and
-    only for ``uncertainty+diversity``. Entries cached for the same model and image are
-    reused, so ranking again after a few corrections costs nothing, and a fine-tuned
-    model (other weights) scores afresh. The cache is written after every case, so a
-    cancelled run keeps what it computed. A case that cannot be read is ranked last with
-    the reason, not fatal.
+    only for ``uncertainty+diversity``. A case with a proposal by another model version
+    (the previous active one, say) is also compared with it: the same structures named
+    differently count as names off by one (:mod:`napari_ivd.active.versions`). Entries
+    cached for the same model and image are reused, so ranking again after a few
+    corrections costs nothing, and a fine-tuned model (other weights) scores afresh. The
+    cache is written after every case, so a cancelled run keeps what it computed. A case
+    that cannot be read is ranked last with the reason, not fatal.
 
     Parameters
     ----------
@@ -227,7 +239,10 @@ def score_store_steps(
         return Ranking(strategy, None, tuple(rank(records, strategy, seed)))
 
     chosen = active_choice(store).key if model is None else model
-    net, card, where = (cache or ModelCache(size=1)).get(model_folder(store, chosen), device)
+    folder = model_folder(store, chosen)
+    net, card, where = (cache or ModelCache(size=1)).get(folder, device)
+    version = stored_model(store, chosen)
+    current = find_model_dir(folder).name if version is None else version.model_id  # as proposals name it
     key = model_key(card)
     cached = ScoreCache(store, key)
     diversity = strategy == "uncertainty+diversity"
@@ -252,6 +267,8 @@ def score_store_steps(
             if info.status != "verified":
                 steps = score_volume_steps(volume, net, card, where, perturbations)
                 volume_score = yield from _relay(steps, offset + 1, total, case_id)
+                earlier_model, earlier_mm = _earlier_proposal(store, case_id, current)
+                volume_score = compare_with_earlier(volume_score, earlier_mm, earlier_model)
                 mid_mm = volume_score.mid_sagittal_mm
             else:
                 points = store.load(case_id).points

@@ -10,12 +10,16 @@ judged by
 * **lost / renamed**: in how many perturbed runs it disappears or gets another level name
   (an off-by-one count of the whole spine shows up here);
 * **peak**: the heatmap probability the decoder reports as the structure's score;
-* **shape**: anatomical implausibility (:mod:`napari_ivd.active.plausibility`).
+* **shape**: anatomical implausibility (:mod:`napari_ivd.active.plausibility`);
+* **chain**: its name contradicted by the count from the sacrum, or a missing level next
+  to it (:mod:`napari_ivd.active.chain`): an off-by-one chain is stable under every
+  perturbation, so only this cue sees it.
 
 Each component is mapped to [0, 1]; a point's uncertainty is their noisy-or (any one sure
 sign of trouble makes the point unsure), and the case score weights the three most
-uncertain points or case-level findings (a level missing between named ones, structures
-found only when perturbed, too few structures). Four forward passes per case in all.
+uncertain points or case-level findings (a missing level, names off by one, structures
+found only when perturbed, too few structures). Each missing level comes with a
+placeholder where it should be. Four forward passes per case in all.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_ivd.active.chain import Placeholder, check_chain
 from napari_ivd.active.plausibility import Finding, implausibility, ramp
 from napari_ivd.inference import PredictedStructure, Prediction, predict
 from napari_ivd.io import SagittalView, Volume, VolumeGeometry
@@ -45,8 +50,10 @@ __all__ = [
     "VolumeScore",
     "assess",
     "perturb",
+    "plane_extent_mm",
     "plane_positions_mm",
     "score_volume_steps",
+    "summarise",
 ]
 
 #: A perturbed run's structure of the same kind within this distance is the same structure.
@@ -63,6 +70,8 @@ EXPECTED_STRUCTURES = 6
 TOP_WEIGHTS = (0.6, 0.25, 0.15)
 #: A point at least this uncertain is highlighted in the viewer as likely wrong.
 UNSURE_POINT = 0.5
+#: The reason of a point, or of a case, in which no cue found anything.
+NO_DOUBT = "no doubt found"
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,7 @@ class PointScore:
 class VolumeScore:
     """One volume's informativeness: score in [0, 1], main reason, per-point scores, case findings.
 
+    ``placeholders`` are the missing levels where they should be (scanner mm);
     ``prediction`` is the unperturbed prediction the points belong to.
     """
 
@@ -115,6 +125,7 @@ class VolumeScore:
     points: tuple[PointScore, ...]
     findings: tuple[Finding, ...]
     mid_sagittal_mm: float
+    placeholders: tuple[Placeholder, ...] = ()
     prediction: Prediction | None = field(default=None, repr=False, compare=False)
 
     def unsure_levels(self, threshold: float = UNSURE_POINT) -> dict[str, float]:
@@ -154,6 +165,20 @@ def plane_positions_mm(structures: Sequence[PredictedStructure], view: SagittalV
     return {s.name: display[i, 1:] * spacing for i, s in enumerate(structures)}
 
 
+def plane_extent_mm(view: SagittalView) -> tuple[float, float]:
+    """The sagittal display plane's size (rows S→I, cols A→P) in mm, as :func:`plane_positions_mm` measures."""
+    shape, spacing = view.display.shape, view.spacing_mm
+    return (shape[1] - 1) * spacing[1], (shape[2] - 1) * spacing[2]
+
+
+def _plane_to_mm(position: Sequence[float], mid_sagittal_mm: float, view: SagittalView) -> tuple[float, ...]:
+    """Scanner mm of an in-plane (row_mm, col_mm) position on the slice at ``mid_sagittal_mm``."""
+    spacing = np.asarray(view.spacing_mm)
+    display = np.array([mid_sagittal_mm, *position[:2]]) / spacing
+    ijk_vox = view.display_to_vox(display[None])
+    return tuple(float(v) for v in view.file.vox_to_mm(ijk_vox)[0])
+
+
 def _match(structure: PredictedStructure, run: Prediction) -> PredictedStructure | None:
     """The run's structure of the same kind nearest to ``structure``, if within :data:`MATCH_RADIUS_MM`."""
     same_kind = [s for s in run.structures if s.kind == structure.kind]
@@ -163,8 +188,10 @@ def _match(structure: PredictedStructure, run: Prediction) -> PredictedStructure
     return nearest if np.linalg.norm(nearest.xyz_mm - structure.xyz_mm) <= MATCH_RADIUS_MM else None
 
 
-def _point(structure: PredictedStructure, runs: Sequence[Prediction], shape: Finding | None) -> PointScore:
-    """Score one structure of the unperturbed prediction against the perturbed runs."""
+def _point(
+    structure: PredictedStructure, runs: Sequence[Prediction], shape: Finding | None, chain: Finding | None
+) -> PointScore:
+    """Score one structure of the unperturbed prediction against the perturbed runs, its shape and its chain."""
     name, n = structure.name, len(runs)
     matches = [_match(structure, run) for run in runs]
     found = [m for m in matches if m is not None]
@@ -188,10 +215,11 @@ def _point(structure: PredictedStructure, runs: Sequence[Prediction], shape: Fin
             f"{name} weak ({structure.score:.2f} peak)",
         ),
         "shape": (shape.uncertainty, shape.reason) if shape is not None else (0.0, ""),
+        "chain": (chain.uncertainty, chain.reason) if chain is not None else (0.0, ""),
     }
     uncertainty = 1.0 - math.prod(1.0 - u for u, _ in cues.values())
     strongest = max(cues.values(), key=lambda cue: cue[0])
-    reason = strongest[1] if strongest[0] > 0 else f"{name} consistent"
+    reason = strongest[1] if strongest[0] > 0 else f"{name}: {NO_DOUBT}"
     return PointScore(
         name, uncertainty, reason, structure.score, spread_mm, {k: round(u, 4) for k, (u, _) in cues.items()}
     )
@@ -207,6 +235,22 @@ def _only_perturbed(plain: Prediction, runs: Sequence[Prediction]) -> list[Findi
         Finding(k / len(runs), f"{name} found only in {k} of {len(runs)} perturbed runs", name)
         for name, k in counts.items()
     ]
+
+
+def summarise(points: Sequence[PointScore], findings: Sequence[Finding]) -> tuple[float, str]:
+    """A case's score and reason from its point scores and findings.
+
+    Score = weighted mean (:data:`TOP_WEIGHTS`) of the three highest uncertainties; reason =
+    the most certain headline finding (a missing level, names off by one: what the
+    researcher fixes, not the odd spacing it causes), else the highest one's,
+    :data:`NO_DOUBT` when nothing is above 0.
+    """
+    ranked = sorted([(p.uncertainty, p.reason) for p in points] + [(f.uncertainty, f.reason) for f in findings])[::-1]
+    if not ranked or ranked[0][0] <= 0:
+        return 0.0, NO_DOUBT
+    score = sum(w * u for w, (u, _) in zip(TOP_WEIGHTS, ranked, strict=False))
+    headlines = [f for f in findings if f.headline]
+    return float(score), max(headlines, key=lambda f: f.uncertainty).reason if headlines else ranked[0][1]
 
 
 def assess(
@@ -228,21 +272,26 @@ def assess(
     Returns
     -------
     VolumeScore
-        Score = weighted mean (:data:`TOP_WEIGHTS`) of the three highest uncertainties among
-        points and case findings; reason = the highest one's.
+        Score and reason from :func:`summarise` over points and case findings; a
+        placeholder per missing level.
     """
     if not plain.structures:
         nothing = Finding(1.0, "no disc or vertebra found")
-        return VolumeScore(1.0, nothing.reason, (), (nothing,), plain.mid_sagittal_mm, plain)
-    shape = implausibility(plane_positions_mm(plain.structures, view), prior)
-    points = tuple(_point(s, perturbed, shape.points.get(s.name)) for s in plain.structures)
-    findings = [*shape.case, *_only_perturbed(plain, perturbed)]
+        return VolumeScore(1.0, nothing.reason, (), (nothing,), plain.mid_sagittal_mm, prediction=plain)
+    in_plane = plane_positions_mm(plain.structures, view)
+    shape = implausibility(in_plane, prior)
+    chain = check_chain(in_plane, plane_extent_mm(view), prior)
+    points = tuple(_point(s, perturbed, shape.points.get(s.name), chain.points.get(s.name)) for s in plain.structures)
+    findings = [*chain.case, *_only_perturbed(plain, perturbed)]
     if len(plain.structures) < EXPECTED_STRUCTURES:
         n = len(plain.structures)
         findings.append(Finding((EXPECTED_STRUCTURES - n) / EXPECTED_STRUCTURES, f"only {n} structures named"))
-    ranked = sorted([(p.uncertainty, p.reason) for p in points] + [(f.uncertainty, f.reason) for f in findings])[::-1]
-    score = sum(w * u for w, (u, _) in zip(TOP_WEIGHTS, ranked, strict=False))
-    return VolumeScore(float(score), ranked[0][1], points, tuple(findings), plain.mid_sagittal_mm, plain)
+    score, reason = summarise(points, findings)
+    placeholders = tuple(
+        Placeholder(p.level, _plane_to_mm(p.position, plain.mid_sagittal_mm, view), p.reason)
+        for p in chain.placeholders
+    )
+    return VolumeScore(score, reason, points, tuple(findings), plain.mid_sagittal_mm, placeholders, plain)
 
 
 def score_volume_steps(

@@ -1,0 +1,279 @@
+"""Is the named chain of levels whole and counted right? Missing levels, off-by-one names, placeholders.
+
+The errors researchers spend most time on are not points that wobble under perturbation
+but chains that are named wrong as a whole, which the network repeats stably:
+
+* **missing level**: a level missing between two named ones, or a chain that stops short
+  of the sacrum (its lowest level above L5-S1 though the scan goes on below) or of the
+  scan's upper end (for levels the model knows). Each gets a :class:`Placeholder` where it
+  should be: interpolated between its named neighbours, or continued one structure step at
+  a time from the chain's end (the step of the neighbours, or the skeleton prior's);
+* **off by one**: naming counted from the sacrum disagrees with the model's names. When
+  L5-S1 is the lowest named structure, every structure above it is counted upward by the
+  room between consecutive structures (how many structure steps fit, keeping discs and
+  vertebrae apart); a structure whose count gives another name is named off by that many
+  levels. Without L5-S1 in view, consecutive structures whose names skip more levels than
+  fit between them, or fewer, are flagged as a local miscount.
+
+Positions are in-plane (row_mm S→I, col_mm A→P) on the sagittal display plane, as in
+:mod:`napari_ivd.active.plausibility`; :func:`check_chain` is pure and knows nothing of
+images beyond their in-plane extent.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from napari_ivd import anatomy
+from napari_ivd.active.plausibility import Finding, longest_ordered
+from napari_ivd.skeleton import SkeletonPrior
+
+__all__ = ["SACRUM_DISC", "Chain", "Placeholder", "check_chain", "structure_step_mm"]
+
+#: The lowest disc: levels are counted from it.
+SACRUM_DISC = "L5-S1"
+#: Uncertainty of a level missing between named ones.
+GAP_UNCERTAINTY = 0.9
+#: Uncertainty of a level missing beyond the chain's end although the scan shows where it should be.
+END_UNCERTAINTY = 0.8
+#: Uncertainty of a structure whose name the count from the sacrum (or a neighbour) contradicts.
+MISCOUNT_UNCERTAINTY = 0.9
+#: Uncertainty of a named structure next to a missing level (it may carry the missing one's name).
+NEIGHBOUR_UNCERTAINTY = 0.5
+#: A missing level beyond the chain's end counts only when its expected position is this many
+#: structure steps inside the scan (half a step: the structure itself is then in view).
+INSIDE_STEPS = 0.5
+#: Consecutive structures are miscounted when the room between them (in structure steps) is at
+#: least this far from what their names say (names differ by whole structures; 1.3 leaves
+#: 0.3 of a step of slack on either side of the halfway point between two counts).
+MISCOUNT_STEPS = 1.3
+#: Per-structure steps (mm) from fewer neighbour pairs than this fall back on the skeleton prior's.
+MIN_PAIRS = 2
+
+_NUMBERS = {1: "one", 2: "two", 3: "three"}
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    """Where a missing level should be: its name, position and why it is missing.
+
+    ``position`` is in-plane ``(row_mm, col_mm)`` from :func:`check_chain`, scanner
+    ``(x, y, z)`` mm once placed in a volume (:func:`napari_ivd.active.uncertainty.assess`).
+    """
+
+    level: str
+    position: tuple[float, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Chain:
+    """What :func:`check_chain` found: case findings, per-point findings and placeholders."""
+
+    case: tuple[Finding, ...] = ()
+    points: dict[str, Finding] = field(default_factory=dict)
+    placeholders: tuple[Placeholder, ...] = ()
+
+
+def _order(name: str) -> int:
+    return anatomy.structure(name).order
+
+
+def _levels(structures: int) -> str:
+    """``"one level"``, ``"two levels"``: a whole number of levels from a count of structures."""
+    n = abs(structures) // 2
+    return f"{_NUMBERS.get(n, str(n))} level" + ("s" if n != 1 else "")
+
+
+def structure_step_mm(points: Mapping[str, np.ndarray], prior: SkeletonPrior | None = None) -> float | None:
+    """Typical distance between consecutive structures (vertebra to disc), in mm.
+
+    The median over consecutive named pairs of distance per structure between them; with
+    fewer than :data:`MIN_PAIRS` pairs, the skeleton prior's mean step per structure; None
+    when neither is known.
+    """
+    names = sorted(points, key=_order)
+    per = [float(np.linalg.norm(points[b] - points[a])) / (_order(b) - _order(a)) for a, b in itertools.pairwise(names)]
+    if len(per) >= MIN_PAIRS:
+        return float(np.median(per))
+    if prior is not None:
+        orders = [_order(n) for n in prior.labels]
+        return prior.step_mm * (len(orders) - 1) / (orders[-1] - orders[0])
+    return float(per[0]) if per else None
+
+
+def _count(distance_mm: float, step_mm: float, named_apart: int) -> int:
+    """How many structure steps the room between two structures holds, with the parity of ``named_apart``.
+
+    A disc stays a disc whatever it is called, so two structures of the same kind are an even
+    number of steps apart and a disc and a vertebra an odd number.
+    """
+    room = distance_mm / step_mm
+    if abs(room - named_apart) < MISCOUNT_STEPS:
+        return named_apart
+    parity = named_apart % 2
+    return max(parity or 2, parity + 2 * round((room - parity) / 2))
+
+
+def _missing_between(
+    a: str, b: str, points: Mapping[str, np.ndarray], step_mm: float | None
+) -> list[tuple[Finding, Placeholder]]:
+    """Levels missing between consecutive named ``a`` and ``b``, interpolated in place.
+
+    Nothing when the room between them holds fewer structures than their names say: then
+    the names are miscounted (see :func:`_miscounts`), not a level missed.
+    """
+    out: list[tuple[Finding, Placeholder]] = []
+    start, end = _order(a), _order(b)
+    if step_mm and _count(float(np.linalg.norm(points[b] - points[a])), step_mm, end - start) < end - start:
+        return out
+    for name in anatomy.span(a, b)[1:-1]:
+        t = (_order(name) - start) / (end - start)
+        position = points[a] + t * (points[b] - points[a])
+        reason = f"{name} missing between {a} and {b}"
+        out.append(
+            (
+                Finding(GAP_UNCERTAINTY, reason, name, headline=True),
+                Placeholder(name, tuple(map(float, position)), reason),
+            )
+        )
+    return out
+
+
+def _missing_beyond(
+    end: str,
+    towards: int,
+    points: Mapping[str, np.ndarray],
+    step_mm: float,
+    extent_mm: tuple[float, float],
+    last: str,
+) -> list[tuple[Finding, Placeholder]]:
+    """Levels missing past the chain's ``end`` (``towards`` +1: caudal, -1: cranial) up to ``last``.
+
+    A level counts as missing while its expected position, continuing the chain one
+    structure step at a time, lies at least :data:`INSIDE_STEPS` steps inside the scan.
+    """
+    names = sorted(points, key=_order)
+    if len(names) >= 2:
+        neighbour = names[-2] if towards > 0 else names[1]
+        direction = (points[end] - points[neighbour]) / abs(_order(end) - _order(neighbour))
+        direction = direction / max(float(np.linalg.norm(direction)), 1e-9) * step_mm
+    else:
+        direction = np.array([step_mm, 0.0]) * towards
+    rows, cols = extent_mm
+    room = (rows - float(points[end][0])) if towards > 0 else float(points[end][0])
+    where = "above the end of the scan" if towards > 0 else "below the top of the scan"
+    out = []
+    levels = anatomy.span(end, last)[1:] if towards > 0 else anatomy.span(last, end)[:-1][::-1]
+    for k, name in enumerate(levels, start=1):
+        position = points[end] + k * direction
+        margin = INSIDE_STEPS * step_mm
+        if not (margin <= position[0] <= rows - margin and 0 <= position[1] <= cols):
+            break
+        reason = f"{name} missing: the chain stops {room:.0f} mm {where}"
+        out.append(
+            (
+                Finding(END_UNCERTAINTY, reason, name, headline=True),
+                Placeholder(name, tuple(map(float, position)), reason),
+            )
+        )
+    return out
+
+
+def _miscounts(names: Sequence[str], points: Mapping[str, np.ndarray], step_mm: float) -> dict[str, Finding]:
+    """Names the count from the sacrum contradicts (L5-S1 lowest), or neighbours named too far or too close apart."""
+    found: dict[str, Finding] = {}
+    if names[-1] == SACRUM_DISC:
+        expected = _order(SACRUM_DISC)
+        for lower, upper in itertools.pairwise(names[::-1]):
+            named_apart = _order(lower) - _order(upper)
+            expected -= _count(float(np.linalg.norm(points[lower] - points[upper])), step_mm, named_apart)
+            off = _order(upper) - expected
+            if off and 0 <= expected < len(anatomy.STRUCTURES):
+                would_be = anatomy.STRUCTURES[expected].name
+                reason = f"names {_levels(off)} off from the sacrum: {upper} would be {would_be}"
+                found[upper] = Finding(MISCOUNT_UNCERTAINTY, reason, upper, headline=True)
+        return found
+    for upper, lower in itertools.pairwise(names):
+        named_apart = _order(lower) - _order(upper)
+        fitting = _count(float(np.linalg.norm(points[lower] - points[upper])), step_mm, named_apart)
+        if fitting == named_apart:
+            continue
+        if fitting < named_apart:
+            reason = f"{upper} to {lower}: names skip {_levels(named_apart - fitting)} where the spine has none"
+        else:
+            reason = f"{upper} to {lower}: room for {_levels(fitting - named_apart)} more than named"
+        for name in (upper, lower):
+            found.setdefault(name, Finding(MISCOUNT_UNCERTAINTY, reason, name, headline=True))
+    return found
+
+
+def check_chain(
+    points_mm: Mapping[str, Sequence[float]],
+    extent_mm: tuple[float, float],
+    prior: SkeletonPrior | None = None,
+    top: str | None = None,
+) -> Chain:
+    """Find missing levels and off-by-one names in a named chain; place the missing levels.
+
+    Parameters
+    ----------
+    points_mm : mapping of level name -> (row_mm, col_mm)
+        In-plane positions on the sagittal display plane (rows S→I from the scan's top edge,
+        cols A→P from its front edge), in mm.
+    extent_mm : (rows_mm, cols_mm)
+        The scan's in-plane size: where the field of view ends.
+    prior : SkeletonPrior, optional
+        The model card's skeleton: its step when the chain is too short to measure one, and
+        its first label as the highest level the model can name (``top`` wins).
+    top : str, optional
+        The highest level the model knows; levels above the chain are missing only up to it
+        (None: the prior's first label, else none are looked for).
+
+    Returns
+    -------
+    Chain
+        Case findings (one per missing level, one per miscount), per-point findings (the
+        miscounted structures, and the neighbours of missing levels) and a placeholder per
+        missing level. Structures out of cranio-caudal order are left to
+        :func:`napari_ivd.active.plausibility.implausibility`.
+
+    Example
+    -------
+    >>> chain = check_chain({"L4": (100, 50), "L4-L5": (117, 50), "L5": (134, 50)}, (220, 120))
+    >>> [(p.level, p.position) for p in chain.placeholders]
+    [('L5-S1', (151.0, 50.0))]
+    >>> chain.case[0].reason
+    'L5-S1 missing: the chain stops 86 mm above the end of the scan'
+    """
+    named = {anatomy.structure(n).name: np.asarray(p, dtype=np.float64)[:2] for n, p in points_mm.items()}
+    by_order = sorted(named, key=_order)
+    names = [by_order[i] for i in longest_ordered([float(named[n][0]) for n in by_order])]
+    if not names:
+        return Chain()
+    points = {n: named[n] for n in names}
+    step_mm = structure_step_mm(points, prior)
+    missing = [m for a, b in itertools.pairwise(names) for m in _missing_between(a, b, points, step_mm)]
+    miscounted: dict[str, Finding] = {}
+    if step_mm is not None and step_mm > 0:
+        top = top or (prior.labels[0] if prior is not None else None)
+        if _order(names[-1]) < _order(SACRUM_DISC):
+            missing += _missing_beyond(names[-1], 1, points, step_mm, extent_mm, SACRUM_DISC)
+        if top is not None and _order(names[0]) > _order(top):
+            missing += _missing_beyond(names[0], -1, points, step_mm, extent_mm, top)
+        if len(names) >= 2:
+            miscounted = _miscounts(names, points, step_mm)
+    per_point = dict(miscounted)
+    for _, placeholder in missing:
+        for name in names:
+            if abs(_order(name) - _order(placeholder.level)) == 1 and name not in per_point:
+                reason = f"{name} next to missing {placeholder.level}"
+                per_point[name] = Finding(NEIGHBOUR_UNCERTAINTY, reason, name)
+    case = [f for f, _ in missing]
+    if miscounted:  # the lowest miscounted structure: where the miscount starts
+        case.append(miscounted[max(miscounted, key=_order)])
+    return Chain(tuple(case), per_point, tuple(p for _, p in missing))
