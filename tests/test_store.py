@@ -150,7 +150,7 @@ def test_unchanged_points_are_stored_once_and_revisions_without_mask_work(store)
     store.save_revision("L3_017", _points(), None)
     store.save_revision("L3_017", _points(), _mask())
     store.save_revision("L3_017", _points(), None)
-    records = [store._record("L3_017", "revisions", r) for r in ("r000001", "r000002", "r000003")]
+    records = [store.reader.record("L3_017", "revisions", r) for r in ("r000001", "r000002", "r000003")]
     assert records[0]["points"] is not None
     assert records[1]["points"] is None and records[1]["points_from"] == "r000001"
     assert records[2]["points_from"] == "r000001"
