@@ -34,12 +34,7 @@ def open_settings(
 ) -> dict[str, Any]:
     """The store's settings, creating an empty store first when ``create`` and nothing is there.
 
-    Raises
-    ------
-    StoreError
-        Nothing there (and ``create`` is False), a half-written store, or not a napari-ivd store.
-    StoreVersionError
-        A store written by a newer napari-ivd.
+    Raises StoreError and StoreVersionError as :meth:`AnnotationStore.open` does.
     """
     root = keys.get(schema.ZARR_JSON)
     if root is None:

@@ -1,6 +1,7 @@
 """Writing revisions and proposals: their records, mask chunks and digests, then the commit.
 
-An entry (revision or proposal) is written in two steps, whatever it holds:
+:class:`EntryWriter` is the store's one writer of entries. An entry (revision or
+proposal) is written in two steps, whatever it holds:
 
 1. :func:`stage_entry` writes it completely under keys of its own (record first, then its
    mask chunks) and flushes them; nobody reads these keys yet.
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_ivd.errors import StoreError
+from napari_ivd.errors import StoreConflictError, StoreError
 from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.store import schema
 from napari_ivd.store.backend import KeyValue
@@ -32,7 +33,7 @@ from napari_ivd.store.records import Head
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MaskSlice", "commit", "proposal_entry", "revision_entry", "stage_entry"]
+__all__ = ["EntryWriter", "MaskSlice", "commit", "mark_committed", "proposal_entry", "revision_entry", "stage_entry"]
 
 #: A mask that changed in at most this many chunks has its values checked only there.
 _PER_CHUNK_CHECK_LIMIT = 8
@@ -242,3 +243,96 @@ def mark_committed(keys: KeyValue, head: Head, newest: int | None = None) -> Non
             mark = schema.case_key(head.case_id, group, entry_id, schema.COMMITTED)
             if keys.get(mark) != digest.encode():  # absent, or cut short by a killed writer
                 keys.write(mark, digest.encode())
+
+
+class EntryWriter:
+    """Commits revisions and proposals of a store's cases (the caller holds the writer lock).
+
+    What it commits is also handed to ``reader``'s caches, so it is never read back.
+    """
+
+    def __init__(self, reader: StoreReader, keyframe_every: int) -> None:
+        self.reader = reader
+        self.keyframe_every = keyframe_every
+
+    @staticmethod
+    def fields(author: str | None, note: str, source: str, restored_from: str | None = None) -> dict[str, Any]:
+        """The fields a revision record takes from its writer."""
+        return {
+            "author": author or schema.default_author(),
+            "created_utc": schema.utc_now(),
+            "note": str(note),
+            "source": source,
+            "restored_from": restored_from,
+        }
+
+    def save(
+        self,
+        case_id: str,
+        points: tuple[LabelledPoint, ...],
+        mask: np.ndarray | None,
+        fields: dict[str, Any],
+        status: str | None,
+        parent: str | None = None,
+        proposal: str | None = None,
+        on_conflict: str = "refuse",
+    ) -> dict[str, Any]:
+        """Commit a revision after the head and return its record, unless its edit started elsewhere.
+
+        ``parent``/``proposal``/``on_conflict`` as in :meth:`AnnotationStore.save_revision`.
+
+        Raises
+        ------
+        StoreConflictError
+            The edit started from another revision or proposal than the head, and ``on_conflict`` is "refuse".
+        """
+        head = self.reader.head(case_id)
+        where = self.reader.where(case_id)
+        if proposal is not None and schema.check_entry_id(proposal, schema.PROPOSALS) not in head.proposal_ids:
+            raise StoreError(f"{where}: no proposal {proposal} to start from")
+        provenance: dict[str, str | None] = {"proposal": proposal} if proposal is not None else {}
+        started_from = parent or proposal
+        if started_from is not None and parent != head.head:
+            if on_conflict != "on_top":
+                by = f" by {self.reader.record(case_id, schema.REVISIONS, head.head)['author']}" if head.head else ""
+                raise StoreConflictError(
+                    f"{where}: the edit started from {started_from} but the head is now "
+                    f"{head.head or 'none'} (saved{by} meanwhile). Nothing was saved: reload the case to see it, "
+                    "or keep this edit as a new revision on top of it (both stay in the history)",
+                    started_from,
+                    head.head,
+                )
+            provenance.update(based_on=started_from, merged_over=head.head)
+        new_head, record = self.stage_revision(head, points, mask, {**fields, **provenance}, status)
+        self.commit(new_head, record, mask)
+        return record
+
+    def stage_revision(
+        self,
+        head: Head,
+        points: tuple[LabelledPoint, ...],
+        mask: np.ndarray | None,
+        fields: dict[str, Any],
+        status: str | None,
+    ) -> tuple[Head, dict[str, Any]]:
+        """Write revision n+1 completely (not yet committed); return the head that commits it, and its record."""
+        record, written = revision_entry(self.reader, head, points, mask, fields, self.keyframe_every)
+        new_head = stage_entry(self.reader, head, schema.REVISIONS, record, written, status=status or "in progress")
+        return new_head, record
+
+    def add_proposal(
+        self, case_id: str, model: str, points: tuple[LabelledPoint, ...], mask: np.ndarray | None, note: str
+    ) -> dict[str, Any]:
+        """Commit proposal n+1 of a case and return its record; a ``new`` case becomes ``proposed``."""
+        head = self.reader.head(case_id)
+        record, written = proposal_entry(self.reader, head, model, points, mask, note)
+        status = "proposed" if head.status == "new" else head.status
+        self.commit(stage_entry(self.reader, head, schema.PROPOSALS, record, written, status=status), record)
+        return record
+
+    def commit(self, head: Head, record: dict[str, Any] | None = None, mask: np.ndarray | None = None) -> None:
+        """Commit ``head``; cache the revision or proposal ``record`` (and ``mask``) it just listed."""
+        commit(self.reader.keys, head)
+        if record is not None:
+            group = schema.REVISIONS if record["id"] == head.head else schema.PROPOSALS
+            self.reader.remember(head.case_id, group, record, mask)

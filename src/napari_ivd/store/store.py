@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_ivd.errors import StoreConflictError, StoreError
+from napari_ivd.errors import StoreError
 from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.io.volume import Volume
 from napari_ivd.store import models, schema
@@ -35,7 +35,7 @@ from napari_ivd.store.backend import KeyValue, open_keys
 from napari_ivd.store.check import CheckReport, check_store
 from napari_ivd.store.content import check_points, image_sha256, prepare_mask
 from napari_ivd.store.creation import open_settings, write_case
-from napari_ivd.store.entries import commit, proposal_entry, revision_entry, stage_entry
+from napari_ivd.store.entries import EntryWriter
 from napari_ivd.store.history import RevisionDiff, diff_annotations
 from napari_ivd.store.lock import WriterLock
 from napari_ivd.store.reader import StoreReader
@@ -68,6 +68,7 @@ class AnnotationStore:
         self.settings = settings
         self._lock = WriterLock(keys, timeout_s=lock_timeout_s)
         self._reader = StoreReader(keys)
+        self._writer = EntryWriter(self._reader, settings["keyframe_every"])
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -204,7 +205,7 @@ class AnnotationStore:
         checked_mask = prepare_mask(mask, geometry, where) if mask is not None else None
         if status is not None:
             schema.check_status(status)
-        fields = self._fields(author, note, schema.check_source(source))
+        fields = self._writer.fields(author, note, schema.check_source(source))
         with self._lock.hold(f"add case {case_id}"):
             if self.has_case(case_id):
                 self._check_same_image(case_id, digest, volume)
@@ -215,17 +216,17 @@ class AnnotationStore:
                         checked_points = self._reader.points(case_id, schema.REVISIONS, head.head)
                     if checked_mask is None:
                         checked_mask = self._reader.mask(case_id, schema.REVISIONS, head.head)
-                    self._save(case_id, checked_points, checked_mask, fields, status)
+                    self._writer.save(case_id, checked_points, checked_mask, fields, status)
                 elif status is not None:
                     self.set_status(case_id, status)
                 return self.case(case_id)
             write_case(self._reader, case_id, volume, digest, tuple(self.settings["mask_chunk_vox"]))
             head = Head(case_id=case_id, status="new")
             if checked_points is not None or checked_mask is not None:
-                head, record = self._stage_revision(head, checked_points or (), checked_mask, fields, status)
-                self._commit(head.bumped(), record, checked_mask)
+                head, record = self._writer.stage_revision(head, checked_points or (), checked_mask, fields, status)
+                self._writer.commit(head.bumped(), record, checked_mask)
             else:
-                self._commit(head.bumped() if status is None else head.bumped(status=status).bumped())
+                self._writer.commit(head.bumped() if status is None else head.bumped(status=status).bumped())
         log.info("%s: added case %s %s", self.location, case_id, geometry.shape)
         return self.case(case_id)
 
@@ -255,7 +256,7 @@ class AnnotationStore:
             head = self._reader.head(case_id)
             if status == "verified" and head.head is None:
                 raise StoreError(f"{self._reader.where(case_id)}: has no revision to verify; save or import one first")
-            self._commit(head.bumped(status=status))
+            self._writer.commit(head.bumped(status=status))
         return self.case(case_id)
 
     # ------------------------------------------------------------------ revisions
@@ -337,72 +338,10 @@ class AnnotationStore:
         checked_mask = prepare_mask(mask, info.geometry, where) if mask is not None else None
         if status is not None:
             schema.check_status(status)
-        fields = self._fields(author, note, schema.check_source(source))
+        fields = self._writer.fields(author, note, schema.check_source(source))
         with self._lock.hold(f"save revision of {case_id}"):
-            return self._save(case_id, checked, checked_mask, fields, status, parent, proposal, on_conflict)
-
-    @staticmethod
-    def _fields(author: str | None, note: str, source: str, restored_from: str | None = None) -> dict[str, Any]:
-        """The fields a revision record takes from its writer."""
-        return {
-            "author": author or schema.default_author(),
-            "created_utc": schema.utc_now(),
-            "note": str(note),
-            "source": source,
-            "restored_from": restored_from,
-        }
-
-    def _save(
-        self,
-        case_id: str,
-        points: tuple[LabelledPoint, ...],
-        mask: np.ndarray | None,
-        fields: dict[str, Any],
-        status: str | None,
-        parent: str | None = None,
-        proposal: str | None = None,
-        on_conflict: str = "refuse",
-    ) -> RevisionInfo:
-        """Commit a revision after the head, unless it started from another one (see :meth:`save_revision`)."""
-        head = self._reader.head(case_id)
-        if proposal is not None and schema.check_entry_id(proposal, schema.PROPOSALS) not in head.proposal_ids:
-            raise StoreError(f"{self._reader.where(case_id)}: no proposal {proposal} to start from")
-        provenance: dict[str, str | None] = {"proposal": proposal} if proposal is not None else {}
-        started_from = parent or proposal
-        if started_from is not None and parent != head.head:
-            if on_conflict != "on_top":
-                by = f" by {self._reader.record(case_id, schema.REVISIONS, head.head)['author']}" if head.head else ""
-                raise StoreConflictError(
-                    f"{self._reader.where(case_id)}: the edit started from {started_from} but the head is now "
-                    f"{head.head or 'none'} (saved{by} meanwhile). Nothing was saved: reload the case to see it, "
-                    "or keep this edit as a new revision on top of it (both stay in the history)",
-                    started_from,
-                    head.head,
-                )
-            provenance.update(based_on=started_from, merged_over=head.head)
-        new_head, record = self._stage_revision(head, points, mask, {**fields, **provenance}, status)
-        self._commit(new_head, record, mask)
+            record = self._writer.save(case_id, checked, checked_mask, fields, status, parent, proposal, on_conflict)
         return RevisionInfo.from_record(case_id, record)
-
-    def _stage_revision(
-        self,
-        head: Head,
-        points: tuple[LabelledPoint, ...],
-        mask: np.ndarray | None,
-        fields: dict[str, Any],
-        status: str | None,
-    ) -> tuple[Head, dict[str, Any]]:
-        """Write revision n+1 completely (not yet committed); return the head that commits it, and its record."""
-        record, written = revision_entry(self._reader, head, points, mask, fields, self.settings["keyframe_every"])
-        new_head = stage_entry(self._reader, head, schema.REVISIONS, record, written, status=status or "in progress")
-        return new_head, record
-
-    def _commit(self, head: Head, record: dict[str, Any] | None = None, mask: np.ndarray | None = None) -> None:
-        """Commit ``head``; cache the revision or proposal ``record`` (and ``mask``) it just listed."""
-        commit(self._keys, head)
-        if record is not None:
-            group = schema.REVISIONS if record["id"] == head.head else schema.PROPOSALS
-            self._reader.remember(head.case_id, group, record, mask)
 
     def revisions(self, case_id: str) -> list[RevisionInfo]:
         """The committed revisions of a case, oldest first (its history)."""
@@ -459,8 +398,9 @@ class AnnotationStore:
             old = self.load(case_id, revision)
             assert old.entry_id is not None
             note = note if note is not None else f"restored {old.entry_id}"
-            fields = self._fields(author, note, "manual", restored_from=old.entry_id)
-            return self._save(case_id, old.points, old.mask_tss, fields, None)
+            fields = self._writer.fields(author, note, "manual", restored_from=old.entry_id)
+            record = self._writer.save(case_id, old.points, old.mask_tss, fields, None)
+        return RevisionInfo.from_record(case_id, record)
 
     def diff(self, case_id: str, a: str | int, b: str | int | None = None) -> RevisionDiff:
         """What changed from revision ``a`` to ``b`` (default: the head): see :func:`diff_annotations`."""
@@ -490,10 +430,7 @@ class AnnotationStore:
         if not model or any(c.isspace() for c in model):
             raise StoreError(f"{where}: model name {model!r} must be non-empty without spaces")
         with self._lock.hold(f"add proposal to {case_id}"):
-            head = self._reader.head(case_id)
-            record, written = proposal_entry(self._reader, head, model, checked, checked_mask, note)
-            status = "proposed" if head.status == "new" else head.status
-            self._commit(stage_entry(self._reader, head, schema.PROPOSALS, record, written, status=status), record)
+            record = self._writer.add_proposal(case_id, model, checked, checked_mask, note)
         return ProposalInfo.from_record(case_id, record)
 
     def proposals(self, case_id: str) -> list[ProposalInfo]:
