@@ -25,7 +25,7 @@ from napari_ivd.store import schema
 from napari_ivd.store.backend import KeyValue
 from napari_ivd.store.content import canonical_json, image_sha256, mask_sha256, points_from_table, sha256_hex
 from napari_ivd.store.masks import ChunkGrid, read_entry
-from napari_ivd.store.records import CaseInfo, Head
+from napari_ivd.store.records import Annotation, CaseInfo, Head, ProposalInfo, RevisionInfo
 
 __all__ = ["StoreReader"]
 
@@ -170,6 +170,16 @@ class StoreReader:
             have = f"{head.revision_ids[0]}…{head.revision_ids[-1]}" if head.revision_ids else "none yet"
             raise StoreError(f"{self.where(head.case_id)}: no committed revision {rid} (revisions: {have})")
         return rid
+
+    def annotation(self, head: Head, group: str, entry_id: str) -> Annotation:
+        """Points, mask (a fresh copy the caller may edit) and info of a committed revision or proposal."""
+        case_id = head.case_id
+        geometry = self.case(case_id, head).geometry
+        mask = self.mask(case_id, group, entry_id)
+        record = self.record(case_id, group, entry_id)
+        info = (RevisionInfo if group == schema.REVISIONS else ProposalInfo).from_record(case_id, record)
+        points = self.points(case_id, group, entry_id)
+        return Annotation(case_id, entry_id, points, None if mask is None else mask.copy(), geometry, info)
 
     # ------------------------------------------------------------------ arrays, points, masks
     def array(self, case_id: str, path: str) -> zarr.Array:

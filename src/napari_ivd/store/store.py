@@ -205,8 +205,9 @@ class AnnotationStore:
         checked_mask = prepare_mask(mask, geometry, where) if mask is not None else None
         if status is not None:
             schema.check_status(status)
-        fields = self._writer.fields(author, note, schema.check_source(source))
+        source = schema.check_source(source)
         with self._lock.hold(f"add case {case_id}"):
+            fields = self._writer.fields(author, note, source)  # dated once the lock is held
             if self.has_case(case_id):
                 self._check_same_image(case_id, digest, volume)
                 if checked_points is not None or checked_mask is not None:
@@ -338,8 +339,9 @@ class AnnotationStore:
         checked_mask = prepare_mask(mask, info.geometry, where) if mask is not None else None
         if status is not None:
             schema.check_status(status)
-        fields = self._writer.fields(author, note, schema.check_source(source))
+        source = schema.check_source(source)
         with self._lock.hold(f"save revision of {case_id}"):
+            fields = self._writer.fields(author, note, source)  # dated once the lock is held
             record = self._writer.save(case_id, checked, checked_mask, fields, status, parent, proposal, on_conflict)
         return RevisionInfo.from_record(case_id, record)
 
@@ -374,17 +376,7 @@ class AnnotationStore:
         rid = self._reader.resolve(head, revision)
         if rid is None:
             return Annotation(case_id, None, (), None, self._reader.case(case_id, head).geometry)
-        return self._annotation(head, schema.REVISIONS, rid)
-
-    def _annotation(self, head: Head, group: str, entry_id: str) -> Annotation:
-        """Points, mask (a fresh copy) and info of a committed revision or proposal."""
-        case_id = head.case_id
-        geometry = self._reader.case(case_id, head).geometry
-        mask = self._reader.mask(case_id, group, entry_id)
-        record = self._reader.record(case_id, group, entry_id)
-        info = (RevisionInfo if group == schema.REVISIONS else ProposalInfo).from_record(case_id, record)
-        points = self._reader.points(case_id, group, entry_id)
-        return Annotation(case_id, entry_id, points, None if mask is None else mask.copy(), geometry, info)
+        return self._reader.annotation(head, schema.REVISIONS, rid)
 
     def restore(
         self, case_id: str, revision: str | int, *, author: str | None = None, note: str | None = None
@@ -455,7 +447,7 @@ class AnnotationStore:
             raise StoreError(
                 f"{self._reader.where(case_id)}: no proposal {pid or ''} (proposals: {len(head.proposals)})"
             )
-        return self._annotation(head, schema.PROPOSALS, pid)
+        return self._reader.annotation(head, schema.PROPOSALS, pid)
 
     # ------------------------------------------------------------------ models (see .models)
     def add_model(self, model_dir: Path, model_id: str | None = None) -> ModelInfo:
