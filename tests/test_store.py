@@ -150,7 +150,7 @@ def test_unchanged_points_are_stored_once_and_revisions_without_mask_work(store)
     store.save_revision("L3_017", _points(), None)
     store.save_revision("L3_017", _points(), _mask())
     store.save_revision("L3_017", _points(), None)
-    records = [store._record("L3_017", "revisions", r) for r in ("r000001", "r000002", "r000003")]
+    records = [store.reader.record("L3_017", "revisions", r) for r in ("r000001", "r000002", "r000003")]
     assert records[0]["points"] is not None
     assert records[1]["points"] is None and records[1]["points_from"] == "r000001"
     assert records[2]["points_from"] == "r000001"
@@ -218,6 +218,27 @@ def test_groups_and_arrays_are_plain_zarr_v3(store):
     np.testing.assert_array_equal(case["image"][...], _volume().array)
     assert case["revisions/r000001"].attrs["note"] == "hello"
     np.testing.assert_array_equal(case["revisions/masks"][1], _mask())  # a keyframe is the mask itself
+
+
+def test_case_record_keeps_the_image_and_source_fields_stores_are_read_by(store):
+    """The case record's JSON as every store written so far holds it: a changed key would orphan them."""
+    record = json.loads((Path(store.location) / "cases" / "L3_017" / "zarr.json").read_text())["attributes"]
+    assert set(record) == {"case_id", "format_version", "created_utc", "image", "source"}
+    assert (record["case_id"], record["format_version"]) == ("L3_017", 1)
+    assert record["image"] == {
+        "sha256": image_sha256(_volume().array),
+        "dtype": "<i2",
+        "shape": list(SHAPE),
+        "affine": AFFINE.tolist(),
+        "axcodes": "".join(VolumeGeometry(AFFINE, SHAPE).axcodes),
+        "spacing_mm": list(VolumeGeometry(AFFINE, SHAPE).spacing_mm),
+    }
+    assert record["source"] == {
+        "path": str(Path("phantom0.nii.gz").resolve()),
+        "name": "phantom0",
+        "file_sha256": None,
+    }
+    assert store.case("L3_017").geometry.source == record["source"]["path"]
 
 
 def test_read_image_returns_the_stored_copy_and_its_grid(store):

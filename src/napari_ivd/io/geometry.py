@@ -130,14 +130,20 @@ class VolumeGeometry:
                 f"{what} has shape {tuple(array.shape)} but {self.source or 'the image'} has shape {self.shape}"
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form, for layer metadata and store attributes."""
-        return {"affine": self.affine.tolist(), "shape": list(self.shape), "source": self.source}
+    def to_dict(self, *, with_source: bool = True) -> dict[str, Any]:
+        """Plain-JSON form, for layer metadata and store attributes; the affine survives JSON bit for bit.
+
+        ``with_source=False`` leaves ``source`` out, for records that keep where the image came
+        from under a key of their own (the store's case record).
+        """
+        d: dict[str, Any] = {"affine": self.affine.tolist(), "shape": list(self.shape)}
+        return {**d, "source": self.source} if with_source else d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> VolumeGeometry:
-        """Inverse of :meth:`to_dict`."""
-        return cls(np.asarray(d["affine"], dtype=np.float64), tuple(d["shape"]), str(d.get("source", "")))
+    def from_dict(cls, d: dict[str, Any], source: str | None = None) -> VolumeGeometry:
+        """Inverse of :meth:`to_dict`; other keys in ``d`` are ignored, ``source`` overrides ``d``'s."""
+        where = str(d.get("source", "")) if source is None else source
+        return cls(np.asarray(d["affine"], dtype=np.float64), tuple(int(n) for n in d["shape"]), where)
 
 
 @dataclass(frozen=True, eq=False)

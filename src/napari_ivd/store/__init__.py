@@ -22,6 +22,7 @@ from napari_ivd.store.content import image_sha256
 from napari_ivd.store.exchange import commit_import, export_revision, import_case, prepare_import, read_points_file
 from napari_ivd.store.history import PointChange, RevisionDiff, StructureChange, diff_annotations
 from napari_ivd.store.models import ActiveModel
+from napari_ivd.store.reader import StoreReader
 from napari_ivd.store.records import Annotation, CaseInfo, ModelInfo, ProposalInfo, RevisionInfo
 from napari_ivd.store.schema import FORMAT_VERSION, STATUSES
 from napari_ivd.store.store import AnnotationStore
@@ -39,6 +40,7 @@ __all__ = [
     "ProposalInfo",
     "RevisionDiff",
     "RevisionInfo",
+    "StoreReader",
     "StructureChange",
     "check_store",
     "commit_import",

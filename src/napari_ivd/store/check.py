@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -27,12 +27,10 @@ from napari_ivd.store import schema
 from napari_ivd.store.backend import KeyValue
 from napari_ivd.store.content import canonical_json, mask_sha256, points_from_table, sha256_hex
 from napari_ivd.store.lock import WriterLock
-from napari_ivd.store.models import read_model_record
-from napari_ivd.store.records import CaseInfo, Head
+from napari_ivd.store.models import read_active_model, read_model_record
+from napari_ivd.store.reader import StoreReader
+from napari_ivd.store.records import Head
 from napari_ivd.store.recovery import committed_entries, find_lost_entries
-
-if TYPE_CHECKING:
-    from napari_ivd.store.store import AnnotationStore
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +66,14 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _check_entries(
-    store: AnnotationStore, report: CheckReport, head: Head, group: str, geometry: VolumeGeometry
-) -> None:
+def _check_entries(reader: StoreReader, report: CheckReport, head: Head, group: str, geometry: VolumeGeometry) -> None:
     committed: list[str] = []
     missing_marks: list[str] = []
     entries = head.revisions if group == schema.REVISIONS else head.proposals
     marks = {
         e: m
         for e, _ in entries
-        if (m := store._keys.get(schema.case_key(head.case_id, group, e, schema.COMMITTED))) is not None
+        if (m := reader.keys.get(schema.case_key(head.case_id, group, e, schema.COMMITTED))) is not None
     }
     for position, (entry_id, digest) in enumerate(entries, start=1):
         where = f"case {head.case_id} {entry_id}"
@@ -85,7 +81,7 @@ def _check_entries(
         if entry_id != expected:
             report.problems.append(f"{where}: committed as number {position}, expected id {expected}")
         try:
-            record = store._read_record(head.case_id, group, entry_id)
+            record = reader.raw_record(head.case_id, group, entry_id)
         except Exception as exc:  # a checker reports, whatever went wrong
             report.problems.append(f"{where}: record unreadable ({exc})")
             continue
@@ -108,7 +104,7 @@ def _check_entries(
                 report.problems.append(f"{where}: restored_from {record['restored_from']} is no earlier revision")
         try:
             if intact:  # a changed record is reported once, not again through every read of it
-                _check_content(store, report, head.case_id, group, record, committed, geometry, where)
+                _check_content(reader, report, head.case_id, group, record, committed, geometry, where)
         except Exception as exc:  # a checker reports, whatever went wrong
             report.problems.append(f"{where}: content unreadable ({type(exc).__name__}: {exc})")
         committed.append(entry_id)
@@ -121,7 +117,7 @@ def _check_entries(
 
 
 def _check_content(
-    store: AnnotationStore,
+    reader: StoreReader,
     report: CheckReport,
     case_id: str,
     group: str,
@@ -136,7 +132,7 @@ def _check_content(
         if source not in committed:
             report.problems.append(f"{where}: points_from {source} is no earlier revision")
             return
-        table = store._read_record(case_id, group, source)["points"]
+        table = reader.raw_record(case_id, group, source)["points"]
     if sha256_hex(canonical_json(table)) != record["points_sha256"]:
         report.problems.append(f"{where}: points do not match their sha256")
     points = points_from_table(table)
@@ -148,17 +144,17 @@ def _check_content(
     if mask_info is None:
         return
     if mask_info["storage"] == "delta":
-        parent = store._read_record(case_id, group, record["parent"])
+        parent = reader.raw_record(case_id, group, record["parent"])
         if parent.get("mask") is None:
             report.problems.append(f"{where}: a mask delta whose parent {record['parent']} has no mask")
             return
-    mask = store._mask(case_id, group, record["id"])
+    mask = reader.mask(case_id, group, record["id"])
     if mask is None or mask_sha256(mask) != mask_info["sha256"]:
         report.problems.append(f"{where}: the mask rebuilt from its chunks does not match its sha256")
 
 
-def _leftovers(store: AnnotationStore, report: CheckReport, head: Head) -> None:
-    keys = store._keys
+def _leftovers(reader: StoreReader, report: CheckReport, head: Head) -> None:
+    keys = reader.keys
     try:
         lost = find_lost_entries(keys, head.case_id)
     except StoreError as exc:  # HEAD became unreadable since it was read: a problem of its own
@@ -167,7 +163,7 @@ def _leftovers(store: AnnotationStore, report: CheckReport, head: Head) -> None:
     if lost:
         report.problems.append(
             f"case {head.case_id}: {', '.join(lost)} were committed but HEAD (head {head.head or '-'}) no longer "
-            f"lists them: HEAD was rolled back or replaced. Run `napari-ivd store repair {store.location} "
+            f"lists them: HEAD was rolled back or replaced. Run `napari-ivd store repair {reader.location} "
             f"{head.case_id}` to restore them (nothing is deleted)"
         )
     for group, ids in ((schema.REVISIONS, head.revision_ids), (schema.PROPOSALS, head.proposal_ids)):
@@ -194,41 +190,46 @@ def _group_metadata(keys: KeyValue, key: str) -> None:
         raise StoreError(f"{key} is missing or not zarr group metadata")
 
 
-def _check_case(store: AnnotationStore, report: CheckReport, case_id: str) -> None:
+def _check_case(reader: StoreReader, report: CheckReport, case_id: str) -> None:
     try:
-        head = store._head(case_id)
-        record = store._case_record(case_id)
-        info = CaseInfo.from_records(record, head)
+        head = reader.head(case_id)
+        info = reader.case(case_id, head)
     except Exception as exc:  # a checker reports, whatever went wrong
         report.problems.append(f"case {case_id}: {exc}")
         return
     report.cases += 1
     try:
-        store.read_image(case_id)  # read and compared with its sha256, as every reader does
+        reader.read_image(case_id)  # read and compared with its sha256, as every reader does
     except Exception as exc:  # a checker reports, whatever went wrong
         report.problems.append(f"case {case_id}: {exc}")
     for group in (schema.REVISIONS, schema.PROPOSALS):
         try:
-            _group_metadata(store._keys, schema.case_key(case_id, group, schema.ZARR_JSON))
-            store._array(case_id, f"{group}/{schema.MASKS}")
+            _group_metadata(reader.keys, schema.case_key(case_id, group, schema.ZARR_JSON))
+            reader.mask_array(case_id, group)
         except Exception as exc:  # a checker reports, whatever went wrong
             report.problems.append(f"case {case_id}: {group} unreadable ({exc})")
-    _check_entries(store, report, head, schema.REVISIONS, info.geometry)
-    _check_entries(store, report, head, schema.PROPOSALS, info.geometry)
+    _check_entries(reader, report, head, schema.REVISIONS, info.geometry)
+    _check_entries(reader, report, head, schema.PROPOSALS, info.geometry)
     report.revisions += len(head.revisions)
     report.proposals += len(head.proposals)
     if head.head != (head.revision_ids[-1] if head.revisions else None):
         report.problems.append(f"case {case_id}: head {head.head} is not the last committed revision")
-    _leftovers(store, report, head)
+    _leftovers(reader, report, head)
 
 
-def check_store(store: AnnotationStore, case_ids: Iterable[str] | None = None) -> CheckReport:
+class _HasReader(Protocol):
+    @property
+    def reader(self) -> StoreReader: ...
+
+
+def check_store(store: StoreReader | _HasReader, case_ids: Iterable[str] | None = None) -> CheckReport:
     """Verify a store (or some of its cases) as a reader would see it.
 
     Parameters
     ----------
-    store : AnnotationStore
-        The store to check; it is read through a fresh handle, so no cached state hides damage.
+    store : AnnotationStore or StoreReader
+        The store to check (an ``AnnotationStore``'s ``reader`` is used); it is read through a
+        fresh reader, so no cached state hides damage.
     case_ids : iterable of str, optional
         Only these cases (default: all, plus models and leftovers).
 
@@ -238,10 +239,8 @@ def check_store(store: AnnotationStore, case_ids: Iterable[str] | None = None) -
         ``ok`` is False when anything committed is missing, unreadable, unlinked or does not
         match its sha256.
     """
-    from napari_ivd.store.store import AnnotationStore
-
-    fresh = AnnotationStore(store._keys, store.settings)
-    keys = fresh._keys
+    fresh = (store if isinstance(store, StoreReader) else store.reader).fresh()
+    keys = fresh.keys
     report = CheckReport(fresh.location)
     everything = case_ids is None
     for case_id in fresh.case_ids() if case_ids is None else list(case_ids):
@@ -253,23 +252,20 @@ def check_store(store: AnnotationStore, case_ids: Iterable[str] | None = None) -
             _group_metadata(keys, f"{group}/{schema.ZARR_JSON}")
         except StoreError as exc:
             report.problems.append(str(exc))
-    for name in keys.children(schema.CASES):
-        if (
-            name != schema.ZARR_JSON
-            and not name.startswith(".")
-            and keys.get(schema.case_key(name, schema.HEAD)) is None
-        ):
-            lost = committed_entries(keys, name)
-            if lost:
-                report.problems.append(
-                    f"case {name}: HEAD is missing but {', '.join(lost[:5])} were committed. Run "
-                    f"`napari-ivd store repair {fresh.location} {name}` to restore it (nothing is deleted); "
-                    "do not import the case again before that"
-                )
-            else:
-                report.notes.append(
-                    f"case {name}: files of an interrupted import, never committed (the next import redoes it)"
-                )
+    for name in fresh.case_folders():
+        if keys.get(schema.case_key(name, schema.HEAD)) is not None:
+            continue
+        lost = committed_entries(keys, name)
+        if lost:
+            report.problems.append(
+                f"case {name}: HEAD is missing but {', '.join(lost[:5])} were committed. Run "
+                f"`napari-ivd store repair {fresh.location} {name}` to restore it (nothing is deleted); "
+                "do not import the case again before that"
+            )
+        else:
+            report.notes.append(
+                f"case {name}: files of an interrupted import, never committed (the next import redoes it)"
+            )
     for model_id in keys.children(schema.MODELS):
         if model_id == schema.ZARR_JSON or model_id.startswith("."):  # temp files of interrupted writes
             continue
@@ -290,7 +286,7 @@ def check_store(store: AnnotationStore, case_ids: Iterable[str] | None = None) -
             if data is None or sha256_hex(data) != digest:
                 report.problems.append(f"model {model_id}: {name} is missing or does not match its sha256")
     try:
-        fresh.active_model()
+        read_active_model(keys)
     except StoreError as exc:
         report.problems.append(str(exc))
     holder = WriterLock(keys).holder()

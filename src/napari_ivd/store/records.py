@@ -141,9 +141,7 @@ class CaseInfo:
         """
         try:
             image, source = record["image"], record["source"]
-            geometry = VolumeGeometry(
-                np.asarray(image["affine"], dtype=np.float64), tuple(int(n) for n in image["shape"]), source["path"]
-            )
+            geometry = VolumeGeometry.from_dict(image, source=source["path"])
             return cls(
                 case_id=str(record["case_id"]),
                 geometry=geometry,

@@ -10,10 +10,9 @@ listing the newest consistent chain. Nothing is ever deleted here.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -21,19 +20,14 @@ from napari_ivd.errors import StoreError
 from napari_ivd.store import schema
 from napari_ivd.store.backend import KeyValue
 from napari_ivd.store.content import canonical_json, mask_sha256, sha256_hex
-from napari_ivd.store.masks import ChunkGrid, read_entry
+from napari_ivd.store.entries import commit, mark_committed
+from napari_ivd.store.masks import read_entry
+from napari_ivd.store.reader import StoreReader
 from napari_ivd.store.records import Head
-
-if TYPE_CHECKING:
-    from napari_ivd.store.store import AnnotationStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RepairResult", "committed_entries", "find_lost_entries", "repair_case"]
-
-
-def _group(entry_id: str) -> str:
-    return schema.REVISIONS if entry_id.startswith("r") else schema.PROPOSALS
+__all__ = ["RepairResult", "committed_entries", "find_lost_entries", "lost_cases", "repair_case", "repairable_cases"]
 
 
 def committed_entries(keys: KeyValue, case_id: str) -> list[str]:
@@ -96,20 +90,40 @@ class RepairResult:
         return f"case {self.case_id}: {done}{bad}"
 
 
-def _raw_record(keys: KeyValue, case_id: str, group: str, entry_id: str) -> dict[str, Any] | None:
-    data = keys.get(schema.case_key(case_id, group, entry_id, schema.ZARR_JSON))
+def lost_cases(reader: StoreReader) -> list[str]:
+    """Case folders without ``HEAD`` that hold committed records: their ``HEAD`` was lost."""
+    return [
+        c
+        for c in reader.case_folders()
+        if reader.keys.get(schema.case_key(c, schema.HEAD)) is None and committed_entries(reader.keys, c)
+    ]
+
+
+def repairable_cases(reader: StoreReader) -> list[str]:
+    """The cases a whole-store repair looks at: those with a ``HEAD``, and those that lost it."""
+    case_ids = []
+    for name in reader.case_folders():
+        try:
+            case_ids.append(schema.check_case_id(name))
+        except StoreError:
+            log.warning("%s: %s/%s is no case folder; left as it is", reader.location, schema.CASES, name)
+    return [c for c in case_ids if reader.has_case(c) or committed_entries(reader.keys, c)]
+
+
+def _raw_record(reader: StoreReader, case_id: str, group: str, entry_id: str) -> dict[str, Any] | None:
+    """The record as it is on disk, or None where it is missing, unreadable or names another id."""
     try:
-        record = json.loads(data)["attributes"] if data is not None else None
-    except (ValueError, KeyError, TypeError):
+        record = reader.raw_record(case_id, group, entry_id)
+    except StoreError:
         return None
-    return record if isinstance(record, dict) and record.get("id") == entry_id else None
+    return record if record.get("id") == entry_id else None
 
 
 def _verified_chain(
-    store: AnnotationStore, case_id: str, group: str, listed: tuple[tuple[str, str], ...]
+    reader: StoreReader, case_id: str, group: str, listed: tuple[tuple[str, str], ...]
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """``listed`` extended by the marked entries after it whose content verifies, in index order."""
-    keys = store._keys
+    keys = reader.keys
     entries, bad = list(listed), []
     previous = entries[-1][0] if entries else None
     masks: dict[str, np.ndarray | None] = {}
@@ -121,14 +135,14 @@ def _verified_chain(
             if keys.children(schema.case_key(case_id, group, entry_id)):
                 log.info("case %s: %s has no COMMITTED mark (an interrupted write); left as it is", case_id, entry_id)
             break
-        record = _raw_record(keys, case_id, group, entry_id)
+        record = _raw_record(reader, case_id, group, entry_id)
         digest = None if record is None else sha256_hex(canonical_json(record))
         ok = record is not None and digest == mark.decode(errors="replace")
         if ok and group == schema.REVISIONS:
             ok = record.get("parent") == previous
         if ok:
             try:
-                ok = _content_ok(store, case_id, group, record, entries, masks)
+                ok = _content_ok(reader, case_id, group, record, entries, masks)
             except Exception as exc:  # a verifier: whatever fails to read (codec errors included) does not verify
                 log.info("case %s: %s does not verify (%s)", case_id, entry_id, exc)
                 ok = False
@@ -143,7 +157,7 @@ def _verified_chain(
 
 
 def _content_ok(
-    store: AnnotationStore,
+    reader: StoreReader,
     case_id: str,
     group: str,
     record: dict[str, Any],
@@ -151,27 +165,25 @@ def _content_ok(
     masks: dict[str, np.ndarray | None],
 ) -> bool:
     """Points and mask of a record match their digests (the mask rebuilt along its parent chain)."""
-    keys = store._keys
     table = record.get("points")
     if table is None:
         source = record.get("points_from")
         if source not in {e for e, _ in entries}:
             return False
-        table = _raw_record(keys, case_id, group, schema.check_entry_id(source, group))["points"]  # type: ignore[index]
+        table = _raw_record(reader, case_id, group, schema.check_entry_id(source, group))["points"]  # type: ignore[index]
     if sha256_hex(canonical_json(table)) != record.get("points_sha256"):
         return False
     info = record.get("mask")
     if info is None:
         masks[record["id"]] = None
         return True
-    array = store._array(case_id, f"{group}/{schema.MASKS}")
-    grid = ChunkGrid(tuple(array.shape[1:]), tuple(array.chunks[1:]))  # type: ignore[arg-type]
+    array, grid = reader.mask_array(case_id, group)
     if info["storage"] == "full":
         out = np.zeros(grid.shape, np.uint8)
     else:
         parent = record["parent"]
         if parent not in masks:
-            masks[parent] = store._mask(case_id, group, parent)  # committed before: read (and verified) as usual
+            masks[parent] = reader.mask(case_id, group, parent)  # committed before: read (and verified) as usual
         if masks[parent] is None:
             return False
         out = masks[parent].copy()  # type: ignore[union-attr]
@@ -180,7 +192,7 @@ def _content_ok(
     return mask_sha256(out) == info["sha256"]
 
 
-def repair_case(store: AnnotationStore, case_id: str) -> RepairResult:
+def repair_case(reader: StoreReader, case_id: str) -> RepairResult:
     """Restore a case's newest consistent ``HEAD`` from its committed records (the caller holds the lock).
 
     The current ``HEAD`` (if readable) is kept as it is and only extended by the committed
@@ -192,26 +204,22 @@ def repair_case(store: AnnotationStore, case_id: str) -> RepairResult:
     StoreError
         The case's own record is unreadable (nothing to attach a HEAD to).
     """
-    keys = store._keys
+    keys = reader.keys
     schema.check_case_id(case_id)
     try:
-        head: Head | None = store._head(case_id)
+        head: Head | None = reader.head(case_id)
     except StoreError:
         head = None
     if head is None and not committed_entries(keys, case_id):
-        raise StoreError(f"{store.location}: case {case_id} has no HEAD and no committed record to restore it from")
-    store._case_record(case_id)  # the case itself must be readable
+        raise StoreError(f"{reader.location}: case {case_id} has no HEAD and no committed record to restore it from")
+    reader.case_record(case_id)  # the case itself must be readable
     base = head or Head(case_id=case_id, status="new")
-    revisions, bad_r = _verified_chain(store, case_id, schema.REVISIONS, base.revisions)
-    proposals, bad_p = _verified_chain(store, case_id, schema.PROPOSALS, base.proposals)
+    revisions, bad_r = _verified_chain(reader, case_id, schema.REVISIONS, base.revisions)
+    proposals, bad_p = _verified_chain(reader, case_id, schema.PROPOSALS, base.proposals)
     restored = tuple(e for e, _ in revisions[len(base.revisions) :]) + tuple(
         p for p, _ in proposals[len(base.proposals) :]
     )
-    for group, entries in ((schema.REVISIONS, base.revisions), (schema.PROPOSALS, base.proposals)):
-        for entry_id, digest in entries:  # listed by HEAD, so committed: mark those that lack it
-            mark = schema.case_key(case_id, group, entry_id, schema.COMMITTED)
-            if keys.get(mark) != digest.encode():
-                keys.write(mark, digest.encode())
+    mark_committed(keys, base)  # listed by HEAD, so committed: mark those that lack it
     if restored or head is None:
         status = (
             base.status if head is not None else ("in progress" if revisions else "proposed" if proposals else "new")
@@ -222,8 +230,8 @@ def repair_case(store: AnnotationStore, case_id: str) -> RepairResult:
             proposals=tuple(proposals),
             status=status,
         )
-        store._forget_case(case_id)
-        store._commit(case_id, new)
-        log.info("%s: case %s repaired, restored %s", store.location, case_id, ", ".join(restored) or "HEAD")
+        reader.forget(case_id)
+        commit(keys, new)
+        log.info("%s: case %s repaired, restored %s", reader.location, case_id, ", ".join(restored) or "HEAD")
         base = new
     return RepairResult(case_id, restored, tuple(bad_r + bad_p), base.head)

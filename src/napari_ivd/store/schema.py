@@ -56,9 +56,11 @@ small edits cost a fraction of a hundred masks.
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import re
 from datetime import datetime, timezone
+from typing import Any
 
 from napari_ivd.errors import StoreError
 
@@ -232,3 +234,8 @@ def case_key(case_id: str, *parts: str) -> str:
 def clipped_chunks(shape: tuple[int, ...], chunk_vox: tuple[int, ...]) -> tuple[int, ...]:
     """Chunk shape ``chunk_vox`` clipped to ``shape`` (a 40-slice scan gets 40-voxel chunks)."""
     return tuple(max(1, min(int(c), int(n))) for c, n in zip(chunk_vox, shape, strict=True))
+
+
+def group_json(attributes: dict[str, Any]) -> bytes:
+    """zarr v3 group metadata (``zarr.json``) holding ``attributes``."""
+    return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attributes}, allow_nan=False).encode()
