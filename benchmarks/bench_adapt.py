@@ -303,7 +303,7 @@ def plot(rows: Sequence[dict[str, Any]], out: Path, recipe: str) -> None:
                 mean = np.array([np.mean(v) for _, v in kept])
                 sd = np.array([np.std(v) for _, v in kept])
                 ax.errorbar(x, mean, yerr=sd, marker="o", color=colour, label=mode, capsize=3)
-                ax.set_xticks(x)
+                ax.set_xticks(sorted({r["k"] for r in rows if r["source"] == source}))
                 ax.set_ylabel(what) if col == 0 else None
                 if row == 0:
                     ax.set_title(f"left out: {source}")
@@ -312,7 +312,7 @@ def plot(rows: Sequence[dict[str, Any]], out: Path, recipe: str) -> None:
                     ax.axhline(2, color="tab:green", lw=0.8, ls="--")
                     ax.set_xlabel("corrected cases k")
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle("Fine-tuning on k corrected cases of a source the base never saw (dashed: targets)", fontsize=10)
+    fig.suptitle("k corrected cases of a source\nthe base never saw (dashed: targets)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
@@ -348,7 +348,13 @@ def main() -> None:
         "--stop-after-minutes", type=float, help="start no run after this time (a lent machine's limit); none: all runs"
     )
     parser.add_argument("--out", type=Path, default=Path("docs/adapt"), help="writes OUT.json and OUT.png")
+    parser.add_argument("--replot", type=Path, help="print the table and draw OUT.png from an earlier OUT.json")
     args = parser.parse_args()
+    if args.replot is not None:
+        runs = json.loads(args.replot.read_text())["runs"]
+        print(table(runs))
+        plot(runs, args.out.with_suffix(".png"), runs[0]["recipe"])
+        return
 
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     stop = None if args.stop_after_minutes is None else time.time() + 60 * args.stop_after_minutes
