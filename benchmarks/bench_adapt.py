@@ -47,15 +47,14 @@ import numpy as np
 import torch
 
 from napari_ivd.errors import IvdError
-from napari_ivd.inference import predict, resolve_device
+from napari_ivd.inference import resolve_device
 from napari_ivd.io.annotations import LabelledPoint
-from napari_ivd.metrics import keypoint_rows, summarize_keypoints
 from napari_ivd.model_versions import model_folder
 from napari_ivd.models import load_checkpoint, read_card
 from napari_ivd.store import AnnotationStore
 from napari_ivd.training.cases import LabelledCase, labels_of, load_lumbar_cases, split_cases
 from napari_ivd.training.data import AUGMENTATIONS, SampleConfig
-from napari_ivd.training.engine import TrainConfig, fit
+from napari_ivd.training.engine import TrainConfig, evaluate_cases, fit
 from napari_ivd.training.finetune import FineTuneConfig, finetune_steps
 from napari_ivd.training.store_cases import load_planned_cases, plan_training
 from napari_ivd.worklist import run_steps
@@ -174,19 +173,18 @@ def _store_with(cases: Sequence[LabelledCase], folder: Path) -> AnnotationStore:
 
 
 def score(model: torch.nn.Module, card: dict[str, Any], cases: Sequence[LabelledCase], device: torch.device) -> dict:
-    """Every reference level judged (also those the model cannot name): identification, distance, FPR."""
-    rows = []
-    for case in cases:
-        prediction = predict(case.volume, model, card, device)
-        geometry = case.volume.geometry
-        gt_mm = {n: geometry.vox_to_mm(np.asarray(p)[None])[0] for n, p in case.keypoints_vox.items()}
-        rows += keypoint_rows(case.name, {s.name: s.xyz_mm for s in prediction.structures}, gt_mm)
-    summary = summarize_keypoints(rows)
-    gt = [r for r in rows if r.role == "gt"]
+    """Identification, distance and FPR per kind, and identification overall, from the engine's validation.
+
+    :func:`~napari_ivd.training.engine.evaluate_cases` judges every reference level, also one the
+    model cannot name (it counts as missed).
+    """
+    summary = evaluate_cases(model, card, cases, device)["keypoints"]
+    annotated = sum(figures["n_annotated"] for figures in summary.values())
+    identified = sum(figures["n_annotated"] * (figures["identification"] or 0.0) for figures in summary.values())
     return {
-        kind: {k: summary[kind][k] for k in ("n_annotated", "dtt_mean_mm", "dtt_sd_mm", "identification", "fpr")}
-        for kind in summary
-    } | {"identification": sum(r.identified for r in gt) / max(1, len(gt))}
+        kind: {k: figures[k] for k in ("n_annotated", "dtt_mean_mm", "dtt_sd_mm", "identification", "fpr")}
+        for kind, figures in summary.items()
+    } | {"identification": identified / max(1, annotated)}
 
 
 def _finetune(job: Job, settings: Settings, store: AnnotationStore) -> tuple[Path, dict[str, Any]]:
