@@ -105,6 +105,7 @@ def _train_from_folder(args: argparse.Namespace, main: bool) -> int:
         seed=args.seed,
         lr=args.lr if args.lr is not None else TrainConfig.lr,
         model_overrides={"in_channels": args.in_channels} if args.in_channels else {},
+        keep=args.keep,
     )
     command = "napari-ivd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -185,6 +186,13 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         choices=["default", "robust"],
         default="default",
         help="with --data: 'robust' adds other sites' looks (intensity curves, inversion, bias field, blur)",
+    )
+    train.add_argument(
+        "--keep",
+        default="best",
+        choices=["best", "last"],
+        help="with --data: keep the weights that validate best, or the last ones "
+        "(then the dev cases only report, and their figures are honest)",
     )
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     train.add_argument("--seed", type=int, default=0)

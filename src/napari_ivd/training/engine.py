@@ -59,6 +59,14 @@ class TrainConfig:
     patience: int = 6
     device: str = "auto"
     seed: int = 0
+    #: "best": keep the weights that validate best (the dev cases then picked them, so their
+    #: figures are optimistic); "last": keep where training ends and only report validation,
+    #: so the dev figures stay an honest estimate.
+    keep: str = "best"
+
+    def __post_init__(self) -> None:
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form, for the model card."""
@@ -201,7 +209,7 @@ def fit(
     init_from: Path | None = None,
     card_extra: dict[str, Any] | None = None,
 ) -> Iterator[TrainProgress]:
-    """Train, validating on ``dev_cases``; keep the best model in ``out_dir``.
+    """Train, validating on ``dev_cases``; keep the best (or, ``cfg.keep == "last"``, the last) model in ``out_dir``.
 
     Validation runs every ``validate_every_epochs`` epochs (or, when that is 0, every
     ``validate_every_min`` minutes), after the last epoch and when the time budget is spent;
@@ -323,7 +331,7 @@ def fit(
             model.eval()
             validation = evaluate_cases(model, card, dev_cases, device)
             last_validation = time.perf_counter()
-            improved = best is None or validation_key(validation) < validation_key(best)
+            improved = cfg.keep == "last" or best is None or validation_key(validation) < validation_key(best)
             if improved:
                 best, stale = validation, 0
                 saved_card = save(validation)
@@ -341,7 +349,7 @@ def fit(
             improved=improved,
             batch_size=batch_size,
         )
-        if ddp.agree(out_of_time or stale >= cfg.patience):
+        if ddp.agree(out_of_time or (cfg.keep == "best" and stale >= cfg.patience)):
             break
     if ranks.main and not dev_cases:  # nothing to judge by: the model as training left it
         model.eval()
