@@ -55,7 +55,7 @@ from napari_ivd.store import AnnotationStore
 from napari_ivd.training.cases import LabelledCase, labels_of, load_lumbar_cases, split_cases
 from napari_ivd.training.data import AUGMENTATIONS, SampleConfig
 from napari_ivd.training.engine import TrainConfig, evaluate_cases, fit
-from napari_ivd.training.finetune import FineTuneConfig, finetune_steps
+from napari_ivd.training.finetune import FineTuneConfig, finetune_steps, parent_sample_config
 from napari_ivd.training.store_cases import load_planned_cases, plan_training
 from napari_ivd.worklist import run_steps
 
@@ -200,11 +200,11 @@ def _scratch(job: Job, settings: Settings, store: AnnotationStore, out: Path) ->
     """The fine-tune's cases, split, labels and budget, from random weights."""
     plan = plan_training(store, FineTuneConfig.validation_fraction)
     train, val = run_steps(load_planned_cases(store, plan))
-    base_labels = read_card(base_dir(settings, job.recipe, job.source))["labels"]
-    labels = labels_of([*train, *val], also=base_labels)
+    # the fine-tune's sampling and labels exactly: the base's settings, grown to the training cases' levels
+    sample_cfg = parent_sample_config(base_dir(settings, job.recipe, job.source), train)
     fine = FineTuneConfig(minutes=settings.minutes, epochs=settings.max_epochs, device=settings.device, seed=job.seed)
     cfg = replace(fine.train_config(), lr=TrainConfig.lr, warmup_steps=TrainConfig.warmup_steps)
-    saved = run_steps(fit(cfg, sample_config(job.recipe, labels), train, val, out))
+    saved = run_steps(fit(cfg, sample_cfg, train, val, out))
     if saved is None:
         raise RuntimeError("no validation ran within the budget")
     return out, {}
