@@ -175,14 +175,12 @@ def test_a_model_without_S1_predicts_bit_for_bit_as_without_the_sacrum_step(star
     assert np.array_equal(anchored.mask_tss, plain.mask_tss) and anchored.mid_sagittal_mm == plain.mid_sagittal_mm
 
 
-def test_a_chain_named_from_the_sacrum_is_flagged_in_the_prediction_and_its_summary(
-    starter_on_case_07, monkeypatch, tmp_path
+def test_a_chain_named_from_the_sacrum_is_flagged_in_the_summary_and_the_cli_line(
+    shared_data, monkeypatch, tmp_path, capsys
 ):
-    model, card, volume = starter_on_case_07
     monkeypatch.setattr(inference, "anchor_on_sacrum", lambda chosen, candidates, labels: (dict(chosen), True))
 
-    prediction = inference.predict(volume, model, card, "cpu")
-    inference.save_prediction(prediction, volume, tmp_path)
+    assert main(["predict", str(shared_data / CASE / "image.nii.gz"), "--out", str(tmp_path), "--device", "cpu"]) == 0
 
-    assert prediction.named_from_sacrum
+    assert "(named from the sacrum)" in capsys.readouterr().out
     assert json.loads((tmp_path / "prediction.json").read_text())["named_from_sacrum"] is True
