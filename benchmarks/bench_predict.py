@@ -16,7 +16,8 @@ in view the model named L5-S1 at its place. The rule uses the reference only
 it labels L4 and L5 and the image reaches one L4→L5 body spacing below the L5 centroid (VB2,
 VB3, whose references stop at L5); L5-S1 counts as named within half a level spacing of the
 reference's L5-S1, or of ``L5 + (L5 - L4) / 2`` where it has none
-(:func:`napari_ivd.metrics.l5_s1_outcome`). ``--cases`` limits everything to some dev cases.
+(:func:`napari_ivd.metrics.l5_s1_outcome`); and the scans whose levels were renamed from the
+sacrum (:func:`napari_ivd.skeleton.anchor_on_sacrum`). ``--cases`` limits everything to some dev cases.
 Figures only — the targets live in the issue, not here.
 """
 
@@ -84,9 +85,12 @@ def main() -> None:
         )
     results = {}
     l5_s1: dict[str, str | None] = {}
+    from_sacrum: list[str] = []
 
     def judge_l5_s1(case: LabelledCase, prediction: Prediction) -> None:
         l5_s1[case.name] = l5_s1_at_sacrum(case, prediction)
+        if prediction.named_from_sacrum:
+            from_sacrum.append(case.name)
 
     groups = {"all": dev} | {c: [d for d in dev if d.contrast == c] for c in sorted({d.contrast for d in dev})}
     for name, cases in groups.items():
@@ -106,8 +110,16 @@ def main() -> None:
             f"{source}: L5-S1 named on {named}/{len(judged)} scans where the sacrum is in view"
             + (f" ({others})" if others else "")
         )
+    print(f"levels renamed from the sacrum on {len(from_sacrum)}/{len(l5_s1)} scans: {', '.join(from_sacrum) or '-'}")
     if args.json:
-        report = {"device": str(device), "load_s": load_s, "results": results, "latency": latency, "l5_s1": l5_s1}
+        report = {
+            "device": str(device),
+            "load_s": load_s,
+            "results": results,
+            "latency": latency,
+            "l5_s1": l5_s1,
+            "named_from_sacrum": from_sacrum,
+        }
         args.json.write_text(json.dumps(report, indent=2))
 
 

@@ -615,7 +615,8 @@ def search(
 
     Labels are never invented: there is no term that could place a label where it has no
     candidate. A consistent off-by-one naming by the network is not "repaired" by shifting
-    levels; whichever naming of the candidates fits and scores better wins.
+    levels; whichever naming of the candidates fits and scores better wins (a confident
+    sacrum below the chain repairs it afterwards: :func:`anchor_on_sacrum`).
 
     The search is a beam search over labels in cranio-caudal order (each level: a candidate or
     absent), keeping the ``beam_width`` cheapest partial hypotheses; the partial cost is the
