@@ -2,6 +2,7 @@
 
     python benchmarks/bench_predict.py [--model ivdnet-lumbar] [--data ../shared/data/lumbar]
                                        [--device cpu|cuda] [--repeats 7] [--json out.json]
+                                       [--cases VB2/case-19 ...]
 
 The dev cases are the ones `napari-ivd train` held out (same split, same seed); a model
 trained on some of them is refused. Prints, per contrast and overall: disc and vertebra
@@ -9,7 +10,15 @@ distance to target (mean ± sd, mm), FNR/FPR at 5 mm, identification rate, PCK, 
 structure, and prediction latency per volume (model loading excluded). First, for one dev
 volume of each shape: the latency of its first prediction at that shape in this process, and
 the median and range of ``--repeats`` more (a shared machine's speed drifts, so a median of
-warm runs is the figure to compare). Figures only — the targets live in the issue, not here.
+warm runs is the figure to compare). Last, per source: on how many scans where the sacrum is
+in view the model named L5-S1 at its place. The rule uses the reference only
+(:func:`napari_ivd.metrics.sacrum_in_view`): the reference labels S1 or L5-S1 (VB1, IVD), or
+it labels L4 and L5 and the image reaches one L4→L5 body spacing below the L5 centroid (VB2,
+VB3, whose references stop at L5); L5-S1 counts as named within half a level spacing of the
+reference's L5-S1, or of ``L5 + (L5 - L4) / 2`` where it has none
+(:func:`napari_ivd.metrics.l5_s1_outcome`); and the scans whose levels were renamed from the
+sacrum (:func:`napari_ivd.skeleton.anchor_on_sacrum`). ``--cases`` limits everything to some dev cases.
+Figures only — the targets live in the issue, not here.
 """
 
 from __future__ import annotations
@@ -24,8 +33,9 @@ import numpy as np
 import torch
 
 from napari_ivd._cli_predict import format_report
-from napari_ivd.inference import find_model_dir, predict, resolve_device
+from napari_ivd.inference import Prediction, find_model_dir, predict, resolve_device
 from napari_ivd.io import Volume
+from napari_ivd.metrics import l5_s1_outcome, sacrum_in_view
 from napari_ivd.models import load_checkpoint
 from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases
 from napari_ivd.training.engine import evaluate_cases
@@ -38,6 +48,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=7, help="warm predictions timed per volume shape")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--cases", nargs="+", metavar="SET/CASE", help="only these dev cases (default: all)")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -48,6 +59,13 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     seed = card.get("train_config", {}).get("seed", 0)
     _, dev = split_cases(load_lumbar_cases(args.data), seed=seed)
+    if args.cases:
+        unknown = sorted(set(args.cases) - {c.name for c in dev})
+        if unknown:
+            parser.error(
+                f"--cases {', '.join(unknown)}: not dev cases; the dev cases are {', '.join(c.name for c in dev)}"
+            )
+        dev = [c for c in dev if c.name in args.cases]
     leaked = sorted({c.name for c in dev} & set(card.get("trained_on", [])))
     if leaked:
         raise SystemExit(f"the model was trained on dev cases {leaked}; pass a model trained with this split")
@@ -66,22 +84,56 @@ def main() -> None:
             f"(range {warm.min():.2f}-{warm.max():.2f} s)"
         )
     results = {}
+    l5_s1: dict[str, str | None] = {}
+    from_sacrum: list[str] = []
+
+    def judge_l5_s1(case: LabelledCase, prediction: Prediction) -> None:
+        l5_s1[case.name] = l5_s1_at_sacrum(case, prediction)
+        if prediction.named_from_sacrum:
+            from_sacrum.append(case.name)
+
     groups = {"all": dev} | {c: [d for d in dev if d.contrast == c] for c in sorted({d.contrast for d in dev})}
     for name, cases in groups.items():
-        report = evaluate_cases(model, card, cases, device)
+        report = evaluate_cases(model, card, cases, device, on_prediction=judge_l5_s1 if name == "all" else None)
         results[name] = report
         seconds = np.array(report["predict_seconds"])
         shapes = sorted({_shape(c) for c in cases})
         print(f"\n== {name}: {len(cases)} cases ({', '.join(c.name for c in cases)}); shapes {', '.join(shapes)}")
         print(format_report(report))
         print(f"latency per volume: mean {seconds.mean():.2f} s, max {seconds.max():.2f} s")
+    print("\n== L5-S1 where the sacrum is in view (rule: napari_ivd.metrics.sacrum_in_view, l5_s1_outcome)")
+    for source in sorted({name.split("/")[0] for name in l5_s1}):
+        judged = {n: o for n, o in l5_s1.items() if n.startswith(f"{source}/") and o is not None}
+        named = sum(o == "named" for o in judged.values())
+        others = ", ".join(f"{n} {o}" for n, o in judged.items() if o != "named")
+        print(
+            f"{source}: L5-S1 named on {named}/{len(judged)} scans where the sacrum is in view"
+            + (f" ({others})" if others else "")
+        )
+    print(f"levels renamed from the sacrum on {len(from_sacrum)}/{len(l5_s1)} scans: {', '.join(from_sacrum) or '-'}")
     if args.json:
-        report = {"device": str(device), "load_s": load_s, "results": results, "latency": latency}
+        report = {
+            "device": str(device),
+            "load_s": load_s,
+            "results": results,
+            "latency": latency,
+            "l5_s1": l5_s1,
+            "named_from_sacrum": from_sacrum,
+        }
         args.json.write_text(json.dumps(report, indent=2))
 
 
 def _shape(case: LabelledCase) -> str:
     return "x".join(map(str, case.volume.geometry.shape))
+
+
+def l5_s1_at_sacrum(case: LabelledCase, prediction: Prediction) -> str | None:
+    """The case's :func:`~napari_ivd.metrics.l5_s1_outcome`; ``None`` where its reference has the sacrum out of view."""
+    if not sacrum_in_view(case.keypoints_vox, case.volume.geometry.shape):
+        return None
+    geometry = case.volume.geometry
+    reference_mm = {n: geometry.vox_to_mm(np.asarray(p)[None])[0] for n, p in case.keypoints_vox.items()}
+    return l5_s1_outcome({s.name: s.xyz_mm for s in prediction.structures}, reference_mm)
 
 
 def warm_latency(model: torch.nn.Module, card: dict, volume: Volume, device: torch.device, repeats: int) -> dict:

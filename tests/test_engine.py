@@ -64,6 +64,10 @@ def test_evaluation_judges_every_annotated_level_even_one_the_model_cannot_name(
     case = load_lumbar_case(shared_data / "lumbar/VB1/case-02")  # T1w, named T10...S1
     model, card = load_checkpoint(find_model_dir())  # the starter knows T11...L5-S1
     assert {"T10", "S1"} <= set(case.keypoints_vox) and not {"T10", "S1"} & set(card["labels"])
-    report = evaluate_cases(model, card, [case], torch.device("cpu"))
+    seen = []
+    report = evaluate_cases(model, card, [case], torch.device("cpu"), on_prediction=lambda c, p: seen.append((c, p)))
     judged = sum(report["keypoints"][kind]["n_annotated"] for kind in ("disc", "vertebra"))
     assert judged == len(case.keypoints_vox)  # T10, T10-T11 and S1 count as missed, not as absent
+    assert len(seen) == 1 and seen[0][0] is case
+    named = report["keypoints"]["vertebra"]["n_predicted"] + report["keypoints"]["disc"]["n_predicted"]
+    assert named == len([s for s in seen[0][1].structures if s.name in case.keypoints_vox])  # the judged prediction

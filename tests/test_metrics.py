@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_ivd.metrics import dice, dice_rows, keypoint_rows, summarize_dice, summarize_keypoints
+from napari_ivd.metrics import (
+    dice,
+    dice_rows,
+    keypoint_rows,
+    l5_s1_outcome,
+    sacrum_in_view,
+    summarize_dice,
+    summarize_keypoints,
+)
 
 GT = {"L3-L4": (0.0, 0.0, 0.0), "L4-L5": (0.0, 0.0, -30.0), "L4": (0.0, 5.0, -15.0), "L5": (0.0, 5.0, -45.0)}
 
@@ -61,3 +69,57 @@ def test_dice_per_structure_and_per_kind():
 def test_dice_refuses_masks_on_different_grids():
     with pytest.raises(ValueError, match="differ in shape"):
         dice_rows("a", np.zeros((2, 2, 2)), np.zeros((2, 2, 3)))
+
+
+# A sagittal grid (rows S->I, cols A->P, slices L->R), 1 mm voxels: L4 and L5 bodies 35 mm apart.
+L4_L5_VOX = {"L4": (150.0, 110.0, 38.0), "L5": (185.0, 114.0, 39.0)}
+
+
+@pytest.mark.parametrize(
+    ("reference", "shape", "in_view"),
+    [
+        (L4_L5_VOX, (224, 224, 77), True),  # L5 + (L5 - L4) = row 220: inside
+        (L4_L5_VOX, (220, 224, 77), False),  # the image ends at row 219.5, just above that point
+        (L4_L5_VOX, (221, 224, 77), True),
+        (L4_L5_VOX, (224, 224, 39), False),  # the point leaves the slab left-right (slice 40)
+        ({"L3": (110.0, 110.0, 38.0), "L4": (150.0, 110.0, 38.0)}, (400, 400, 77), False),  # no L5: cannot tell
+        ({"L4-L5": (168.0, 112.0, 38.0), "L5-S1": (200.0, 120.0, 38.0)}, (201, 224, 77), True),  # labelled
+        ({"S1": (220.0, 130.0, 38.0)}, (224, 224, 77), True),
+    ],
+)
+def test_the_sacrum_is_in_view_when_the_reference_labels_it_or_the_image_reaches_a_body_below_L5(
+    reference, shape, in_view
+):
+    assert sacrum_in_view(reference, shape) is in_view
+
+
+L4_L5_MM = {"L4": (0.0, 0.0, 0.0), "L5": (0.0, 4.0, -35.0), "L4-L5": (0.0, 2.0, -17.5)}  # L5-S1 implied at z = -52.5
+
+
+@pytest.mark.parametrize(
+    ("pred_l5_s1", "outcome"),
+    [
+        ((0.0, 14.0, -52.0), "named"),  # 11.8 mm behind the implied point (lordosis): within 17.6 mm
+        ((0.0, 6.0, -60.0), "named"),
+        ((0.0, 2.0, -17.5), "misplaced"),  # on the L4-L5 disc: the chain is one level off
+        ((0.0, 3.0, -30.0), "misplaced"),  # in the L5 body, 22.7 mm away
+        (None, "missing"),
+    ],
+)
+def test_L5_S1_is_named_within_half_a_level_of_where_a_reference_stopping_at_L5_implies_it(pred_l5_s1, outcome):
+    pred = dict(L4_L5_MM) | ({"L5-S1": pred_l5_s1} if pred_l5_s1 else {})
+    assert l5_s1_outcome(pred, L4_L5_MM) == outcome
+
+
+def test_an_annotated_L5_S1_is_judged_at_its_own_place_also_on_a_disc_only_reference():
+    discs = {"L4-L5": (0.0, 0.0, 0.0), "L5-S1": (0.0, 10.0, -30.0)}  # 31.6 mm apart
+    assert l5_s1_outcome({"L5-S1": (0.0, 10.0, -45.0)}, discs) == "named"  # 15 mm off
+    assert l5_s1_outcome({"L5-S1": (0.0, 10.0, -47.0)}, discs) == "misplaced"  # 17 mm off
+    bodies = L4_L5_MM | {"L5-S1": (0.0, 20.0, -50.0)}  # its own point, not the implied one
+    assert l5_s1_outcome({"L5-S1": (0.0, 20.0, -50.0)}, bodies) == "named"
+    assert l5_s1_outcome({"L5-S1": (0.0, 2.0, -67.0)}, bodies) == "misplaced"  # 23.7 mm from it
+
+
+def test_a_reference_that_places_no_L5_S1_is_refused_with_what_it_needs():
+    with pytest.raises(ValueError, match="L4 and L5, or L5-S1 and L4-L5"):
+        l5_s1_outcome({"L5-S1": (0.0, 0.0, 0.0)}, {"L3": (0.0, 0.0, 0.0), "L5": (0.0, 0.0, -70.0)})

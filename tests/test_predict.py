@@ -15,7 +15,8 @@ from napari_ivd._cli_predict import unique_names
 from napari_ivd.cli import main
 from napari_ivd.errors import CheckpointError
 from napari_ivd.inference import BUNDLED_MODELS_DIR, find_model_dir
-from napari_ivd.models import read_card
+from napari_ivd.io import read_volume
+from napari_ivd.models import load_checkpoint, read_card
 
 CASE = "lumbar/VB2/case-07"  # stored I, P, R; 381 x 381 x 77; vertebrae T11-L5 annotated
 
@@ -60,6 +61,7 @@ def test_predicted_levels_are_known_ordered_and_consistent_with_files(predicted)
     assert mask_levels <= set(levels)
     summary = json.loads((predicted / "prediction.json").read_text())
     assert summary["levels"] == levels
+    assert summary["named_from_sacrum"] is False  # the starter has no S1 label
 
 
 def test_each_structure_sits_left_right_at_the_centre_of_its_own_mask(predicted):
@@ -145,3 +147,40 @@ def test_spine_search_refines_around_the_two_strongest_sparse_slices():
     assert max(runner.ran[:5], key=response.get) == 2  # the sparse pass alone would refine at the edge
     assert inference._spine_centre(runner, dense) == pytest.approx(13.07, abs=0.01)  # parabola through 10, 14, 18
     assert len(sampled) == len(runner.ran) == 7  # 22..34 between the sparse ones never ran
+
+
+@pytest.fixture(scope="module")
+def starter_on_case_07(shared_data):
+    model, card = load_checkpoint(find_model_dir())
+    return model, card, read_volume(shared_data / CASE / "image.nii.gz")
+
+
+def _without_sacrum_step(chosen, candidates, labels):
+    return dict(chosen), False
+
+
+def test_a_model_without_S1_predicts_bit_for_bit_as_without_the_sacrum_step(starter_on_case_07, monkeypatch):
+    model, card, volume = starter_on_case_07
+    assert "S1" not in card["labels"]
+    anchored = inference.predict(volume, model, card, "cpu")
+    monkeypatch.setattr(inference, "anchor_on_sacrum", _without_sacrum_step)
+    plain = inference.predict(volume, model, card, "cpu")
+
+    assert not anchored.named_from_sacrum and anchored.structures
+    assert [(s.name, s.kind, s.score) for s in anchored.structures] == [
+        (s.name, s.kind, s.score) for s in plain.structures
+    ]
+    for a, b in zip(anchored.structures, plain.structures, strict=True):
+        assert np.array_equal(a.ijk_vox, b.ijk_vox) and np.array_equal(a.xyz_mm, b.xyz_mm)
+    assert np.array_equal(anchored.mask_tss, plain.mask_tss) and anchored.mid_sagittal_mm == plain.mid_sagittal_mm
+
+
+def test_a_chain_named_from_the_sacrum_is_flagged_in_the_summary_and_the_cli_line(
+    shared_data, monkeypatch, tmp_path, capsys
+):
+    monkeypatch.setattr(inference, "anchor_on_sacrum", lambda chosen, candidates, labels: (dict(chosen), True))
+
+    assert main(["predict", str(shared_data / CASE / "image.nii.gz"), "--out", str(tmp_path), "--device", "cpu"]) == 0
+
+    assert "(named from the sacrum)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "prediction.json").read_text())["named_from_sacrum"] is True

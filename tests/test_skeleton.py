@@ -16,7 +16,7 @@ import pytest
 
 from napari_ivd.anatomy import structure
 from napari_ivd.models.decode import Candidate
-from napari_ivd.skeleton import SkeletonPrior, extend_chain, hypothesis_cost, search
+from napari_ivd.skeleton import SkeletonPrior, anchor_on_sacrum, extend_chain, hypothesis_cost, search
 
 LUMBAR = (
     "T11", "T11-T12", "T12", "T12-L1", "L1", "L1-L2", "L2",
@@ -340,6 +340,122 @@ def test_a_grown_prior_places_levels_no_case_connects_above_it_in_their_own_layo
     np.testing.assert_allclose(rows[2] - rows[1], 2 * (rows[1] - rows[0]), rtol=0.05)  # the case's own spacing
     assert grown.counts[:3] == (1, 1, 1)
     assert SkeletonPrior.from_dict(grown.to_dict()) == grown
+
+
+WITH_SACRUM = (*LUMBAR, "S1")
+
+
+def _with_sacrum(truth: dict[str, tuple[float, float]], bend_deg: float = 25.0) -> dict[str, tuple[float, float]]:
+    """``truth`` plus the S1 body: one L5→L5-S1 spacing below L5-S1, bent posteriorly (lordosis)."""
+    l5, disc = complex(*truth["L5"]), complex(*truth["L5-S1"])
+    s1 = disc + (disc - l5) * np.exp(1j * math.radians(bend_deg))
+    return truth | {"S1": (s1.real, s1.imag)}
+
+
+def _named_up(truth: dict[str, tuple[float, float]], levels: int = 1) -> list[Candidate]:
+    """The network's lumbar chain named ``levels`` levels too high throughout (L5-S1 called L4-L5, ...)."""
+    return [
+        Candidate(LUMBAR[LUMBAR.index(n) - 2 * levels], r, c, 0.9)
+        for n, (r, c) in truth.items()
+        if n in LUMBAR and LUMBAR.index(n) >= 2 * levels
+    ]
+
+
+def _sacrum(truth: dict[str, tuple[float, float]], score: float = 0.8) -> Candidate:
+    return Candidate("S1", *truth["S1"], score)
+
+
+def test_a_chain_named_one_level_high_is_renamed_from_a_confident_sacrum_below_it():
+    truth = _with_sacrum(_patient(seed=31))
+    chain = {c.label: c for c in _named_up(truth)}
+    weak_elsewhere = Candidate("S1", *truth["L3"], 0.6)  # a weaker S1 response mid-spine is not the peak
+
+    named, renamed = anchor_on_sacrum(chain, [*chain.values(), _sacrum(truth), weak_elsewhere], WITH_SACRUM)
+
+    assert renamed
+    assert list(named) == list(WITH_SACRUM[2:])  # T11 and T11-T12 went above the field of view
+    assert all((named[n].row, named[n].col) == truth[n] for n in named)
+    assert named["S1"].score == 0.8 and named["L5-S1"].score == 0.9  # the detections' own scores
+
+
+def test_the_sacrum_named_as_the_next_lumbar_level_becomes_S1_once():
+    truth = _with_sacrum(_patient(seed=32))
+    candidates = [*_named_up(truth), Candidate("L5", *truth["S1"], 0.45), _sacrum(truth)]
+    chain = {c.label: c for c in candidates if c.label != "S1"}  # extend_chain took the sacrum for L5
+
+    named, renamed = anchor_on_sacrum(chain, candidates, WITH_SACRUM)
+
+    assert renamed and named["S1"].score == 0.8
+    assert all((named[n].row, named[n].col) == truth[n] for n in named)
+
+
+def test_a_chain_named_two_levels_high_is_renamed_too():
+    truth = _with_sacrum(_patient(seed=33))
+    chain = {c.label: c for c in _named_up(truth, levels=2)}
+
+    named, renamed = anchor_on_sacrum(chain, [*chain.values(), _sacrum(truth)], WITH_SACRUM)
+
+    assert renamed and list(named) == list(WITH_SACRUM[4:])
+    assert all((named[n].row, named[n].col) == truth[n] for n in named)
+
+
+def test_a_right_chain_keeps_its_names_and_gains_the_sacrum():
+    truth = _with_sacrum(_patient(seed=34))
+    chain = {c.label: c for c in _candidates({n: p for n, p in truth.items() if n != "S1"})}
+
+    named, renamed = anchor_on_sacrum(chain, [*chain.values(), _sacrum(truth)], WITH_SACRUM)
+
+    assert not renamed
+    assert {n: c for n, c in named.items() if n != "S1"} == chain and named["S1"] == _sacrum(truth)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["weak", "mid-chain", "three steps below", "beside the disc", "chain goes past it", "no S1 label", "no S1"],
+)
+def test_a_weak_absent_or_misplaced_sacrum_leaves_the_chain_alone(case):
+    truth = _with_sacrum(_patient(seed=35))
+    chain = {c.label: c for c in _named_up(truth)}
+    sacrum, labels = _sacrum(truth), WITH_SACRUM
+    if case == "weak":
+        sacrum = _sacrum(truth, score=0.3)
+    elif case == "mid-chain":
+        sacrum = Candidate("S1", *truth["L3"], 0.95)
+    elif case == "three steps below":  # the real L5 and L5-S1 were not detected
+        chain = {n: c for n, c in chain.items() if n not in ("L4", "L4-L5")}
+    elif case == "beside the disc":  # one spacing below, but 90° off the chain's direction
+        l5, disc = complex(*truth["L5"]), complex(*truth["L5-S1"])
+        beside = disc + (disc - l5) * 1j
+        sacrum = Candidate("S1", beside.real, beside.imag, 0.95)
+    elif case == "chain goes past it":  # a body named below the lowest disc that is not the sacrum
+        l5, disc = complex(*truth["L5"]), complex(*truth["L5-S1"])
+        extra = disc + 0.4 * (disc - l5)
+        chain["L5"] = Candidate("L5", extra.real, extra.imag, 0.9)
+    elif case == "no S1 label":
+        labels = LUMBAR
+    candidates = [*chain.values()] + ([] if case == "no S1" else [sacrum])
+
+    named, renamed = anchor_on_sacrum(chain, candidates, labels)
+
+    assert not renamed and named == chain and list(named) == list(chain)
+
+
+def test_search_extend_and_the_sacrum_name_an_off_by_one_network_right():
+    rng = np.random.default_rng(2024)
+    shapes = []
+    for _ in range(8):
+        spine = _spine_mm(rng, rotation_deg=rng.uniform(-8, 8), scale=rng.uniform(0.9, 1.1))
+        shapes.append(_with_sacrum(spine, bend_deg=rng.uniform(20, 30)))
+    prior = SkeletonPrior.fit(shapes)
+    truth = _with_sacrum(_patient(seed=36))
+    candidates = [*_named_up(truth), _sacrum(truth, score=0.7)]
+
+    chosen = extend_chain(search(candidates, prior, spacing_mm=SPACING_MM), candidates, WITH_SACRUM)
+    named, renamed = anchor_on_sacrum(chosen, candidates, WITH_SACRUM)
+
+    assert any((c.row, c.col) != truth[n] for n, c in chosen.items())  # the search trusted the network's names
+    assert renamed and list(named) == list(WITH_SACRUM[2:])
+    assert all((named[n].row, named[n].col) == truth[n] for n in named)
 
 
 def _similarity_onto(src: np.ndarray, dst: np.ndarray) -> tuple[complex, complex]:

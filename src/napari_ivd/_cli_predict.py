@@ -58,7 +58,8 @@ def run_predict(args: argparse.Namespace) -> int:
             continue
         save_prediction(prediction, volume, out)
         levels = " ".join(s.name for s in prediction.structures) or "nothing"
-        print(f"{image}: {levels} -> {out} ({prediction.seconds['total_s']:.2f} s)")
+        anchored = " (named from the sacrum)" if prediction.named_from_sacrum else ""
+        print(f"{image}: {levels}{anchored} -> {out} ({prediction.seconds['total_s']:.2f} s)")
     return 2 if failures else 0
 
 

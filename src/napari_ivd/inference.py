@@ -10,7 +10,10 @@ Steps (see docs/pipeline.md for the shared conventions):
 3. average heatmaps and offsets over the slab, decode candidates by Hough voting, and keep
    the combination that best fits the learned skeleton (Azad 2021), so false positives drop,
    levels stay in order and nothing is named that is not seen; detections that continue
-   the chain past its ends take the next levels (``skeleton.extend_chain``);
+   the chain past its ends take the next levels (``skeleton.extend_chain``); a model with an
+   S1 label that sees the sacrum confidently one step below the chain's lowest disc names
+   the chain from it (``skeleton.anchor_on_sacrum``: that disc is L5-S1), so a chain
+   counted one level off is corrected;
 4. threshold the per-slice vertebral-body/disc masks, keep the 3D components that hold a
    named structure, give each voxel the level of the nearest named structure of its kind,
    and return the mask on the file's own grid;
@@ -42,7 +45,7 @@ from napari_ivd.io import Volume, write_nifti
 from napari_ivd.io.annotations import LabelledPoint, label_centroids, write_points_csv, write_sct_discs
 from napari_ivd.models.decode import Candidate, decode
 from napari_ivd.progress import run_steps
-from napari_ivd.skeleton import SkeletonPrior, extend_chain, search
+from napari_ivd.skeleton import SkeletonPrior, anchor_on_sacrum, extend_chain, search
 from napari_ivd.training.data import intensity_range, normalize_volume, resample_slice
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,9 @@ class Prediction:
     model: str
     mid_sagittal_mm: float  # left-right position of the slab centre, display mm
     seconds: dict[str, float] = field(default_factory=dict)
+    #: True when the levels were renamed from the sacrum (``skeleton.anchor_on_sacrum``), not
+    #: as the network counted them: the viewer and active learning can say so.
+    named_from_sacrum: bool = False
 
     def by_name(self) -> dict[str, PredictedStructure]:
         """Structures keyed by level name."""
@@ -497,6 +503,7 @@ def iter_predict(
         chosen = extend_chain(search(inside, prior, spacing_mm=spacing_mm), inside, labels)
     else:
         chosen = _best_per_label(inside)
+    chosen, named_from_sacrum = anchor_on_sacrum(chosen, inside, labels)
     if len(chosen) < MIN_STRUCTURES and all(c.score < CONFIDENT_SCORE for c in chosen.values()):
         chosen = {}  # a lone, doubtful pair is no spine: name nothing rather than invent levels
     named_lrc = {
@@ -531,6 +538,7 @@ def iter_predict(
         model=str(card.get("name", card.get("arch", "model"))),
         mid_sagittal_mm=centre * display_spacing[0],
         seconds=timings,
+        named_from_sacrum=named_from_sacrum,
     )
 
 
@@ -619,7 +627,8 @@ def save_prediction(prediction: Prediction, volume: Volume, out_dir: Path) -> di
 
     All three lie on ``volume``'s own grid; the NIfTI files reuse its header when it is a
     NIfTI file, so their affines equal the image's exactly. ``prediction.json`` records the
-    source image, the model and the timings, so ``evaluate`` can find the ground truth.
+    source image (so ``evaluate`` can find the ground truth), the model, the timings and
+    whether the levels were named from the sacrum.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     like = volume.path if volume.path.is_file() else None
@@ -635,6 +644,7 @@ def save_prediction(prediction: Prediction, volume: Volume, out_dir: Path) -> di
         "mid_sagittal_mm": prediction.mid_sagittal_mm,
         "seconds": prediction.seconds,
         "levels": [s.name for s in prediction.structures],
+        "named_from_sacrum": prediction.named_from_sacrum,
     }
     files["summary"] = out_dir / "prediction.json"
     files["summary"].write_text(json.dumps(summary, indent=2))

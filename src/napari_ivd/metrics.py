@@ -15,6 +15,12 @@ Keypoints are compared in scanner millimetres, per kind (discs, vertebrae):
 Only levels annotated in the ground truth are judged: a prediction of a level the ground
 truth does not annotate (e.g. L5-S1 on a scan whose labels stop at L4-L5) is neither right
 nor wrong. Dice is computed per TotalSpineSeg value and per kind.
+
+**L5-S1 where the sacrum is in view**: references that stop at L5 (VB2, VB3) cannot judge
+an L5-S1 prediction by the rules above, yet the disc is usually in view.
+:func:`sacrum_in_view` decides from the reference alone whether the sacrum is in the field
+of view, and :func:`l5_s1_outcome` whether the prediction named the L5-S1 disc where the
+reference puts it or implies it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from scipy.optimize import linear_sum_assignment
 from napari_ivd import anatomy
 
 KINDS: tuple[str, ...] = ("disc", "vertebra")
+#: What :func:`l5_s1_outcome` says of a scan whose sacrum is in view.
+L5_S1_OUTCOMES: tuple[str, ...] = ("named", "misplaced", "missing")
 PCK_THRESHOLDS_MM: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0)
 
 
@@ -181,3 +189,63 @@ def mean_structure_dice(summary: dict[str, dict[str, float | None]]) -> float | 
 def rows_as_dicts(rows: Iterable[KeypointRow]) -> list[dict]:
     """Rows as plain dicts, for JSON reports."""
     return [asdict(r) for r in rows]
+
+
+def sacrum_in_view(reference_vox: Mapping[str, Sequence[float]], shape: Sequence[int]) -> bool:
+    """Whether a scan shows the sacrum, judged from its reference labels and image grid alone.
+
+    Rule: a reference that labels S1 or the L5-S1 disc shows it (VB1, IVD). One that stops
+    at L5 (VB2, VB3) shows it when it labels L4 and L5 and the point one L4→L5 body spacing
+    caudal of the L5 centroid, ``L5 + (L5 - L4)``, lies inside the image. On the six VB1
+    scans, which label S1, that point lies 3-24 mm caudal of the S1 body centroid, so the
+    rule is conservative: the L5-S1 disc and the top of the sacrum are in the field of view.
+    It leaves out 8 of the 47 VB3 scans, whose images end 28-38 mm below the L5 centroid:
+    on three looked at (VB3/case-03, -41, -46) the L5-S1 disc lies at the image's edge and
+    the sacrum barely shows. Anything else is not counted: the reference cannot tell.
+
+    Parameters
+    ----------
+    reference_vox : mapping of str to (3,) voxel index
+        The reference's structures (canonical names) on the image grid.
+    shape : (3,) ints
+        The image grid's shape; voxel ``i`` spans ``i - 0.5 .. i + 0.5``.
+    """
+    if "S1" in reference_vox or "L5-S1" in reference_vox:
+        return True
+    if "L4" not in reference_vox or "L5" not in reference_vox:
+        return False
+    l4, l5 = (np.asarray(reference_vox[name], float) for name in ("L4", "L5"))
+    below = 2 * l5 - l4
+    return bool(np.all(below >= -0.5) and np.all(below <= np.asarray(shape) - 0.5))
+
+
+def l5_s1_outcome(pred_mm: Mapping[str, Sequence[float]], reference_mm: Mapping[str, Sequence[float]]) -> str:
+    """Whether a prediction named the L5-S1 disc where the reference has or implies it.
+
+    The reference's L5-S1 is its own point when it labels one, else ``L5 + (L5 - L4) / 2``,
+    half a body spacing below L5 (4.8-14.7 mm from VB1's L5-S1, the midpoint of its L5 and
+    S1 centroids, on its six scans: the lordosis bends the sacrum backwards). A predicted
+    L5-S1 within half a level spacing of it (``|L5 - L4| / 2``, or ``|L5-S1 - L4-L5| / 2``
+    for a disc-only reference) is ``"named"``: the nearest other disc lies a full spacing
+    away, so a chain one level off is not. Farther is ``"misplaced"``, none is ``"missing"``.
+
+    Raises
+    ------
+    ValueError
+        When the reference labels neither L4 and L5 nor L5-S1 and L4-L5 (it places no L5-S1).
+    """
+    ref = {name: np.asarray(p, float) for name, p in reference_mm.items()}
+    if "L4" in ref and "L5" in ref:
+        spacing = float(np.linalg.norm(ref["L5"] - ref["L4"]))
+        expected = ref.get("L5-S1", ref["L5"] + (ref["L5"] - ref["L4"]) / 2)
+    elif "L5-S1" in ref and "L4-L5" in ref:
+        spacing, expected = float(np.linalg.norm(ref["L5-S1"] - ref["L4-L5"])), ref["L5-S1"]
+    else:
+        raise ValueError(
+            f"the reference ({', '.join(reference_mm) or 'empty'}) places no L5-S1: "
+            "it needs L4 and L5, or L5-S1 and L4-L5"
+        )
+    if "L5-S1" not in pred_mm:
+        return "missing"
+    distance = float(np.linalg.norm(np.asarray(pred_mm["L5-S1"], float) - expected))
+    return "named" if distance <= spacing / 2 else "misplaced"

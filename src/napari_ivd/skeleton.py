@@ -14,6 +14,9 @@ show only part of the spine:
   one **step**; every shape is aligned on whatever labels it has in common with the mean.
 * :func:`extend_chain` then names the detections that continue the chosen chain past its ends
   by their place in it, for a network that lost count part-way down a long field of view.
+* :func:`anchor_on_sacrum` renames that chain from the sacrum when the network sees it
+  confidently one step below the lowest disc: the disc above the sacrum is L5-S1 whatever
+  the chain called it, so a chain counted one level off is corrected, not trusted.
 * :func:`search` chooses at most one candidate per label, in strictly increasing row order,
   minimising a scale-invariant cost (fit residual in steps, minus rewarded scores, plus a
   charge for every detected label left out). It never invents a label: a label is either one
@@ -37,7 +40,7 @@ import numpy as np
 from napari_ivd.anatomy import structure
 from napari_ivd.models.decode import Candidate
 
-__all__ = ["SkeletonPrior", "extend_chain", "hypothesis_cost", "search"]
+__all__ = ["SkeletonPrior", "anchor_on_sacrum", "extend_chain", "hypothesis_cost", "search"]
 
 log = logging.getLogger(__name__)
 
@@ -612,7 +615,8 @@ def search(
 
     Labels are never invented: there is no term that could place a label where it has no
     candidate. A consistent off-by-one naming by the network is not "repaired" by shifting
-    levels; whichever naming of the candidates fits and scores better wins.
+    levels; whichever naming of the candidates fits and scores better wins (a confident
+    sacrum below the chain repairs it afterwards: :func:`anchor_on_sacrum`).
 
     The search is a beam search over labels in cranio-caudal order (each level: a candidate or
     absent), keeping the ``beam_width`` cheapest partial hypotheses; the partial cost is the
@@ -801,3 +805,86 @@ def extend_chain(
     return {name: named[name] for name in sorted(named, key=index.__getitem__)} | {
         name: c for name, c in chosen.items() if name not in index
     }
+
+
+def anchor_on_sacrum(
+    chosen: Mapping[str, Candidate],
+    candidates: Sequence[Candidate],
+    labels: Sequence[str],
+    min_score: float = 0.5,
+    tolerance: float = 0.5,
+) -> tuple[dict[str, Candidate], bool]:
+    """Name the chain from the sacrum when the network sees S1 confidently just below it.
+
+    Why: names that come from counting levels down a field of view can be one level off
+    throughout (the L5-S1 disc called L4-L5, L5 called L4, ...), and the skeleton search
+    cannot tell, because a shifted chain fits the skeleton as well as the right one. The
+    sacrum is unlike every lumbar level, so a confident S1 detection is a landmark: the disc
+    directly above it is L5-S1, the body above that L5, and so on up.
+
+    What: the S1 point is the strongest ``"S1"`` candidate. It anchors the chain only when
+    ``labels`` hold S1 and L5-S1, its score is at least ``min_score``, and it lies where the
+    sacrum follows the chain: within ``tolerance`` of one label spacing of the point one
+    spacing caudal of the chain's lowest disc (the spacing is that disc minus the chain
+    structure above it, per label, so the lordosis just above the sacrum is followed). A
+    chain structure below that disc must be the sacrum itself under another name (within the
+    same tolerance of S1), else S1 sits mid-chain or above a part of it and is ignored. Then
+    every structure from the lowest disc up is renamed by the same shift that makes that
+    disc L5-S1 (an even number of labels, so discs stay discs), names that leave ``labels``
+    are dropped, and S1 takes the S1 point with its own score. Scores are kept: the
+    detections are the network's, only their names change.
+
+    Parameters
+    ----------
+    chosen : mapping of str to Candidate
+        The named chain (:func:`search`, then :func:`extend_chain`).
+    candidates : sequence of Candidate
+        Every candidate it chose from (positions in input pixels).
+    labels : sequence of str
+        All labels, cranio-caudal, without gaps (vertebrae and discs alternating).
+    min_score : float
+        Lowest score of an S1 detection trusted as a landmark.
+    tolerance : float
+        Largest distance of S1 from where the chain puts it, as a fraction of the label
+        spacing (0.5: nearer one step than two below the lowest disc).
+
+    Returns
+    -------
+    (dict of str -> Candidate, bool)
+        The chain, cranio-caudal, and whether its names were changed by the sacrum. Without a
+        usable S1 the chain comes back unchanged (a new dict with the same entries) and False.
+    """
+    unchanged = dict(chosen), False
+    index = {name: i for i, name in enumerate(labels)}
+    sacrum, lowest_disc = structure("S1").name, structure("L5-S1").name
+    peaks = [c for c in candidates if _canonical(c.label) == sacrum]
+    if sacrum not in index or lowest_disc not in index or not peaks:
+        return unchanged
+    s1 = max(peaks, key=lambda c: c.score)
+    chain = {name: c for name, c in chosen.items() if name in index and name != sacrum}
+    order = sorted(chain, key=index.__getitem__)
+    discs = [name for name in order if structure(name).kind == "disc"]
+    if s1.score < min_score or not discs or order[0] == discs[-1]:
+        return unchanged
+
+    def at(c: Candidate) -> complex:
+        return complex(c.row, c.col)
+
+    disc = discs[-1]
+    above = order[order.index(disc) - 1]
+    per_label = (at(chain[disc]) - at(chain[above])) / (index[disc] - index[above])
+    radius = tolerance * abs(per_label)
+    below = order[order.index(disc) + 1 :]
+    if abs(at(s1) - at(chain[disc]) - per_label) > radius or any(abs(at(chain[n]) - at(s1)) > radius for n in below):
+        return unchanged
+    shift = index[lowest_disc] - index[disc]
+    named = {
+        labels[index[name] + shift]: Candidate(labels[index[name] + shift], c.row, c.col, c.score)
+        for name, c in chain.items()
+        if index[name] <= index[disc] and index[name] + shift >= 0
+    }
+    named[sacrum] = Candidate(sacrum, s1.row, s1.col, s1.score)
+    if shift:
+        log.info("sacrum anchor: chain renamed by %+d labels (%s was %s)", shift, lowest_disc, disc)
+    others = {name: c for name, c in chosen.items() if name not in index}
+    return {name: named[name] for name in sorted(named, key=index.__getitem__)} | others, shift != 0
