@@ -14,6 +14,7 @@ from napari_ivd.anatomy import structure
 from napari_ivd.io import Volume, VolumeGeometry
 from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases
 from napari_ivd.training.data import (
+    END_CLEARANCE_MM,
     ROBUST_AUGMENTATION,
     SampleConfig,
     SliceDataset,
@@ -160,17 +161,23 @@ def test_visibility_needs_annotation_crop_and_slab(phantom):
     assert outside >= 1, "a 38 mm crop cannot hold a 44 mm spine"
 
 
-def test_seg_valid_excludes_unannotated_kinds_and_rows_beyond_the_labelled_levels(phantom):
+def test_seg_valid_holds_the_annotated_bodies_and_the_background_between_them_only(phantom):
     cfg, sample = _phantom_sample(phantom)
     seg, seg_valid = sample["seg"], sample["seg_valid"]
     assert not seg_valid[1].any() and not seg[1].any(), "the phantom annotates no disc masks"
     row_mm = (np.arange(64) + sample["origin_px"][0]) * OUT_SPACING_MM
-    top_mm = PHANTOM_POINTS["L1"][0] - BODY_SEMI_AXES_MM[0] - 5.0
-    bottom_mm = PHANTOM_POINTS["L3"][0] + BODY_SEMI_AXES_MM[0] + 5.0
-    inside_band = (row_mm > top_mm + 1.0) & (row_mm < bottom_mm - 1.0)
-    outside_band = (row_mm < top_mm - 1.0) | (row_mm > bottom_mm + 1.0)
-    assert inside_band.any() and outside_band.any()
-    assert np.all(seg_valid[0][inside_band] == 1) and not seg_valid[0][outside_band].any()
+    tilt_mm = 4.0  # the spine leans 5 degrees forward: planes across it cross a row over 4 mm of the crop
+    # between the centres of L1 and L3, short of the clearance at either end: known background
+    between = (row_mm > PHANTOM_POINTS["L1"][0] + END_CLEARANCE_MM + tilt_mm) & (
+        row_mm < PHANTOM_POINTS["L3"][0] - END_CLEARANCE_MM - tilt_mm
+    )
+    # towards T12 and L4, which may lie there unannotated: only the end bodies' own pixels
+    ends = (row_mm < PHANTOM_POINTS["L1"][0] + END_CLEARANCE_MM - tilt_mm) | (
+        row_mm > PHANTOM_POINTS["L3"][0] - END_CLEARANCE_MM + tilt_mm
+    )
+    assert between.any() and ends.any() and seg[0][ends].any()
+    assert np.all(seg_valid[0][between] == 1)
+    assert np.array_equal(seg_valid[0][ends], seg[0][ends])
     for name in ("L1", "L2", "L3"):
         r, c = np.round(sample["keypoints"][cfg.labels.index(name)]).astype(int)
         assert seg[0, r, c] == 1.0
