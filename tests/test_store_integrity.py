@@ -158,6 +158,19 @@ def test_a_mark_a_live_writer_has_not_written_yet_is_a_note_an_older_one_a_probl
     assert not report.ok and "COMMITTED mark of r000001 is missing" in report.format(), report.format()
 
 
+def test_repair_never_marks_a_record_changed_after_its_commit(three, capsys):
+    record = _case(three) / "revisions" / "r000003" / "zarr.json"
+    changed = json.loads(record.read_text())
+    changed["attributes"]["note"] = "forged"
+    record.write_text(json.dumps(changed))
+    (_case(three) / "revisions" / "r000003" / "COMMITTED").unlink()
+    code, out = _run(capsys, "store", "repair", three.location)
+    assert code == 0 and "COMMITTED mark written again" not in out, out
+    assert not (_case(three) / "revisions" / "r000003" / "COMMITTED").exists()
+    code, out = _run(capsys, "store", "check", three.location)
+    assert code == 1 and "r000003: record does not match the sha256" in out, out
+
+
 def _model_folder(tmp_path: Path, card: dict) -> Path:
     folder = tmp_path / "model"
     folder.mkdir()
