@@ -105,6 +105,11 @@ def _check_entries(reader: StoreReader, report: CheckReport, head: Head, group: 
         _check_marks(reader, report, head, group, unmarked)
 
 
+def _first(ids: list[str], n: int = 5) -> str:
+    """The first ``n`` ids, and how many more there are."""
+    return ", ".join(ids[:n]) + (f" (and {len(ids) - n} more)" if len(ids) > n else "")
+
+
 def _writer_active(keys: KeyValue) -> str | None:
     """Who holds the writer lock, when a live process does (it may be committing right now)."""
     lock = WriterLock(keys)
@@ -138,7 +143,7 @@ def _check_marks(
     lost = [e for e, d in unmarked if keys.get(schema.case_key(case_id, group, e, schema.COMMITTED)) != d.encode()]
     if lost:
         report.problems.append(
-            f"case {case_id}: the COMMITTED mark of {', '.join(lost[:5])} is missing or damaged (deleted, cut "
+            f"case {case_id}: the COMMITTED mark of {_first(lost)} is missing or damaged (deleted, cut "
             "short, or its writer was killed right after the commit). Nothing is lost (HEAD lists them), but a lost "
             f"HEAD could not be rebuilt past them: run `napari-ivd store repair {reader.location} {case_id}`"
         )
@@ -286,7 +291,7 @@ def check_store(store: StoreReader | _HasReader, case_ids: Iterable[str] | None 
         lost = committed_entries(keys, name)
         if lost:
             report.problems.append(
-                f"case {name}: HEAD is missing but {', '.join(lost[:5])} were committed. Run "
+                f"case {name}: HEAD is missing but {_first(lost)} were committed. Run "
                 f"`napari-ivd store repair {fresh.location} {name}` to restore it (nothing is deleted); "
                 "do not import the case again before that"
             )
