@@ -62,16 +62,14 @@ def content(seq: int) -> tuple[tuple[LabelledPoint, ...], np.ndarray | None]:
 def check_after_kill(location: str | Path) -> AnnotationStore:
     """The store a writer was killed in, checked: clean, or with only problems that lose nothing, then repaired.
 
-    A kill right after a commit leaves its ``COMMITTED`` mark unwritten, and one right
-    before a model's ``model.json`` leaves a whole, matching model unlisted: ``check`` calls
-    both problems that lose nothing, and after ``repair`` the store must check clean.
+    A kill right after a commit leaves its ``COMMITTED`` mark unwritten: ``check`` calls that
+    a problem that loses nothing, and after ``repair`` the store must check clean.
     """
     store = AnnotationStore.open(location)
     report = store.check()
     if not report.ok:
         assert all("Nothing is lost" in p for p in report.problems), report.format()
         store.repair()
-        store.repair_models()
         store = AnnotationStore.open(location)
         report = store.check()
         assert report.ok, report.format()

@@ -22,7 +22,7 @@ from _store_crash_writer import CASE, GEOMETRY, SHAPE, content, make_store
 from napari_ivd.cli import main
 from napari_ivd.errors import StoreConflictError, StoreError, StoreLockedError
 from napari_ivd.io.volume import Volume
-from napari_ivd.store import AnnotationStore
+from napari_ivd.store import AnnotationStore, models
 from napari_ivd.store.lock import LockHolder, WriterLock
 
 
@@ -203,23 +203,37 @@ def test_a_deleted_model_record_is_a_problem_and_repair_lists_the_model_again(th
     assert _run(capsys, "store", "check", loc)[0] == 0
 
 
-@pytest.mark.parametrize("leftover", ["card without digest", "weights cut", "no card"])
-def test_what_an_interrupted_upload_leaves_stays_a_note_and_repair_leaves_it(three, tmp_path, capsys, leftover):
+@pytest.mark.parametrize("leftover", ["killed before model.json", "card without digest", "weights cut", "no card"])
+def test_what_an_interrupted_upload_leaves_stays_a_note_and_repair_leaves_it(
+    three, tmp_path, capsys, monkeypatch, leftover
+):
     folder = _model_folder(tmp_path, {"name": "net"})
     if leftover == "card without digest":  # nothing vouches for the weights
         (folder / "card.json").write_text(json.dumps({"name": "net"}))
-    info = three.add_model(folder)
-    stored = Path(three.location) / "models" / info.model_id
-    (stored / "model.json").unlink()
+    if leftover == "killed before model.json":  # weights and card whole and matching, never committed
+        monkeypatch.setattr(models, "_commit_record", _killed)
+        with pytest.raises(KeyboardInterrupt):
+            three.add_model(folder, "net-1")
+        monkeypatch.undo()
+        stored = Path(three.location) / "models" / "net-1"
+    else:
+        stored = Path(three.location) / "models" / three.add_model(folder, "net-1").model_id
+        (stored / "model.json").unlink()
     if leftover == "weights cut":
         (stored / "weights.safetensors").write_bytes((folder / "weights.safetensors").read_bytes()[:100])
     elif leftover == "no card":
         (stored / "card.json").unlink()
     code, out = _run(capsys, "store", "check", three.location)
-    assert code == 0 and f"model {info.model_id}: files of an interrupted upload" in out, out
+    assert code == 0 and "model net-1: files of an interrupted upload" in out, out
     before = _snapshot(Path(three.location))
     assert _run(capsys, "store", "repair", three.location)[0] == 0
     assert _snapshot(Path(three.location)) == before and three.list_models() == []
+    assert three.add_model(folder, "net-1").model_id == "net-1"  # the upload simply redone
+    assert not (stored / "UPLOADING").exists() and three.check().ok
+
+
+def _killed(*_: object) -> None:
+    raise KeyboardInterrupt  # what a kill leaves: everything before the commit, nothing after
 
 
 # ----------------------------------------------------------------- every read verifies

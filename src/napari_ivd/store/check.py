@@ -308,8 +308,8 @@ def check_store(store: StoreReader | _HasReader, case_ids: Iterable[str] | None 
             continue
         if lost is not None:
             report.problems.append(
-                f"model {model_id}: its model.json is missing, but its weights and card are whole and match "
-                "(model.json deleted, or an upload killed right before its commit). Nothing is lost: run "
+                f"model {model_id}: its model.json is missing (deleted or lost), but its upload had finished and "
+                "its weights and card are whole and match. Nothing is lost: run "
                 f"`napari-ivd store repair {fresh.location}` to list it again"
             )
             continue

@@ -3,7 +3,9 @@
 A model folder (``weights.safetensors`` + ``card.json``, see
 :mod:`napari_ivd.models.registry`) is stored byte for byte under ``models/<model_id>/``;
 ``model.json`` is written last and is what makes the model visible, so an interrupted
-upload is never listed. The card's ``weights_sha256`` is checked on the way in and out.
+upload is never listed; an ``UPLOADING`` key, there from before the files until after
+``model.json``, tells such an upload from a model whose ``model.json`` was lost later.
+The card's ``weights_sha256`` is checked on the way in and out.
 No torch import here: the store only moves bytes.
 """
 
@@ -176,12 +178,15 @@ def add_model(keys: KeyValue, model_dir: Path, model_id: str | None = None) -> M
     if existing is not None:
         if existing["weights_sha256"] != record["weights_sha256"]:
             raise StoreError(f"{keys.location}: model id {model_id!r} already holds other weights; pick another id")
+        keys.delete(_key(model_id, schema.MODEL_UPLOADING))  # left by an upload killed right after its commit
         return _info(existing)
     keys.delete_tree(_key(model_id))  # leftovers of an interrupted upload
-    keys.write(_key(model_id, schema.MODEL_WEIGHTS), weights)
-    keys.write(_key(model_id, schema.MODEL_CARD), card_bytes)
-    keys.make_durable([_key(model_id, schema.MODEL_WEIGHTS), _key(model_id, schema.MODEL_CARD)], schema.MODELS)
+    written = [_key(model_id, name) for name in (schema.MODEL_UPLOADING, schema.MODEL_WEIGHTS, schema.MODEL_CARD)]
+    for key, data in zip(written, (b"", weights, card_bytes), strict=True):
+        keys.write(key, data)
+    keys.make_durable(written, schema.MODELS)
     _commit_record(keys, record)
+    keys.delete(written[0])  # committed: no longer an upload in progress
     log.info("%s: stored model %s (%d bytes)", keys.location, model_id, len(weights))
     return _info(record)
 
@@ -190,8 +195,9 @@ def recoverable_model_record(keys: KeyValue, model_id: str) -> dict[str, Any] | 
     """The record a model folder without ``model.json`` gets back, or None when it cannot be trusted.
 
     Only weights and a card that are both there, whole and consistent (the card parses, has
-    a name, and its ``weights_sha256`` is the weights' sha256) are taken for a committed
-    model whose ``model.json`` was lost; anything less is what an interrupted upload leaves.
+    a name, and its ``weights_sha256`` is the weights' sha256), in a folder without the
+    ``UPLOADING`` key of an upload in progress, are taken for a committed model whose
+    ``model.json`` was lost; anything less is what an interrupted upload leaves.
 
     Raises
     ------
@@ -199,6 +205,8 @@ def recoverable_model_record(keys: KeyValue, model_id: str) -> dict[str, Any] | 
         ``model_id`` is no usable id.
     """
     schema.check_case_id(model_id, "model id")
+    if keys.get(_key(model_id, schema.MODEL_UPLOADING)) is not None:
+        return None  # its upload never reached model.json
     weights, card = keys.get(_key(model_id, schema.MODEL_WEIGHTS)), keys.get(_key(model_id, schema.MODEL_CARD))
     if weights is None or card is None:
         return None
