@@ -6,6 +6,7 @@ Each save's content is a pure function of a sequence number (:func:`content`), s
 can recompute what every acknowledged revision must hold. After each save *returns*, one
 line ``REV <revision id> <seq>`` (or ``PROP <proposal id> <seq>``, ``STATUS <status>``) is
 written to stdout, flushed and fsynced: that is the acknowledgement the test relies on.
+:func:`check_after_kill` is how the tests check a store after a kill.
 """
 
 from __future__ import annotations
@@ -56,6 +57,23 @@ def content(seq: int) -> tuple[tuple[LabelledPoint, ...], np.ndarray | None]:
         hi = lo + rng.integers(1, 10, size=3)
         mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = VALUES[int(rng.integers(len(VALUES)))]
     return points, mask
+
+
+def check_after_kill(location: str | Path) -> AnnotationStore:
+    """The store a writer was killed in, checked: clean, or with only problems that lose nothing, then repaired.
+
+    A kill right after a commit leaves its ``COMMITTED`` mark unwritten: ``check`` calls that
+    a problem that loses nothing, and after ``repair`` the store must check clean.
+    """
+    store = AnnotationStore.open(location)
+    report = store.check()
+    if not report.ok:
+        assert all("Nothing is lost" in p for p in report.problems), report.format()
+        store.repair()
+        store = AnnotationStore.open(location)
+        report = store.check()
+        assert report.ok, report.format()
+    return store
 
 
 def _ack(line: str) -> None:

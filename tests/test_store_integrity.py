@@ -8,8 +8,10 @@ and that the command line answers with a message and an exit status, never a tra
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import socket
 import uuid
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from _store_crash_writer import CASE, GEOMETRY, SHAPE, content, make_store
 from napari_ivd.cli import main
 from napari_ivd.errors import StoreConflictError, StoreError, StoreLockedError
 from napari_ivd.io.volume import Volume
-from napari_ivd.store import AnnotationStore
+from napari_ivd.store import AnnotationStore, models
 from napari_ivd.store.lock import LockHolder, WriterLock
 
 
@@ -113,6 +115,125 @@ def test_repair_restores_only_what_verifies_and_says_what_it_left(three, capsys)
     assert code == 1 and "restored r000002; head is now r000002; left out (damaged, kept on disk): r000003" in out
     assert (_case(three) / "revisions" / "r000003" / "zarr.json").is_file() and chunk.is_file()
     assert AnnotationStore.open(loc).case(CASE).head == "r000002"
+
+
+# ----------------------------------------------------------------- lost marks and model records
+@pytest.mark.parametrize(
+    ("entry", "damage"),
+    [
+        ("revisions/r000003", "delete"),
+        ("revisions/r000002", "cut"),
+        ("proposals/p000001", "delete"),
+        ("revisions/r000001", "delete"),
+    ],
+)
+def test_a_lost_committed_mark_is_a_problem_and_repair_writes_it_again_changing_nothing_else(
+    three, capsys, entry, damage
+):
+    loc = three.location
+    before = _snapshot(Path(loc))
+    mark = _case(three) / entry / "COMMITTED"
+    if damage == "delete":
+        mark.unlink()
+    else:
+        mark.write_bytes(mark.read_bytes()[:20])
+    code, out = _run(capsys, "store", "check", loc)
+    entry_id = entry.split("/")[1]
+    assert code == 1 and f"COMMITTED mark of {entry_id} is missing or damaged" in out, out
+    assert "Nothing is lost" in out and f"napari-ivd store repair {loc} {CASE}" in out
+    code, out = _run(capsys, "store", "repair", loc)
+    assert code == 0 and f"case {CASE}: COMMITTED mark written again for {entry_id}" in out, out
+    assert _run(capsys, "store", "check", loc)[0] == 0
+    assert _snapshot(Path(loc)) == before  # the mark back, byte for byte; nothing else touched
+
+
+def test_a_mark_a_live_writer_has_not_written_yet_is_a_note_an_older_one_a_problem(three, capsys):
+    me = LockHolder(os.getpid(), socket.gethostname(), "2999-01-01T00:00:00.000000Z", "save", uuid.uuid4().hex)
+    (Path(three.location) / "LOCK").write_bytes(me.to_json())  # a live writer, committing r000003 right now
+    (_case(three) / "revisions" / "r000003" / "COMMITTED").unlink()
+    report = three.check()
+    assert report.ok and "r000003 not yet marked COMMITTED" in report.format(), report.format()
+    (_case(three) / "revisions" / "r000001" / "COMMITTED").unlink()  # marked two commits ago: damage
+    report = three.check()
+    assert not report.ok and "COMMITTED mark of r000001 is missing" in report.format(), report.format()
+
+
+def test_repair_never_marks_a_record_changed_after_its_commit(three, capsys):
+    record = _case(three) / "revisions" / "r000003" / "zarr.json"
+    changed = json.loads(record.read_text())
+    changed["attributes"]["note"] = "forged"
+    record.write_text(json.dumps(changed))
+    (_case(three) / "revisions" / "r000003" / "COMMITTED").unlink()
+    code, out = _run(capsys, "store", "repair", three.location)
+    assert code == 0 and "COMMITTED mark written again" not in out, out
+    assert not (_case(three) / "revisions" / "r000003" / "COMMITTED").exists()
+    code, out = _run(capsys, "store", "check", three.location)
+    assert code == 1 and "r000003: record does not match the sha256" in out, out
+
+
+def _model_folder(tmp_path: Path, card: dict) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    weights = np.arange(300, dtype=np.float32).tobytes()
+    (folder / "weights.safetensors").write_bytes(weights)
+    (folder / "card.json").write_text(json.dumps({**card, "weights_sha256": hashlib.sha256(weights).hexdigest()}))
+    return folder
+
+
+def test_a_deleted_model_record_is_a_problem_and_repair_lists_the_model_again(three, tmp_path, capsys):
+    folder = _model_folder(tmp_path, {"name": "net", "arch": "hourglass"})
+    info = three.add_model(folder)
+    loc = three.location
+    (Path(loc) / "models" / info.model_id / "model.json").unlink()
+    assert AnnotationStore.open(loc).list_models() == []
+    code, out = _run(capsys, "store", "check", loc)
+    assert code == 1 and f"model {info.model_id}: its model.json is missing" in out and "Nothing is lost" in out
+    code, out = _run(capsys, "store", "repair", loc)
+    assert code == 0 and f"model {info.model_id}: model.json written again" in out, out
+    fresh = AnnotationStore.open(loc)
+    [listed] = fresh.list_models()
+    assert (listed.model_id, listed.weights_sha256, listed.card_sha256) == (
+        info.model_id,
+        info.weights_sha256,
+        info.card_sha256,
+    )
+    out_dir = fresh.export_model(info.model_id, tmp_path / "back")
+    for name in ("weights.safetensors", "card.json"):
+        assert (out_dir / name).read_bytes() == (folder / name).read_bytes()
+    assert _run(capsys, "store", "check", loc)[0] == 0
+
+
+@pytest.mark.parametrize("leftover", ["killed before model.json", "card without digest", "weights cut", "no card"])
+def test_what_an_interrupted_upload_leaves_stays_a_note_and_repair_leaves_it(
+    three, tmp_path, capsys, monkeypatch, leftover
+):
+    folder = _model_folder(tmp_path, {"name": "net"})
+    if leftover == "card without digest":  # nothing vouches for the weights
+        (folder / "card.json").write_text(json.dumps({"name": "net"}))
+    if leftover == "killed before model.json":  # weights and card whole and matching, never committed
+        monkeypatch.setattr(models, "_commit_record", _killed)
+        with pytest.raises(KeyboardInterrupt):
+            three.add_model(folder, "net-1")
+        monkeypatch.undo()
+        stored = Path(three.location) / "models" / "net-1"
+    else:
+        stored = Path(three.location) / "models" / three.add_model(folder, "net-1").model_id
+        (stored / "model.json").unlink()
+    if leftover == "weights cut":
+        (stored / "weights.safetensors").write_bytes((folder / "weights.safetensors").read_bytes()[:100])
+    elif leftover == "no card":
+        (stored / "card.json").unlink()
+    code, out = _run(capsys, "store", "check", three.location)
+    assert code == 0 and "model net-1: files of an interrupted upload" in out, out
+    before = _snapshot(Path(three.location))
+    assert _run(capsys, "store", "repair", three.location)[0] == 0
+    assert _snapshot(Path(three.location)) == before and three.list_models() == []
+    assert three.add_model(folder, "net-1").model_id == "net-1"  # the upload simply redone
+    assert not (stored / "UPLOADING").exists() and three.check().ok
+
+
+def _killed(*_: object) -> None:
+    raise KeyboardInterrupt  # what a kill leaves: everything before the commit, nothing after
 
 
 # ----------------------------------------------------------------- every read verifies

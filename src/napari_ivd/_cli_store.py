@@ -151,10 +151,13 @@ def run_store(args: argparse.Namespace) -> int:
         return 0
     if args.action == "repair":
         results = store.repair([args.case] if args.case else None)
+        models = [] if args.case else store.repair_models()
         for result in results:
             print(result.format())
-        if not results:
-            print(f"{store.location}: no case with a lost or rolled-back HEAD")
+        for model_id in models:
+            print(f"model {model_id}: model.json written again from its card and weights; listed again")
+        if not results and not models:
+            print(f"{store.location}: nothing to repair")
         return 1 if any(r.unverified for r in results) else 0
     if args.action == "check":
         report = store.check([args.case] if args.case else None)
@@ -209,8 +212,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         description=(
             "info: settings, size, lock and cases. check: verify every committed revision (hashes, parents, "
             "masks); exits 1 with a report when something is wrong. history: the revisions of CASE (or all). "
-            "repair: restore a lost or rolled-back HEAD from the committed revision records (deletes nothing; "
-            "exits 1 when a committed record could not be verified)."
+            "repair: restore a lost or rolled-back HEAD and lost COMMITTED marks from the committed revision "
+            "records, and list again models whose model.json was lost while their weights and card match "
+            "(deletes nothing; exits 1 when a committed record could not be verified)."
         ),
     )
     store.add_argument("action", choices=["info", "check", "history", "repair"])

@@ -5,9 +5,11 @@ and proposal is read back as a reader would (records, points, masks rebuilt from
 keyframes and deltas) and compared with the sha256 its commit recorded; parents and
 restore sources must be earlier committed revisions; images must match their digest;
 stored models their card. A case whose ``HEAD`` is missing or rolled back (records with a
-``COMMITTED`` mark that it does not list) is a problem, fixed by ``napari-ivd store repair``.
-What an interrupted writer left behind (never committed, never read) is listed as a note,
-not a problem: the next writer overwrites it.
+``COMMITTED`` mark that it does not list), a committed entry whose mark is lost, and a
+model whose ``model.json`` is lost while its weights and card are whole and match are
+problems that lose nothing, fixed by ``napari-ivd store repair``. What an interrupted
+writer left behind (never committed, never read) is listed as a note, not a problem: the
+next writer overwrites it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from napari_ivd.store import schema
 from napari_ivd.store.backend import KeyValue
 from napari_ivd.store.content import canonical_json, mask_sha256, points_from_table, sha256_hex
 from napari_ivd.store.lock import WriterLock
-from napari_ivd.store.models import read_active_model, read_model_record
+from napari_ivd.store.models import model_folders, read_active_model, read_model_record, recoverable_model_record
 from napari_ivd.store.reader import StoreReader
 from napari_ivd.store.records import Head
 from napari_ivd.store.recovery import committed_entries, find_lost_entries
@@ -68,13 +70,8 @@ class CheckReport:
 
 def _check_entries(reader: StoreReader, report: CheckReport, head: Head, group: str, geometry: VolumeGeometry) -> None:
     committed: list[str] = []
-    missing_marks: list[str] = []
+    unmarked: list[tuple[str, str]] = []
     entries = head.revisions if group == schema.REVISIONS else head.proposals
-    marks = {
-        e: m
-        for e, _ in entries
-        if (m := reader.keys.get(schema.case_key(head.case_id, group, e, schema.COMMITTED))) is not None
-    }
     for position, (entry_id, digest) in enumerate(entries, start=1):
         where = f"case {head.case_id} {entry_id}"
         expected = schema.revision_id(position) if group == schema.REVISIONS else schema.proposal_id(position)
@@ -90,12 +87,8 @@ def _check_entries(reader: StoreReader, report: CheckReport, head: Head, group: 
             report.problems.append(
                 f"{where}: record does not match the sha256 its commit recorded (changed after commit)"
             )
-        mark = marks.get(entry_id)
-        if mark != digest.encode() and marks and position < len(entries) - 1:  # later commits would have marked it
-            state = "missing" if mark is None else "does not match the sha256 its commit recorded"
-            report.problems.append(f"{where}: its COMMITTED mark {state} (damaged after its commit)")
-        elif mark != digest.encode():
-            missing_marks.append(entry_id)
+        if reader.keys.get(schema.case_key(head.case_id, group, entry_id, schema.COMMITTED)) != digest.encode():
+            unmarked.append((entry_id, digest))
         if group == schema.REVISIONS:
             parent = record.get("parent")
             if parent != (committed[-1] if committed else None):
@@ -108,11 +101,51 @@ def _check_entries(reader: StoreReader, report: CheckReport, head: Head, group: 
         except Exception as exc:  # a checker reports, whatever went wrong
             report.problems.append(f"{where}: content unreadable ({type(exc).__name__}: {exc})")
         committed.append(entry_id)
-    if missing_marks:
-        report.notes.append(
-            f"case {head.case_id}: {', '.join(missing_marks[:5])} committed without a whole COMMITTED mark (a writer "
-            "killed right after its commit, or a store written before marks existed); harmless while HEAD lists "
-            "them; the next commit or `napari-ivd store repair` writes them"
+    if unmarked:
+        _check_marks(reader, report, head, group, unmarked)
+
+
+def _first(ids: list[str], n: int = 5) -> str:
+    """The first ``n`` ids, and how many more there are."""
+    return ", ".join(ids[:n]) + (f" (and {len(ids) - n} more)" if len(ids) > n else "")
+
+
+def _writer_active(keys: KeyValue) -> str | None:
+    """Who holds the writer lock, when a live process does (it may be committing right now)."""
+    lock = WriterLock(keys)
+    holder = lock.holder()
+    return None if holder is None or lock.is_stale(holder) else holder.describe()
+
+
+def _check_marks(
+    reader: StoreReader, report: CheckReport, head: Head, group: str, unmarked: list[tuple[str, str]]
+) -> None:
+    """Entries ``HEAD`` lists without a whole ``COMMITTED`` mark: a problem, unless a commit is in flight.
+
+    A commit replaces ``HEAD`` and then marks its two newest entries, under the writer
+    lock. So where no live process holds the lock, a mark still missing when read again
+    (after the lock) was deleted or cut, or its writer was killed: nothing is lost (``HEAD``
+    lists the entry and its digest), but a lost ``HEAD`` could not be rebuilt past it.
+    """
+    keys, case_id = reader.keys, head.case_id
+    entries = head.revisions if group == schema.REVISIONS else head.proposals
+    writer = _writer_active(keys)
+    if writer is not None:
+        newest = {e for e, _ in entries[-2:]}
+        in_flight = [e for e, _ in unmarked if e in newest]
+        if in_flight:
+            report.notes.append(
+                f"case {case_id}: {', '.join(in_flight)} not yet marked COMMITTED while {writer} holds the writer "
+                "lock (a commit in progress); check again when it is done"
+            )
+        unmarked = [(e, d) for e, d in unmarked if e not in newest]
+    # read again after the lock: a commit that was in flight when they were first read has marked them since
+    lost = [e for e, d in unmarked if keys.get(schema.case_key(case_id, group, e, schema.COMMITTED)) != d.encode()]
+    if lost:
+        report.problems.append(
+            f"case {case_id}: the COMMITTED mark of {_first(lost)} is missing or damaged (deleted, cut "
+            "short, or its writer was killed right after the commit). Nothing is lost (HEAD lists them), but a lost "
+            f"HEAD could not be rebuilt past them: run `napari-ivd store repair {reader.location} {case_id}`"
         )
 
 
@@ -258,7 +291,7 @@ def check_store(store: StoreReader | _HasReader, case_ids: Iterable[str] | None 
         lost = committed_entries(keys, name)
         if lost:
             report.problems.append(
-                f"case {name}: HEAD is missing but {', '.join(lost[:5])} were committed. Run "
+                f"case {name}: HEAD is missing but {_first(lost)} were committed. Run "
                 f"`napari-ivd store repair {fresh.location} {name}` to restore it (nothing is deleted); "
                 "do not import the case again before that"
             )
@@ -266,13 +299,19 @@ def check_store(store: StoreReader | _HasReader, case_ids: Iterable[str] | None 
             report.notes.append(
                 f"case {name}: files of an interrupted import, never committed (the next import redoes it)"
             )
-    for model_id in keys.children(schema.MODELS):
-        if model_id == schema.ZARR_JSON or model_id.startswith("."):  # temp files of interrupted writes
-            continue
+    for model_id in model_folders(keys):
         try:
             record = read_model_record(keys, model_id)
+            lost = None if record is not None else recoverable_model_record(keys, model_id)
         except StoreError as exc:
             report.problems.append(str(exc))
+            continue
+        if lost is not None:
+            report.problems.append(
+                f"model {model_id}: its model.json is missing (deleted or lost), but its upload had finished and "
+                "its weights and card are whole and match. Nothing is lost: run "
+                f"`napari-ivd store repair {fresh.location}` to list it again"
+            )
             continue
         if record is None:
             report.notes.append(f"model {model_id}: files of an interrupted upload, never committed")

@@ -231,18 +231,21 @@ def commit(keys: KeyValue, head: Head) -> None:
     log.debug("%s case %s: committed %s (commit %d)", keys.location, case_id, head.head, head.commit)
 
 
-def mark_committed(keys: KeyValue, head: Head, newest: int | None = None) -> None:
+def mark_committed(keys: KeyValue, head: Head, newest: int | None = None) -> list[str]:
     """Write the ``COMMITTED`` mark (the record's sha256) of the entries ``head`` lists that lack a whole one.
 
     A commit marks the ``newest`` two: the one just committed, and its predecessor in case
     a writer was killed between its ``HEAD`` and its mark (earlier ones were marked by later
-    commits); a repair marks them all.
+    commits); a repair marks those whose records verify. Returns the entries it marked.
     """
+    marked = []
     for group, entries in ((schema.REVISIONS, head.revisions), (schema.PROPOSALS, head.proposals)):
         for entry_id, digest in entries if newest is None else entries[-newest:]:
             mark = schema.case_key(head.case_id, group, entry_id, schema.COMMITTED)
             if keys.get(mark) != digest.encode():  # absent, or cut short by a killed writer
                 keys.write(mark, digest.encode())
+                marked.append(entry_id)
+    return marked
 
 
 class EntryWriter:

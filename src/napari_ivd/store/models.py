@@ -3,7 +3,9 @@
 A model folder (``weights.safetensors`` + ``card.json``, see
 :mod:`napari_ivd.models.registry`) is stored byte for byte under ``models/<model_id>/``;
 ``model.json`` is written last and is what makes the model visible, so an interrupted
-upload is never listed. The card's ``weights_sha256`` is checked on the way in and out.
+upload is never listed; an ``UPLOADING`` key, there from before the files until after
+``model.json``, tells such an upload from a model whose ``model.json`` was lost later.
+The card's ``weights_sha256`` is checked on the way in and out.
 No torch import here: the store only moves bytes.
 """
 
@@ -29,9 +31,13 @@ __all__ = [
     "add_model",
     "export_model",
     "list_models",
+    "model_folders",
+    "model_record",
     "read_active_model",
     "read_model_record",
     "read_scores",
+    "recoverable_model_record",
+    "restore_model_record",
     "write_active_model",
     "write_scores",
 ]
@@ -87,6 +93,56 @@ def read_model_record(keys: KeyValue, model_id: str) -> dict[str, Any] | None:
     return record
 
 
+def model_folders(keys: KeyValue) -> list[str]:
+    """The folder names under ``models/`` (committed or not), without metadata and temp files."""
+    return [m for m in keys.children(schema.MODELS) if m != schema.ZARR_JSON and not m.startswith(".")]
+
+
+def model_record(
+    card_bytes: bytes, weights: bytes, where: str, model_id: str | None = None, source_dir: str | None = None
+) -> dict[str, Any]:
+    """The commit record (``model.json``) of a model's card and weights, checked as they are stored.
+
+    Shared by :func:`add_model` and :func:`recoverable_model_record` so a record rebuilt by
+    ``store repair`` is the one an upload writes. ``model_id`` defaults to
+    ``<card name>-<first 12 hex of the weights' sha256>``; ``source_dir`` is None when unknown.
+
+    Raises
+    ------
+    CheckpointError
+        An unreadable card or one without a name, or weights that do not match the card's sha256.
+    StoreError
+        ``model_id`` is no usable id.
+    """
+    try:
+        card = json.loads(card_bytes)
+        name = str(card["name"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{where}: {schema.MODEL_CARD} is not a model card with a name ({exc})") from exc
+    weights_sha = sha256_hex(weights)
+    if card.get("weights_sha256") not in (None, "", weights_sha):
+        raise CheckpointError(
+            f"{where}: {schema.MODEL_WEIGHTS} does not match the card's weights_sha256; the folder is damaged"
+        )
+    return {
+        "format_version": schema.FORMAT_VERSION,
+        "model_id": schema.check_case_id(model_id or f"{_SLUG.sub('-', name)}-{weights_sha[:12]}", "model id"),
+        "name": name,
+        "arch": str(card.get("arch", card.get("name", ""))),
+        "weights_sha256": weights_sha,
+        "card_sha256": sha256_hex(card_bytes),
+        "size_bytes": len(weights),
+        "added_utc": schema.utc_now(),
+        "source_dir": source_dir,
+        "card": card,
+    }
+
+
+def _commit_record(keys: KeyValue, record: dict[str, Any]) -> None:
+    """Write ``model.json`` (one atomic key): what makes a model visible."""
+    keys.put(_key(record["model_id"], schema.MODEL_RECORD), json.dumps(record, indent=1).encode())
+
+
 def add_model(keys: KeyValue, model_dir: Path, model_id: str | None = None) -> ModelInfo:
     """Copy a model folder into the store (the caller holds the writer lock).
 
@@ -116,49 +172,73 @@ def add_model(keys: KeyValue, model_dir: Path, model_id: str | None = None) -> M
         if not path.is_file():
             raise CheckpointError(f"{model_dir}: {path.name} is missing; a model folder holds card.json and weights")
     card_bytes, weights = card_path.read_bytes(), weights_path.read_bytes()
-    try:
-        card = json.loads(card_bytes)
-        name = str(card["name"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{card_path}: not a model card with a name ({exc})") from exc
-    weights_sha = sha256_hex(weights)
-    if card.get("weights_sha256") not in (None, "", weights_sha):
-        raise CheckpointError(
-            f"{model_dir}: weights.safetensors does not match the card's weights_sha256; the folder is damaged"
-        )
-    model_id = schema.check_case_id(model_id or f"{_SLUG.sub('-', name)}-{weights_sha[:12]}", "model id")
+    record = model_record(card_bytes, weights, str(model_dir), model_id, str(model_dir.resolve()))
+    model_id = record["model_id"]
     existing = read_model_record(keys, model_id)
     if existing is not None:
-        if existing["weights_sha256"] != weights_sha:
+        if existing["weights_sha256"] != record["weights_sha256"]:
             raise StoreError(f"{keys.location}: model id {model_id!r} already holds other weights; pick another id")
+        keys.delete(_key(model_id, schema.MODEL_UPLOADING))  # left by an upload killed right after its commit
         return _info(existing)
     keys.delete_tree(_key(model_id))  # leftovers of an interrupted upload
-    keys.write(_key(model_id, schema.MODEL_WEIGHTS), weights)
-    keys.write(_key(model_id, schema.MODEL_CARD), card_bytes)
-    keys.make_durable([_key(model_id, schema.MODEL_WEIGHTS), _key(model_id, schema.MODEL_CARD)], schema.MODELS)
-    record = {
-        "format_version": schema.FORMAT_VERSION,
-        "model_id": model_id,
-        "name": name,
-        "arch": str(card.get("arch", card.get("name", ""))),
-        "weights_sha256": weights_sha,
-        "card_sha256": sha256_hex(card_bytes),
-        "size_bytes": len(weights),
-        "added_utc": schema.utc_now(),
-        "source_dir": str(model_dir.resolve()),
-        "card": card,
-    }
-    keys.put(_key(model_id, schema.MODEL_RECORD), json.dumps(record, indent=1).encode())  # commit
+    written = [_key(model_id, name) for name in (schema.MODEL_UPLOADING, schema.MODEL_WEIGHTS, schema.MODEL_CARD)]
+    for key, data in zip(written, (b"", weights, card_bytes), strict=True):
+        keys.write(key, data)
+    keys.make_durable(written, schema.MODELS)
+    _commit_record(keys, record)
+    keys.delete(written[0])  # committed: no longer an upload in progress
     log.info("%s: stored model %s (%d bytes)", keys.location, model_id, len(weights))
+    return _info(record)
+
+
+def recoverable_model_record(keys: KeyValue, model_id: str) -> dict[str, Any] | None:
+    """The record a model folder without ``model.json`` gets back, or None when it cannot be trusted.
+
+    Only weights and a card that are both there, whole and consistent (the card parses, has
+    a name, and its ``weights_sha256`` is the weights' sha256), in a folder without the
+    ``UPLOADING`` key of an upload in progress, are taken for a committed model whose
+    ``model.json`` was lost; anything less is what an interrupted upload leaves.
+
+    Raises
+    ------
+    StoreError
+        ``model_id`` is no usable id.
+    """
+    schema.check_case_id(model_id, "model id")
+    if keys.get(_key(model_id, schema.MODEL_UPLOADING)) is not None:
+        return None  # its upload never reached model.json
+    weights, card = keys.get(_key(model_id, schema.MODEL_WEIGHTS)), keys.get(_key(model_id, schema.MODEL_CARD))
+    if weights is None or card is None:
+        return None
+    try:
+        record = model_record(card, weights, f"{keys.location}: model {model_id}", model_id)
+    except CheckpointError:
+        return None
+    if record["card"].get("weights_sha256") != record["weights_sha256"]:
+        return None  # a card that does not name its weights cannot vouch for them
+    return record
+
+
+def restore_model_record(keys: KeyValue, model_id: str) -> ModelInfo | None:
+    """Write a lost ``model.json`` again from whole, consistent weights and card (the caller holds the lock).
+
+    Nothing is written where ``model.json`` is there (readable or not) or the folder is not
+    recoverable (see :func:`recoverable_model_record`); returns the restored model, or None.
+    """
+    if keys.get(_key(model_id, schema.MODEL_RECORD)) is not None:
+        return None
+    record = recoverable_model_record(keys, model_id)
+    if record is None:
+        return None
+    _commit_record(keys, record)
+    log.info("%s: model %s listed again (its model.json was lost)", keys.location, model_id)
     return _info(record)
 
 
 def list_models(keys: KeyValue) -> list[ModelInfo]:
     """Every committed model, sorted by id."""
     out = []
-    for model_id in keys.children(schema.MODELS):
-        if model_id == schema.ZARR_JSON or model_id.startswith("."):
-            continue
+    for model_id in model_folders(keys):
         try:
             record = read_model_record(keys, model_id)
         except StoreError as exc:  # one damaged model must not hide the others; `store check` reports it

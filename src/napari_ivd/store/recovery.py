@@ -1,17 +1,20 @@
-"""Recovery of a case whose ``HEAD`` was lost or rolled back: find it, restore it, delete nothing.
+"""Recovery of what a store lost without losing data: a case's ``HEAD``, its marks, a model's record.
 
 Every committed revision and proposal carries a ``COMMITTED`` mark (its record's sha256),
 written right after the ``HEAD`` that listed it. A record beyond ``HEAD`` with such a mark
 was therefore committed once: ``HEAD`` was deleted, or replaced by an older copy (a backup
 restore, a sync tool). :func:`find_lost_entries` lists them; :func:`repair_case` verifies
 each (record digest, parent chain, points and mask digests) and commits a new ``HEAD``
-listing the newest consistent chain. Nothing is ever deleted here.
+listing the newest consistent chain, and writes again the lost marks of the entries
+``HEAD`` lists whose records still match their digest. :func:`repair_models` lists again
+the models whose ``model.json`` was lost while their weights and card are whole and
+consistent. Nothing is ever deleted here.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -22,12 +25,21 @@ from napari_ivd.store.backend import KeyValue
 from napari_ivd.store.content import canonical_json, mask_sha256, sha256_hex
 from napari_ivd.store.entries import commit, mark_committed
 from napari_ivd.store.masks import read_entry
+from napari_ivd.store.models import model_folders, restore_model_record
 from napari_ivd.store.reader import StoreReader
 from napari_ivd.store.records import Head
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RepairResult", "committed_entries", "find_lost_entries", "lost_cases", "repair_case", "repairable_cases"]
+__all__ = [
+    "RepairResult",
+    "committed_entries",
+    "find_lost_entries",
+    "lost_cases",
+    "repair_case",
+    "repair_models",
+    "repairable_cases",
+]
 
 
 def committed_entries(keys: KeyValue, case_id: str) -> list[str]:
@@ -66,17 +78,19 @@ def find_lost_entries(keys: KeyValue, case_id: str) -> list[str]:
 
 @dataclass(frozen=True)
 class RepairResult:
-    """What :func:`repair_case` did: the entries it listed again, and those it could not verify."""
+    """What :func:`repair_case` did: the entries it listed again or marked again, those it could not verify."""
 
     case_id: str
     restored: tuple[str, ...]
     unverified: tuple[str, ...]
     head: str | None
+    marked: tuple[str, ...] = ()
 
     def format(self) -> str:
         """One line for the command line."""
+        marked = f"COMMITTED mark written again for {', '.join(self.marked)}" if self.marked else ""
         if not self.restored and not self.unverified:
-            return f"case {self.case_id}: HEAD is consistent, nothing to repair"
+            return f"case {self.case_id}: {marked or 'HEAD is consistent, nothing to repair'}"
         done = (
             f"restored {', '.join(self.restored)}; head is now {self.head or '-'}"
             if self.restored
@@ -87,7 +101,7 @@ class RepairResult:
             if self.unverified
             else ""
         )
-        return f"case {self.case_id}: {done}{bad}"
+        return f"case {self.case_id}: {done}{'; ' + marked if marked else ''}{bad}"
 
 
 def lost_cases(reader: StoreReader) -> list[str]:
@@ -219,7 +233,7 @@ def repair_case(reader: StoreReader, case_id: str) -> RepairResult:
     restored = tuple(e for e, _ in revisions[len(base.revisions) :]) + tuple(
         p for p, _ in proposals[len(base.proposals) :]
     )
-    mark_committed(keys, base)  # listed by HEAD, so committed: mark those that lack it
+    marked = mark_committed(keys, _intact(reader, base))  # listed by HEAD, so committed: mark those that lack it
     if restored or head is None:
         status = (
             base.status if head is not None else ("in progress" if revisions else "proposed" if proposals else "new")
@@ -234,4 +248,36 @@ def repair_case(reader: StoreReader, case_id: str) -> RepairResult:
         commit(keys, new)
         log.info("%s: case %s repaired, restored %s", reader.location, case_id, ", ".join(restored) or "HEAD")
         base = new
-    return RepairResult(case_id, restored, tuple(bad_r + bad_p), base.head)
+    return RepairResult(case_id, restored, tuple(bad_r + bad_p), base.head, tuple(marked))
+
+
+def _intact(reader: StoreReader, head: Head) -> Head:
+    """``head`` listing only the entries whose records still match the sha256 it holds for them."""
+
+    def kept(group: str, entries: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        out = []
+        for entry_id, digest in entries:
+            record = _raw_record(reader, head.case_id, group, entry_id)
+            if record is not None and sha256_hex(canonical_json(record)) == digest:
+                out.append((entry_id, digest))
+        return tuple(out)
+
+    return replace(
+        head, revisions=kept(schema.REVISIONS, head.revisions), proposals=kept(schema.PROPOSALS, head.proposals)
+    )
+
+
+def repair_models(keys: KeyValue) -> list[str]:
+    """List again the models whose ``model.json`` was lost and whose weights and card are whole and match.
+
+    The caller holds the writer lock. Damaged ``model.json`` files and folders that an
+    interrupted upload left are not touched. Returns the model ids listed again.
+    """
+    restored = []
+    for model_id in model_folders(keys):
+        try:
+            if restore_model_record(keys, model_id) is not None:
+                restored.append(model_id)
+        except StoreError as exc:  # a folder name that is no model id: left as it is, `store check` names it
+            log.warning("%s; left as it is", exc)
+    return restored

@@ -88,6 +88,9 @@ MASKS = "masks"
 MODEL_WEIGHTS = "weights.safetensors"
 MODEL_CARD = "card.json"
 MODEL_RECORD = "model.json"
+#: Key written into a model folder before its files and deleted after its ``model.json``: a
+#: folder holding it is an upload that never committed, never a model whose record was lost.
+MODEL_UPLOADING = "UPLOADING"
 ACTIVE_MODEL = "ACTIVE_MODEL"
 SCORES = "scores"
 

@@ -40,7 +40,14 @@ from napari_ivd.store.history import RevisionDiff, diff_annotations
 from napari_ivd.store.lock import WriterLock
 from napari_ivd.store.reader import StoreReader
 from napari_ivd.store.records import Annotation, CaseInfo, Head, ModelInfo, ProposalInfo, RevisionInfo
-from napari_ivd.store.recovery import RepairResult, find_lost_entries, lost_cases, repair_case, repairable_cases
+from napari_ivd.store.recovery import (
+    RepairResult,
+    find_lost_entries,
+    lost_cases,
+    repair_case,
+    repair_models,
+    repairable_cases,
+)
 
 log = logging.getLogger(__name__)
 
@@ -489,7 +496,7 @@ class AnnotationStore:
         return check_store(self._reader, case_ids)
 
     def repair(self, case_ids: Iterable[str] | None = None) -> list[RepairResult]:
-        """Restore lost or rolled-back ``HEAD`` records from the committed records; deletes nothing.
+        """Restore lost or rolled-back ``HEAD`` records and lost marks from the committed records; deletes nothing.
 
         Parameters
         ----------
@@ -504,6 +511,14 @@ class AnnotationStore:
         chosen = repairable_cases(self._reader) if case_ids is None else list(case_ids)
         with self._lock.hold("repair"):
             return [repair_case(self._reader, case_id) for case_id in chosen]
+
+    def repair_models(self) -> list[str]:
+        """List again the models whose ``model.json`` was lost but whose weights and card are whole and match.
+
+        Deletes nothing; see :func:`napari_ivd.store.recovery.repair_models`. Returns their ids.
+        """
+        with self._lock.hold("repair models"):
+            return repair_models(self._keys)
 
     def lost_cases(self) -> list[str]:
         """Case folders without ``HEAD`` that hold committed records: their ``HEAD`` was lost (see ``repair``)."""
