@@ -26,10 +26,9 @@ import numpy as np
 import torch
 
 from napari_ivd._cli_predict import format_report
-from napari_ivd.inference import resolve_device
 from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.model_versions import model_folder
-from napari_ivd.models import load_checkpoint
+from napari_ivd.models import load_checkpoint, resolve_device
 from napari_ivd.store import AnnotationStore
 from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases
 from napari_ivd.training.engine import evaluate_cases

@@ -54,8 +54,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_ivd.inference import BUNDLED_MODELS_DIR, DEFAULT_MODEL, resolve_device
-from napari_ivd.models import CARD_NAME, WEIGHTS_NAME, available, config_class, load_checkpoint
+from napari_ivd.models import (
+    BUNDLED_MODELS_DIR,
+    CARD_NAME,
+    DEFAULT_MODEL,
+    WEIGHTS_NAME,
+    available,
+    config_class,
+    load_checkpoint,
+    resolve_device,
+)
 from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases
 from napari_ivd.training.data import SampleConfig
 from napari_ivd.training.engine import TrainConfig, evaluate_cases, fit

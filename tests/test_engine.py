@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from napari_ivd.inference import find_model_dir, predict
-from napari_ivd.models import load_checkpoint
+from napari_ivd.inference import predict
+from napari_ivd.models import find_model_dir, load_checkpoint
 from napari_ivd.training.cases import load_lumbar_case
 from napari_ivd.training.data import SampleConfig
 from napari_ivd.training.engine import TrainConfig, evaluate_cases, fit

@@ -37,13 +37,12 @@ import torch
 from scipy import ndimage
 
 from napari_ivd import anatomy
-from napari_ivd.errors import CheckpointError
 from napari_ivd.io import Volume, write_nifti
 from napari_ivd.io.annotations import LabelledPoint, label_centroids, write_points_csv, write_sct_discs
 from napari_ivd.models.decode import Candidate, decode
+from napari_ivd.preprocess import ModelInput, channel_picks, network_input, pad_to_multiple
 from napari_ivd.progress import run_steps
 from napari_ivd.skeleton import SkeletonPrior, extend_chain, search
-from napari_ivd.training.data import intensity_range, normalize_volume, resample_slice
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +62,6 @@ TYPICAL_LEVEL_STEP_MM = 33.0
 DENSE_STEP_MM = 2.0
 #: A named point takes the mask component it lies in, else the nearest one within this distance.
 COMPONENT_REACH_MM = 5.0
-#: Slices are padded to a multiple of this unless the card's ``input.multiple`` says otherwise
-#: (three stride-2 steps in IvdNet; deeper networks such as hourglasses need more).
-PAD_MULTIPLE = 8
 
 
 @dataclass(frozen=True)
@@ -117,44 +113,6 @@ class _Grid:
         return np.asarray(lrc, float) * np.array([1.0, self.spacing_mm / row_mm, self.spacing_mm / col_mm])
 
 
-def network_input(volume: Volume, spacing_mm: float) -> np.ndarray:
-    """What the network sees: the display's sagittal slices, normalised and resampled in-plane to ``spacing_mm``.
-
-    Each slice is normalised (with the whole volume's range) and resampled on its own into
-    one preallocated stack, so no float copy of the whole scan is made: a large scan costs
-    its voxels plus the (float32) stack.
-
-    Returns
-    -------
-    (slices, rows, cols) float32 array in [0, 1]
-    """
-    view = volume.view
-    display, display_spacing = view.to_display(volume.array), view.spacing_mm[1:]
-    value_range = intensity_range(volume.array)
-
-    def prepared(index: int) -> np.ndarray:
-        return resample_slice(normalize_volume(display[index], value_range), display_spacing, spacing_mm)
-
-    first = prepared(0)
-    out = np.empty((len(display), *first.shape), first.dtype)
-    out[0] = first
-    for k in range(1, len(display)):
-        out[k] = prepared(k)
-    return out
-
-
-def _pad_to(x: np.ndarray, multiple: int) -> np.ndarray:
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    return np.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, ph), (0, pw)])
-
-
-def _stack(resampled: np.ndarray, index: int, in_channels: int) -> np.ndarray:
-    half = in_channels // 2
-    picks = np.clip(np.arange(index - half, index - half + in_channels), 0, len(resampled) - 1)
-    return resampled[picks]
-
-
 def _reduced_precision(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """bfloat16 autocast on CPUs with native bfloat16 (AVX512-BF16 or AMX), else nothing.
 
@@ -187,21 +145,18 @@ def _c_ordered(x: torch.Tensor) -> torch.Tensor:
 class _SliceRunner:
     """Runs the network on chosen slices once each and keeps their outputs at full slice size."""
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        resampled: np.ndarray,
-        in_channels: int,
-        device: torch.device,
-        multiple: int = PAD_MULTIPLE,
-    ):
-        self.model, self.resampled, self.in_channels, self.device = model, resampled, in_channels, device
-        self.multiple = multiple
+    def __init__(self, model: torch.nn.Module, resampled: np.ndarray, model_input: ModelInput, device: torch.device):
+        self.model, self.resampled, self.device = model, resampled, device
+        self.in_channels, self.multiple, self.stride = (
+            model_input.in_channels,
+            model_input.multiple,
+            model_input.output_stride,
+        )
         self.heatmap: dict[int, np.ndarray] = {}
         self.offset: dict[int, np.ndarray] = {}
         self.seg: dict[int, np.ndarray] = {}
         self.rows, self.cols = resampled.shape[1:]
-        self.padded = (self.rows + (-self.rows) % multiple, self.cols + (-self.cols) % multiple)
+        self.padded = (self.rows + (-self.rows) % self.multiple, self.cols + (-self.cols) % self.multiple)
 
     @torch.inference_mode()
     def run(
@@ -213,14 +168,20 @@ class _SliceRunner:
     ) -> None:
         """Run slices not run yet; ``window`` (r0, r1, c0, c1), multiples of ``multiple``, limits them in-plane.
 
+        ``multiple`` must also be a multiple of the output stride, so the window maps onto whole output pixels.
+
         ``seg_only`` skips the keypoint head: such slices get masks but no heatmaps.
         """
         r0, r1, c0, c1 = window or (0, self.padded[0], 0, self.padded[1])
         todo = [i for i in dict.fromkeys(indices) if i not in (self.seg if seg_only else self.heatmap)]  # once each
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
+            n_slices = len(self.resampled)
             stacks = [
-                _pad_to(_stack(self.resampled, i, self.in_channels), self.multiple)[:, r0:r1, c0:c1] for i in chunk
+                pad_to_multiple(self.resampled[channel_picks(i, n_slices, self.in_channels)], self.multiple)[
+                    :, r0:r1, c0:c1
+                ]
+                for i in chunk
             ]
             x = torch.from_numpy(np.stack(stacks).astype(np.float32)).to(self.device)
             with _reduced_precision(self.device):
@@ -231,9 +192,10 @@ class _SliceRunner:
             if not seg_only:
                 heat = torch.sigmoid(_c_ordered(out["heatmap"])).cpu().numpy()
                 offset = _c_ordered(out["offset"]).cpu().numpy()
+                s = self.stride
                 for j, i in enumerate(chunk):
-                    self.heatmap[i] = self._paste(heat[j], r0 // 2, c0 // 2, 2)
-                    self.offset[i] = self._paste(offset[j], r0 // 2, c0 // 2, 2)
+                    self.heatmap[i] = self._paste(heat[j], r0 // s, c0 // s, s)
+                    self.offset[i] = self._paste(offset[j], r0 // s, c0 // s, s)
 
     def fill_seg(self, indices: list[int]) -> None:
         """Masks of the slices in ``indices`` not run: linear interpolation between the nearest run slices."""
@@ -456,22 +418,20 @@ def iter_predict(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     labels: list[str] = list(card["labels"])
-    spacing_mm = float(card["input"]["spacing_mm"])
-    in_channels = int(card["input"].get("in_channels", 1))
-    stride = int(card["input"].get("output_stride", 2))
+    model_input = ModelInput.from_card(card)
+    spacing_mm, stride = model_input.spacing_mm, model_input.output_stride
     prior = SkeletonPrior.from_dict(card["skeleton"]) if card.get("skeleton") else None
     device = torch.device(device)
 
     view = volume.view
     display_spacing = view.spacing_mm
-    resampled = network_input(volume, spacing_mm)
+    resampled = network_input(volume, model_input)
     grid = _Grid(display_spacing, spacing_mm, resampled.shape)  # type: ignore[arg-type]
     timings["prepare_s"] = time.perf_counter() - t0
     n_slices = resampled.shape[0]
     step = max(1, round(coarse_step_mm / display_spacing[0]))
     coarse = list(range(step // 2, n_slices, step)) or [n_slices // 2]
-    multiple = int(card["input"].get("multiple", PAD_MULTIPLE))
-    runner = _SliceRunner(model, resampled, in_channels, device, multiple)
+    runner = _SliceRunner(model, resampled, model_input, device)
 
     yield PredictProgress(0, 3, f"finding the spine on up to {len(coarse)} sagittal slices")
     t1 = time.perf_counter()
@@ -560,53 +520,6 @@ def predict(
     progress : called with each :class:`PredictProgress`.
     """
     return run_steps(iter_predict(volume, model, card, device), progress)
-
-
-def cuda_available() -> bool:
-    """True when torch sees a CUDA device (the viewer offers ``cuda`` only then, without importing torch)."""
-    return bool(torch.cuda.is_available())
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-BUNDLED_MODELS_DIR = Path(__file__).parent / "weights"
-DEFAULT_MODEL = "ivdnet-lumbar"
-
-
-def find_model_dir(name_or_path: str | Path | None = None) -> Path:
-    """A model folder (``card.json`` + ``weights.safetensors``): a path, or a bundled model's name.
-
-    ``None`` means the bundled starter model, whatever the working directory holds.
-
-    Raises
-    ------
-    CheckpointError
-        Neither a model folder nor the name of a bundled model; the message lists those.
-    """
-    if name_or_path is None:  # the default is always the bundled model, never a folder of that name here
-        name_or_path = BUNDLED_MODELS_DIR / DEFAULT_MODEL
-    candidate = Path(name_or_path)
-    if (candidate / "card.json").is_file():
-        return candidate
-    bundled = BUNDLED_MODELS_DIR / candidate.name
-    if not candidate.exists() and (bundled / "card.json").is_file():
-        return bundled
-    raise CheckpointError(
-        f"model {str(name_or_path)!r}: not a model folder (no card.json) and not a bundled model; "
-        f"bundled: {', '.join(bundled_model_names()) or 'none'}"
-    )
-
-
-def bundled_model_names() -> list[str]:
-    """Names of the models shipped with napari-ivd (folders with a ``card.json``), the default first."""
-    return sorted(
-        (p.parent.name for p in BUNDLED_MODELS_DIR.glob("*/card.json")), key=lambda n: (n != DEFAULT_MODEL, n)
-    )
 
 
 def prediction_points(prediction: Prediction) -> list[LabelledPoint]:

@@ -25,21 +25,14 @@ from typing import Any, TypeVar
 import numpy as np
 
 from napari_ivd.errors import IvdError
-from napari_ivd.inference import (
-    Prediction,
-    PredictProgress,
-    find_model_dir,
-    iter_predict,
-    prediction_points,
-    resolve_device,
-)
+from napari_ivd.inference import Prediction, PredictProgress, iter_predict, prediction_points
 from napari_ivd.io import Volume
 from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.io.nifti import is_nifti_path
 from napari_ivd.io.volume import nifti_stem
 from napari_ivd.layer_data import METADATA_KEY, view_from_metadata
 from napari_ivd.model_versions import model_folder, stored_model
-from napari_ivd.models import load_checkpoint
+from napari_ivd.models import find_model_dir, load_checkpoint, resolve_device
 from napari_ivd.progress import run_steps
 from napari_ivd.store import AnnotationStore, ProposalInfo, import_case
 from napari_ivd.store.schema import check_case_id

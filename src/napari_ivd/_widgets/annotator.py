@@ -46,9 +46,9 @@ from napari_ivd._widgets._store_actions import StoreActions
 from napari_ivd._widgets._train_panel import TrainPanel
 from napari_ivd.annotator import Annotator, PredictionResult, SaveConflict, Saved
 from napari_ivd.errors import CorrectionError, IvdError
-from napari_ivd.inference import cuda_available
 from napari_ivd.layer_data import image_layer_data
 from napari_ivd.model_versions import ModelChoice
+from napari_ivd.models import cuda_available
 from napari_ivd.store import AnnotationStore
 from napari_ivd.store.schema import default_author
 

@@ -28,8 +28,8 @@ from napari_ivd.active.diversity import embed_volume, k_center_order, points_mid
 from napari_ivd.active.uncertainty import PERTURBATIONS, Perturbation, VolumeScore, score_volume_steps
 from napari_ivd.active.versions import compare_with_earlier
 from napari_ivd.errors import IvdError, RankingError
-from napari_ivd.inference import find_model_dir
 from napari_ivd.model_versions import active_choice, model_folder, stored_model
+from napari_ivd.models import find_model_dir
 from napari_ivd.store import AnnotationStore
 from napari_ivd.worklist import ModelCache, StepProgress
 

@@ -37,8 +37,8 @@ from napari_ivd.active.chain import Placeholder, check_chain
 from napari_ivd.active.plausibility import Finding, implausibility, ramp
 from napari_ivd.inference import PredictedStructure, Prediction, predict
 from napari_ivd.io import SagittalView, Volume, VolumeGeometry
+from napari_ivd.preprocess import normalize_volume
 from napari_ivd.skeleton import SkeletonPrior
-from napari_ivd.training.data import normalize_volume
 from napari_ivd.worklist import StepProgress
 
 log = logging.getLogger(__name__)

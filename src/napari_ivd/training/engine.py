@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from napari_ivd.errors import TrainingError
-from napari_ivd.inference import PAD_MULTIPLE, predict, resolve_device
+from napari_ivd.inference import predict
 from napari_ivd.metrics import (
     dice_rows,
     keypoint_rows,
@@ -28,8 +28,9 @@ from napari_ivd.metrics import (
     summarize_dice,
     summarize_keypoints,
 )
-from napari_ivd.models import build, load_checkpoint, registry, save_checkpoint, to_device
+from napari_ivd.models import build, load_checkpoint, registry, resolve_device, save_checkpoint, to_device
 from napari_ivd.models.grow import grow_labels
+from napari_ivd.preprocess import PAD_MULTIPLE, ModelInput
 from napari_ivd.skeleton import SkeletonPrior
 from napari_ivd.training import ddp
 from napari_ivd.training.cases import LabelledCase
@@ -241,12 +242,11 @@ def fit(
     card = {
         "name": cfg.model,
         "labels": labels,
-        "input": {
-            "spacing_mm": sample_cfg.spacing_mm,
-            "in_channels": sample_cfg.in_channels,
-            "output_stride": 2,
-            "multiple": int(getattr(model, "input_multiple", PAD_MULTIPLE)),
-        },
+        "input": ModelInput(
+            spacing_mm=sample_cfg.spacing_mm,
+            in_channels=sample_cfg.in_channels,
+            multiple=int(getattr(model, "input_multiple", PAD_MULTIPLE)),
+        ).to_dict(),
         "skeleton": skeleton,
     }
     per_rank = math.ceil(cfg.samples_per_epoch / ranks.world)

@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from napari_ivd.errors import TrainingError
-from napari_ivd.inference import resolve_device
 from napari_ivd.model_versions import ModelChoice, active_choice, model_choices, model_folder, validation_figure
-from napari_ivd.models import load_checkpoint, read_card
+from napari_ivd.models import load_checkpoint, read_card, resolve_device
 from napari_ivd.store import AnnotationStore, ModelInfo
 from napari_ivd.store.schema import default_author
 from napari_ivd.training import ddp
