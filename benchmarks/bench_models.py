@@ -167,10 +167,10 @@ def train(run: Run, args: argparse.Namespace, train_cases: list[LabelledCase], d
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    steps = fit(cfg, SampleConfig(), train_cases, dev, folder, card_extra={"command": " ".join(sys.argv)})
+    steps = iter(fit(cfg, SampleConfig(), train_cases, dev, folder, card_extra={"command": " ".join(sys.argv)}))
     while True:
         try:
-            progress = next(steps)
+            progress = next(steps).detail  # the epoch's figures
         except StopIteration as done:
             saved = done.value
             break

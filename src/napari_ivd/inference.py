@@ -27,7 +27,8 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from napari_ivd.io import Volume, write_nifti
 from napari_ivd.io.annotations import LabelledPoint, label_centroids, write_points_csv, write_sct_discs
 from napari_ivd.models.decode import Candidate, decode
 from napari_ivd.preprocess import ModelInput, channel_picks, network_input, pad_to_multiple
-from napari_ivd.progress import run_steps
+from napari_ivd.progress import Job, Progress, Tally, run_steps
 from napari_ivd.skeleton import SkeletonPrior, extend_chain, search
 
 log = logging.getLogger(__name__)
@@ -88,15 +89,6 @@ class Prediction:
     def by_name(self) -> dict[str, PredictedStructure]:
         """Structures keyed by level name."""
         return {s.name: s for s in self.structures}
-
-
-@dataclass(frozen=True)
-class PredictProgress:
-    """Reported while predicting: ``step`` of ``total`` units done, and what is happening."""
-
-    step: int
-    total: int
-    message: str
 
 
 @dataclass(frozen=True)
@@ -401,27 +393,44 @@ def _mask_to_display(mask: np.ndarray, grid: _Grid, display_shape: tuple[int, in
     return mask[:, index[0].astype(int)][:, :, index[1].astype(int)]
 
 
-def iter_predict(
+#: The steps a prediction reports, in order; its job's total is their number.
+PREDICT_STAGES = ("finding the spine", "segmenting", "naming")
+
+
+def predict_job(
     volume: Volume,
     model: torch.nn.Module,
     card: dict[str, Any],
     device: str | torch.device = "cpu",
     coarse_step_mm: float = 4.0,
-) -> Iterator[PredictProgress]:
-    """Predict step by step, yielding progress; the :class:`Prediction` is the generator's return value.
+) -> Job[Prediction]:
+    """Predict as a job of :data:`PREDICT_STAGES`, reporting each; the job's result is the :class:`Prediction`.
 
-    Yielding lets a GUI worker show progress and cancel between steps; use :func:`predict`
+    Reporting lets a GUI worker show progress and cancel between steps; use :func:`predict`
     for a plain call.
     """
-    import time
 
+    def body(tally: Tally) -> Generator[Progress, None, Prediction]:
+        return (yield from _predict(tally, volume, model, card, torch.device(device), coarse_step_mm))
+
+    return Job(len(PREDICT_STAGES), body)
+
+
+def _predict(
+    tally: Tally,
+    volume: Volume,
+    model: torch.nn.Module,
+    card: dict[str, Any],
+    device: torch.device,
+    coarse_step_mm: float,
+) -> Generator[Progress, None, Prediction]:
+    """The body of :func:`predict_job`."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     labels: list[str] = list(card["labels"])
     model_input = ModelInput.from_card(card)
     spacing_mm, stride = model_input.spacing_mm, model_input.output_stride
     prior = SkeletonPrior.from_dict(card["skeleton"]) if card.get("skeleton") else None
-    device = torch.device(device)
 
     view = volume.view
     display_spacing = view.spacing_mm
@@ -433,7 +442,7 @@ def iter_predict(
     coarse = list(range(step // 2, n_slices, step)) or [n_slices // 2]
     runner = _SliceRunner(model, resampled, model_input, device)
 
-    yield PredictProgress(0, 3, f"finding the spine on up to {len(coarse)} sagittal slices")
+    yield tally.step(f"{PREDICT_STAGES[0]} on up to {len(coarse)} sagittal slices")
     t1 = time.perf_counter()
     sampled, dense = _find_spine(runner, coarse)
     centre = _spine_centre(runner, dense)
@@ -441,7 +450,7 @@ def iter_predict(
     slab_half = max(1, math.ceil(3.0 / display_spacing[0]))
     dense_step = max(1, math.floor(DENSE_STEP_MM / display_spacing[0]))
     slab = list(range(max(0, round(centre) - slab_half), min(n_slices, round(centre) + slab_half + 1), dense_step))
-    yield PredictProgress(1, 3, f"segmenting {len(set(extent) | set(slab))} slices")
+    yield tally.step(f"{PREDICT_STAGES[1]} {len(set(extent) | set(slab))} slices")
     runner.run(slab)  # whole slices: naming levels needs the context
     # masks: only the spine's surroundings, on slices up to DENSE_STEP_MM apart; those between interpolated
     runner.run(extent[::dense_step] + extent[-1:], window=runner.window(sampled), seg_only=True)
@@ -463,7 +472,7 @@ def iter_predict(
         name: np.array([_lateral_position(runner, labels.index(name), c.row, c.col, stride), c.row, c.col])
         for name, c in chosen.items()
     }
-    yield PredictProgress(2, 3, f"naming {len(chosen)} structures and labelling masks")
+    yield tally.step(f"{PREDICT_STAGES[2]} {len(chosen)} structures and labelling masks")
     mask_res = _label_masks(runner, grid, named_lrc)
     named_lrc = _centre_left_right_on_masks(named_lrc, mask_res)
     mask_display = _mask_to_display(mask_res, grid, view.display.shape)
@@ -484,7 +493,6 @@ def iter_predict(
         )
     timings["decode_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
-    yield PredictProgress(3, 3, "done")
     return Prediction(
         structures=tuple(structures),
         mask_tss=mask_file,
@@ -507,7 +515,7 @@ def predict(
     model: torch.nn.Module,
     card: dict[str, Any],
     device: str | torch.device = "cpu",
-    progress: Callable[[PredictProgress], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
 ) -> Prediction:
     """Predict named discs and vertebrae (points and masks) for one volume.
 
@@ -517,9 +525,9 @@ def predict(
         Any orientation; geometry is honoured exactly.
     model, card : from :func:`napari_ivd.models.load_checkpoint`.
     device : "cpu", "cuda", or a torch device.
-    progress : called with each :class:`PredictProgress`.
+    progress : called with each :class:`~napari_ivd.progress.Progress` report.
     """
-    return run_steps(iter_predict(volume, model, card, device), progress)
+    return run_steps(predict_job(volume, model, card, device), progress)
 
 
 def prediction_points(prediction: Prediction) -> list[LabelledPoint]:
