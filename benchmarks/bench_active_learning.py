@@ -70,10 +70,9 @@ from napari_ivd.active import (
     rank,
     score_volume_steps,
 )
-from napari_ivd.inference import find_model_dir, resolve_device
 from napari_ivd.metrics import mean_structure_dice
 from napari_ivd.model_versions import model_folder
-from napari_ivd.models import load_checkpoint, read_card
+from napari_ivd.models import find_model_dir, load_checkpoint, read_card, resolve_device
 from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases
 from napari_ivd.training.data import SampleConfig
 from napari_ivd.training.engine import TrainConfig, evaluate_cases, fit

@@ -47,10 +47,9 @@ import numpy as np
 import torch
 
 from napari_ivd.errors import IvdError
-from napari_ivd.inference import resolve_device
 from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.model_versions import model_folder
-from napari_ivd.models import load_checkpoint, read_card
+from napari_ivd.models import load_checkpoint, read_card, resolve_device
 from napari_ivd.store import AnnotationStore
 from napari_ivd.training.cases import LabelledCase, labels_of, load_lumbar_cases, split_cases
 from napari_ivd.training.data import AUGMENTATIONS, SampleConfig

@@ -26,14 +26,14 @@ import numpy as np
 import torch
 
 from napari_ivd._cli_predict import format_report
-from napari_ivd.inference import resolve_device
 from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.model_versions import model_folder
-from napari_ivd.models import load_checkpoint
+from napari_ivd.models import load_checkpoint, resolve_device
+from napari_ivd.progress import Progress
 from napari_ivd.store import AnnotationStore
 from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases
 from napari_ivd.training.engine import evaluate_cases
-from napari_ivd.training.finetune import FineTuneConfig, FineTuneProgress, finetune_steps
+from napari_ivd.training.finetune import FineTuneConfig, finetune_steps
 from napari_ivd.worklist import run_steps
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/lumbar"
@@ -104,8 +104,9 @@ def main() -> None:
         cfg = FineTuneConfig(minutes=args.minutes, device=args.device, seed=args.seed)
         start = time.perf_counter()
 
-        def show(report: FineTuneProgress) -> None:
-            if report.phase != "training" or report.train.validation is not None:
+        def show(report: Progress) -> None:
+            phase = report.detail
+            if phase.name != "training" or phase.epoch.validation is not None:
                 print(f"  [{time.perf_counter() - start:6.1f} s] {report.message}", flush=True)
 
         result = run_steps(finetune_steps(store, cfg), show)

@@ -53,7 +53,7 @@ def _peak_rss_bytes() -> int:
 def _open_one(path: Path) -> dict:
     """Open ``path`` as the viewer and a prediction would; report seconds and peak RSS per stage (child process)."""
     from napari_ivd._widgets._case_layers import prepare_labels
-    from napari_ivd.inference import network_input
+    from napari_ivd.preprocess import ModelInput, network_input
 
     start_rss = _peak_rss_bytes()
     row: dict = {"start_rss_gb": start_rss / 1e9}
@@ -70,7 +70,7 @@ def _open_one(path: Path) -> dict:
     labels = prepare_labels(None, volume)
     row.update(layers_s=time.perf_counter() - t1, layers_rss_gb=_peak_rss_bytes() / 1e9)
     t2 = time.perf_counter()
-    normalised = network_input(volume, 1.0)  # the bundled models' 1 mm
+    normalised = network_input(volume, ModelInput(spacing_mm=1.0))  # the bundled models' 1 mm
     row.update(normalise_s=time.perf_counter() - t2, normalise_rss_gb=_peak_rss_bytes() / 1e9)
     row["peak_over_volume"] = (_peak_rss_bytes() - start_rss) / nbytes
     del shown, labels, normalised

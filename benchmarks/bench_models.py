@@ -54,8 +54,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_ivd.inference import BUNDLED_MODELS_DIR, DEFAULT_MODEL, resolve_device
-from napari_ivd.models import CARD_NAME, WEIGHTS_NAME, available, config_class, load_checkpoint
+from napari_ivd.models import (
+    BUNDLED_MODELS_DIR,
+    CARD_NAME,
+    DEFAULT_MODEL,
+    WEIGHTS_NAME,
+    available,
+    config_class,
+    load_checkpoint,
+    resolve_device,
+)
 from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases
 from napari_ivd.training.data import SampleConfig
 from napari_ivd.training.engine import TrainConfig, evaluate_cases, fit
@@ -159,10 +167,10 @@ def train(run: Run, args: argparse.Namespace, train_cases: list[LabelledCase], d
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    steps = fit(cfg, SampleConfig(), train_cases, dev, folder, card_extra={"command": " ".join(sys.argv)})
+    steps = iter(fit(cfg, SampleConfig(), train_cases, dev, folder, card_extra={"command": " ".join(sys.argv)}))
     while True:
         try:
-            progress = next(steps)
+            progress = next(steps).detail  # the epoch's figures
         except StopIteration as done:
             saved = done.value
             break

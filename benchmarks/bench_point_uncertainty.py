@@ -25,8 +25,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from napari_ivd.active import score_volume_steps
-from napari_ivd.inference import find_model_dir, resolve_device
-from napari_ivd.models import load_checkpoint
+from napari_ivd.models import find_model_dir, load_checkpoint, resolve_device
 from napari_ivd.training.cases import load_lumbar_cases, split_cases
 from napari_ivd.worklist import run_steps
 

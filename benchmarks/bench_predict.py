@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from napari_ivd._cli_predict import format_report
-from napari_ivd.inference import Prediction, find_model_dir, predict, resolve_device
+from napari_ivd.inference import Prediction, predict
 from napari_ivd.io import Volume
 from napari_ivd.metrics import l5_s1_outcome, sacrum_in_view
-from napari_ivd.models import load_checkpoint
+from napari_ivd.models import find_model_dir, load_checkpoint, resolve_device
 from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases
 from napari_ivd.training.engine import evaluate_cases
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from napari_ivd.inference import find_model_dir, predict, resolve_device
+from napari_ivd.inference import predict
 from napari_ivd.metrics import dice
-from napari_ivd.models import load_checkpoint
+from napari_ivd.models import find_model_dir, load_checkpoint, resolve_device
 from napari_ivd.training.cases import load_lumbar_cases, split_cases
 
 

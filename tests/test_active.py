@@ -35,10 +35,10 @@ from napari_ivd.active import (
     score_store_steps,
 )
 from napari_ivd.errors import RankingError
-from napari_ivd.inference import PredictedStructure, Prediction, find_model_dir
+from napari_ivd.inference import PredictedStructure, Prediction
 from napari_ivd.io import SagittalView, Volume, VolumeGeometry
 from napari_ivd.io.annotations import LabelledPoint
-from napari_ivd.models import load_checkpoint, save_checkpoint
+from napari_ivd.models import UNetConfig, build, find_model_dir, load_checkpoint, save_checkpoint
 from napari_ivd.skeleton import SkeletonPrior
 from napari_ivd.store import AnnotationStore
 from napari_ivd.worklist import run_steps
@@ -342,26 +342,16 @@ def test_a_perturbed_copy_keeps_every_voxel_at_its_scanner_position():
     assert copy.array.max() == pytest.approx(1.0) and copy.array.min() == pytest.approx(0.0)
 
 
-class _MapsOnly(torch.nn.Module):
-    """A stand-in for any registered network that is not an ivdnet: only the output contract."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 3, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        maps = self.conv(x)
-        return {"heatmap": maps[:, :2, ::2, ::2], "seg": maps[:, 2:]}
-
-
 def test_embeddings_are_unit_vectors_that_tell_scans_apart_for_any_network():
     model, card = load_checkpoint(find_model_dir(None))
     first, again, other = (embed_volume(_volume(seed), model, card) for seed in (0, 0, 1))
     assert first.shape == (2 * model.config.widths[3],) and np.linalg.norm(first) == pytest.approx(1.0)
     np.testing.assert_array_equal(first, again)
     assert not np.allclose(first, other)
-    generic = embed_volume(_volume(0), _MapsOnly(), {"input": {"spacing_mm": 1.0}}, mid_sagittal_mm=16.0)
-    assert generic.shape == (2 * 3,) and np.linalg.norm(generic) == pytest.approx(1.0)
+    # any other network: its default forward_features, the heatmap and mask probabilities
+    unet = build("unet", UNetConfig(labels=("L4", "L4-L5"), base_channels=4, depth=2)).eval()
+    generic = embed_volume(_volume(0), unet, {"input": {"spacing_mm": 1.0}}, mid_sagittal_mm=16.0)
+    assert generic.shape == (2 * (2 + 2),) and np.linalg.norm(generic) == pytest.approx(1.0)
 
 
 # ---------------------------------------------------------------------- the score cache

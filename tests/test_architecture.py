@@ -24,6 +24,7 @@ CORE_MODULES = [
     "napari_ivd.metrics",
     "napari_ivd.model_versions",
     "napari_ivd.models",
+    "napari_ivd.preprocess",
     "napari_ivd.progress",
     "napari_ivd.skeleton",
     "napari_ivd.store",

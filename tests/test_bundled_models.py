@@ -15,8 +15,15 @@ import pytest
 from qtpy.QtCore import Qt
 
 from napari_ivd.cli import main
-from napari_ivd.inference import BUNDLED_MODELS_DIR, DEFAULT_MODEL, bundled_model_names, find_model_dir
-from napari_ivd.models import available, load_checkpoint, read_card
+from napari_ivd.models import (
+    BUNDLED_MODELS_DIR,
+    DEFAULT_MODEL,
+    available,
+    bundled_model_names,
+    find_model_dir,
+    load_checkpoint,
+    read_card,
+)
 from napari_ivd.store import AnnotationStore
 from widget_support import CASE_ID, copy_store, docked_annotator, make_store
 

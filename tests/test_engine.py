@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from napari_ivd.inference import find_model_dir, predict
-from napari_ivd.models import load_checkpoint
+from napari_ivd.inference import predict
+from napari_ivd.models import find_model_dir, load_checkpoint
+from napari_ivd.progress import run_steps
 from napari_ivd.training.cases import load_lumbar_case
 from napari_ivd.training.data import SampleConfig
 from napari_ivd.training.engine import TrainConfig, evaluate_cases, fit
@@ -21,15 +22,13 @@ def test_a_short_training_run_yields_progress_and_saves_a_loadable_model(shared_
     dev = [load_lumbar_case(root / "VB3/case-02")]
     cfg = TrainConfig(minutes=0.05, samples_per_epoch=4, batch_size=2, device="cpu", validate_every_min=0.0)
     sample_cfg = SampleConfig(crop=(128, 128))
-    steps = fit(cfg, sample_cfg, train, dev, tmp_path / "model", card_extra={"command": "test"})
-    progress = []
-    while True:
-        try:
-            progress.append(next(steps))
-        except StopIteration as done:
-            card = done.value
-            break
+    reports = []
+    card = run_steps(
+        fit(cfg, sample_cfg, train, dev, tmp_path / "model", card_extra={"command": "test"}), reports.append
+    )
+    progress = [r.detail for r in reports]  # each epoch's figures
     assert progress and progress[-1].step == len(progress) * 2
+    assert [r.fraction for r in reports] == sorted(r.fraction for r in reports) and reports[-1].total == 1
     assert progress[-1].validation is not None and progress[0].improved
     assert card["trained_on"] == ["VB3/case-01", "VB2/case-07"] and card["command"] == "test"
     model, loaded = load_checkpoint(tmp_path / "model")
@@ -55,7 +54,7 @@ def test_out_of_memory_halves_the_batch_and_training_goes_on(shared_data, tmp_pa
     monkeypatch.setattr(IvdNet, "forward", forward_short_of_memory)
     case = load_lumbar_case(shared_data / "lumbar/VB3/case-01")
     cfg = TrainConfig(batch_size=4, samples_per_epoch=4, max_epochs=2, device="cpu", minutes=5)
-    reports = list(fit(cfg, SampleConfig(crop=(128, 128)), [case], [], tmp_path / "model"))
+    reports = [r.detail for r in fit(cfg, SampleConfig(crop=(128, 128)), [case], [], tmp_path / "model")]
     assert failures == [4]
     assert [r.batch_size for r in reports] == [2, 2] and reports[-1].step == 2  # no step lost but the failed one
 

@@ -142,7 +142,7 @@ def test_a_run_stores_a_version_whose_card_names_parent_revisions_and_both_valid
     store = _copy(training_store_template, tmp_path)
     reports = []
     result = run_steps(finetune_steps(store, TINY, author="tester"), reports.append)
-    phases = [r.phase for r in reports]
+    phases = [r.detail.name for r in reports]
     assert phases[0] == "reading" and "baseline" in phases and "training" in phases and phases[-1] == "saving"
     fractions = [r.fraction for r in reports]
     assert fractions == sorted(fractions) and fractions[-1] < 1.0
@@ -264,9 +264,9 @@ def test_a_diverging_loss_stops_with_a_clear_message_and_writes_nothing(training
 @pytest.mark.slow
 def test_cancelling_a_run_writes_nothing(training_store_template, tmp_path):
     store = _copy(training_store_template, tmp_path)
-    steps = finetune_steps(store, FineTuneConfig(epochs=5, samples_per_epoch=4, batch_size=2, device="cpu"))
+    steps = iter(finetune_steps(store, FineTuneConfig(epochs=5, samples_per_epoch=4, batch_size=2, device="cpu")))
     for report in steps:
-        if report.phase == "training":
+        if report.detail.name == "training":
             break
     steps.close()  # what a worker's cancel amounts to
     assert store.list_models() == [] and store.active_model() is None

@@ -91,11 +91,10 @@ def test_a_truncated_gzip_is_refused_naming_the_missing_bytes(tmp_path):
 
 
 def test_network_input_is_the_whole_volume_normalised_then_resampled_slice_by_slice(shared_data):
-    from napari_ivd.inference import network_input
-    from napari_ivd.training.data import normalize_volume, resample_slice
+    from napari_ivd.preprocess import ModelInput, network_input, normalize_volume, resample_slice
 
     scan = read_volume(shared_data / "lumbar/VB2/case-07/image.nii.gz")
     view = scan.view
     whole = view.to_display(normalize_volume(scan.array))  # a float copy of everything: what it avoids
     expected = np.stack([resample_slice(s, view.spacing_mm[1:], 1.3) for s in whole])
-    assert np.array_equal(network_input(scan, 1.3), expected)
+    assert np.array_equal(network_input(scan, ModelInput(spacing_mm=1.3)), expected)

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from napari_ivd.anatomy import TSS_CANAL, TSS_CORD, structure
-from napari_ivd.inference import find_model_dir, predict
+from napari_ivd.inference import predict
 from napari_ivd.io.annotations import LabelledPoint, read_sct_levels
 from napari_ivd.io.geometry import VolumeGeometry
 from napari_ivd.io.volume import Volume
 from napari_ivd.model_versions import model_folder
-from napari_ivd.models import load_checkpoint, read_card
+from napari_ivd.models import find_model_dir, load_checkpoint, read_card
 from napari_ivd.store import AnnotationStore
 from napari_ivd.store.exchange import import_case
 from napari_ivd.training import finetune

@@ -64,6 +64,19 @@ def test_outputs_follow_the_contract_and_seg_only_gives_the_same_masks(
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_forward_features_are_per_sample_maps_of_what_the_network_sees(name: str):
+    """Active learning embeds a scan by pooling these maps (active/diversity.py), whatever the architecture."""
+    size = 4 * TINY[name].multiple
+    net = build(name, TINY[name].config).eval()
+    x = torch.rand(2, 1, size, size)
+    with torch.no_grad():
+        maps, alone = net.forward_features(x), net.forward_features(x[1:])
+    assert maps and all(f.ndim == 4 and f.shape[0] == 2 and torch.isfinite(f).all() for f in maps)
+    assert all(torch.allclose(f[1:], g, atol=1e-3) for f, g in zip(maps, alone, strict=True))  # each sample's own
+    assert any(not torch.allclose(f[0], f[1]) for f in maps)  # and they follow the input
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_input_of_the_wrong_size_or_channels_is_refused_with_the_fix(name: str):
     tiny = TINY[name]
     net = build(name, tiny.config)

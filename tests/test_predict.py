@@ -14,9 +14,8 @@ from napari_ivd import anatomy, inference
 from napari_ivd._cli_predict import unique_names
 from napari_ivd.cli import main
 from napari_ivd.errors import CheckpointError
-from napari_ivd.inference import BUNDLED_MODELS_DIR, find_model_dir
 from napari_ivd.io import read_volume
-from napari_ivd.models import load_checkpoint, read_card
+from napari_ivd.models import BUNDLED_MODELS_DIR, find_model_dir, load_checkpoint, read_card
 
 CASE = "lumbar/VB2/case-07"  # stored I, P, R; 381 x 381 x 77; vertebrae T11-L5 annotated
 

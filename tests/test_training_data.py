@@ -12,15 +12,9 @@ import pytest
 
 from napari_ivd.anatomy import structure
 from napari_ivd.io import Volume, VolumeGeometry
+from napari_ivd.preprocess import normalize_volume, resample_slice
 from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases
-from napari_ivd.training.data import (
-    END_CLEARANCE_MM,
-    ROBUST_AUGMENTATION,
-    SampleConfig,
-    SliceDataset,
-    normalize_volume,
-    resample_slice,
-)
+from napari_ivd.training.data import END_CLEARANCE_MM, ROBUST_AUGMENTATION, SampleConfig, SliceDataset
 
 # --- a PSR phantom: Gaussian blobs at known keypoints, ellipsoid bodies in TSS values ---------
 # File axes: i -> Posterior (0.7 mm), j -> Superior (0.9 mm), k -> Right (3 mm).

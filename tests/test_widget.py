@@ -15,8 +15,8 @@ from qtpy.QtCore import Qt
 
 from napari_ivd import anatomy
 from napari_ivd.corrections import same_points
+from napari_ivd.inference import PREDICT_STAGES
 from napari_ivd.store import AnnotationStore
-from napari_ivd.worklist import PREDICT_STEPS
 from widget_support import (
     CASE_07,
     CASE_ID,
@@ -124,7 +124,8 @@ def test_cancel_stops_a_prediction_and_leaves_the_case_as_it_was(make_napari_vie
     start = len(notification_manager.records)
     with qtbot.waitSignal(widget.job_done, timeout=PREDICT_TIMEOUT_MS):
         qtbot.mouseClick(widget.predict_button, Qt.MouseButton.LeftButton)
-        assert widget.worker.pbar.total == PREDICT_STEPS  # progress shows in napari's activity panel
+        # progress shows in napari's activity panel: loading the model, predicting, keeping the proposal
+        assert widget.worker.pbar.total == 1 + len(PREDICT_STAGES) + 1
         qtbot.mouseClick(widget.cancel_button, Qt.MouseButton.LeftButton)
     assert f"Predict {CASE_ID}: cancelled" in notifications_since(start)
     assert widget.case.points() == () and not widget.case.labels.data.any()

@@ -11,7 +11,8 @@ from napari.utils.notifications import notification_manager
 from qtpy.QtCore import QEvent, QObject
 
 from napari_ivd._widgets import _train_panel
-from napari_ivd.training.finetune import FineTuneProgress
+from napari_ivd.progress import Job, Progress, Tally
+from napari_ivd.training.finetune import Phase
 from widget_support import copy_store, docked_annotator, make_store, notifications_since
 
 
@@ -20,11 +21,15 @@ def store_template(tmp_path_factory, shared_data) -> Path:
     return make_store(tmp_path_factory.mktemp("close-guard"), shared_data, with_annotations=True)
 
 
-def _endless_run(*_args, **_kwargs) -> Iterator[FineTuneProgress]:
+def _endless_run(*_args, **_kwargs) -> Job[None]:
     """A run that reports every 20 ms and only ends when cancelled (the worker quits at a report)."""
-    while True:
-        time.sleep(0.02)
-        yield FineTuneProgress("training", "epoch 1 of 50", 0.1)
+
+    def body(tally: Tally) -> Iterator[Progress]:
+        while True:
+            time.sleep(0.02)
+            yield tally.partial(0.1, "epoch 1 of 50", Phase("training"))
+
+    return Job(1, body)
 
 
 class CloseRecorder(QObject):

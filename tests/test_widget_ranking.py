@@ -15,9 +15,8 @@ from napari.utils.notifications import notification_manager
 from qtpy.QtCore import Qt
 
 from napari_ivd.active import CachedCase, Finding, Placeholder, PointScore, ScoreCache, VolumeScore, model_key
-from napari_ivd.inference import find_model_dir
 from napari_ivd.io import read_volume
-from napari_ivd.models import read_card
+from napari_ivd.models import find_model_dir, read_card
 from napari_ivd.store import AnnotationStore
 from widget_support import CASE_ID, copy_store, docked_annotator, make_store, notifications_since
 

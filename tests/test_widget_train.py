@@ -15,7 +15,7 @@ from qtpy.QtCore import Qt, QTimer
 from napari_ivd import worklist
 from napari_ivd._widgets._train_panel import PROGRESS_MAX
 from napari_ivd.data import sample_t2w_path
-from napari_ivd.inference import bundled_model_names
+from napari_ivd.models import bundled_model_names
 from napari_ivd.store import AnnotationStore
 from widget_support import CASE_ID, copy_store, docked_annotator, make_store, notifications_since
 

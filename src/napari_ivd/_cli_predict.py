@@ -34,9 +34,9 @@ def run_predict(args: argparse.Namespace) -> int:
     """Predict each image into its own folder (one image: straight into ``--out``)."""
     import time
 
-    from napari_ivd.inference import find_model_dir, predict, resolve_device, save_prediction
+    from napari_ivd.inference import predict, save_prediction
     from napari_ivd.io import read_volume
-    from napari_ivd.models import load_checkpoint
+    from napari_ivd.models import find_model_dir, load_checkpoint, resolve_device
 
     device = resolve_device(args.device)
     model_dir = find_model_dir(args.model)

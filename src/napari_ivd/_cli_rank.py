@@ -15,17 +15,14 @@ CSV_COLUMNS = ("rank", "case_id", "status", "score", "reason")
 def run_rank(args: argparse.Namespace) -> int:
     """Score the store's cases (cached per model version) and print the ranking as CSV on stdout."""
     from napari_ivd.active import score_store_steps
+    from napari_ivd.progress import run_steps
     from napari_ivd.store import AnnotationStore
 
     store = AnnotationStore.open(args.store)
-    steps = score_store_steps(store, args.model, args.device, args.strategy, args.seed)
-    while True:
-        try:
-            report = next(steps)
-        except StopIteration as done:
-            ranking = done.value
-            break
-        log.debug("%d/%d %s", report.step, report.total, report.message)
+    ranking = run_steps(
+        score_store_steps(store, args.model, args.device, args.strategy, args.seed),
+        lambda report: log.debug("%d/%d %s", report.done, report.total, report.message),
+    )
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for row in ranking.cases:

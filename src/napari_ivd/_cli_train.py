@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from napari_ivd.progress import Progress, run_steps
+
 log = logging.getLogger(__name__)
 
 
@@ -33,7 +35,6 @@ def _validation_line(validation: dict[str, Any]) -> str:
 def _train_from_store(args: argparse.Namespace, main: bool) -> int:
     from napari_ivd.store import AnnotationStore
     from napari_ivd.training.finetune import FineTuneConfig, finetune_steps
-    from napari_ivd.worklist import run_steps
 
     store = AnnotationStore.open(args.store)
     cfg = FineTuneConfig(
@@ -46,10 +47,11 @@ def _train_from_store(args: argparse.Namespace, main: bool) -> int:
 
     phases: list[str] = []
 
-    def show(report: Any) -> None:  # each phase's first line, then every training report
-        if main and (report.phase == "training" or report.phase not in phases):
-            print(f"[{report.phase}] {report.message}", flush=True)
-        phases.append(report.phase)
+    def show(report: Progress) -> None:  # each phase's first line, then every training report
+        phase = report.detail.name
+        if main and (phase == "training" or phase not in phases):
+            print(f"[{phase}] {report.message}", flush=True)
+        phases.append(phase)
 
     result = run_steps(finetune_steps(store, cfg, parent=args.model, author=args.author), show)
     if not main:
@@ -64,7 +66,6 @@ def _train_from_folder(args: argparse.Namespace, main: bool) -> int:
     from napari_ivd.training.data import AUGMENTATIONS, SampleConfig
     from napari_ivd.training.engine import TrainConfig, fit
     from napari_ivd.training.finetune import parent_sample_config
-    from napari_ivd.worklist import run_steps
 
     if args.out is None:
         print("--data needs --out (the model folder to write)", file=sys.stderr)
@@ -109,7 +110,8 @@ def _train_from_folder(args: argparse.Namespace, main: bool) -> int:
     )
     command = "napari-ivd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
-    def show(p: Any) -> None:
+    def show(report: Progress) -> None:
+        p = report.detail  # the epoch's figures
         if not main:
             return
         minutes = f"{p.elapsed_s / 60:5.1f}/{p.budget_s / 60:.0f} min"

@@ -14,10 +14,10 @@ from typing import Any
 
 from napari_ivd._virtual_display import has_display, virtual_display
 from napari_ivd.data import sample_t2w_path
-from napari_ivd.inference import Prediction, find_model_dir, predict, prediction_points, save_prediction
+from napari_ivd.inference import Prediction, predict, prediction_points, save_prediction
 from napari_ivd.io import Volume, read_nifti
 from napari_ivd.layer_data import POINTS_SLAB_MM, labels_layer_data, points_layer_data, view_from_metadata
-from napari_ivd.models import load_checkpoint
+from napari_ivd.models import find_model_dir, load_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ split); tests and scripts drive the same object with plain calls. The rules it k
 - A prediction that ends after the user edited the case keeps the edited points or mask
   unless told to replace them.
 
-The long steps (read a case, predict, save, verify) are ``*_steps`` generators that only
-use the store and return a result; the ``finish_*`` methods apply that result to the
-state. A GUI runs the generators in a worker and the ``finish_*`` on its own thread;
+The long steps (read a case, predict, save, verify) are ``*_steps`` jobs
+(:mod:`napari_ivd.progress`) that only use the store and return a result; the ``finish_*``
+methods apply that result to the state. A GUI runs the jobs in a worker and the ``finish_*`` on its own thread;
 :meth:`Annotator.open`, :meth:`~Annotator.save`, :meth:`~Annotator.verify`,
 :meth:`~Annotator.next_case` and :meth:`~Annotator.predict` chain both for a plain caller.
 
@@ -50,12 +50,12 @@ import numpy as np
 from napari_ivd import corrections, worklist
 from napari_ivd.corrections import Points
 from napari_ivd.errors import CorrectionError, IvdError, StoreConflictError
-from napari_ivd.inference import Prediction, PredictProgress, prediction_points
+from napari_ivd.inference import Prediction, prediction_points
 from napari_ivd.io import Volume
 from napari_ivd.io.annotations import LabelledPoint
-from napari_ivd.progress import run_steps
+from napari_ivd.progress import Job, Progress, Tally, call_job, run_steps
 from napari_ivd.store import AnnotationStore, CaseInfo, ProposalInfo, RevisionInfo
-from napari_ivd.worklist import OpenedCase, StepProgress
+from napari_ivd.worklist import OpenedCase
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class Annotator:
         return store, self.case_id, self.volume, self.mask
 
     # ------------------------------------------------------------------ open, next
-    def open_steps(self, case_id: str) -> Generator[StepProgress, None, OpenedCase]:
+    def open_steps(self, case_id: str) -> Job[OpenedCase]:
         """Read ``case_id``'s image and head revision (or latest proposal); apply with :meth:`finish_open`."""
         return worklist.open_case_steps(self._require_store(), case_id)
 
@@ -382,7 +382,7 @@ class Annotator:
 
     def predict_steps(
         self, model: str | Path | None = None, device: str = "auto", start: PredictionStart | None = None
-    ) -> Generator[PredictProgress | StepProgress, None, PredictionResult]:
+    ) -> Job[PredictionResult]:
         """Predict the open case and keep the result as a proposal; apply it with :meth:`apply_prediction`.
 
         Raises
@@ -393,13 +393,15 @@ class Annotator:
         store, case_id, volume, _ = self._require_case()
         start = start or self.prediction_start()
 
-        def steps() -> Generator[PredictProgress | StepProgress, None, PredictionResult]:
-            prediction, proposal = yield from worklist.predict_case_steps(store, case_id, volume, model, device)
+        predicting = worklist.predict_case_steps(store, case_id, volume, model, device)
+
+        def body(tally: Tally) -> Generator[Progress, None, PredictionResult]:
+            prediction, proposal = yield from tally.run(predicting)
             points = _by_kind(prediction_points(prediction))
             mask = display_mask(prediction.mask_tss, volume)
             return PredictionResult(start, prediction, proposal, points, mask, store.case(case_id))
 
-        return steps()
+        return Job(predicting.total, body)
 
     def edited_since(self, start: PredictionStart) -> list[str]:
         """The shown layers (``"points"``, ``"mask"``) changed since ``start``."""
@@ -469,15 +471,15 @@ class Annotator:
             on_conflict=on_conflict,
         )
 
-    def save_steps(self, request: SaveRequest) -> Generator[StepProgress, None, Saved | SaveConflict]:
+    def save_steps(self, request: SaveRequest) -> Job[Saved | SaveConflict]:
         """Commit ``request`` (:meth:`AnnotationStore.save_revision`); a colleague's save in between is a conflict.
 
         Apply the outcome with :meth:`finish_save`.
         """
         store = self._require_store()
 
-        def steps() -> Generator[StepProgress, None, Saved | SaveConflict]:
-            yield StepProgress(0, 1, "saving")
+        def body(tally: Tally) -> Generator[Progress, None, Saved | SaveConflict]:
+            yield tally.step("saving")
             try:
                 revision = store.save_revision(
                     request.case_id,
@@ -494,7 +496,7 @@ class Annotator:
                 return SaveConflict(request, exc.started_from, exc.head)
             return Saved(request, revision, store.case(request.case_id))
 
-        return steps()
+        return Job(1, body)
 
     def finish_save(self, outcome: Saved | SaveConflict) -> None:
         """After a save: the new revision is the parent of the next one and what was saved is the baseline."""
@@ -537,10 +539,10 @@ class Annotator:
         """True when marking verified must save first (unsaved edits, or no revision yet)."""
         return self.has_unsaved_changes() or self.parent_revision is None
 
-    def verify_steps(self) -> Generator[StepProgress, None, CaseInfo]:
+    def verify_steps(self) -> Job[CaseInfo]:
         """Mark the open case verified in the store (its head revision); returns its row."""
         store, case_id, _, _ = self._require_case()
-        return worklist.call_steps("verifying", store.set_status, case_id, "verified")
+        return call_job("verifying", store.set_status, case_id, "verified")
 
     def verify(self) -> Saved | SaveConflict | CaseInfo:
         """Mark the open case verified, saving the shown annotation first when it is not saved yet."""

@@ -30,7 +30,8 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,13 +41,12 @@ import torch
 from scipy import ndimage
 
 from napari_ivd import anatomy
-from napari_ivd.errors import CheckpointError
 from napari_ivd.io import Volume, write_nifti
 from napari_ivd.io.annotations import LabelledPoint, label_centroids, write_points_csv, write_sct_discs
 from napari_ivd.models.decode import Candidate, decode
-from napari_ivd.progress import run_steps
+from napari_ivd.preprocess import ModelInput, channel_picks, network_input, pad_to_multiple
+from napari_ivd.progress import Job, Progress, Tally, run_steps
 from napari_ivd.skeleton import SkeletonPrior, anchor_on_sacrum, extend_chain, search
-from napari_ivd.training.data import intensity_range, normalize_volume, resample_slice
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,6 @@ TYPICAL_LEVEL_STEP_MM = 33.0
 DENSE_STEP_MM = 2.0
 #: A named point takes the mask component it lies in, else the nearest one within this distance.
 COMPONENT_REACH_MM = 5.0
-#: Slices are padded to a multiple of this unless the card's ``input.multiple`` says otherwise
-#: (three stride-2 steps in IvdNet; deeper networks such as hourglasses need more).
-PAD_MULTIPLE = 8
 
 
 @dataclass(frozen=True)
@@ -101,15 +98,6 @@ class Prediction:
 
 
 @dataclass(frozen=True)
-class PredictProgress:
-    """Reported while predicting: ``step`` of ``total`` units done, and what is happening."""
-
-    step: int
-    total: int
-    message: str
-
-
-@dataclass(frozen=True)
 class _Grid:
     """The in-plane resampled display grid the network sees."""
 
@@ -121,44 +109,6 @@ class _Grid:
         """(N, 3) (slice, row, col) on this grid -> display voxel indices."""
         _, row_mm, col_mm = self.display_spacing_mm
         return np.asarray(lrc, float) * np.array([1.0, self.spacing_mm / row_mm, self.spacing_mm / col_mm])
-
-
-def network_input(volume: Volume, spacing_mm: float) -> np.ndarray:
-    """What the network sees: the display's sagittal slices, normalised and resampled in-plane to ``spacing_mm``.
-
-    Each slice is normalised (with the whole volume's range) and resampled on its own into
-    one preallocated stack, so no float copy of the whole scan is made: a large scan costs
-    its voxels plus the (float32) stack.
-
-    Returns
-    -------
-    (slices, rows, cols) float32 array in [0, 1]
-    """
-    view = volume.view
-    display, display_spacing = view.to_display(volume.array), view.spacing_mm[1:]
-    value_range = intensity_range(volume.array)
-
-    def prepared(index: int) -> np.ndarray:
-        return resample_slice(normalize_volume(display[index], value_range), display_spacing, spacing_mm)
-
-    first = prepared(0)
-    out = np.empty((len(display), *first.shape), first.dtype)
-    out[0] = first
-    for k in range(1, len(display)):
-        out[k] = prepared(k)
-    return out
-
-
-def _pad_to(x: np.ndarray, multiple: int) -> np.ndarray:
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    return np.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, ph), (0, pw)])
-
-
-def _stack(resampled: np.ndarray, index: int, in_channels: int) -> np.ndarray:
-    half = in_channels // 2
-    picks = np.clip(np.arange(index - half, index - half + in_channels), 0, len(resampled) - 1)
-    return resampled[picks]
 
 
 def _reduced_precision(device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -193,21 +143,18 @@ def _c_ordered(x: torch.Tensor) -> torch.Tensor:
 class _SliceRunner:
     """Runs the network on chosen slices once each and keeps their outputs at full slice size."""
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        resampled: np.ndarray,
-        in_channels: int,
-        device: torch.device,
-        multiple: int = PAD_MULTIPLE,
-    ):
-        self.model, self.resampled, self.in_channels, self.device = model, resampled, in_channels, device
-        self.multiple = multiple
+    def __init__(self, model: torch.nn.Module, resampled: np.ndarray, model_input: ModelInput, device: torch.device):
+        self.model, self.resampled, self.device = model, resampled, device
+        self.in_channels, self.multiple, self.stride = (
+            model_input.in_channels,
+            model_input.multiple,
+            model_input.output_stride,
+        )
         self.heatmap: dict[int, np.ndarray] = {}
         self.offset: dict[int, np.ndarray] = {}
         self.seg: dict[int, np.ndarray] = {}
         self.rows, self.cols = resampled.shape[1:]
-        self.padded = (self.rows + (-self.rows) % multiple, self.cols + (-self.cols) % multiple)
+        self.padded = (self.rows + (-self.rows) % self.multiple, self.cols + (-self.cols) % self.multiple)
 
     @torch.inference_mode()
     def run(
@@ -219,14 +166,20 @@ class _SliceRunner:
     ) -> None:
         """Run slices not run yet; ``window`` (r0, r1, c0, c1), multiples of ``multiple``, limits them in-plane.
 
+        ``multiple`` must also be a multiple of the output stride, so the window maps onto whole output pixels.
+
         ``seg_only`` skips the keypoint head: such slices get masks but no heatmaps.
         """
         r0, r1, c0, c1 = window or (0, self.padded[0], 0, self.padded[1])
         todo = [i for i in dict.fromkeys(indices) if i not in (self.seg if seg_only else self.heatmap)]  # once each
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
+            n_slices = len(self.resampled)
             stacks = [
-                _pad_to(_stack(self.resampled, i, self.in_channels), self.multiple)[:, r0:r1, c0:c1] for i in chunk
+                pad_to_multiple(self.resampled[channel_picks(i, n_slices, self.in_channels)], self.multiple)[
+                    :, r0:r1, c0:c1
+                ]
+                for i in chunk
             ]
             x = torch.from_numpy(np.stack(stacks).astype(np.float32)).to(self.device)
             with _reduced_precision(self.device):
@@ -237,9 +190,10 @@ class _SliceRunner:
             if not seg_only:
                 heat = torch.sigmoid(_c_ordered(out["heatmap"])).cpu().numpy()
                 offset = _c_ordered(out["offset"]).cpu().numpy()
+                s = self.stride
                 for j, i in enumerate(chunk):
-                    self.heatmap[i] = self._paste(heat[j], r0 // 2, c0 // 2, 2)
-                    self.offset[i] = self._paste(offset[j], r0 // 2, c0 // 2, 2)
+                    self.heatmap[i] = self._paste(heat[j], r0 // s, c0 // s, s)
+                    self.offset[i] = self._paste(offset[j], r0 // s, c0 // s, s)
 
     def fill_seg(self, indices: list[int]) -> None:
         """Masks of the slices in ``indices`` not run: linear interpolation between the nearest run slices."""
@@ -445,41 +399,56 @@ def _mask_to_display(mask: np.ndarray, grid: _Grid, display_shape: tuple[int, in
     return mask[:, index[0].astype(int)][:, :, index[1].astype(int)]
 
 
-def iter_predict(
+#: The steps a prediction reports, in order; its job's total is their number.
+PREDICT_STAGES = ("finding the spine", "segmenting", "naming")
+
+
+def predict_job(
     volume: Volume,
     model: torch.nn.Module,
     card: dict[str, Any],
     device: str | torch.device = "cpu",
     coarse_step_mm: float = 4.0,
-) -> Iterator[PredictProgress]:
-    """Predict step by step, yielding progress; the :class:`Prediction` is the generator's return value.
+) -> Job[Prediction]:
+    """Predict as a job of :data:`PREDICT_STAGES`, reporting each; the job's result is the :class:`Prediction`.
 
-    Yielding lets a GUI worker show progress and cancel between steps; use :func:`predict`
+    Reporting lets a GUI worker show progress and cancel between steps; use :func:`predict`
     for a plain call.
     """
-    import time
 
+    def body(tally: Tally) -> Generator[Progress, None, Prediction]:
+        return (yield from _predict(tally, volume, model, card, torch.device(device), coarse_step_mm))
+
+    return Job(len(PREDICT_STAGES), body)
+
+
+def _predict(
+    tally: Tally,
+    volume: Volume,
+    model: torch.nn.Module,
+    card: dict[str, Any],
+    device: torch.device,
+    coarse_step_mm: float,
+) -> Generator[Progress, None, Prediction]:
+    """The body of :func:`predict_job`."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     labels: list[str] = list(card["labels"])
-    spacing_mm = float(card["input"]["spacing_mm"])
-    in_channels = int(card["input"].get("in_channels", 1))
-    stride = int(card["input"].get("output_stride", 2))
+    model_input = ModelInput.from_card(card)
+    spacing_mm, stride = model_input.spacing_mm, model_input.output_stride
     prior = SkeletonPrior.from_dict(card["skeleton"]) if card.get("skeleton") else None
-    device = torch.device(device)
 
     view = volume.view
     display_spacing = view.spacing_mm
-    resampled = network_input(volume, spacing_mm)
+    resampled = network_input(volume, model_input)
     grid = _Grid(display_spacing, spacing_mm, resampled.shape)  # type: ignore[arg-type]
     timings["prepare_s"] = time.perf_counter() - t0
     n_slices = resampled.shape[0]
     step = max(1, round(coarse_step_mm / display_spacing[0]))
     coarse = list(range(step // 2, n_slices, step)) or [n_slices // 2]
-    multiple = int(card["input"].get("multiple", PAD_MULTIPLE))
-    runner = _SliceRunner(model, resampled, in_channels, device, multiple)
+    runner = _SliceRunner(model, resampled, model_input, device)
 
-    yield PredictProgress(0, 3, f"finding the spine on up to {len(coarse)} sagittal slices")
+    yield tally.step(f"{PREDICT_STAGES[0]} on up to {len(coarse)} sagittal slices")
     t1 = time.perf_counter()
     sampled, dense = _find_spine(runner, coarse)
     centre = _spine_centre(runner, dense)
@@ -487,7 +456,7 @@ def iter_predict(
     slab_half = max(1, math.ceil(3.0 / display_spacing[0]))
     dense_step = max(1, math.floor(DENSE_STEP_MM / display_spacing[0]))
     slab = list(range(max(0, round(centre) - slab_half), min(n_slices, round(centre) + slab_half + 1), dense_step))
-    yield PredictProgress(1, 3, f"segmenting {len(set(extent) | set(slab))} slices")
+    yield tally.step(f"{PREDICT_STAGES[1]} {len(set(extent) | set(slab))} slices")
     runner.run(slab)  # whole slices: naming levels needs the context
     # masks: only the spine's surroundings, on slices up to DENSE_STEP_MM apart; those between interpolated
     runner.run(extent[::dense_step] + extent[-1:], window=runner.window(sampled), seg_only=True)
@@ -510,7 +479,7 @@ def iter_predict(
         name: np.array([_lateral_position(runner, labels.index(name), c.row, c.col, stride), c.row, c.col])
         for name, c in chosen.items()
     }
-    yield PredictProgress(2, 3, f"naming {len(chosen)} structures and labelling masks")
+    yield tally.step(f"{PREDICT_STAGES[2]} {len(chosen)} structures and labelling masks")
     mask_res = _label_masks(runner, grid, named_lrc)
     named_lrc = _centre_left_right_on_masks(named_lrc, mask_res)
     mask_display = _mask_to_display(mask_res, grid, view.display.shape)
@@ -531,7 +500,6 @@ def iter_predict(
         )
     timings["decode_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
-    yield PredictProgress(3, 3, "done")
     return Prediction(
         structures=tuple(structures),
         mask_tss=mask_file,
@@ -555,7 +523,7 @@ def predict(
     model: torch.nn.Module,
     card: dict[str, Any],
     device: str | torch.device = "cpu",
-    progress: Callable[[PredictProgress], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
 ) -> Prediction:
     """Predict named discs and vertebrae (points and masks) for one volume.
 
@@ -565,56 +533,9 @@ def predict(
         Any orientation; geometry is honoured exactly.
     model, card : from :func:`napari_ivd.models.load_checkpoint`.
     device : "cpu", "cuda", or a torch device.
-    progress : called with each :class:`PredictProgress`.
+    progress : called with each :class:`~napari_ivd.progress.Progress` report.
     """
-    return run_steps(iter_predict(volume, model, card, device), progress)
-
-
-def cuda_available() -> bool:
-    """True when torch sees a CUDA device (the viewer offers ``cuda`` only then, without importing torch)."""
-    return bool(torch.cuda.is_available())
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-BUNDLED_MODELS_DIR = Path(__file__).parent / "weights"
-DEFAULT_MODEL = "ivdnet-lumbar"
-
-
-def find_model_dir(name_or_path: str | Path | None = None) -> Path:
-    """A model folder (``card.json`` + ``weights.safetensors``): a path, or a bundled model's name.
-
-    ``None`` means the bundled starter model, whatever the working directory holds.
-
-    Raises
-    ------
-    CheckpointError
-        Neither a model folder nor the name of a bundled model; the message lists those.
-    """
-    if name_or_path is None:  # the default is always the bundled model, never a folder of that name here
-        name_or_path = BUNDLED_MODELS_DIR / DEFAULT_MODEL
-    candidate = Path(name_or_path)
-    if (candidate / "card.json").is_file():
-        return candidate
-    bundled = BUNDLED_MODELS_DIR / candidate.name
-    if not candidate.exists() and (bundled / "card.json").is_file():
-        return bundled
-    raise CheckpointError(
-        f"model {str(name_or_path)!r}: not a model folder (no card.json) and not a bundled model; "
-        f"bundled: {', '.join(bundled_model_names()) or 'none'}"
-    )
-
-
-def bundled_model_names() -> list[str]:
-    """Names of the models shipped with napari-ivd (folders with a ``card.json``), the default first."""
-    return sorted(
-        (p.parent.name for p in BUNDLED_MODELS_DIR.glob("*/card.json")), key=lambda n: (n != DEFAULT_MODEL, n)
-    )
+    return run_steps(predict_job(volume, model, card, device), progress)
 
 
 def prediction_points(prediction: Prediction) -> list[LabelledPoint]:

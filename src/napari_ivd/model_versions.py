@@ -22,9 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from napari_ivd.errors import CheckpointError
-from napari_ivd.inference import DEFAULT_MODEL, bundled_model_names, find_model_dir
 from napari_ivd.metrics import mean_structure_dice
-from napari_ivd.models import TORCH_WEIGHT_SUFFIXES, import_torch_weights, read_card
+from napari_ivd.models import (
+    DEFAULT_MODEL,
+    TORCH_WEIGHT_SUFFIXES,
+    bundled_model_names,
+    find_model_dir,
+    import_torch_weights,
+    read_card,
+)
 from napari_ivd.store import AnnotationStore, ModelInfo
 from napari_ivd.store.content import file_sha256
 
@@ -130,7 +136,7 @@ def model_folder(store: AnnotationStore | None, model: str | Path | None) -> Pat
 
     Stored versions are exported once; a PyTorch ``.pt``/``.pth`` state dict for the
     starter architecture is converted once (:func:`napari_ivd.models.import_torch_weights`);
-    anything else goes to :func:`napari_ivd.inference.find_model_dir`.
+    anything else goes to :func:`napari_ivd.models.find_model_dir`.
 
     Raises
     ------

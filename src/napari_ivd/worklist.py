@@ -1,9 +1,10 @@
 """What an annotator works through: images found in a folder, a store's cases, the next case, a prediction.
 
 The annotation widget gathers clicks and shows results; everything it runs is here, as
-plain functions and generators (no Qt, no napari) that the widget drives in a worker
-thread and tests drive with a ``for`` loop. Generators yield small progress records and
-return their result, so a worker can show progress and stop between steps.
+plain functions and jobs (no Qt, no napari) that the widget drives in a worker thread
+and tests drive with ``run_steps``. Long ones are jobs (:mod:`napari_ivd.progress`)
+that report their steps and return their result, so a worker can show progress and stop
+between steps.
 
 Example
 -------
@@ -17,42 +18,32 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from napari_ivd.errors import IvdError
-from napari_ivd.inference import (
-    Prediction,
-    PredictProgress,
-    find_model_dir,
-    iter_predict,
-    prediction_points,
-    resolve_device,
-)
+from napari_ivd.inference import PREDICT_STAGES, Prediction, predict_job, prediction_points
 from napari_ivd.io import Volume
 from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.io.nifti import is_nifti_path
 from napari_ivd.io.volume import nifti_stem
 from napari_ivd.layer_data import METADATA_KEY, view_from_metadata
 from napari_ivd.model_versions import model_folder, stored_model
-from napari_ivd.models import load_checkpoint
-from napari_ivd.progress import run_steps
-from napari_ivd.store import AnnotationStore, ProposalInfo, import_case
+from napari_ivd.models import find_model_dir, load_checkpoint, resolve_device
+from napari_ivd.progress import Job, Progress, Tally, run_steps
+from napari_ivd.store import AnnotationStore, CaseInfo, ProposalInfo, import_case
 from napari_ivd.store.schema import check_case_id
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "PREDICT_STEPS",
     "ImportReport",
     "ModelCache",
     "OpenedCase",
-    "StepProgress",
-    "call_steps",
     "case_ids_for",
     "find_images",
     "import_images",
@@ -64,27 +55,11 @@ __all__ = [
     "volume_from_display",
 ]
 
-T = TypeVar("T")
 
 #: File names (lower case) that hold annotations, not scans: masks, labels, segmentations.
 _NOT_AN_IMAGE = re.compile(r"(mask|label|seg|disc|levels?|heatmap|centroid|pred)", re.IGNORECASE)
 #: Folders whose files are derived annotations (BIDS ``derivatives``) or hidden.
 _SKIPPED_FOLDERS = {"derivatives", "sourcedata"}
-
-
-@dataclass(frozen=True)
-class StepProgress:
-    """Progress of a multi-step job: ``step`` of ``total`` done, and what is happening."""
-
-    step: int
-    total: int
-    message: str
-
-
-def call_steps(message: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> Generator[StepProgress, None, T]:
-    """One call as a one-step progress generator, so a short store write runs like any other job."""
-    yield StepProgress(0, 1, message)
-    return func(*args, **kwargs)
 
 
 # ---------------------------------------------------------------------- folders of images
@@ -155,29 +130,30 @@ class ImportReport:
     failed: tuple[tuple[Path, str], ...] = field(default_factory=tuple)
 
 
-def import_images(
-    store: AnnotationStore, images: Sequence[Path], root: Path | None = None
-) -> Generator[StepProgress, None, ImportReport]:
-    """Import each image as a case (image only), yielding progress; a bad file is reported, not fatal.
+def import_images(store: AnnotationStore, images: Sequence[Path], root: Path | None = None) -> Job[ImportReport]:
+    """Import each image as a case (image only), a step each; a bad file is reported, not fatal.
 
     Images already in the store (same voxels) are kept as they are, so importing a folder
     again only adds what is new.
     """
     root = Path(root) if root is not None else Path(images[0]).parent if images else Path()
     ids = case_ids_for(list(images), root)
-    added: list[str] = []
-    failed: list[tuple[Path, str]] = []
-    for n, path in enumerate(images):
-        yield StepProgress(n, len(images), f"importing {path.name}")
-        try:
-            info = import_case(store, path, case_id=ids[path])
-        except IvdError as exc:
-            log.warning("not imported: %s", exc)
-            failed.append((path, str(exc)))
-            continue
-        added.append(info.case_id)
-    yield StepProgress(len(images), len(images), f"imported {len(added)} of {len(images)} images")
-    return ImportReport(tuple(added), tuple(failed))
+
+    def body(tally: Tally) -> Generator[Progress, None, ImportReport]:
+        added: list[str] = []
+        failed: list[tuple[Path, str]] = []
+        for n, path in enumerate(images, start=1):
+            yield tally.step(f"importing {path.name} ({n} of {len(images)})")
+            try:
+                info = import_case(store, path, case_id=ids[path])
+            except IvdError as exc:
+                log.warning("not imported: %s", exc)
+                failed.append((path, str(exc)))
+                continue
+            added.append(info.case_id)
+        return ImportReport(tuple(added), tuple(failed))
+
+    return Job(len(images), body)
 
 
 # ---------------------------------------------------------------------- cases
@@ -214,12 +190,21 @@ class OpenedCase:
     proposal: str | None = None
 
 
-def open_case_steps(store: AnnotationStore, case_id: str) -> Generator[StepProgress, None, OpenedCase]:
-    """Read a case's image and its head revision (or latest proposal), yielding progress."""
-    yield StepProgress(0, 2, f"reading {case_id}")
-    info = store.case(case_id)
-    volume = store.read_image(case_id)
-    yield StepProgress(1, 2, f"loading the annotation of {case_id}")
+def open_case_steps(store: AnnotationStore, case_id: str) -> Job[OpenedCase]:
+    """Read a case's image, then its head revision (or latest proposal): a two-step job."""
+
+    def body(tally: Tally) -> Generator[Progress, None, OpenedCase]:
+        yield tally.step(f"reading {case_id}")
+        info = store.case(case_id)
+        volume = store.read_image(case_id)
+        yield tally.step(f"loading the annotation of {case_id}")
+        return _opened(store, case_id, volume, info)
+
+    return Job(2, body)
+
+
+def _opened(store: AnnotationStore, case_id: str, volume: Volume, info: CaseInfo) -> OpenedCase:
+    """What :func:`open_case_steps` shows of a case read: its head revision, else its latest proposal, else nothing."""
     if info.head is not None:
         ann = store.load(case_id)
         origin: str | None = "manual"
@@ -290,20 +275,26 @@ def predict_steps(
     model: str | Path | None = None,
     device: str = "auto",
     cache: ModelCache | None = None,
-) -> Generator[PredictProgress, None, Prediction]:
-    """Load (or reuse) a model and predict one volume, yielding progress; returns the :class:`Prediction`.
+    store: AnnotationStore | None = None,
+) -> Job[Prediction]:
+    """Load (or reuse) a model and predict one volume; the job's result is the :class:`Prediction`.
 
-    Five reports: the model is ready, then the four of
-    :func:`napari_ivd.inference.iter_predict`, so a worker can stop between any two.
+    Its steps: loading the model, then those of :func:`napari_ivd.inference.predict_job`,
+    so a worker can stop between any two. ``model`` may name a version fine-tuned into
+    ``store`` (see :mod:`napari_ivd.model_versions`); nothing is read before the job runs.
 
     Raises
     ------
     CheckpointError
         The model cannot be loaded.
     """
-    net, card, where = (cache or _DEFAULT_CACHE).get(model, device)
-    yield PredictProgress(0, 3, f"model {card.get('name', '?')} ready on {where}")
-    return (yield from iter_predict(volume, net, card, device=where))
+
+    def body(tally: Tally) -> Generator[Progress, None, Prediction]:
+        yield tally.step(f"loading the model on {device}")
+        net, card, where = (cache or _DEFAULT_CACHE).get(model_folder(store, model), device)
+        return (yield from tally.run(predict_job(volume, net, card, device=where), prefix=str(card.get("name", "?"))))
+
+    return Job(1 + len(PREDICT_STAGES), body)
 
 
 def predict_case_steps(
@@ -313,22 +304,22 @@ def predict_case_steps(
     model: str | Path | None = None,
     device: str = "auto",
     cache: ModelCache | None = None,
-) -> Generator[PredictProgress, None, tuple[Prediction, ProposalInfo]]:
+) -> Job[tuple[Prediction, ProposalInfo]]:
     """Predict a case and keep the result in the store as a proposal (the case becomes ``proposed``).
 
     Keeping every proposal means switching case after a prediction loses nothing, and
     the history shows what the model said before the annotator corrected it. ``model`` may
     also name a version fine-tuned into the store (see :mod:`napari_ivd.model_versions`).
     """
-    folder = model_folder(store, model)
-    prediction = yield from predict_steps(volume, folder, device, cache)
-    yield PredictProgress(3, 3, f"keeping the proposal of {len(prediction.structures)} structures")
-    # named by what the user picked: a fine-tuned version by its id, a bundled model or a folder by its name
-    version = stored_model(store, model)
-    by = find_model_dir(folder).name if version is None else version.model_id
-    proposal = store.add_proposal(case_id, by, prediction_points(prediction), prediction.mask_tss)
-    return prediction, proposal
+    predicting = predict_steps(volume, model, device, cache, store)
 
+    def body(tally: Tally) -> Generator[Progress, None, tuple[Prediction, ProposalInfo]]:
+        prediction = yield from tally.run(predicting)
+        yield tally.step(f"keeping the proposal of {len(prediction.structures)} structures")
+        # named by what the user picked: a fine-tuned version by its id, a bundled model or a folder by its name
+        version = stored_model(store, model)
+        by = find_model_dir(model_folder(store, model)).name if version is None else version.model_id
+        proposal = store.add_proposal(case_id, by, prediction_points(prediction), prediction.mask_tss)
+        return prediction, proposal
 
-#: Number of reports :func:`predict_case_steps` yields (for progress bars).
-PREDICT_STEPS = 6
+    return Job(predicting.total + 1, body)

@@ -1,11 +1,12 @@
-"""Run a core generator off the GUI thread with napari's ``thread_worker``, or on it for debugging.
+"""Run a core job off the GUI thread with napari's ``thread_worker``, or on it for debugging.
 
-Every long job of the annotator (import, open, predict, save) is a core generator that
-yields progress and returns its result. Here it becomes a napari worker whose progress
-shows in napari's activity panel (with napari's own cancel) and whose errors become
-notifications, never tracebacks. Set ``NAPARI_IVD_NOTHREADS=1`` to run the same
-generators on the main thread instead (debugging, and measuring what the thread buys:
-micro-sam and stardist-napari keep the same switch).
+Every long job of the annotator (import, open, predict, save) is a core
+:class:`~napari_ivd.progress.Job` that reports :class:`~napari_ivd.progress.Progress` and
+returns its result. Here it becomes a napari worker whose progress shows in napari's
+activity panel (with napari's own cancel), the bar placed by each report's steps done of
+the job's total, and whose errors become notifications, never tracebacks. Set
+``NAPARI_IVD_NOTHREADS=1`` to run the same jobs on the main thread instead (debugging, and
+measuring what the thread buys: micro-sam and stardist-napari keep the same switch).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error
 
 from napari_ivd.errors import IvdError
-from napari_ivd.progress import run_steps
+from napari_ivd.progress import Job, Progress, run_steps
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +51,22 @@ def notify_error(what: str, exc: BaseException) -> None:
 
 
 def start_job(
-    make_steps: Callable[[], Generator[Any, None, Any]],
+    job: Job[Any] | Callable[[], Job[Any]],
     *,
     what: str,
-    total: int = 0,
     on_yield: Callable[[Any], None] | None = None,
     on_return: Callable[[Any], None] | None = None,
     on_abort: Callable[[], None] | None = None,
     on_error: Callable[[BaseException], None] | None = None,
     on_finish: Callable[[], None] | None = None,
 ) -> GeneratorWorker | None:
-    """Run ``make_steps()`` in a napari worker (progress bar ``what``, ``total`` yields); None when run inline.
+    """Run ``job`` in a napari worker (progress bar ``what``); None when run inline.
 
-    Callbacks run on the main thread: ``on_yield`` with each report, ``on_return`` with the
-    result, ``on_abort`` after a cancel, ``on_error`` with the exception (after the
-    notification), ``on_finish`` always, last.
+    ``job`` is a job, or a function making it in the worker (when making it reads files):
+    the bar then takes the job's total from its first report. Callbacks run on the main
+    thread: ``on_yield`` with each report, ``on_return`` with the result, ``on_abort``
+    after a cancel, ``on_error`` with the exception (after the notification),
+    ``on_finish`` always, last.
     """
 
     def failed(exc: BaseException) -> None:
@@ -72,18 +74,22 @@ def start_job(
         if on_error is not None:
             on_error(exc)
 
+    def make() -> Job[Any]:
+        return job if isinstance(job, Job) else job()
+
     if threads_disabled():
-        _run_inline(make_steps, on_yield, on_return, failed, on_finish)
+        _run_inline(make, on_yield, on_return, failed, on_finish)
         return None
 
     def steps() -> Generator[Any, None, Any]:  # a generator function, so napari makes a GeneratorWorker
-        return (yield from make_steps())
+        return (yield from make())
 
+    total = job.total if isinstance(job, Job) else 0
     progress = None if _flag(NO_ACTIVITY_ENV) else {"total": total, "desc": what}
     worker = create_worker(steps, _progress=progress, _ignore_errors=True, _start_thread=False)
     pbar = getattr(worker, "pbar", None)
     if pbar is not None and total:
-        worker.yielded.disconnect(pbar.increment_with_overflow)  # done in `yielded`, after on_yield
+        worker.yielded.disconnect(pbar.increment_with_overflow)  # placed in `yielded` by the report instead
     ended = False
 
     def end(*_: Any) -> None:
@@ -99,12 +105,8 @@ def start_job(
         # and leave the bar alone once the job has ended meanwhile (it is closed)
         if on_yield is not None:
             on_yield(report)
-        message = getattr(report, "message", None)
         if pbar is not None and not ended:
-            if message:
-                pbar.set_description(f"{what}: {message}")
-            if total:
-                pbar.increment_with_overflow()
+            _place(pbar, what, report)
 
     worker.yielded.connect(yielded)
     worker.errored.connect(failed)
@@ -118,8 +120,18 @@ def start_job(
     return worker
 
 
+def _place(pbar: Any, what: str, report: Progress) -> None:
+    """Show ``report`` on napari's bar: its message, and the step under way (counted) of the job's total."""
+    pbar.set_description(f"{what}: {report.message}")
+    if pbar.total != report.total:
+        pbar.total = report.total
+    under_way = min(report.total, int(report.done) + 1)
+    if under_way > pbar.n:
+        pbar.update(under_way - pbar.n)
+
+
 def _run_inline(
-    make_steps: Callable[[], Generator[Any, None, Any]],
+    make_steps: Callable[[], Job[Any]],
     on_yield: Callable[[Any], None] | None,
     on_return: Callable[[Any], None] | None,
     failed: Callable[[BaseException], None],

@@ -12,7 +12,7 @@ selected) points of their level, as one undoable point edit; **Delete missing** 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Any
 
 from napari.utils.notifications import show_info
@@ -126,15 +126,12 @@ class RankingPanel(QWidget):
         self._set_running(True)
         self._reporting = True
 
-        def steps() -> Generator[Any, None, Any]:
-            return (yield from active.score_store_steps(store, model, device, strategy))
-
         def finished() -> None:
             self.worker = None
             self._set_running(False)
 
         self.worker = start_job(
-            steps,
+            lambda: active.score_store_steps(store, model, device, strategy),  # reads the store: in the worker
             what="Rank cases",
             on_yield=self._progress,
             on_return=lambda ranking: self._show(store, ranking),

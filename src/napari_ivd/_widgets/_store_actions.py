@@ -7,7 +7,7 @@ it uses are named by :class:`StoreHost`; kept apart so each file stays small.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +18,7 @@ from napari_ivd import worklist
 from napari_ivd._widgets._jobs import notify_error
 from napari_ivd.errors import IvdError
 from napari_ivd.layer_data import METADATA_KEY
+from napari_ivd.progress import Job, call_job
 from napari_ivd.store import AnnotationStore, CaseInfo
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,8 @@ class StoreHost(Protocol):
     viewer: napari.Viewer
     dialogs: Any  # Dialogs, or a scripted stand-in with the same methods
 
-    def run_job(
-        self, steps: Callable[[], Generator[Any, None, Any]], what: str, on_return: Callable[[Any], None], total: int
-    ) -> None:
-        """Run a core generator in a worker, then ``on_return`` with its result."""
+    def run_job(self, job: Job[Any], what: str, on_return: Callable[[Any], None]) -> None:
+        """Run a core job in a worker, then ``on_return`` with its result."""
 
     def after_job(self, follow_up: Callable[[], None]) -> None:
         """Call ``follow_up`` once the running job has ended."""
@@ -88,7 +87,7 @@ class StoreActions:
             self.host.use_store(store, open_first=True)
 
         root = Path(folder)
-        self.host.run_job(lambda: worklist.import_images(store, images, root), "Import", imported, len(images) + 1)
+        self.host.run_job(worklist.import_images(store, images, root), "Import", imported)
 
     def _create_store(self, location: Path, ask: bool) -> AnnotationStore | None:
         """Let the user confirm where (when ``ask``) and leave the open case; create the store there."""
@@ -121,6 +120,4 @@ class StoreActions:
             self.host.use_store(store)
             self.host.after_job(lambda: self.host.open_case(info.case_id))
 
-        self.host.run_job(
-            lambda: worklist.call_steps("adding the image", store.add_case, volume), "New store", added, 1
-        )
+        self.host.run_job(call_job("adding the image", store.add_case, volume), "New store", added)

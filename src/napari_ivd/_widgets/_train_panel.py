@@ -11,7 +11,7 @@ active; the panel shows its reason and tells the annotator to re-list the models
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Any
 
 from napari.utils.notifications import show_info
@@ -31,13 +31,14 @@ from napari_ivd._widgets._jobs import start_job
 from napari_ivd._widgets._loss_plot import LossPlot
 from napari_ivd.errors import IvdError
 from napari_ivd.metrics import mean_structure_dice
+from napari_ivd.progress import Job, Progress
 from napari_ivd.store import AnnotationStore
-from napari_ivd.training.finetune import FineTuneConfig, FineTuneProgress, FineTuneResult, finetune_steps
+from napari_ivd.training.finetune import FineTuneConfig, FineTuneResult, Phase, finetune_steps
 from napari_ivd.training.store_cases import plan_training
 
 log = logging.getLogger(__name__)
 
-#: Resolution of the progress bar (FineTuneProgress.fraction is 0..1).
+#: Resolution of the progress bar (Progress.fraction is 0..1).
 PROGRESS_MAX = 1000
 WHAT = "Fine-tune"
 
@@ -139,9 +140,9 @@ class TrainPanel(QGroupBox):
             return
         location, cfg, author = self.store.location, self.make_config(), self._author()
 
-        def steps() -> Generator[FineTuneProgress, None, FineTuneResult]:
+        def make() -> Job[FineTuneResult]:  # in the worker: planning reads the store
             store = AnnotationStore.open(location)  # this thread's own store object
-            return (yield from finetune_steps(store, cfg, author=author))
+            return finetune_steps(store, cfg, author=author)
 
         self.running = True
         self._update_buttons()
@@ -150,7 +151,7 @@ class TrainPanel(QGroupBox):
         self.progress.setValue(0)
         self.status_label.setText("starting…")
         self.worker = start_job(
-            steps,
+            make,
             what=WHAT,
             on_yield=self._show_progress,
             on_return=self._finished,
@@ -165,16 +166,17 @@ class TrainPanel(QGroupBox):
             self.worker.quit()
             self.status_label.setText("cancelling at the end of this epoch…")
 
-    def _show_progress(self, report: FineTuneProgress) -> None:
+    def _show_progress(self, report: Progress) -> None:
         self.progress.setValue(round(report.fraction * PROGRESS_MAX))
         self.status_label.setText(report.message)
-        if report.train is None:
+        phase: Phase = report.detail
+        if phase.epoch is None:
             return
-        epoch = report.train.epoch + 1
-        if report.before is not None and self.plot.parent_error_mm is None:
-            self.plot.set_parent_error(report.before.get("error_mm"))
-        self.plot.add_loss(epoch, report.train.loss)
-        validation = report.train.validation
+        epoch = phase.epoch.epoch + 1
+        if phase.before is not None and self.plot.parent_error_mm is None:
+            self.plot.set_parent_error(phase.before.get("error_mm"))
+        self.plot.add_loss(epoch, phase.epoch.loss)
+        validation = phase.epoch.validation
         if validation is not None:
             dice = mean_structure_dice(validation.get("dice") or {})
             self.plot.add_validation(epoch, validation.get("error_mm"), dice)

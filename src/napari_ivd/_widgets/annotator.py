@@ -46,9 +46,10 @@ from napari_ivd._widgets._store_actions import StoreActions
 from napari_ivd._widgets._train_panel import TrainPanel
 from napari_ivd.annotator import Annotator, PredictionResult, SaveConflict, Saved
 from napari_ivd.errors import CorrectionError, IvdError
-from napari_ivd.inference import cuda_available
 from napari_ivd.layer_data import image_layer_data
 from napari_ivd.model_versions import ModelChoice
+from napari_ivd.models import cuda_available
+from napari_ivd.progress import Job, Progress, Tally, call_job
 from napari_ivd.store import AnnotationStore
 from napari_ivd.store.schema import default_author
 
@@ -75,6 +76,18 @@ def shortcuts_help() -> str:
     """The shortcut list shown as the widget's tooltip."""
     lines = [f"{key.replace('-', '+')}: {text}" for key, text, _ in SHORTCUTS]
     return "Keyboard shortcuts (in the viewer canvas):\n" + "\n".join(lines) + "\n" + POINT_UNDO_KEYS
+
+
+def opening_job(annotator: Annotator, case_id: str) -> Job[tuple[worklist.OpenedCase, Any, Any]]:
+    """Open ``case_id`` and prepare its layers' data: the annotator's open job, then one step of the view's own."""
+    opening = annotator.open_steps(case_id)
+
+    def body(tally: Tally) -> Generator[Progress, None, tuple[worklist.OpenedCase, Any, Any]]:
+        opened = yield from tally.run(opening)
+        yield tally.step("preparing layers")
+        return opened, image_layer_data(opened.volume), prepare_labels(opened.mask_tss, opened.volume)
+
+    return Job(opening.total + 1, body)
 
 
 class AnnotatorWidget(QWidget):
@@ -233,10 +246,8 @@ class AnnotatorWidget(QWidget):
         self.cancel_button.setEnabled(busy)
         self.models.set_busy(busy)
 
-    def run_job(
-        self, steps: Callable[[], Generator[Any, None, Any]], what: str, on_return: Callable[[Any], None], total: int
-    ) -> None:
-        """Run ``steps()`` in a worker (progress ``what``, ``total`` reports), then ``on_return(result)`` here.
+    def run_job(self, job: Job[Any], what: str, on_return: Callable[[Any], None]) -> None:
+        """Run ``job`` in a worker (progress ``what``), then ``on_return(result)`` here.
 
         One job at a time; its follow-ups (:meth:`after_job`) run once it has ended.
         """
@@ -261,9 +272,8 @@ class AnnotatorWidget(QWidget):
                 follow_up()
 
         self.worker = start_job(
-            steps,
+            job,
             what=what,
-            total=total,
             on_yield=lambda report: self.status_label.setText(getattr(report, "message", "")),
             on_return=returned,
             on_abort=lambda: show_info(f"{what}: cancelled"),
@@ -332,14 +342,7 @@ class AnnotatorWidget(QWidget):
 
     def _open(self, case_id: str) -> None:
         """Read ``case_id`` in a worker and show it (whatever is shown now is dropped)."""
-        annotator = self.annotator
-
-        def steps() -> Generator[Any, None, Any]:
-            opened = yield from annotator.open_steps(case_id)
-            yield worklist.StepProgress(2, 2, "preparing layers")
-            return opened, image_layer_data(opened.volume), prepare_labels(opened.mask_tss, opened.volume)
-
-        self.run_job(steps, f"Open {case_id}", self._show_case, 4)
+        self.run_job(opening_job(self.annotator, case_id), f"Open {case_id}", self._show_case)
 
     def _show_case(self, result: tuple[worklist.OpenedCase, Any, Any]) -> None:
         opened, image, labels = result
@@ -388,7 +391,7 @@ class AnnotatorWidget(QWidget):
         author = self.author()
         reason = f"chosen in the viewer by {author or default_author()}"
         self.run_job(
-            lambda: worklist.call_steps(
+            call_job(
                 "setting the active model",
                 store.set_active_model,
                 choice.key,
@@ -398,7 +401,6 @@ class AnnotatorWidget(QWidget):
             ),
             f"Make {choice.key} active",
             lambda _active: self.models.refresh(),
-            1,
         )
 
     def predict(self) -> None:
@@ -409,8 +411,8 @@ class AnnotatorWidget(QWidget):
         if not self.confirm_leave("replace them with a new prediction", then=self.predict):
             return
         # started here, on the GUI thread: what is shown now tells the edits made while it runs
-        steps = self.annotator.predict_steps(self.models.current(), self.device_box.currentText())
-        self.run_job(lambda: steps, f"Predict {self.annotator.case_id}", self._show_prediction, worklist.PREDICT_STEPS)
+        job = self.annotator.predict_steps(self.models.current(), self.device_box.currentText())
+        self.run_job(job, f"Predict {self.annotator.case_id}", self._show_prediction)
 
     def _show_prediction(self, result: PredictionResult) -> None:
         """Show the prediction; layers the user edited while it ran are kept unless the user chooses otherwise."""
@@ -460,7 +462,7 @@ class AnnotatorWidget(QWidget):
         except CorrectionError as exc:
             show_error(str(exc))
             return
-        steps = annotator.save_steps(request)
+        job = annotator.save_steps(request)
 
         def done(outcome: Saved | SaveConflict) -> None:
             if isinstance(outcome, SaveConflict):
@@ -474,7 +476,7 @@ class AnnotatorWidget(QWidget):
             if then is not None:
                 self._after_job.append(then)
 
-        self.run_job(lambda: steps, f"Save {request.case_id}", done, 1)
+        self.run_job(job, f"Save {request.case_id}", done)
 
     def _resolve_conflict(self, conflict: SaveConflict, then: Callable[[], None] | None) -> None:
         """Ask the user how to answer a save refused because someone saved the case meanwhile."""
@@ -500,8 +502,7 @@ class AnnotatorWidget(QWidget):
         if self.annotator.verify_needs_save():
             self.save(status="verified")
             return
-        steps = self.annotator.verify_steps()
-        self.run_job(lambda: steps, f"Verify {self.annotator.case_id}", self.table.update_case, 1)
+        self.run_job(self.annotator.verify_steps(), f"Verify {self.annotator.case_id}", self.table.update_case)
 
     def _update_status(self, *_: Any) -> None:
         annotator = self.annotator

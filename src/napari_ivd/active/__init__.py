@@ -1,7 +1,7 @@
 """Active learning: which case the researcher should correct next, and which of its points are likely wrong.
 
 No Qt, no napari: the annotator's ranking panel and ``napari-ivd rank`` drive the same
-generator (:func:`score_store_steps`).
+job (:func:`score_store_steps`).
 
 Example
 -------

@@ -4,10 +4,10 @@ Uncertainty alone tends to pick near-duplicates (five scans from one scanner tha
 confuse the model the same way). Sener & Savarese's core-set idea (greedy k-center) picks
 instead the case farthest from everything already annotated or picked; weighting that
 distance by uncertainty keeps both. The embedding is what the model itself makes of the
-mid-sagittal slice, mean- and max-pooled per channel and scaled to unit length: for ivdnet
-its deepest encoder features (after the dense ASPP, stride 8: one slice through the
-encoder only), for any other registered network its output maps (heatmaps and masks,
-docs/pipeline.md). One slice is far cheaper than a prediction.
+mid-sagittal slice (its :meth:`~napari_ivd.models.conventions.PipelineNet.forward_features`:
+for ivdnet its deepest encoder features, after the dense ASPP; by default the heatmaps and
+masks), mean- and max-pooled per channel and scaled to unit length. The slice is prepared
+as for a prediction (:mod:`napari_ivd.preprocess`); one slice is far cheaper than a prediction.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_ivd.inference import PAD_MULTIPLE
 from napari_ivd.io import SagittalView, Volume
-from napari_ivd.models import IvdNet
-from napari_ivd.training.data import normalize_volume, resample_slice
+from napari_ivd.models.conventions import PipelineNet
+from napari_ivd.preprocess import ModelInput, channel_picks, network_input, pad_to_multiple
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ def _pooled(maps: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def embed_volume(
     volume: Volume,
-    model: torch.nn.Module,
+    model: PipelineNet,
     card: dict[str, Any],
     device: str | torch.device = "cpu",
     mid_sagittal_mm: float | None = None,
@@ -81,25 +80,16 @@ def embed_volume(
 
     Returns
     -------
-    (D,) float64 array of unit norm: twice the channels pooled (ivdnet: after the dense ASPP;
-    other networks: heatmap plus mask channels).
+    (D,) float64 array of unit norm: twice the channels of the model's feature maps.
     """
+    model_input = ModelInput.from_card(card)
     view = volume.view
-    shown = normalize_volume(view.to_display(volume.array))
-    spacing = view.spacing_mm
-    n_slices = shown.shape[0]
-    centre = n_slices // 2 if mid_sagittal_mm is None else round(mid_sagittal_mm / spacing[0])
-    in_channels = int(card["input"].get("in_channels", 1))
-    picks = np.clip(np.arange(in_channels) + int(centre) - in_channels // 2, 0, n_slices - 1)
-    planes = np.stack([resample_slice(shown[i], spacing[1:], float(card["input"]["spacing_mm"])) for i in picks])
-    multiple = int(card["input"].get("multiple", PAD_MULTIPLE))
-    pad = [(0, 0)] + [(0, (-size) % multiple) for size in planes.shape[1:]]
-    x = torch.from_numpy(np.pad(planes, pad).astype(np.float32))[None].to(device)
-    if isinstance(model, IvdNet):
-        pooled = _pooled(model.aspp(model.down8(model.down4(model.stem(x))))[0])
-    else:
-        out = model(x)
-        pooled = torch.cat([_pooled(torch.sigmoid(out["heatmap"][0])), _pooled(torch.sigmoid(out["seg"][0]))])
+    n_slices = view.display.shape[0]
+    centre = n_slices // 2 if mid_sagittal_mm is None else round(mid_sagittal_mm / view.spacing_mm[0])
+    picks = channel_picks(int(centre), n_slices, model_input.in_channels)
+    planes = pad_to_multiple(network_input(volume, model_input, picks), model_input.multiple)
+    x = torch.from_numpy(planes.astype(np.float32))[None].to(device)
+    pooled = torch.cat([_pooled(maps[0]) for maps in model.forward_features(x)])
     embedding = pooled.double().cpu().numpy()
     norm = float(np.linalg.norm(embedding))
     return embedding / norm if norm > 0 else embedding

@@ -10,34 +10,33 @@ Strategies (:data:`STRATEGIES`):
 
 :func:`rank` is pure (plain records in, ordered rows out); :func:`score_store_steps` scores a
 store's cases with a model (cached per model version, see :mod:`napari_ivd.active.cache`),
-yielding progress, and returns the ranking.
+as a job reporting each case's steps, and returns the ranking.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
 import numpy as np
 
 from napari_ivd.active.cache import CachedCase, ScoreCache, model_key
 from napari_ivd.active.diversity import embed_volume, k_center_order, points_mid_sagittal_mm
-from napari_ivd.active.uncertainty import PERTURBATIONS, Perturbation, VolumeScore, score_volume_steps
+from napari_ivd.active.uncertainty import PERTURBATIONS, Perturbation, VolumeScore, score_volume_steps, scoring_steps
 from napari_ivd.active.versions import compare_with_earlier
 from napari_ivd.errors import IvdError, RankingError
-from napari_ivd.inference import find_model_dir
 from napari_ivd.model_versions import active_choice, model_folder, stored_model
-from napari_ivd.store import AnnotationStore
-from napari_ivd.worklist import ModelCache, StepProgress
+from napari_ivd.models import find_model_dir, read_card
+from napari_ivd.progress import Job, Progress, Tally
+from napari_ivd.store import AnnotationStore, CaseInfo
+from napari_ivd.worklist import ModelCache
 
 log = logging.getLogger(__name__)
 
 __all__ = ["STRATEGIES", "CaseRecord", "RankedCase", "Ranking", "rank", "score_store_steps"]
 
-T = TypeVar("T")
 
 STRATEGIES: tuple[str, ...] = ("random", "uncertainty", "uncertainty+diversity")
 #: Under ``uncertainty+diversity``, a pick whose distance counts for less than this share is
@@ -173,18 +172,6 @@ def rank(records: Sequence[CaseRecord], strategy: str = "uncertainty", seed: int
     ]
 
 
-def _relay(
-    steps: Generator[StepProgress, None, T], offset: int, total: int, prefix: str
-) -> Generator[StepProgress, None, T]:
-    """Re-yield an inner job's progress as part of a longer one."""
-    while True:
-        try:
-            report = next(steps)
-        except StopIteration as done:
-            return done.value
-        yield StepProgress(offset + report.step, total, f"{prefix}: {report.message}")
-
-
 def _earlier_proposal(store: AnnotationStore, case_id: str, current: str) -> tuple[str, dict[str, np.ndarray]]:
     """The case's latest proposal by another model version than ``current``: its model and points (mm)."""
     earlier = [p for p in store.proposals(case_id) if p.model != current]
@@ -201,8 +188,8 @@ def score_store_steps(
     seed: int = 0,
     cache: ModelCache | None = None,
     perturbations: Sequence[Perturbation] = PERTURBATIONS,
-) -> Generator[StepProgress, None, Ranking]:
-    """Score the store's cases that need it (cached per model version), yielding progress; returns the ranking.
+) -> Job[Ranking]:
+    """Score the store's cases that need it (cached per model version), a job whose result is the ranking.
 
     Cases not verified get a score and an embedding; verified cases only an embedding, and
     only for ``uncertainty+diversity``. A case with a proposal by another model version
@@ -211,7 +198,9 @@ def score_store_steps(
     cached for the same model and image are reused, so ranking again after a few
     corrections costs nothing, and a fine-tuned model (other weights) scores afresh. The
     cache is written after every case, so a cancelled run keeps what it computed. A case
-    that cannot be read is ranked last with the reason, not fatal.
+    that cannot be read is ranked last with the reason, not fatal. Making the job reads the
+    store's case list, the model's card and the cache (to know its steps); the model is
+    loaded when the job runs, and only when a case needs scoring.
 
     Parameters
     ----------
@@ -234,54 +223,76 @@ def score_store_steps(
     check_strategy(strategy)
     infos = [store.case(case_id) for case_id in store.case_ids()]
     if strategy == "random":
-        yield StepProgress(0, 1, f"drawing {len(infos)} cases at random")
-        records = [CaseRecord(i.case_id, i.status) for i in infos]
-        return Ranking(strategy, None, tuple(rank(records, strategy, seed)))
+
+        def draw(tally: Tally) -> Generator[Progress, None, Ranking]:
+            yield tally.step(f"drawing {len(infos)} cases at random")
+            records = [CaseRecord(i.case_id, i.status) for i in infos]
+            return Ranking(strategy, None, tuple(rank(records, strategy, seed)))
+
+        return Job(1, draw)
 
     chosen = active_choice(store).key if model is None else model
     folder = model_folder(store, chosen)
-    net, card, where = (cache or ModelCache(size=1)).get(folder, device)
     version = stored_model(store, chosen)
     current = find_model_dir(folder).name if version is None else version.model_id  # as proposals name it
-    key = model_key(card)
+    key = model_key(read_card(folder))
     cached = ScoreCache(store, key)
     diversity = strategy == "uncertainty+diversity"
 
-    def needs(info: Any) -> bool:
+    def needs(info: CaseInfo) -> bool:
         entry = cached.get(info.case_id, info.image_sha256)
         if info.status != "verified":
             return entry is None or entry.score is None or entry.embedding is None
         return diversity and (entry is None or entry.embedding is None)
 
     todo = [info for info in infos if needs(info)]
-    per_case = len(perturbations) + 2
-    total = max(1, per_case * len(todo))
-    failed: dict[str, str] = {}
-    for n, info in enumerate(todo):
-        case_id, offset = info.case_id, n * per_case
-        yield StepProgress(offset, total, f"{case_id}: reading ({n + 1} of {len(todo)} to score)")
-        try:
-            volume = store.read_image(case_id)
-            known = cached.get(case_id, info.image_sha256)
-            volume_score = None if known is None else known.score  # a verified case keeps an earlier score
-            if info.status != "verified":
-                steps = score_volume_steps(volume, net, card, where, perturbations)
-                volume_score = yield from _relay(steps, offset + 1, total, case_id)
-                earlier_model, earlier_mm = _earlier_proposal(store, case_id, current)
-                volume_score = compare_with_earlier(volume_score, earlier_mm, earlier_model)
-                mid_mm = volume_score.mid_sagittal_mm
-            else:
-                points = store.load(case_id).points
-                mid_mm = points_mid_sagittal_mm(volume.view, np.array([p.ijk_vox for p in points]))
-            yield StepProgress(offset + per_case - 1, total, f"{case_id}: embedding")
-            embedding = embed_volume(volume, net, card, where, mid_mm)
-        except IvdError as exc:
-            log.warning("%s not scored: %s", case_id, exc)
-            failed[case_id] = f"not scored: {exc}"
-            continue
-        cached.put(case_id, CachedCase(info.image_sha256, volume_score, embedding))
-        cached.save()
+    per_case = 1 + scoring_steps(perturbations) + 1  # reading, scoring, embedding
 
+    def body(tally: Tally) -> Generator[Progress, None, Ranking]:
+        failed: dict[str, str] = {}
+        loaded = (cache or ModelCache(size=1)).get(folder, device) if todo else None
+        for n, info in enumerate(todo):
+            assert loaded is not None
+            net, card, where = loaded
+            case_id, end = info.case_id, tally.done + per_case
+            yield tally.step(f"{case_id}: reading ({n + 1} of {len(todo)} to score)")
+            try:
+                volume = store.read_image(case_id)
+                known = cached.get(case_id, info.image_sha256)
+                volume_score = None if known is None else known.score  # a verified case keeps an earlier score
+                if info.status != "verified":
+                    scoring = score_volume_steps(volume, net, card, where, perturbations)
+                    volume_score = yield from tally.run(scoring, prefix=case_id)
+                    earlier_model, earlier_mm = _earlier_proposal(store, case_id, current)
+                    volume_score = compare_with_earlier(volume_score, earlier_mm, earlier_model)
+                    mid_mm = volume_score.mid_sagittal_mm
+                else:
+                    tally.skip(scoring_steps(perturbations))
+                    points = store.load(case_id).points
+                    mid_mm = points_mid_sagittal_mm(volume.view, np.array([p.ijk_vox for p in points]))
+                yield tally.step(f"{case_id}: embedding")
+                embedding = embed_volume(volume, net, card, where, mid_mm)
+            except IvdError as exc:
+                log.warning("%s not scored: %s", case_id, exc)
+                failed[case_id] = f"not scored: {exc}"
+                tally.skip(end - tally.done)
+                continue
+            cached.put(case_id, CachedCase(info.image_sha256, volume_score, embedding))
+            cached.save()
+        return _ranking(infos, cached, failed, strategy, key, seed)
+
+    return Job(per_case * len(todo), body)
+
+
+def _ranking(
+    infos: Sequence[CaseInfo],
+    cached: ScoreCache,
+    failed: Mapping[str, str],
+    strategy: str,
+    key: str,
+    seed: int,
+) -> Ranking:
+    """The store's cases ranked from what the cache holds now (failed ones last, with their reason)."""
     records, scores = [], {}
     for info in infos:
         entry = cached.get(info.case_id, info.image_sha256)

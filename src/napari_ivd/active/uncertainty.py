@@ -37,9 +37,9 @@ from napari_ivd.active.chain import Placeholder, check_chain
 from napari_ivd.active.plausibility import Finding, implausibility, ramp
 from napari_ivd.inference import PredictedStructure, Prediction, predict
 from napari_ivd.io import SagittalView, Volume, VolumeGeometry
+from napari_ivd.preprocess import normalize_volume
+from napari_ivd.progress import Job, Progress, Tally
 from napari_ivd.skeleton import SkeletonPrior
-from napari_ivd.training.data import normalize_volume
-from napari_ivd.worklist import StepProgress
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ __all__ = [
     "plane_extent_mm",
     "plane_positions_mm",
     "score_volume_steps",
+    "scoring_steps",
     "summarise",
 ]
 
@@ -300,18 +301,26 @@ def score_volume_steps(
     card: dict[str, Any],
     device: str | torch.device = "cpu",
     perturbations: Sequence[Perturbation] = PERTURBATIONS,
-) -> Generator[StepProgress, None, VolumeScore]:
-    """Predict the volume plainly and under each perturbation, yielding progress; returns its score.
+) -> Job[VolumeScore]:
+    """Predict the volume plainly and under each perturbation, a step each; the job's result is its score.
 
     One forward pass (a whole :func:`napari_ivd.inference.predict`) per run, so the caller
     can stop between runs.
     """
     prior = SkeletonPrior.from_dict(card["skeleton"]) if card.get("skeleton") else None
-    total = len(perturbations) + 1
-    yield StepProgress(0, total, "predicting")
-    plain = predict(volume, model, card, device)
-    runs = []
-    for n, perturbation in enumerate(perturbations, start=1):
-        yield StepProgress(n, total, f"predicting a perturbed copy ({n} of {len(perturbations)})")
-        runs.append(predict(perturb(volume, perturbation), model, card, device))
-    return assess(plain, runs, volume.view, prior)
+
+    def body(tally: Tally) -> Generator[Progress, None, VolumeScore]:
+        yield tally.step("predicting")
+        plain = predict(volume, model, card, device)
+        runs = []
+        for n, perturbation in enumerate(perturbations, start=1):
+            yield tally.step(f"predicting a perturbed copy ({n} of {len(perturbations)})")
+            runs.append(predict(perturb(volume, perturbation), model, card, device))
+        return assess(plain, runs, volume.view, prior)
+
+    return Job(scoring_steps(perturbations), body)
+
+
+def scoring_steps(perturbations: Sequence[Perturbation] = PERTURBATIONS) -> int:
+    """How many steps :func:`score_volume_steps` takes: the plain run and one per perturbation."""
+    return 1 + len(perturbations)

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 from collections.abc import Iterable, Mapping
 
+import torch
 from torch import Tensor, nn
 
 from napari_ivd.anatomy import LUMBAR_LABELS, normalize_name, structure
@@ -224,6 +225,8 @@ class PipelineNet(nn.Module):
       architecture's own loss reads (documented on its ``forward``).
     * ``seg_only=True`` returns ``"seg"`` (and no ``"heatmap"``/``"offset"``), skipping what
       only the keypoints need: what inference runs on the lateral slices.
+    * :meth:`forward_features` returns feature maps that active learning pools into an
+      embedding of a scan (what the model makes of it).
 
     Parameters
     ----------
@@ -254,6 +257,15 @@ class PipelineNet(nn.Module):
     def __init__(self, config: PipelineConfig) -> None:
         super().__init__()
         self.config = config
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, ...]:
+        """What the network makes of ``x``: feature maps ``(B, C, h, w)`` to pool into an embedding.
+
+        This default is the heatmap and mask probabilities (the outputs every network has);
+        a network with a telling deep representation returns that instead, cheaper too.
+        """
+        out = self(x)
+        return torch.sigmoid(out["heatmap"]), torch.sigmoid(out["seg"])
 
     def label_axes(self) -> LabelAxes:
         """Where the state dict holds per-label channels, for :func:`~napari_ivd.models.grow.grow_labels`.

@@ -270,6 +270,11 @@ class IvdNet(PipelineNet):
         self.seg = nn.Conv2d(w2, 2 * 4 if config.subpixel_seg else 2, 1)
         init_weights(self, self.heatmap, self.offset, [self.seg])
 
+    def forward_features(self, x: Tensor) -> tuple[Tensor, ...]:
+        """The dense ASPP's output at stride 8: the deepest features, from the encoder alone."""
+        self.check_input(x, INPUT_MULTIPLE)
+        return (self.aspp(self.down8(self.down4(self.stem(x)))),)
+
     def forward(self, x: Tensor, seg_only: bool = False) -> dict[str, Tensor]:
         """The pipeline's outputs; ``seg_only`` skips the keypoint head and its attention (a third of the time)."""
         self.check_input(x, INPUT_MULTIPLE)

@@ -29,6 +29,7 @@ from scipy import ndimage
 from napari_ivd.anatomy import LUMBAR_LABELS, from_tss, shift, structure
 from napari_ivd.errors import TrainingError, UnknownLevelError
 from napari_ivd.models.decode import input_to_output_px
+from napari_ivd.preprocess import OUTPUT_STRIDE, intensity_range
 from napari_ivd.training.cases import LabelledCase
 
 log = logging.getLogger(__name__)
@@ -37,99 +38,19 @@ __all__ = [
     "AUGMENTATIONS",
     "DEFAULT_LABELS",
     "END_CLEARANCE_MM",
-    "OUTPUT_STRIDE",
     "ROBUST_AUGMENTATION",
     "SampleConfig",
     "SliceDataset",
-    "intensity_range",
-    "normalize_volume",
-    "resample_slice",
 ]
 
 #: The lumbar labels our training data annotates, cranio-caudal (= model channel order).
 DEFAULT_LABELS: tuple[str, ...] = LUMBAR_LABELS
-#: Input pixels per output pixel of the heatmap / offset heads.
-OUTPUT_STRIDE = 2
-_PERCENTILES = (0.5, 99.5)
 _SEG_KINDS = ("vertebra", "disc")  # seg channel order
 #: Known mask background stops this far (mm) short of the centre of an end structure whose
 #: neighbour beyond is not annotated (S1 below L5 on VB2/VB3). Measured on VB1 with S1 hidden:
 #: the nearest S1 voxel lies 0.7 mm on L5's side of L5's centre plane in case-15, 5.7 mm or
 #: more beyond it in the other cases.
 END_CLEARANCE_MM = 5.0
-
-
-def intensity_range(array: np.ndarray) -> tuple[float, float]:
-    """The volume's 0.5 / 99.5 intensity percentiles: the range :func:`normalize_volume` maps to [0, 1]."""
-    lo, hi = np.percentile(array, _PERCENTILES)
-    return float(lo), float(hi)
-
-
-def normalize_volume(array: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
-    """Clip a volume to its 0.5 / 99.5 intensity percentiles and scale it to [0, 1].
-
-    One normalisation for training and inference, so a model sees the same intensities
-    whatever the scanner's units. A constant volume maps to all zeros.
-
-    Parameters
-    ----------
-    array : (...) real array
-        Intensities of the whole volume, or of part of it when ``value_range`` is given.
-    value_range : (float, float), optional
-        The whole volume's range (:func:`intensity_range`), to normalise it slice by slice
-        without a float copy of all of it.
-
-    Returns
-    -------
-    (...) float32 array in [0, 1]
-    """
-    lo, hi = value_range or intensity_range(array)
-    if not hi > lo:
-        return np.zeros(np.shape(array), dtype=np.float32)
-    out = np.array(array, dtype=np.float32)  # the one float copy, scaled in place
-    out -= np.float32(lo)
-    out /= np.float32(hi - lo)
-    return np.clip(out, 0.0, 1.0, out=out)
-
-
-def _resampled_shape(shape: tuple[int, ...], spacing_in: Sequence[float], spacing_out: float) -> tuple[int, int]:
-    """Pixels of spacing_out that fit within the span of the input pixel centres."""
-    return tuple(  # type: ignore[return-value]
-        math.floor((n - 1) * s / spacing_out + 1e-6) + 1 for n, s in zip(shape, spacing_in, strict=True)
-    )
-
-
-def resample_slice(slice2d: np.ndarray, spacing_in: tuple[float, float], spacing_out: float) -> np.ndarray:
-    """Resample a 2D slice to isotropic ``spacing_out`` mm by linear interpolation.
-
-    Output pixel (r, c) lies at ``(r * spacing_out, c * spacing_out)`` mm from the centre of
-    input pixel (0, 0), as docs/pipeline.md fixes, so keypoints convert by a pure scale:
-    ``row = j * spacing_in[0] / spacing_out``. The output covers the input's pixel centres.
-
-    Parameters
-    ----------
-    slice2d : (J, K) array
-        A display slice (rows S→I, cols A→P).
-    spacing_in : (float, float)
-        Its row and column spacing in mm.
-    spacing_out : float
-        Target spacing in mm.
-
-    Returns
-    -------
-    (R, C) float32 array
-        ``R = floor((J - 1) * spacing_in[0] / spacing_out) + 1``, likewise C.
-    """
-    if spacing_out <= 0 or min(spacing_in) <= 0:
-        raise ValueError(f"spacings must be positive, got in={spacing_in}, out={spacing_out}")
-    src = np.asarray(slice2d)
-    if src.ndim != 2:
-        raise ValueError(f"expected a 2D slice, got shape {src.shape}")
-    shape_px = _resampled_shape(src.shape, spacing_in, spacing_out)
-    step_vox = np.array([spacing_out / spacing_in[0], spacing_out / spacing_in[1]])
-    if np.all(step_vox == 1.0):  # already on the grid: interpolating would copy it, slowly
-        return src.astype(np.float32, copy=True)
-    return ndimage.affine_transform(src, step_vox, output_shape=shape_px, order=1, mode="nearest", output=np.float32)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""Training engine: fits a registered model on labelled cases, yielding progress as it goes.
+"""Training engine: fits a registered model on labelled cases, a job reporting each epoch.
 
-The CLI drives :func:`fit` with a plain ``for`` loop; the viewer will drive the same
-generator from a napari ``thread_worker`` (stop = stop iterating). Validation runs the real
+The CLI drives :func:`fit` with :func:`~napari_ivd.progress.run_steps`; the viewer drives
+the same job from a napari worker (stop = stop iterating). Validation runs the real
 prediction pipeline (:func:`napari_ivd.inference.predict`) on held-out cases, so the
 figures it reports are the ones a user gets.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from napari_ivd.errors import TrainingError
-from napari_ivd.inference import PAD_MULTIPLE, Prediction, predict, resolve_device
+from napari_ivd.inference import Prediction, predict
 from napari_ivd.metrics import (
     dice_rows,
     keypoint_rows,
@@ -28,8 +28,10 @@ from napari_ivd.metrics import (
     summarize_dice,
     summarize_keypoints,
 )
-from napari_ivd.models import build, load_checkpoint, registry, save_checkpoint, to_device
+from napari_ivd.models import build, load_checkpoint, registry, resolve_device, save_checkpoint, to_device
 from napari_ivd.models.grow import grow_labels
+from napari_ivd.preprocess import PAD_MULTIPLE, ModelInput
+from napari_ivd.progress import Job, Progress, Tally
 from napari_ivd.skeleton import SkeletonPrior
 from napari_ivd.training import ddp
 from napari_ivd.training.cases import LabelledCase
@@ -74,8 +76,8 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class TrainProgress:
-    """Reported every epoch (and after each validation)."""
+class Epoch:
+    """The figures of one epoch (and of its validation, when one ran): each training report's ``detail``."""
 
     epoch: int
     step: int
@@ -86,6 +88,16 @@ class TrainProgress:
     validation: dict[str, Any] | None = None
     improved: bool = False
     batch_size: int = 0
+
+    @property
+    def fraction(self) -> float:
+        """Share of the time budget spent."""
+        return self.elapsed_s / self.budget_s if self.budget_s else 1.0
+
+    def line(self) -> str:
+        """The epoch in a line of text."""
+        text = f"epoch {self.epoch + 1}, step {self.step}, loss {self.loss:.3f}"
+        return text if self.validation is None else f"{text}; validated{' (best)' if self.improved else ''}"
 
 
 def in_plane_mm(case: LabelledCase) -> dict[str, tuple[float, float]]:
@@ -215,7 +227,7 @@ def fit(
     out_dir: Path,
     init_from: Path | None = None,
     card_extra: dict[str, Any] | None = None,
-) -> Iterator[TrainProgress]:
+) -> Job[dict[str, Any] | None]:
     """Train, validating on ``dev_cases``; keep the best (or, ``cfg.keep == "last"``, the last) model in ``out_dir``.
 
     Validation runs every ``validate_every_epochs`` epochs (or, when that is 0, every
@@ -227,8 +239,10 @@ def fit(
     pass runs in mixed precision and an out-of-memory step halves the batch and goes on. Under ``torchrun`` (see
     :mod:`napari_ivd.training.ddp`) every rank trains and only rank 0 validates and saves.
 
-    Yields a :class:`TrainProgress` per epoch; returns the saved card (``None`` if no
-    validation ever ran). Stopping the iteration early leaves the best model saved so far.
+    A job of one step, measured by its budget: it reports every epoch (its :class:`Epoch`
+    as the report's ``detail``, the share of the time or epoch budget spent as its
+    progress); its result is the saved card (``None`` if no validation ever ran). Stopping
+    the iteration early leaves the best model saved so far.
     Without ``dev_cases`` the model is saved once, when training ends, un-judged (its card's
     ``metrics.validation`` is ``None``).
 
@@ -237,6 +251,24 @@ def fit(
     TrainingError
         The loss became NaN or infinite (nothing more is saved).
     """
+
+    def body(tally: Tally) -> Generator[Progress, None, dict[str, Any] | None]:
+        return (yield from _fit(tally, cfg, sample_cfg, train_cases, dev_cases, out_dir, init_from, card_extra))
+
+    return Job(1, body)
+
+
+def _fit(
+    tally: Tally,
+    cfg: TrainConfig,
+    sample_cfg: SampleConfig,
+    train_cases: Sequence[LabelledCase],
+    dev_cases: Sequence[LabelledCase],
+    out_dir: Path,
+    init_from: Path | None,
+    card_extra: dict[str, Any] | None,
+) -> Generator[Progress, None, dict[str, Any] | None]:
+    """The body of :func:`fit`."""
     ranks = ddp.current()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
@@ -248,12 +280,11 @@ def fit(
     card = {
         "name": cfg.model,
         "labels": labels,
-        "input": {
-            "spacing_mm": sample_cfg.spacing_mm,
-            "in_channels": sample_cfg.in_channels,
-            "output_stride": 2,
-            "multiple": int(getattr(model, "input_multiple", PAD_MULTIPLE)),
-        },
+        "input": ModelInput(
+            spacing_mm=sample_cfg.spacing_mm,
+            in_channels=sample_cfg.in_channels,
+            multiple=int(getattr(model, "input_multiple", PAD_MULTIPLE)),
+        ).to_dict(),
         "skeleton": skeleton,
     }
     per_rank = math.ceil(cfg.samples_per_epoch / ranks.world)
@@ -345,7 +376,7 @@ def fit(
             else:
                 stale += 1
         n = max(1, len(losses))
-        yield TrainProgress(
+        figures = Epoch(
             epoch=epoch,
             step=step,
             elapsed_s=time.perf_counter() - start,
@@ -356,6 +387,7 @@ def fit(
             improved=improved,
             batch_size=batch_size,
         )
+        yield tally.partial(max(figures.fraction, (epoch + 1) / cfg.max_epochs), figures.line(), figures)
         if ddp.agree(out_of_time or (cfg.keep == "best" and stale >= cfg.patience)):
             break
     if ranks.main and not dev_cases:  # nothing to judge by: the model as training left it

@@ -11,8 +11,9 @@ hold out, the run trains on every case and stores the result un-judged, not acti
 user may make it active by hand). Nothing reaches the store before the run has finished:
 a cancelled or failed run leaves the store as it was.
 
-The viewer drives :func:`finetune_steps` in a worker; ``napari-ivd train --store`` drives it
-with a loop, under ``torchrun`` too (only rank 0 evaluates and writes).
+A run is a job (:mod:`napari_ivd.progress`): the viewer drives :func:`finetune_steps` in a
+worker; ``napari-ivd train --store`` drives it with ``run_steps``, under ``torchrun`` too
+(only rank 0 evaluates and writes).
 
 Example
 -------
@@ -31,20 +32,24 @@ from pathlib import Path
 from typing import Any
 
 from napari_ivd.errors import TrainingError
-from napari_ivd.inference import resolve_device
 from napari_ivd.model_versions import ModelChoice, active_choice, model_choices, model_folder, validation_figure
-from napari_ivd.models import load_checkpoint, read_card
+from napari_ivd.models import load_checkpoint, read_card, resolve_device
+from napari_ivd.progress import Job, Progress, Tally
 from napari_ivd.store import AnnotationStore, ModelInfo
 from napari_ivd.store.schema import default_author
 from napari_ivd.training import ddp
 from napari_ivd.training.cases import LabelledCase, labels_of
 from napari_ivd.training.data import SampleConfig
-from napari_ivd.training.engine import TrainConfig, TrainProgress, evaluate_cases, fit, validation_key
+from napari_ivd.training.engine import Epoch, TrainConfig, evaluate_cases, fit, validation_key
 from napari_ivd.training.store_cases import NOT_JUDGED, TrainingPlan, load_planned_cases, plan_training
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FineTuneConfig", "FineTuneProgress", "FineTuneResult", "finetune_steps", "parent_choice"]
+__all__ = ["FineTuneConfig", "FineTuneResult", "Phase", "finetune_steps", "parent_choice"]
+
+#: Steps of a run's progress the training takes, against one each for reading the cases,
+#: scoring the parent and storing the result: most of a run's time is training.
+TRAINING_STEPS = 18
 
 
 @dataclass(frozen=True)
@@ -79,13 +84,11 @@ class FineTuneConfig:
 
 
 @dataclass(frozen=True)
-class FineTuneProgress:
-    """A report of a run: the phase, a line of text, and the engine's figures while training."""
+class Phase:
+    """What a run's report is about (its ``detail``): the phase, and the engine's figures while training."""
 
-    phase: str  # "reading", "baseline", "training", "saving"
-    message: str
-    fraction: float
-    train: TrainProgress | None = None
+    name: str  # "reading", "baseline", "training", "saving"
+    epoch: Epoch | None = None
     before: dict[str, Any] | None = None
 
 
@@ -126,11 +129,11 @@ def finetune_steps(
     *,
     parent: str | None = None,
     author: str | None = None,
-) -> Generator[FineTuneProgress, None, FineTuneResult]:
+) -> Job[FineTuneResult]:
     """Fine-tune ``parent`` (default: the active model) on the store's corrected cases.
 
-    Yields :class:`FineTuneProgress` (stop iterating to cancel: nothing is written); returns
-    a :class:`FineTuneResult`.
+    A job (stop iterating to cancel: nothing is written) whose reports carry their
+    :class:`Phase`; its result is a :class:`FineTuneResult`. Making it plans the cases.
 
     Raises
     ------
@@ -141,19 +144,42 @@ def finetune_steps(
         The parent's weights cannot be loaded.
     """
     cfg = cfg or FineTuneConfig()
-    ranks = ddp.current()
     plan = plan_training(store, cfg.validation_fraction)
-    yield FineTuneProgress("reading", plan.describe(), 0.0)
-    train_cases, val_cases = yield from _read(store, plan)
+    reading = load_planned_cases(store, plan)
+
+    def body(tally: Tally) -> Generator[Progress, None, FineTuneResult]:
+        yield tally.partial(0.0, plan.describe(), Phase("reading"))
+        train_cases, val_cases = yield from tally.run(
+            reading, steps=1, describe=lambda r: (r.message, Phase("reading"))
+        )
+        return (yield from _run(tally, store, cfg, plan, train_cases, val_cases, parent, author))
+
+    return Job(1 + 1 + TRAINING_STEPS + 1, body)  # reading, baseline, training, saving
+
+
+def _run(
+    tally: Tally,
+    store: AnnotationStore,
+    cfg: FineTuneConfig,
+    plan: TrainingPlan,
+    train_cases: list[LabelledCase],
+    val_cases: list[LabelledCase],
+    parent: str | None,
+    author: str | None,
+) -> Generator[Progress, None, FineTuneResult]:
+    """The run once its cases are read: score the parent, train, store the child and judge it."""
+    ranks = ddp.current()
     choice = parent_choice(store, parent)
     parent_dir = model_folder(store, choice.key)
     device = resolve_device(cfg.device)
     before: dict[str, Any] = {}
     if ranks.main and val_cases:
-        yield FineTuneProgress("baseline", f"scoring {choice.key} on the {len(val_cases)} held-out cases", 0.05)
+        yield tally.step(f"scoring {choice.key} on the {len(val_cases)} held-out cases", Phase("baseline"))
         model, card = load_checkpoint(parent_dir, device=device)
         before = evaluate_cases(model, card, val_cases, device)
         del model
+    else:
+        tally.skip(1)
     sample_cfg = parent_sample_config(parent_dir, train_cases)
     extra = {
         "parent": {"model": choice.key, "stored": choice.stored, "weights_sha256": choice.card.get("weights_sha256")},
@@ -166,23 +192,21 @@ def finetune_steps(
         "author": author or default_author(),
     }
     start = time.perf_counter()
+
+    def training(report: Progress) -> tuple[str, Phase]:
+        return _train_line(report.detail, cfg.epochs), Phase("training", report.detail, before)
+
     with tempfile.TemporaryDirectory(prefix="napari-ivd-finetune-") as tmp:
         out_dir = Path(tmp) / "model"
-        train_cfg = cfg.train_config()
-        steps = fit(train_cfg, sample_cfg, train_cases, val_cases, out_dir, init_from=parent_dir, card_extra=extra)
-        while True:
-            try:
-                report = next(steps)
-            except StopIteration as done:
-                saved = done.value
-                break
-            fraction = min(1.0, max(report.elapsed_s / report.budget_s, (report.epoch + 1) / train_cfg.max_epochs))
-            yield FineTuneProgress("training", _train_line(report, cfg.epochs), 0.1 + 0.85 * fraction, report, before)
+        fitting = fit(
+            cfg.train_config(), sample_cfg, train_cases, val_cases, out_dir, init_from=parent_dir, card_extra=extra
+        )
+        saved = yield from tally.run(fitting, steps=TRAINING_STEPS, describe=training)
         if not ranks.main:
             return FineTuneResult(None, choice.key, False, "rank > 0 writes nothing", before, {}, plan)
         if saved is None:
             raise TrainingError("fine-tuning ended before any validation ran; give it more time or epochs")
-        yield FineTuneProgress("saving", "storing the new model version", 0.97, None, before)
+        yield tally.step("storing the new model version", Phase("saving", None, before))
         info = store.add_model(out_dir)
     after = saved["metrics"]["validation"] or {}
     better = bool(val_cases) and validation_key(after) < validation_key(before)
@@ -199,16 +223,6 @@ def finetune_steps(
     return FineTuneResult(info, choice.key, better, reason, before, after, plan)
 
 
-def _read(store: AnnotationStore, plan: TrainingPlan) -> Generator[FineTuneProgress, None, tuple[list, list]]:
-    steps = load_planned_cases(store, plan)
-    while True:
-        try:
-            report = next(steps)
-        except StopIteration as done:
-            return done.value
-        yield FineTuneProgress("reading", report.message, 0.05 * report.step / max(1, report.total))
-
-
 def parent_sample_config(parent_dir: Path, cases: Sequence[LabelledCase] = ()) -> SampleConfig:
     """The parent's sampling settings (same spacing, channels), its labels grown to the levels ``cases`` name.
 
@@ -220,7 +234,7 @@ def parent_sample_config(parent_dir: Path, cases: Sequence[LabelledCase] = ()) -
     return replace(sample_cfg, labels=labels_of(cases, also=card["labels"]))
 
 
-def _train_line(p: TrainProgress, epochs: int | None) -> str:
+def _train_line(p: Epoch, epochs: int | None) -> str:
     left = max(0.0, p.budget_s - p.elapsed_s)
     budget = f"of {epochs}" if epochs else f"({left / 60:.1f} min left)"
     line = f"epoch {p.epoch + 1} {budget}, step {p.step}, loss {p.loss:.3f}"

@@ -23,9 +23,9 @@ import numpy as np
 
 from napari_ivd.errors import TrainingError
 from napari_ivd.io.annotations import points_from_tss_mask
+from napari_ivd.progress import Job, Progress, Tally
 from napari_ivd.store import AnnotationStore, RevisionInfo
 from napari_ivd.training.cases import LabelledCase, guess_contrast, mask_kinds_of
-from napari_ivd.worklist import StepProgress
 
 log = logging.getLogger(__name__)
 
@@ -214,12 +214,16 @@ def labelled_case(store: AnnotationStore, planned: PlannedCase) -> LabelledCase:
 
 def load_planned_cases(
     store: AnnotationStore, plan: TrainingPlan
-) -> Generator[StepProgress, None, tuple[list[LabelledCase], list[LabelledCase]]]:
-    """Read every planned case, yielding progress; returns (train cases, validation cases)."""
+) -> Job[tuple[list[LabelledCase], list[LabelledCase]]]:
+    """Read every planned case, a step each; the job's result is (train cases, validation cases)."""
     everything = (*plan.train, *plan.validation)
-    loaded: list[LabelledCase] = []
-    for i, planned in enumerate(everything):
-        yield StepProgress(i, len(everything), f"reading {planned.case_id} ({planned.revision})")
-        loaded.append(labelled_case(store, planned))
-    n = len(plan.train)
-    return loaded[:n], loaded[n:]
+
+    def body(tally: Tally) -> Generator[Progress, None, tuple[list[LabelledCase], list[LabelledCase]]]:
+        loaded: list[LabelledCase] = []
+        for planned in everything:
+            yield tally.step(f"reading {planned.case_id} ({planned.revision})")
+            loaded.append(labelled_case(store, planned))
+        n = len(plan.train)
+        return loaded[:n], loaded[n:]
+
+    return Job(len(everything), body)
