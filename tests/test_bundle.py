@@ -101,10 +101,11 @@ def test_both_read_back_as_the_same_points_and_mask(bundles, shared_data):
     assert Path(ours["source"]).resolve() == Path(theirs["source"]).resolve()
 
 
-def test_a_prediction_that_names_nothing_writes_no_empty_label_images(shared_data, tmp_path):
+def test_a_prediction_that_names_nothing_still_writes_every_point_file_empty(shared_data, tmp_path):
     volume = read_volume(shared_data / CASE / "image.nii.gz")
     empty = Prediction((), np.zeros(volume.geometry.shape, np.uint8), model="reference", mid_sagittal_mm=0.0)
-    files = save_prediction(empty, volume, tmp_path)
-    assert sorted(files) == ["mask", "points", "summary"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.nii.gz", "points.csv", "prediction.json"]
+    save_prediction(empty, volume, tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == set(BUNDLE_FILES.values()) | {SUMMARY_FILES["prediction"]}
     assert read_points_csv(tmp_path / "points.csv") == []
+    assert read_sct_discs(tmp_path / "discs.nii.gz", volume.geometry) == []
+    assert read_sct_levels(tmp_path / "levels.nii.gz", volume.geometry) == []

@@ -5,15 +5,18 @@ export`` (:func:`napari_ivd.store.export_revision`) both write through :func:`wr
 so a prediction and an exported revision are the same files in the same formats, and a
 prediction can be imported, corrected and exported without anything changing form:
 
-* ``points.csv``: every point (:func:`~napari_ivd.io.annotations.write_points_csv`), always;
-* ``discs.nii.gz``: SCT disc labels, when there are discs;
-* ``levels.nii.gz``: SCT vertebral-level points, when there are vertebrae;
+* ``points.csv``: every point (:func:`~napari_ivd.io.annotations.write_points_csv`);
+* ``discs.nii.gz``: the discs as SCT disc labels;
+* ``levels.nii.gz``: the vertebrae as SCT vertebral-level points;
 * ``mask.nii.gz``: TotalSpineSeg values, when there is a mask;
 * a JSON summary: ``prediction.json`` (source image, model, timings) or ``annotation.json``
   (store, case, revision), each with the ``levels`` in cranio-caudal order.
 
-All images lie on the source image's own grid and reuse its NIfTI header when ``like`` names
-it, so their affines equal the image's to the bit.
+The three point files are written even when empty (no disc, no vertebra), so a script finds
+the same files after every prediction and export; the mask only when there is one, as an
+empty mask would claim "no structure here" where nobody looked. All images lie on the
+source image's own grid and reuse its NIfTI header when ``like`` names it, so their affines
+equal the image's to the bit.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def write_bundle(
     like: Path | None = None,
     where: str = "",
 ) -> dict[str, Path]:
-    """Write points, point labels, mask and summary into ``out_dir`` (created if needed).
+    """Write the points (as CSV and SCT labels), the mask if any, and the summary into ``out_dir``.
 
     Parameters
     ----------
@@ -91,9 +94,8 @@ def write_bundle(
     files = {"points": write_points_csv(out_dir / BUNDLE_FILES["points"], ordered, geometry)}
     for kind, key, write in (("disc", "discs", write_sct_discs), ("vertebra", "levels", write_sct_levels)):
         group = [p for p in ordered if p.kind == kind]
-        if group:
-            _warn_shared_voxels(group, geometry, where, BUNDLE_FILES[key])
-            files[key] = write(out_dir / BUNDLE_FILES[key], group, geometry, like=like)
+        _warn_shared_voxels(group, geometry, where, BUNDLE_FILES[key])
+        files[key] = write(out_dir / BUNDLE_FILES[key], group, geometry, like=like)
     if mask_tss is not None:
         files["mask"] = write_nifti(out_dir / BUNDLE_FILES["mask"], mask_tss, geometry, like=like)
     files["summary"] = out_dir / SUMMARY_FILES[summary_kind]

@@ -195,10 +195,10 @@ def export_revision(
 ) -> dict[str, Path]:
     """Write a revision (default: the head) as files on the case's original image grid.
 
-    The same bundle as ``predict`` (:func:`napari_ivd.io.bundle.write_bundle`): ``points.csv``
-    (always), ``discs.nii.gz`` (SCT disc labels, if there are discs), ``levels.nii.gz`` (SCT
-    vertebral levels, if there are vertebrae), ``mask.nii.gz`` (TotalSpineSeg values, if the
-    revision has a mask) and ``annotation.json`` (case, revision, source image, levels).
+    The same bundle as ``predict`` (:func:`napari_ivd.io.bundle.write_bundle`): ``points.csv``,
+    ``discs.nii.gz`` (SCT disc labels), ``levels.nii.gz`` (SCT vertebral levels), these three
+    even when empty, ``mask.nii.gz`` (TotalSpineSeg values, if the revision has a mask) and
+    ``annotation.json`` (case, revision, source image, levels).
 
     Returns
     -------
