@@ -65,7 +65,7 @@ def test_export_of_one_case_and_an_old_revision(shared_data, tmp_path, capsys):
     assert main(["import", image, "--store", str(store), "--case", "c11", "--mask", str(case / "mask_tss.nii.gz")]) == 0
     out = tmp_path / "r1"
     assert main(["export", "--store", str(store), "--case", "c11", "--revision", "r000001", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["annotation.json", "discs.nii.gz", "points.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["annotation.json", "discs.nii.gz", "levels.nii.gz", "points.csv"]
     assert main(["export", "--store", str(store), "--case", "c11", "--out", str(tmp_path / "head")]) == 0
     assert (tmp_path / "head" / "mask.nii.gz").is_file()
     capsys.readouterr()

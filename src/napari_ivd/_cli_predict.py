@@ -137,8 +137,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="propose named disc/vertebra points and masks for images",
         description=(
-            "Write points.csv, discs.nii.gz (SCT disc labels) and mask.nii.gz (TotalSpineSeg values) on each "
-            "image's own grid into --out (one sub-folder per image when several are given)."
+            "Write points.csv, discs.nii.gz (SCT disc labels), levels.nii.gz (SCT vertebral levels), mask.nii.gz "
+            "(TotalSpineSeg values) and prediction.json on each image's own grid into --out (one sub-folder per "
+            "image when several are given): the files `store export` writes."
         ),
     )
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="NIfTI file or DICOM series folder")

@@ -71,8 +71,8 @@ def run_demo(out_dir: Path, headless: bool | None = None) -> Path | None:
     """Open the sample and predict on it; headless, write the outputs and a screenshot to ``out_dir``.
 
     Headless, ``out_dir`` receives ``screenshot.png``, ``summary.json`` and the prediction
-    files (``points.csv``, ``discs.nii.gz``, ``mask.nii.gz``). Returns the output folder when
-    headless, ``None`` after an interactive session ends.
+    files (``points.csv``, ``discs.nii.gz``, ``levels.nii.gz``, ``mask.nii.gz``). Returns the
+    output folder when headless, ``None`` after an interactive session ends.
     """
     headless = not has_display() if headless is None else headless
     if not headless:

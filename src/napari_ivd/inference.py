@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import math
 import time
@@ -41,8 +40,9 @@ import torch
 from scipy import ndimage
 
 from napari_ivd import anatomy
-from napari_ivd.io import Volume, write_nifti
-from napari_ivd.io.annotations import LabelledPoint, label_centroids, write_points_csv, write_sct_discs
+from napari_ivd.io import Volume
+from napari_ivd.io.annotations import LabelledPoint, label_centroids
+from napari_ivd.io.bundle import write_bundle
 from napari_ivd.models.decode import Candidate, decode
 from napari_ivd.preprocess import ModelInput, channel_picks, network_input, pad_to_multiple
 from napari_ivd.progress import Job, Progress, Tally, run_steps
@@ -544,29 +544,29 @@ def prediction_points(prediction: Prediction) -> list[LabelledPoint]:
 
 
 def save_prediction(prediction: Prediction, volume: Volume, out_dir: Path) -> dict[str, Path]:
-    """Write ``points.csv``, ``discs.nii.gz`` (SCT disc labels) and ``mask.nii.gz`` (TotalSpineSeg).
+    """Write the prediction as a bundle (:func:`napari_ivd.io.bundle.write_bundle`) on ``volume``'s grid.
 
-    All three lie on ``volume``'s own grid; the NIfTI files reuse its header when it is a
-    NIfTI file, so their affines equal the image's exactly. ``prediction.json`` records the
-    source image (so ``evaluate`` can find the ground truth), the model, the timings and
-    whether the levels were named from the sacrum.
+    The same files as ``store export``: ``points.csv``, ``discs.nii.gz``/``levels.nii.gz``
+    (SCT disc and vertebral-level labels), ``mask.nii.gz`` (TotalSpineSeg), reusing the
+    image's NIfTI header so their affines equal the image's exactly. ``prediction.json``
+    records the source image (so ``evaluate`` can find the ground truth), the model, the
+    timings and whether the levels were named from the sacrum.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    like = volume.path if volume.path.is_file() else None
-    points = prediction_points(prediction)
-    files = {
-        "points": write_points_csv(out_dir / "points.csv", points, volume.geometry),
-        "discs": write_sct_discs(out_dir / "discs.nii.gz", points, volume.geometry, like=like),
-        "mask": write_nifti(out_dir / "mask.nii.gz", prediction.mask_tss, volume.geometry, like=like),
-    }
     summary = {
         "source": str(volume.path.resolve()),
         "model": prediction.model,
         "mid_sagittal_mm": prediction.mid_sagittal_mm,
         "seconds": prediction.seconds,
-        "levels": [s.name for s in prediction.structures],
         "named_from_sacrum": prediction.named_from_sacrum,
     }
-    files["summary"] = out_dir / "prediction.json"
-    files["summary"].write_text(json.dumps(summary, indent=2))
-    return files
+    like = volume.path if volume.path.is_file() else None
+    return write_bundle(
+        out_dir,
+        prediction_points(prediction),
+        prediction.mask_tss,
+        volume.geometry,
+        summary,
+        summary_kind="prediction",
+        like=like,
+        where=str(volume.path),
+    )

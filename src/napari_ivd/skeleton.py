@@ -32,7 +32,7 @@ import itertools
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -109,6 +109,123 @@ def _normalise_mean(mean: np.ndarray) -> np.ndarray:
 
 def _canonical(name: str) -> str:
     return structure(name).name
+
+
+def _parse_shapes(shapes: Sequence[Mapping[str, tuple[float, float]]]) -> list[dict[str, complex]]:
+    """Shapes as canonical label -> complex position, keeping those with two or more finite labels (fit needs two)."""
+    parsed: list[dict[str, complex]] = []
+    for shape in shapes:
+        points = {_canonical(name): complex(float(rc[0]), float(rc[1])) for name, rc in shape.items()}
+        if len(points) >= 2 and all(math.isfinite(z.real) and math.isfinite(z.imag) for z in points.values()):
+            parsed.append(points)
+    if len(parsed) < len(shapes):
+        log.warning("SkeletonPrior.fit: ignored %d shapes with fewer than two finite labels", len(shapes) - len(parsed))
+    if not parsed:
+        raise ValueError("SkeletonPrior.fit: no training shape has two or more labelled structures")
+    return parsed
+
+
+def _shape_table(parsed: Sequence[Mapping[str, complex]]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(labels cranio-caudal, shapes x labels positions with NaN where unseen, visible): one frame for numpy."""
+    labels = sorted({name for points in parsed for name in points}, key=lambda name: structure(name).order)
+    column = {name: j for j, name in enumerate(labels)}
+    data = np.full((len(parsed), len(labels)), np.nan + 0j)
+    for i, points in enumerate(parsed):
+        for name, z in points.items():
+            data[i, column[name]] = z
+    return labels, data, ~np.isnan(data)
+
+
+def _overlapping(
+    labels: list[str], data: np.ndarray, visible: np.ndarray
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Drop labels and shapes that cannot be put in one frame; returns them with a first mean.
+
+    A label joins the frame through shapes sharing two labels with it (a similarity needs
+    two points); shapes left with fewer than two labels align onto nothing.
+    """
+    mean, connected = _initial_mean(data, visible)
+    if not connected.all():
+        lost = [labels[j] for j in np.flatnonzero(~connected)]
+        log.warning("SkeletonPrior.fit: labels %s share fewer than two labels with the rest; dropped", lost)
+        labels = [name for name, keep in zip(labels, connected, strict=True) if keep]
+        data, visible, mean = data[:, connected], visible[:, connected], mean[connected]
+    usable = visible.sum(axis=1) >= 2
+    data, visible = data[usable], visible[usable]
+    if len(labels) < 2 or not usable.any():
+        raise ValueError("SkeletonPrior.fit: the training shapes do not overlap enough to build a skeleton")
+    return labels, data, visible, mean
+
+
+def _initial_mean(data: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Chain shapes into one frame, starting from the most complete; returns (mean, known)."""
+    n_shapes, n_labels = data.shape
+    mean = np.full(n_labels, np.nan + 0j)
+    start = int(visible.sum(axis=1).argmax())
+    mean[visible[start]] = data[start, visible[start]]
+    known = visible[start].copy()
+    while True:
+        sums = np.zeros(n_labels, dtype=complex)
+        counts = np.zeros(n_labels)
+        for i in range(n_shapes):
+            common = visible[i] & known
+            new = visible[i] & ~known
+            if common.sum() >= 2 and new.any():
+                a, b = _similarity(data[i, common], mean[common])
+                sums[new] += a * data[i, new] + b
+                counts[new] += 1
+        added = counts > 0
+        if not added.any():
+            return mean, known
+        mean[added] = sums[added] / counts[added]
+        known |= added
+
+
+def _procrustes_mean(
+    data: np.ndarray, visible: np.ndarray, mean: np.ndarray, max_iterations: int, tolerance_steps: float
+) -> np.ndarray:
+    """Generalised Procrustes: align every shape to the normalised mean and average, until the mean stops moving."""
+    mean = _normalise_mean(mean)
+    aligned = np.full(data.shape, np.nan + 0j)
+    for _ in range(max_iterations):
+        for i in range(len(data)):
+            cols = visible[i]
+            a, b = _similarity(data[i, cols], mean[cols])
+            aligned[i, cols] = a * data[i, cols] + b
+        new_mean = _normalise_mean(np.nanmean(aligned, axis=0))
+        moved = float(np.abs(new_mean - mean).max())
+        mean = new_mean
+        if moved < tolerance_steps:
+            break
+    return mean
+
+
+def _spreads_and_scales(data: np.ndarray, visible: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-label spread (steps) and per-shape size (mm per step) after a final alignment onto the mean.
+
+    The spread is the root mean square residual per axis, corrected for the similarity's four
+    parameters and counted only on shapes with three or more labels (two fit exactly); a label
+    with no such shape takes the median spread.
+    """
+    residual_sq = np.zeros(data.shape[1])
+    residual_n = np.zeros(data.shape[1])
+    scales = np.ones(len(data))
+    for i in range(len(data)):
+        cols = visible[i]
+        a, b = _similarity(data[i, cols], mean[cols])
+        scales[i] = 1.0 / abs(a)
+        n_points = int(cols.sum())
+        if n_points >= 3:
+            # A similarity has 4 parameters: 2n coordinates leave 2n - 4 degrees of freedom.
+            correction = n_points / (n_points - 2)
+            residual_sq[cols] += np.abs(a * data[i, cols] + b - mean[cols]) ** 2 * correction
+            residual_n[cols] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = np.sqrt(residual_sq / (2 * residual_n))
+    if np.isnan(spread).any():
+        fallback = float(np.nanmedian(spread)) if np.isfinite(spread).any() else 0.0
+        spread = np.where(np.isnan(spread), fallback, spread)
+    return spread, scales
 
 
 @dataclass(frozen=True)
@@ -233,69 +350,11 @@ class SkeletonPrior:
         >>> prior.labels
         ('L3', 'L3-L4', 'L4')
         """
-        parsed: list[dict[str, complex]] = []
-        for shape in shapes:
-            points = {_canonical(name): complex(float(rc[0]), float(rc[1])) for name, rc in shape.items()}
-            if len(points) >= 2 and all(math.isfinite(z.real) and math.isfinite(z.imag) for z in points.values()):
-                parsed.append(points)
-        if len(parsed) < len(shapes):
-            log.warning(
-                "SkeletonPrior.fit: ignored %d shapes with fewer than two finite labels", len(shapes) - len(parsed)
-            )
-        if not parsed:
-            raise ValueError("SkeletonPrior.fit: no training shape has two or more labelled structures")
-
-        labels = sorted({name for points in parsed for name in points}, key=lambda name: structure(name).order)
-        column = {name: j for j, name in enumerate(labels)}
-        data = np.full((len(parsed), len(labels)), np.nan + 0j)
-        for i, points in enumerate(parsed):
-            for name, z in points.items():
-                data[i, column[name]] = z
-        visible = ~np.isnan(data)
-
-        mean, connected = cls._initial_mean(data, visible)
-        if not connected.all():
-            lost = [labels[j] for j in np.flatnonzero(~connected)]
-            log.warning("SkeletonPrior.fit: labels %s share fewer than two labels with the rest; dropped", lost)
-            labels = [name for name, keep in zip(labels, connected, strict=True) if keep]
-            data, visible, mean = data[:, connected], visible[:, connected], mean[connected]
-        usable = visible.sum(axis=1) >= 2
-        data, visible = data[usable], visible[usable]
-        if len(labels) < 2 or not usable.any():
-            raise ValueError("SkeletonPrior.fit: the training shapes do not overlap enough to build a skeleton")
-
-        mean = _normalise_mean(mean)
-        aligned = np.full(data.shape, np.nan + 0j)
-        scales = np.ones(len(data))
-        for _ in range(max_iterations):
-            for i in range(len(data)):
-                cols = visible[i]
-                a, b = _similarity(data[i, cols], mean[cols])
-                aligned[i, cols] = a * data[i, cols] + b
-                scales[i] = 1.0 / abs(a)
-            new_mean = _normalise_mean(np.nanmean(aligned, axis=0))
-            moved = float(np.abs(new_mean - mean).max())
-            mean = new_mean
-            if moved < tolerance_steps:
-                break
-        # Final alignment to the final mean, for the spreads and scales.
-        residual_sq = np.zeros(len(labels))
-        residual_n = np.zeros(len(labels))
-        for i in range(len(data)):
-            cols = visible[i]
-            a, b = _similarity(data[i, cols], mean[cols])
-            scales[i] = 1.0 / abs(a)
-            n_points = int(cols.sum())
-            if n_points >= 3:
-                # A similarity has 4 parameters: 2n coordinates leave 2n - 4 degrees of freedom.
-                correction = n_points / (n_points - 2)
-                residual_sq[cols] += np.abs(a * data[i, cols] + b - mean[cols]) ** 2 * correction
-                residual_n[cols] += 1
-        with np.errstate(invalid="ignore", divide="ignore"):
-            spread = np.sqrt(residual_sq / (2 * residual_n))
-        if np.isnan(spread).any():
-            fallback = float(np.nanmedian(spread)) if np.isfinite(spread).any() else 0.0
-            spread = np.where(np.isnan(spread), fallback, spread)
+        parsed = _parse_shapes(shapes)
+        labels, data, visible = _shape_table(parsed)
+        labels, data, visible, mean = _overlapping(labels, data, visible)
+        mean = _procrustes_mean(data, visible, mean, max_iterations, tolerance_steps)
+        spread, scales = _spreads_and_scales(data, visible, mean)
         log_scales = np.log(scales)
         prior = cls(
             labels=tuple(labels),
@@ -372,30 +431,6 @@ class SkeletonPrior:
             log_scale_sd=self.log_scale_sd,
             n_shapes=self.n_shapes,
         )
-
-    @staticmethod
-    def _initial_mean(data: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Chain shapes into one frame, starting from the most complete; returns (mean, known)."""
-        n_shapes, n_labels = data.shape
-        mean = np.full(n_labels, np.nan + 0j)
-        start = int(visible.sum(axis=1).argmax())
-        mean[visible[start]] = data[start, visible[start]]
-        known = visible[start].copy()
-        while True:
-            sums = np.zeros(n_labels, dtype=complex)
-            counts = np.zeros(n_labels)
-            for i in range(n_shapes):
-                common = visible[i] & known
-                new = visible[i] & ~known
-                if common.sum() >= 2 and new.any():
-                    a, b = _similarity(data[i, common], mean[common])
-                    sums[new] += a * data[i, new] + b
-                    counts[new] += 1
-            added = counts > 0
-            if not added.any():
-                return mean, known
-            mean[added] = sums[added] / counts[added]
-            known |= added
 
     # -- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -672,57 +707,116 @@ def search(
     levels = [j for j, group in enumerate(groups) if group]
     if not levels:
         return {}
-
-    # Beam state, one entry per partial hypothesis: fixed cost part, last chosen row, number of
-    # points and the weighted sums that determine the similarity fit.
-    base = np.zeros(1)
-    last_row = np.full(1, -np.inf)
-    n = np.zeros(1, dtype=np.int64)
-    w_sum, wmm, wxx = np.zeros(1), np.zeros(1), np.zeros(1)
-    wm, wx, wmx = np.zeros(1, complex), np.zeros(1, complex), np.zeros(1, complex)
-    choice = np.full((1, len(levels)), -1, dtype=np.int64)
-    total = np.zeros(1)
-
+    beam = _Beam.empty(len(levels))
     for depth, j in enumerate(levels):
-        group = groups[j]
-        rows = np.array([c.row for c in group])
-        x = np.array([complex(c.row, c.col) for c in group]) * spacing_mm
-        scores = np.array([c.score for c in group])
-        w, m = weights[j], mean[j]
-        n_options = len(group) + 1  # option 0: absent
-        new_base = np.repeat(base[:, None], n_options, axis=1)
-        new_base[:, 0] += missing_cost
-        new_base[:, 1:] -= score_weight * scores
-        valid = np.ones((len(base), n_options), dtype=bool)
-        valid[:, 1:] = rows[None, :] > last_row[:, None]
-        new_last = np.repeat(last_row[:, None], n_options, axis=1)
-        new_last[:, 1:] = rows[None, :]
+        beam, valid = _branch(beam, depth, groups[j], weights[j], mean[j], spacing_mm, costs)
+        total = beam.costs(prior.step_mm, scale_sd)
+        total[~valid] = np.inf
+        keep = _cheapest(total, beam_width)
+        beam, total = beam.take(keep), total[keep]
+    return _best_naming(beam, total, groups, levels, prior)
 
-        base, last_row = new_base.ravel(), new_last.ravel()
-        n = _expand(n, 1, n_options)
-        w_sum = _expand(w_sum, w, n_options)
-        wm = _expand(wm, w * m, n_options)
-        wx = _expand(wx, w * x, n_options)
-        wmm = _expand(wmm, w * abs(m) ** 2, n_options)
-        wxx = _expand(wxx, w * np.abs(x) ** 2, n_options)
-        wmx = _expand(wmx, w * np.conj(m) * x, n_options)
-        choice = np.repeat(choice, n_options, axis=0)
-        choice[:, depth] = np.tile(np.arange(-1, n_options - 1), len(choice) // n_options)
 
-        total = base + _geometry_cost(n, w_sum, wm, wx, wmm, wxx, wmx, prior.step_mm, scale_sd)
-        total[~valid.ravel()] = np.inf
-        keep = np.flatnonzero(np.isfinite(total))
-        if len(keep) > beam_width:
-            keep = keep[np.argsort(total[keep], kind="stable")[:beam_width]]
-        base, last_row, n, total = base[keep], last_row[keep], n[keep], total[keep]
-        w_sum, wm, wx, wmm, wxx, wmx = w_sum[keep], wm[keep], wx[keep], wmm[keep], wxx[keep], wmx[keep]
-        choice = choice[keep]
+@dataclass(frozen=True)
+class _Beam:
+    """The partial hypotheses of :func:`search`, one entry each (numpy arrays of equal length).
 
+    Per hypothesis: the cost part that does not depend on the fit (missing charges minus
+    score rewards), the last chosen row (rows must increase), the candidate chosen at each
+    level so far (-1: absent), and the number of points and weighted sums that determine the
+    similarity fit (:func:`_geometry_cost`), kept so that adding a label costs O(1).
+    """
+
+    base: np.ndarray
+    last_row: np.ndarray
+    choice: np.ndarray  # (hypotheses, levels)
+    n: np.ndarray
+    w_sum: np.ndarray
+    wm: np.ndarray
+    wx: np.ndarray
+    wmm: np.ndarray
+    wxx: np.ndarray
+    wmx: np.ndarray
+
+    @classmethod
+    def empty(cls, n_levels: int) -> _Beam:
+        """One hypothesis that has decided nothing yet: where every search starts."""
+        return cls(
+            base=np.zeros(1),
+            last_row=np.full(1, -np.inf),
+            choice=np.full((1, n_levels), -1, dtype=np.int64),
+            n=np.zeros(1, dtype=np.int64),
+            w_sum=np.zeros(1),
+            wm=np.zeros(1, complex),
+            wx=np.zeros(1, complex),
+            wmm=np.zeros(1),
+            wxx=np.zeros(1),
+            wmx=np.zeros(1, complex),
+        )
+
+    def costs(self, step_mm: float, scale_sd: float | None) -> np.ndarray:
+        """Each hypothesis's cost as :func:`search` defines it: its fixed part plus fit and scale terms."""
+        return self.base + _geometry_cost(
+            self.n, self.w_sum, self.wm, self.wx, self.wmm, self.wxx, self.wmx, step_mm, scale_sd
+        )
+
+    def take(self, keep: np.ndarray) -> _Beam:
+        """The hypotheses at ``keep`` (indices), in that order: pruning the beam."""
+        return _Beam(*(getattr(self, f.name)[keep] for f in fields(self)))
+
+
+def _branch(
+    beam: _Beam, depth: int, group: Sequence[Candidate], w: float, m: complex, spacing_mm: float, costs: _Costs
+) -> tuple[_Beam, np.ndarray]:
+    """Every hypothesis times every option at one label: absent (charged) or one of its candidates (rewarded).
+
+    Returns the grown beam and which of its hypotheses keep the chosen rows strictly increasing.
+    """
+    rows = np.array([c.row for c in group])
+    x = np.array([complex(c.row, c.col) for c in group]) * spacing_mm
+    scores = np.array([c.score for c in group])
+    n_options = len(group) + 1  # option 0: absent
+    base = np.repeat(beam.base[:, None], n_options, axis=1)
+    base[:, 0] += costs.missing_cost
+    base[:, 1:] -= costs.score_weight * scores
+    valid = np.ones((len(beam.base), n_options), dtype=bool)
+    valid[:, 1:] = rows[None, :] > beam.last_row[:, None]
+    last_row = np.repeat(beam.last_row[:, None], n_options, axis=1)
+    last_row[:, 1:] = rows[None, :]
+    choice = np.repeat(beam.choice, n_options, axis=0)
+    choice[:, depth] = np.tile(np.arange(-1, n_options - 1), len(choice) // n_options)
+    grown = _Beam(
+        base=base.ravel(),
+        last_row=last_row.ravel(),
+        choice=choice,
+        n=_expand(beam.n, 1, n_options),
+        w_sum=_expand(beam.w_sum, w, n_options),
+        wm=_expand(beam.wm, w * m, n_options),
+        wx=_expand(beam.wx, w * x, n_options),
+        wmm=_expand(beam.wmm, w * abs(m) ** 2, n_options),
+        wxx=_expand(beam.wxx, w * np.abs(x) ** 2, n_options),
+        wmx=_expand(beam.wmx, w * np.conj(m) * x, n_options),
+    )
+    return grown, valid.ravel()
+
+
+def _cheapest(total: np.ndarray, beam_width: int) -> np.ndarray:
+    """Indices of the ``beam_width`` cheapest finite hypotheses (ties keep their order, so results are stable)."""
+    keep = np.flatnonzero(np.isfinite(total))
+    if len(keep) > beam_width:
+        keep = keep[np.argsort(total[keep], kind="stable")[:beam_width]]
+    return keep
+
+
+def _best_naming(
+    beam: _Beam, total: np.ndarray, groups: Sequence[Sequence[Candidate]], levels: Sequence[int], prior: SkeletonPrior
+) -> dict[str, Candidate]:
+    """The cheapest complete hypothesis as label -> chosen candidate, cranio-caudal (absent labels left out)."""
     best = int(np.argmin(total))
     chosen = {
-        prior.labels[j]: groups[j][int(choice[best, depth])]
+        prior.labels[j]: groups[j][int(beam.choice[best, depth])]
         for depth, j in enumerate(levels)
-        if choice[best, depth] >= 0
+        if beam.choice[best, depth] >= 0
     }
     log.debug(
         "skeleton search: %d/%d labels with candidates named, cost %.2f (%d hypotheses in beam)",

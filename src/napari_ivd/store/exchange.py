@@ -10,7 +10,6 @@ and otherwise write the stored affine.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from napari_ivd.errors import StoreError, UnreadableFileError
-from napari_ivd.io import read_volume, write_nifti
+from napari_ivd.io import read_volume
 from napari_ivd.io.annotations import (
     LabelledPoint,
     read_points_csv,
     read_sct_discs,
     read_sct_levels,
     read_tss_mask,
-    write_points_csv,
-    write_sct_discs,
-    write_sct_levels,
 )
+from napari_ivd.io.bundle import write_bundle
 from napari_ivd.io.geometry import VolumeGeometry
 from napari_ivd.io.nifti import is_nifti_path
 from napari_ivd.io.volume import Volume
@@ -40,15 +37,6 @@ from napari_ivd.store.store import AnnotationStore
 log = logging.getLogger(__name__)
 
 __all__ = ["PreparedImport", "commit_import", "export_revision", "import_case", "prepare_import", "read_points_file"]
-
-#: File names an export writes (the names ``predict`` uses, plus ``levels.nii.gz``).
-EXPORT_NAMES = {
-    "points": "points.csv",
-    "discs": "discs.nii.gz",
-    "levels": "levels.nii.gz",
-    "mask": "mask.nii.gz",
-    "summary": "annotation.json",
-}
 
 
 def read_points_file(path: Path, geometry: VolumeGeometry) -> list[LabelledPoint]:
@@ -207,10 +195,10 @@ def export_revision(
 ) -> dict[str, Path]:
     """Write a revision (default: the head) as files on the case's original image grid.
 
-    Writes ``points.csv`` (always), ``discs.nii.gz`` (SCT disc labels, if there are discs),
-    ``levels.nii.gz`` (SCT vertebral levels, if there are vertebrae), ``mask.nii.gz``
-    (TotalSpineSeg values, if the revision has a mask) and ``annotation.json`` (case,
-    revision, source image).
+    The same bundle as ``predict`` (:func:`napari_ivd.io.bundle.write_bundle`): ``points.csv``,
+    ``discs.nii.gz`` (SCT disc labels), ``levels.nii.gz`` (SCT vertebral levels), these three
+    even when empty, ``mask.nii.gz`` (TotalSpineSeg values, if the revision has a mask) and
+    ``annotation.json`` (case, revision, source image, levels).
 
     Returns
     -------
@@ -225,23 +213,7 @@ def export_revision(
             f"(rolled back); nothing exported. Run `napari-ivd store repair {store.location} {case_id}` first"
         )
     annotation = store.load(case_id, revision)
-    geometry, like = info.geometry, _like(info)
-    out_dir = Path(out_dir)
-    files = {"points": write_points_csv(out_dir / EXPORT_NAMES["points"], annotation.points, geometry)}
-    discs = [p for p in annotation.points if p.kind == "disc"]
-    vertebrae = [p for p in annotation.points if p.kind == "vertebra"]
-    for kind, group in (("discs", discs), ("levels", vertebrae)):
-        voxels = [tuple(np.clip(np.round(p.ijk_vox), 0, np.array(geometry.shape) - 1).astype(int)) for p in group]
-        if len(set(voxels)) < len(voxels):
-            log.warning(
-                "case %s: two points share a voxel; %s.nii.gz keeps one of them (points.csv has both)", case_id, kind
-            )
-    if discs:
-        files["discs"] = write_sct_discs(out_dir / EXPORT_NAMES["discs"], discs, geometry, like=like)
-    if vertebrae:
-        files["levels"] = write_sct_levels(out_dir / EXPORT_NAMES["levels"], vertebrae, geometry, like=like)
-    if annotation.mask_tss is not None:
-        files["mask"] = write_nifti(out_dir / EXPORT_NAMES["mask"], annotation.mask_tss, geometry, like=like)
+    like = _like(info)
     summary = {
         "store": store.location,
         "case_id": case_id,
@@ -252,6 +224,13 @@ def export_revision(
         "header_from": str(like) if like else "stored affine",
         "revision_info": None if annotation.info is None else annotation.info.__dict__,
     }
-    files["summary"] = out_dir / EXPORT_NAMES["summary"]
-    files["summary"].write_text(json.dumps(summary, indent=2))
-    return files
+    return write_bundle(
+        out_dir,
+        annotation.points,
+        annotation.mask_tss,
+        info.geometry,
+        summary,
+        summary_kind="annotation",
+        like=like,
+        where=f"case {case_id}",
+    )
