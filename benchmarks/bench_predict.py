@@ -1,11 +1,11 @@
-"""Accuracy and speed of a model on the held-out dev cases, overall and per contrast.
+"""Accuracy and speed of a model on the held-out dev cases, overall and per source.
 
     python benchmarks/bench_predict.py [--model ivdnet-lumbar] [--data ../shared/data/lumbar]
                                        [--device cpu|cuda] [--repeats 7] [--json out.json]
                                        [--cases VB2/case-19 ...]
 
 The dev cases are the ones `napari-ivd train` held out (same split, same seed); a model
-trained on some of them is refused. Prints, per contrast and overall: disc and vertebra
+trained on some of them is refused. Prints, per source (with its contrast) and overall: disc and vertebra
 distance to target (mean ± sd, mm), FNR/FPR at 5 mm, identification rate, PCK, Dice per
 structure, and prediction latency per volume (model loading excluded). First, for one dev
 volume of each shape: the latency of its first prediction at that shape in this process, and
@@ -92,7 +92,12 @@ def main() -> None:
         if prediction.named_from_sacrum:
             from_sacrum.append(case.name)
 
-    groups = {"all": dev} | {c: [d for d in dev if d.contrast == c] for c in sorted({d.contrast for d in dev})}
+    sources = sorted({d.name.split("/")[0] for d in dev})
+    groups = {"all": dev} | {
+        f"{s} ({dev_of[0].contrast})": dev_of
+        for s in sources
+        for dev_of in [[d for d in dev if d.name.startswith(f"{s}/")]]
+    }
     for name, cases in groups.items():
         report = evaluate_cases(model, card, cases, device, on_prediction=judge_l5_s1 if name == "all" else None)
         results[name] = report

@@ -23,9 +23,9 @@ import pytest
 
 from napari_ivd import anatomy
 from napari_ivd.errors import UnknownLevelError
-from napari_ivd.inference import DEFAULT_MODEL, bundled_model_names, find_model_dir, predict
+from napari_ivd.inference import predict
 from napari_ivd.metrics import keypoint_rows
-from napari_ivd.models import load_checkpoint, read_card
+from napari_ivd.models import DEFAULT_MODEL, bundled_model_names, find_model_dir, load_checkpoint, read_card
 from napari_ivd.training.cases import LabelledCase, load_lumbar_case
 
 pytestmark = pytest.mark.slow

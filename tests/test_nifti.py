@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from bad_inputs import BAD_INPUTS, BadInput
-from napari_ivd.errors import IvdWarning
+from napari_ivd.errors import GeometryError, IvdWarning
 from napari_ivd.io import read_volume
 from napari_ivd.io.nifti import read_nifti
-from napari_ivd.layer_data import image_layer_data, write_display_labels
+from napari_ivd.layer_data import image_layer_data, volume_from_display, write_display_labels
 
 # Every image volume in ../shared/data (masks and point files are on the same grids).
 REAL_VOLUMES = [
@@ -55,6 +55,19 @@ def test_label_drawn_on_any_real_volume_lands_on_the_same_file_voxel(shared_data
         assert np.array_equal(written.affine, source.affine), path
         assert written.shape == source.shape[:3], path
         assert [tuple(v) for v in np.argwhere(np.asarray(written.dataobj) == 7)] == [target_vox], path
+
+
+def test_an_image_layer_gives_back_its_scan_voxel_for_voxel(shared_data):
+    """volume -> Image layer data -> volume: same array, geometry and source, in every orientation."""
+    for path in (shared_data / p for p in REAL_VOLUMES):
+        volume = read_nifti(path)
+        shown, kwargs, _ = image_layer_data(volume)
+        back = volume_from_display(shown, kwargs["metadata"], kwargs["name"])
+        assert np.array_equal(back.array, volume.array), path
+        assert np.allclose(back.geometry.affine, volume.geometry.affine), path
+        assert back.path == volume.path, path
+    with pytest.raises(GeometryError, match="drawn"):
+        volume_from_display(shown, {}, "drawn")
 
 
 def test_display_puts_superior_up_and_anterior_left(shared_data):

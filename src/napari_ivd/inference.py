@@ -7,13 +7,14 @@ Steps (see docs/pipeline.md for the shared conventions):
 2. run the network on sagittal slices every 8 mm, then every 4 mm around the two strongest,
    to find the spine: the mid-sagittal slab is where the keypoint heatmaps respond most;
    then segment the slices the spine covers, every 2 mm, interpolating those between;
-3. average heatmaps and offsets over the slab, decode candidates by Hough voting, and keep
-   the combination that best fits the learned skeleton (Azad 2021), so false positives drop,
-   levels stay in order and nothing is named that is not seen; detections that continue
-   the chain past its ends take the next levels (``skeleton.extend_chain``); a model with an
-   S1 label that sees the sacrum confidently one step below the chain's lowest disc names
-   the chain from it (``skeleton.anchor_on_sacrum``: that disc is L5-S1), so a chain
-   counted one level off is corrected;
+3. average heatmaps and offsets over the slab and name points (:func:`name_points`): decode
+   candidates by Hough voting, and keep the combination that best fits the learned skeleton
+   (Azad 2021), so false positives drop, levels stay in order and nothing is named that is
+   not seen; detections that continue the chain past its ends take the next levels
+   (``skeleton.extend_chain``); a model with an S1 label that sees the sacrum confidently
+   one step below the chain's lowest disc names the chain from it
+   (``skeleton.anchor_on_sacrum``: that disc is L5-S1), so a chain counted one level off
+   is corrected;
 4. threshold the per-slice vertebral-body/disc masks, keep the 3D components that hold a
    named structure, give each voxel the level of the nearest named structure of its kind,
    and return the mask on the file's own grid;
@@ -466,15 +467,7 @@ def _predict(
     t2 = time.perf_counter()
     heat = np.mean([runner.heatmap[i] for i in slab], axis=0)
     offset = np.mean([runner.offset[i] for i in slab], axis=0)
-    decoded = decode(heat, offset, labels, stride=stride)
-    inside = [c for c in decoded if c.row < grid.shape[1] and c.col < grid.shape[2]]
-    if prior:
-        chosen = extend_chain(search(inside, prior, spacing_mm=spacing_mm), inside, labels)
-    else:
-        chosen = _best_per_label(inside)
-    chosen, named_from_sacrum = anchor_on_sacrum(chosen, inside, labels)
-    if len(chosen) < MIN_STRUCTURES and all(c.score < CONFIDENT_SCORE for c in chosen.values()):
-        chosen = {}  # a lone, doubtful pair is no spine: name nothing rather than invent levels
+    chosen, named_from_sacrum = name_points(heat, offset, labels, stride, prior, spacing_mm, grid.shape[1:])
     named_lrc = {
         name: np.array([_lateral_position(runner, labels.index(name), c.row, c.col, stride), c.row, c.col])
         for name, c in chosen.items()
@@ -508,6 +501,36 @@ def _predict(
         seconds=timings,
         named_from_sacrum=named_from_sacrum,
     )
+
+
+def name_points(
+    heat: np.ndarray,
+    offset: np.ndarray,
+    labels: list[str],
+    stride: int,
+    prior: SkeletonPrior | None,
+    spacing_mm: float,
+    slice_shape: tuple[int, ...],
+) -> tuple[dict[str, Candidate], bool]:
+    """Where heatmaps become named points: at most one candidate per label, in input pixels.
+
+    ``heat`` and ``offset`` are the slab's mean network outputs; candidates are decoded by
+    Hough voting and kept inside the slice (``slice_shape``: rows, cols). With a skeleton
+    ``prior`` the chain that best fits it is chosen and extended past its ends, else the
+    best candidate per label; a confident sacrum then names the chain from L5-S1, and a
+    lone doubtful pair is no spine, so nothing is named. Returns the named candidates and
+    whether the sacrum renamed them.
+    """
+    rows, cols = slice_shape
+    inside = [c for c in decode(heat, offset, labels, stride=stride) if c.row < rows and c.col < cols]
+    if prior:
+        chosen = extend_chain(search(inside, prior, spacing_mm=spacing_mm), inside, labels)
+    else:
+        chosen = _best_per_label(inside)
+    chosen, named_from_sacrum = anchor_on_sacrum(chosen, inside, labels)
+    if len(chosen) < MIN_STRUCTURES and all(c.score < CONFIDENT_SCORE for c in chosen.values()):
+        return {}, False  # name nothing rather than invent levels
+    return chosen, named_from_sacrum
 
 
 def _best_per_label(candidates: list[Candidate]) -> dict[str, Candidate]:

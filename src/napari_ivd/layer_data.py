@@ -10,7 +10,7 @@ so napari's world coordinates are millimetres.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,19 @@ def view_from_metadata(metadata: dict[str, Any], layer_name: str = "layer") -> S
             "with napari-ivd so it can be saved on that image's voxel grid"
         )
     return SagittalView(VolumeGeometry.from_dict(entry["geometry"]))
+
+
+def volume_from_display(data: np.ndarray, metadata: Mapping[str, Any], name: str = "layer") -> Volume:
+    """The scan behind a napari-ivd Image layer (display-grid data + metadata), on its file grid.
+
+    Raises
+    ------
+    GeometryError
+        The layer was not opened with napari-ivd (no geometry in its metadata).
+    """
+    view = view_from_metadata(dict(metadata), name)
+    source = Path(metadata[METADATA_KEY].get("source") or name)
+    return Volume(np.ascontiguousarray(view.to_file(np.asarray(data))), view.file, source)
 
 
 def write_display_labels(

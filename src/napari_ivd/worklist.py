@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -31,9 +29,8 @@ from napari_ivd.io import Volume
 from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.io.nifti import is_nifti_path
 from napari_ivd.io.volume import nifti_stem
-from napari_ivd.layer_data import METADATA_KEY, view_from_metadata
 from napari_ivd.model_versions import model_folder, stored_model
-from napari_ivd.models import find_model_dir, load_checkpoint, resolve_device
+from napari_ivd.models import ModelCache, find_model_dir
 from napari_ivd.progress import Job, Progress, Tally, run_steps
 from napari_ivd.store import AnnotationStore, CaseInfo, ProposalInfo, import_case
 from napari_ivd.store.schema import check_case_id
@@ -42,7 +39,6 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ImportReport",
-    "ModelCache",
     "OpenedCase",
     "case_ids_for",
     "find_images",
@@ -52,7 +48,6 @@ __all__ = [
     "predict_case_steps",
     "predict_steps",
     "run_steps",
-    "volume_from_display",
 ]
 
 
@@ -218,55 +213,7 @@ def _opened(store: AnnotationStore, case_id: str, volume: Volume, info: CaseInfo
     return OpenedCase(case_id, volume, (), None, None, None, info.status)
 
 
-def volume_from_display(data: np.ndarray, metadata: Mapping[str, Any], name: str = "layer") -> Volume:
-    """The scan behind a napari-ivd Image layer (display-grid data + metadata), on its file grid.
-
-    Raises
-    ------
-    GeometryError
-        The layer was not opened with napari-ivd (no geometry in its metadata).
-    """
-    view = view_from_metadata(dict(metadata), name)
-    source = Path(metadata[METADATA_KEY].get("source") or name)
-    return Volume(np.ascontiguousarray(view.to_file(np.asarray(data))), view.file, source)
-
-
 # ---------------------------------------------------------------------- models and prediction
-class ModelCache:
-    """Loaded models kept between predictions, so the next case does not reload the weights.
-
-    Keyed by folder, device and the files' modification times (a retrained model in the
-    same folder is reloaded). Safe to use from one worker thread at a time.
-    """
-
-    def __init__(self, size: int = 2) -> None:
-        self.size = size
-        self._models: dict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, model: str | Path | None, device: str) -> tuple[Any, dict[str, Any], str]:
-        """The model, its card and the resolved device name; loads it on first use.
-
-        Raises
-        ------
-        CheckpointError
-            Not a model folder nor a bundled model name, or a damaged checkpoint.
-        """
-        model_dir = find_model_dir(model).resolve()
-        torch_device = resolve_device(device)
-        stamps = tuple(f.stat().st_mtime_ns for f in sorted(model_dir.glob("*")) if f.is_file())
-        key = (str(model_dir), str(torch_device), stamps)
-        with self._lock:
-            if key not in self._models:
-                log.info("loading model %s on %s", model_dir, torch_device)
-                loaded = load_checkpoint(model_dir, device=torch_device)
-                self._models[key] = loaded
-                while len(self._models) > self.size:
-                    self._models.pop(next(iter(self._models)))
-            net, card = self._models[key]
-        return net, card, str(torch_device)
-
-
 _DEFAULT_CACHE = ModelCache()
 
 

@@ -17,7 +17,7 @@ from napari.utils.notifications import show_error, show_warning
 from napari_ivd import worklist
 from napari_ivd._widgets._jobs import notify_error
 from napari_ivd.errors import IvdError
-from napari_ivd.layer_data import METADATA_KEY
+from napari_ivd.layer_data import METADATA_KEY, volume_from_display
 from napari_ivd.progress import Job, call_job
 from napari_ivd.store import AnnotationStore, CaseInfo
 
@@ -107,7 +107,7 @@ class StoreActions:
             show_error("New from layer: select an image layer opened with napari-ivd first")
             return
         try:
-            volume = worklist.volume_from_display(layer.data, layer.metadata, layer.name)
+            volume = volume_from_display(layer.data, layer.metadata, layer.name)
         except IvdError as exc:
             notify_error("New from layer", exc)
             return

@@ -28,10 +28,9 @@ from napari_ivd.active.uncertainty import PERTURBATIONS, Perturbation, VolumeSco
 from napari_ivd.active.versions import compare_with_earlier
 from napari_ivd.errors import IvdError, RankingError
 from napari_ivd.model_versions import active_choice, model_folder, stored_model
-from napari_ivd.models import find_model_dir, read_card
+from napari_ivd.models import ModelCache, find_model_dir, read_card
 from napari_ivd.progress import Job, Progress, Tally
 from napari_ivd.store import AnnotationStore, CaseInfo
-from napari_ivd.worklist import ModelCache
 
 log = logging.getLogger(__name__)
 

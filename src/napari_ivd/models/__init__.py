@@ -3,11 +3,13 @@
 Importing this package registers the built-in architectures (``"ivdnet"``), so
 :func:`available` lists them and :func:`load_checkpoint` can rebuild them from a card;
 :func:`find_model_dir` finds a model folder (or a bundled model by name) and
-:func:`resolve_device` the device to run it on.
+:func:`resolve_device` the device to run it on; a :class:`ModelCache` keeps
+loaded models between predictions.
 """
 
 from __future__ import annotations
 
+from napari_ivd.models.cache import ModelCache
 from napari_ivd.models.denseaspp import DenseAsppConfig, DenseAsppNet  # registers "denseaspp"
 from napari_ivd.models.device import cuda_available, resolve_device
 from napari_ivd.models.hcanet import HcaNet, HcaNetConfig  # registers "hcanet"
@@ -52,6 +54,7 @@ __all__ = [
     "HourglassConfig",
     "IvdNet",
     "IvdNetConfig",
+    "ModelCache",
     "ModelConfig",
     "ScarNet",
     "ScarNetConfig",
