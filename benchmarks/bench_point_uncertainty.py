@@ -29,7 +29,7 @@ from napari_ivd.models import find_model_dir, load_checkpoint, resolve_device
 from napari_ivd.training.cases import load_lumbar_cases, split_cases
 from napari_ivd.worklist import run_steps
 
-CUES = ("spread", "lost", "renamed", "peak", "shape", "chain")
+CUES = ("spread", "lost", "renamed", "peak", "shape", "chain", "chain_weak", "chain_moves")
 
 
 def _spearman(x: list[float], y: list[float]) -> tuple[float | None, float | None]:

@@ -128,7 +128,7 @@ def test_a_missing_level_shows_as_an_orange_named_cross_to_accept_as_a_point_or_
     mm = {p.level: geometry.vox_to_mm(np.array([p.ijk_vox]))[0] for p in store.load(CASE_ID).points}
     where_mm = 2 * mm["L5"] - mm["L4-L5"]  # case-07's reference stops at L5: L5-S1 belongs one step below
     reason = "L5-S1 missing: the chain stops 40 mm above the end of the scan"
-    _cache_scores(location, {CASE_ID: 0.8}, (Placeholder("L5-S1", tuple(where_mm), reason),))
+    _cache_scores(location, {CASE_ID: 0.99}, (Placeholder("L5-S1", tuple(where_mm), reason),))
     _viewer, widget = docked_annotator(make_napari_viewer)
     widget.auto_predict.setChecked(False)
     widget.open_store(location)

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 __all__ = ["CACHE_VERSION", "CachedCase", "ScoreCache", "model_key", "score_from_json", "score_to_json"]
 
 #: Bump when the scores change meaning: older caches are then ignored and recomputed.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def model_key(card: dict[str, Any]) -> str:
