@@ -70,3 +70,28 @@ def test_evaluation_judges_every_annotated_level_even_one_the_model_cannot_name(
     assert len(seen) == 1 and seen[0][0] is case
     named = report["keypoints"]["vertebra"]["n_predicted"] + report["keypoints"]["disc"]["n_predicted"]
     assert named == len([s for s in seen[0][1].structures if s.name in case.keypoints_vox])  # the judged prediction
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_keep_last_validates_once_where_training_ends_and_keeps_those_weights(shared_data, tmp_path, monkeypatch, keep):
+    """``keep="last"``: the dev cases only report, so they must not pick the checkpoint."""
+    from napari_ivd.training import engine
+
+    errors = iter([1.0, 2.0, 3.0])  # every validation worse than the one before
+
+    def evaluate_worse_each_time(model, card, cases, device):
+        return {"error_mm": next(errors), "dice": {}, "cases": [c.name for c in cases]}
+
+    monkeypatch.setattr(engine, "evaluate_cases", evaluate_worse_each_time)
+    case = load_lumbar_case(shared_data / "lumbar/VB3/case-01")
+    cfg = TrainConfig(
+        batch_size=1, samples_per_epoch=1, max_epochs=3, validate_every_epochs=1, patience=10, device="cpu", keep=keep
+    )
+    reports = [r.detail for r in fit(cfg, SampleConfig(crop=(64, 64)), [case], [case], tmp_path / "model")]
+    validated = [r.validation["error_mm"] if r.validation else None for r in reports]
+    _, saved = load_checkpoint(tmp_path / "model")
+    if keep == "last":
+        assert validated == [None, None, 1.0] and saved["steps"] == 3
+    else:
+        assert validated == [1.0, 2.0, 3.0] and saved["steps"] == 1  # the best one, picked by the dev case
+    assert saved["metrics"]["validation"]["error_mm"] == 1.0

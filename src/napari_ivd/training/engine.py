@@ -62,8 +62,8 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     #: "best": keep the weights that validate best (the dev cases then picked them, so their
-    #: figures are optimistic); "last": keep where training ends and only report validation,
-    #: so the dev figures stay an honest estimate.
+    #: figures are optimistic); "last": keep where training ends and validate once, there, only
+    #: to report, so the dev figures stay an honest estimate.
     keep: str = "best"
 
     def __post_init__(self) -> None:
@@ -231,8 +231,9 @@ def fit(
     """Train, validating on ``dev_cases``; keep the best (or, ``cfg.keep == "last"``, the last) model in ``out_dir``.
 
     Validation runs every ``validate_every_epochs`` epochs (or, when that is 0, every
-    ``validate_every_min`` minutes), after the last epoch and when the time budget is spent;
-    training stops early after ``patience`` validations without improvement. Fine-tuning
+    ``validate_every_min`` minutes), after the last epoch and when the time budget is spent
+    (with ``keep == "last"`` only then); training stops early after ``patience`` validations
+    without improvement. Fine-tuning
     (``init_from``) keeps the parent's skeleton prior, learnt from more cases than a
     handful of corrections; when ``sample_cfg.labels`` hold levels the parent lacks, the
     parent's heads and prior grow to them (:func:`starting_skeleton`). On CUDA the forward
@@ -360,7 +361,9 @@ def _fit(
         now = time.perf_counter()
         out_of_time = now - start >= budget_s
         last_epoch = epoch == cfg.max_epochs - 1
-        if cfg.validate_every_epochs:
+        if cfg.keep == "last":  # the dev cases only report: once, where training ends
+            due = False
+        elif cfg.validate_every_epochs:
             due = (epoch + 1) % cfg.validate_every_epochs == 0
         else:
             due = now - last_validation >= cfg.validate_every_min * 60
