@@ -11,7 +11,7 @@ Each architecture of :func:`napari_ivd.models.available` (or ``--models``) is tr
 otherwise identical settings (``TrainConfig`` and ``SampleConfig`` defaults, except that
 the engine validates only once, when the budget is spent, so no model loses training time to
 validation and no checkpoint is picked on the dev cases). Each saved model is then measured
-on the dev cases with :func:`~napari_ivd.training.engine.evaluate_cases`, overall (the
+on the dev cases with :func:`~napari_ivd.training.engine.evaluate_groups`, overall (the
 engine's own final validation of the saved checkpoint) and per contrast: disc and vertebra distance to
 target (mean ± sd, mm), identification rate and FPR at 5 mm, Dice per structure, latency
 per volume (model loaded; mean s), parameters and GFLOPs (1x1x256x256).
@@ -66,7 +66,7 @@ from napari_ivd.models import (
 )
 from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases
 from napari_ivd.training.data import SampleConfig
-from napari_ivd.training.engine import TrainConfig, evaluate_cases, fit
+from napari_ivd.training.engine import TrainConfig, evaluate_groups, fit
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/lumbar"
 #: Config flags that switch off a paper's component, with the paper's name for it.
@@ -194,12 +194,7 @@ def evaluate(run: Run, args: argparse.Namespace, dev: list[LabelledCase]) -> dic
     if not run.skeleton_search:
         card = {k: v for k, v in card.items() if k != "skeleton"}
     groups = {c: [d for d in dev if d.contrast == c] for c in sorted({d.contrast for d in dev})}
-    reports = {name: evaluate_cases(model, card, cases, device) for name, cases in groups.items()}
-    validation = card.get("metrics", {}).get("validation", {})
-    if run.skeleton_search and validation.get("cases") == [c.name for c in dev]:
-        reports = {"all": validation, **reports}  # the engine's own evaluation of exactly this checkpoint
-    else:
-        reports = {"all": evaluate_cases(model, card, dev, device), **reports}
+    reports = evaluate_groups(model, card, {"all": dev, **groups}, device)
     facts = {"params": card["params"], "gflops": card["gflops"], "steps": card.get("steps")}
     return {"reports": reports, **facts}
 

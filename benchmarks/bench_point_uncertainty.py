@@ -12,6 +12,10 @@ its actual error, the distance to the annotated position of the same level (poin
 level is not annotated are not judged). Prints one row per case and the Spearman rank
 correlation between uncertainty and error over all points, for the combined uncertainty and
 for each of its cues; and the same between each case's score and its mean point error.
+Last, the cases whose prediction a researcher must fix as a whole (a chain named off by one,
+a missed level: :func:`napari_ivd.metrics.chain_failures`, L5-S1 counted where
+:func:`~napari_ivd.metrics.sacrum_in_view`) and where the case score ranks them among the
+cases: the issue's target is every one of them in the top quarter.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from napari_ivd.active import score_volume_steps
+from napari_ivd.metrics import chain_failures, sacrum_in_view
 from napari_ivd.models import find_model_dir, load_checkpoint, resolve_device
 from napari_ivd.training.cases import load_lumbar_cases, split_cases
 from napari_ivd.worklist import run_steps
@@ -37,6 +42,21 @@ def _spearman(x: list[float], y: list[float]) -> tuple[float | None, float | Non
         return None, None
     result = spearmanr(x, y)
     return float(result.statistic), float(result.pvalue)
+
+
+def _rank_failures(rows: list[dict]) -> dict:
+    """Print and return where the cases with a chain failure rank by case score (1 = first)."""
+    order = sorted(rows, key=lambda r: -r["score"])
+    quarter = max(1, -(-len(order) // 4))
+    failed = [(rank, r) for rank, r in enumerate(order, 1) if r["failures"]]
+    inside = sum(rank <= quarter for rank, _ in failed)
+    print(
+        f"\ncases with a chain failure (misnamed or missing level): {len(failed)} of {len(order)}; "
+        f"{inside} of them in the top quarter (rank <= {quarter})"
+    )
+    for rank, r in failed:
+        print(f"  rank {rank:3d}  {r['case']:14s} score {r['score']:.2f}  {', '.join(r['failures'])}")
+    return {"top_quarter": quarter, "n_failed": len(failed), "in_top_quarter": inside}
 
 
 def main() -> None:
@@ -84,9 +104,21 @@ def main() -> None:
                 | {cue: p.components.get(cue, 0.0) for cue in CUES}
             )
         mean_error = float(np.mean(errors)) if errors else None
-        rows.append({"case": case.name, "score": scored.score, "reason": scored.reason, "error_mm": mean_error})
+        reference_mm = {n: geometry.vox_to_mm(np.asarray(v, float)[None])[0] for n, v in case.keypoints_vox.items()}
+        failures = chain_failures(
+            {n: p.xyz_mm for n, p in predicted.items()},
+            reference_mm,
+            l5_s1_in_view=sacrum_in_view(case.keypoints_vox, geometry.shape),
+        )
+        rows.append(
+            {"case": case.name, "score": scored.score, "reason": scored.reason, "error_mm": mean_error}
+            | {"failures": list(failures)}
+        )
         shown = f"{mean_error:6.2f}" if mean_error is not None else "     -"
-        print(f"{case.name:14s} {len(errors):3d} {scored.score:5.2f} {shown} {seconds:5.1f}  {scored.reason}")
+        print(
+            f"{case.name:14s} {len(errors):3d} {scored.score:5.2f} {shown} {seconds:5.1f}  {scored.reason}"
+            + (f"  [{', '.join(failures)}]" if failures else "")
+        )
 
     error = [p["error_mm"] for p in points]
     results = {"model": card["name"], "n_points": len(points), "cases": rows, "points": points, "spearman": {}}
@@ -99,6 +131,7 @@ def main() -> None:
     rho, p_value = _spearman([c["score"] for c in judged], [c["error_mm"] for c in judged])
     results["spearman"]["case_score"] = {"rho": rho, "p": p_value}
     print("  case score vs mean case error: " + ("undefined" if rho is None else f"rho {rho:+.3f}  (p {p_value:.2g})"))
+    results["failures_ranked"] = _rank_failures(rows)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

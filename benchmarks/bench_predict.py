@@ -38,7 +38,7 @@ from napari_ivd.io import Volume
 from napari_ivd.metrics import l5_s1_outcome, sacrum_in_view
 from napari_ivd.models import find_model_dir, load_checkpoint, resolve_device
 from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases
-from napari_ivd.training.engine import evaluate_cases
+from napari_ivd.training.engine import evaluate_groups
 
 
 def main() -> None:
@@ -83,7 +83,6 @@ def main() -> None:
             f"{shape} ({by_shape[shape].name}): first {times['first_s']:.2f} s, then median {np.median(warm):.2f} s "
             f"(range {warm.min():.2f}-{warm.max():.2f} s)"
         )
-    results = {}
     l5_s1: dict[str, str | None] = {}
     from_sacrum: list[str] = []
 
@@ -98,9 +97,9 @@ def main() -> None:
         for s in sources
         for dev_of in [[d for d in dev if d.name.startswith(f"{s}/")]]
     }
+    results = evaluate_groups(model, card, groups, device, on_prediction=judge_l5_s1)
     for name, cases in groups.items():
-        report = evaluate_cases(model, card, cases, device, on_prediction=judge_l5_s1 if name == "all" else None)
-        results[name] = report
+        report = results[name]
         seconds = np.array(report["predict_seconds"])
         shapes = sorted({_shape(c) for c in cases})
         print(f"\n== {name}: {len(cases)} cases ({', '.join(c.name for c in cases)}); shapes {', '.join(shapes)}")

@@ -7,12 +7,13 @@ import json
 import pytest
 import torch
 
+from napari_ivd import anatomy
 from napari_ivd.inference import predict
 from napari_ivd.models import find_model_dir, load_checkpoint
 from napari_ivd.progress import run_steps
 from napari_ivd.training.cases import load_lumbar_case
 from napari_ivd.training.data import SampleConfig
-from napari_ivd.training.engine import TrainConfig, evaluate_cases, fit
+from napari_ivd.training.engine import TrainConfig, evaluate_cases, evaluate_groups, fit
 
 
 @pytest.mark.slow
@@ -70,6 +71,24 @@ def test_evaluation_judges_every_annotated_level_even_one_the_model_cannot_name(
     assert len(seen) == 1 and seen[0][0] is case
     named = report["keypoints"]["vertebra"]["n_predicted"] + report["keypoints"]["disc"]["n_predicted"]
     assert named == len([s for s in seen[0][1].structures if s.name in case.keypoints_vox])  # the judged prediction
+
+
+def test_groups_that_share_cases_predict_each_case_once_and_judge_each_group_on_its_own(shared_data, monkeypatch):
+    from napari_ivd.training import engine
+
+    a, b = (load_lumbar_case(shared_data / f"lumbar/{name}") for name in ("VB3/case-01", "IVD/case-11"))
+    model, card = load_checkpoint(find_model_dir())
+    predicted = []
+    real_predict = engine.predict
+    monkeypatch.setattr(engine, "predict", lambda vol, *args: predicted.append(vol) or real_predict(vol, *args))
+    reports = evaluate_groups(model, card, {"all": [a, b], "VB3": [a], "IVD": [b]}, torch.device("cpu"))
+    assert len(predicted) == 2
+    assert [r["cases"] for r in reports.values()] == [[a.name, b.name], [a.name], [b.name]]
+    for kind in ("disc", "vertebra"):
+        annotated = [reports[g]["keypoints"][kind]["n_annotated"] for g in ("all", "VB3", "IVD")]
+        assert annotated[0] == annotated[1] + annotated[2]
+    vertebrae = sum(anatomy.structure(n).kind == "vertebra" for n in a.keypoints_vox)
+    assert reports["VB3"]["keypoints"]["vertebra"]["n_annotated"] == vertebrae > 0
 
 
 @pytest.mark.parametrize("keep", ["best", "last"])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_ivd.metrics import (
+    chain_failures,
     dice,
     dice_rows,
     keypoint_rows,
@@ -123,3 +124,28 @@ def test_an_annotated_L5_S1_is_judged_at_its_own_place_also_on_a_disc_only_refer
 def test_a_reference_that_places_no_L5_S1_is_refused_with_what_it_needs():
     with pytest.raises(ValueError, match="L4 and L5, or L5-S1 and L4-L5"):
         l5_s1_outcome({"L5-S1": (0.0, 0.0, 0.0)}, {"L3": (0.0, 0.0, 0.0), "L5": (0.0, 0.0, -70.0)})
+
+
+def _shifted_up(points):
+    """Each structure named as the one above it (a chain one level off): L4 -> L3, L4-L5 -> L3-L4."""
+    up = {"L4": "L3", "L5": "L4", "L3-L4": "L2-L3", "L4-L5": "L3-L4", "L5-S1": "L4-L5"}
+    return {up[name]: xyz for name, xyz in points.items()}
+
+
+def test_chain_failures_find_a_chain_one_level_off_and_a_missed_level():
+    assert chain_failures(GT, GT) == ()
+    assert chain_failures(_shifted_up(GT), GT) == ("misnamed",)  # every distance fine, every name wrong
+    one_wrong = dict(GT) | {"L3-L4": GT["L4-L5"], "L4-L5": (0.0, 0.0, -60.0)}
+    assert chain_failures(one_wrong, GT) == ("missing level",)  # one misname in three found is not a chain
+    without_l5 = {n: p for n, p in GT.items() if n != "L5"}
+    assert chain_failures(without_l5, GT) == ("missing level",)
+    assert chain_failures(_shifted_up(without_l5), GT) == ("misnamed", "missing level")
+    moved = {n: (x, y, z - 12.0) for n, (x, y, z) in GT.items()}
+    assert chain_failures(moved, GT) == ("missing level",)  # nothing within 5 mm: everything missed
+
+
+def test_chain_failures_count_l5_s1_only_where_the_sacrum_is_in_view():
+    assert chain_failures(GT, GT, l5_s1_in_view=True) == ("missing level",)  # the reference implies an L5-S1
+    with_l5_s1 = dict(GT) | {"L5-S1": (0.0, 0.0, -58.0)}
+    assert chain_failures(with_l5_s1, GT, l5_s1_in_view=True) == ()
+    assert chain_failures(GT, GT, l5_s1_in_view=False) == ()

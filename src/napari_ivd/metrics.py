@@ -16,6 +16,10 @@ Only levels annotated in the ground truth are judged: a prediction of a level th
 truth does not annotate (e.g. L5-S1 on a scan whose labels stop at L4-L5) is neither right
 nor wrong. Dice is computed per TotalSpineSeg value and per kind.
 
+**Case-level failures** (:func:`chain_failures`): a chain named off by one (most found
+structures carry another level's name) or a level missed — the errors that cost a
+researcher most, which the active-learning ranking must put first.
+
 **L5-S1 where the sacrum is in view**: references that stop at L5 (VB2, VB3) cannot judge
 an L5-S1 prediction by the rules above, yet the disc is usually in view.
 :func:`sacrum_in_view` decides from the reference alone whether the sacrum is in the field
@@ -37,6 +41,8 @@ KINDS: tuple[str, ...] = ("disc", "vertebra")
 #: What :func:`l5_s1_outcome` says of a scan whose sacrum is in view.
 L5_S1_OUTCOMES: tuple[str, ...] = ("named", "misplaced", "missing")
 PCK_THRESHOLDS_MM: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0)
+#: The case-level errors a researcher fixes by hand that :func:`chain_failures` finds.
+CHAIN_FAILURES: tuple[str, ...] = ("misnamed", "missing level")
 
 
 @dataclass(frozen=True)
@@ -249,3 +255,37 @@ def l5_s1_outcome(pred_mm: Mapping[str, Sequence[float]], reference_mm: Mapping[
         return "missing"
     distance = float(np.linalg.norm(np.asarray(pred_mm["L5-S1"], float) - expected))
     return "named" if distance <= spacing / 2 else "misplaced"
+
+
+def chain_failures(
+    pred_mm: Mapping[str, Sequence[float]],
+    reference_mm: Mapping[str, Sequence[float]],
+    threshold_mm: float = 5.0,
+    l5_s1_in_view: bool = False,
+) -> tuple[str, ...]:
+    """Which of :data:`CHAIN_FAILURES` a case's prediction makes, judged against its reference.
+
+    Predictions and references are paired per kind, one to one and whatever their names,
+    within ``threshold_mm``. ``"misnamed"``: at least two found structures, and at least half
+    of them, carry a name other than the reference's (a chain one level off names them all
+    wrong while every distance looks fine). ``"missing level"``: an annotated structure has
+    no prediction of its kind nearby, or, with ``l5_s1_in_view`` (see :func:`sacrum_in_view`),
+    :func:`l5_s1_outcome` finds no L5-S1 at all.
+    """
+    found: set[tuple[str, str]] = set()
+    missing = False
+    for kind in KINDS:
+        gt = {n: np.asarray(p, float) for n, p in reference_mm.items() if anatomy.structure(n).kind == kind}
+        pred = {n: np.asarray(p, float) for n, p in pred_mm.items() if anatomy.structure(n).kind == kind}
+        pairs = _kind_matching(pred, gt, threshold_mm)
+        found |= pairs
+        missing |= len(pairs) < len(gt)
+    if l5_s1_in_view and l5_s1_outcome(pred_mm, reference_mm) == "missing":
+        missing = True
+    misnamed = sum(p != g for p, g in found)
+    failures = []
+    if misnamed >= 2 and 2 * misnamed >= len(found):
+        failures.append("misnamed")
+    if missing:
+        failures.append("missing level")
+    return tuple(failures)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -149,18 +149,35 @@ def evaluate_cases(
     holds each case's prediction time (model already loaded). ``on_prediction`` sees each
     case's prediction, for figures beyond these without predicting twice.
     """
-    point_rows, mask_rows, seconds = [], [], []
-    for case in cases:
+    return evaluate_groups(model, card, {"all": cases}, device, on_prediction)["all"]
+
+
+def evaluate_groups(
+    model: torch.nn.Module,
+    card: dict[str, Any],
+    groups: Mapping[str, Sequence[LabelledCase]],
+    device: torch.device,
+    on_prediction: Callable[[LabelledCase, Prediction], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate_cases` for groups of cases that may share cases (all, per source): each predicted once."""
+    judged: dict[str, tuple[list, list, float]] = {}
+    for case in {c.name: c for cases in groups.values() for c in cases}.values():
         start = time.perf_counter()
         prediction = predict(case.volume, model, card, device)
-        seconds.append(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
         if on_prediction is not None:
             on_prediction(case, prediction)
         geometry = case.volume.geometry
         gt_mm = {n: geometry.vox_to_mm(np.asarray(p)[None])[0] for n, p in case.keypoints_vox.items()}
-        point_rows += keypoint_rows(case.name, {s.name: s.xyz_mm for s in prediction.structures}, gt_mm)
-        if case.mask_tss is not None:
-            mask_rows += dice_rows(case.name, prediction.mask_tss, case.mask_tss)
+        points = keypoint_rows(case.name, {s.name: s.xyz_mm for s in prediction.structures}, gt_mm)
+        masks = dice_rows(case.name, prediction.mask_tss, case.mask_tss) if case.mask_tss is not None else []
+        judged[case.name] = (points, masks, seconds)
+    return {name: _summarize([judged[c.name] for c in cases], cases) for name, cases in groups.items()}
+
+
+def _summarize(judged: Sequence[tuple[list, list, float]], cases: Sequence[LabelledCase]) -> dict[str, Any]:
+    point_rows = [row for points, _, _ in judged for row in points]
+    mask_rows = [row for _, masks, _ in judged for row in masks]
     gt = [r for r in point_rows if r.role == "gt"]
     errors = [MISSED_STRUCTURE_MM if r.distance_mm is None else min(r.distance_mm, MISSED_STRUCTURE_MM) for r in gt]
     return {
@@ -168,7 +185,7 @@ def evaluate_cases(
         "dice": summarize_dice(mask_rows),
         "error_mm": float(np.mean(errors)) if errors else None,
         "cases": [c.name for c in cases],
-        "predict_seconds": [round(t, 3) for t in seconds],
+        "predict_seconds": [round(seconds, 3) for _, _, seconds in judged],
     }
 
 
