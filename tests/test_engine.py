@@ -62,7 +62,7 @@ def test_out_of_memory_halves_the_batch_and_training_goes_on(shared_data, tmp_pa
 
 def test_evaluation_judges_every_annotated_level_even_one_the_model_cannot_name(shared_data):
     case = load_lumbar_case(shared_data / "lumbar/VB1/case-02")  # T1w, named T10...S1
-    model, card = load_checkpoint(find_model_dir())  # the starter knows T11...L5-S1
+    model, card = load_checkpoint(find_model_dir("scarnet-lumbar"))  # a seed model: it knows T11...L5-S1
     assert {"T10", "S1"} <= set(case.keypoints_vox) and not {"T10", "S1"} & set(card["labels"])
     seen = []
     report = evaluate_cases(model, card, [case], torch.device("cpu"), on_prediction=lambda c, p: seen.append((c, p)))

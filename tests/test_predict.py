@@ -148,18 +148,13 @@ def test_spine_search_refines_around_the_two_strongest_sparse_slices():
     assert len(sampled) == len(runner.ran) == 7  # 22..34 between the sparse ones never ran
 
 
-@pytest.fixture(scope="module")
-def starter_on_case_07(shared_data):
-    model, card = load_checkpoint(find_model_dir())
-    return model, card, read_volume(shared_data / CASE / "image.nii.gz")
-
-
 def _without_sacrum_step(chosen, candidates, labels):
     return dict(chosen), False
 
 
-def test_a_model_without_S1_predicts_bit_for_bit_as_without_the_sacrum_step(starter_on_case_07, monkeypatch):
-    model, card, volume = starter_on_case_07
+def test_a_model_without_S1_predicts_bit_for_bit_as_without_the_sacrum_step(shared_data, monkeypatch):
+    model, card = load_checkpoint(find_model_dir("scarnet-lumbar"))  # a seed model: T11 ... L5-S1
+    volume = read_volume(shared_data / CASE / "image.nii.gz")
     assert "S1" not in card["labels"]
     anchored = inference.predict(volume, model, card, "cpu")
     monkeypatch.setattr(inference, "anchor_on_sacrum", _without_sacrum_step)
