@@ -77,7 +77,7 @@ def test_uncertainty_rank_scores_real_scans_once_and_explains_each_place(shared_
     assert rows[0]["score"] == "1.0000" and rows[0]["reason"] == "no disc or vertebra found"
     real = rows[1]
     assert 0.0 < float(real["score"]) < 1.0
-    assert any(level in real["reason"] for level in ("L1", "L2", "L3", "L4", "L5", "T12"))
+    assert any(level in real["reason"] for level in ("T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5", "S1"))
     key = captured.err.strip().rsplit(" with ", 1)[1]
     assert set(AnnotationStore.open(location).cached_scores(key)["cases"]) == {"VB3_case-13", "no-spine"}
 
