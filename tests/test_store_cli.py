@@ -167,3 +167,6 @@ def test_absent_levels_go_out_in_annotation_json_and_come_back_with_import_absen
     assert absent == ["L5-S1"]
     assert main([*argv, "--store", str(again), "--absent", ",".join(absent)]) == 0
     assert AnnotationStore.open(again).load("c01").absent == ("L5-S1",)
+    capsys.readouterr()
+    assert main(["store", "history", str(again), "c01"]) == 0
+    assert "4 points, no mask, absent L5-S1" in capsys.readouterr().out

@@ -137,6 +137,8 @@ def format_history(store: AnnotationStore, case_id: str) -> str:
             restored += f" started from {r.proposal}"
         if r.merged_over:
             restored += f" (edit based on {r.based_on}, kept on top of {r.merged_over})"
+        if r.absent:
+            restored += f", absent {', '.join(r.absent)}"
         mark = "  <- head" if r.revision_id == case.head else ""
         lines.append(
             f"  {r.revision_id}  {r.created_utc[:19]}  {r.author:12s} {r.source:14s} parent {r.parent or '-':8s} "
