@@ -476,3 +476,38 @@ def test_a_cache_of_another_scoring_version_or_image_is_not_trusted(counted):
 def test_ranking_a_store_with_an_unknown_strategy_is_refused():
     with pytest.raises(RankingError, match="unknown ranking strategy 'oldest'"):
         run_steps(score_store_steps(_store(), strategy="oldest"))
+
+
+# ---------------------------------------------------------------------- levels marked absent
+def test_a_level_the_researcher_marked_absent_is_never_missing_nor_given_a_placeholder():
+    """A sacralised L5: no L5-S1 disc. The case's revision says so; the chain then ends at L5."""
+    spine = {n: p for n, p in _spine().items() if n != "L5-S1"}
+    assert [p.level for p in check_chain(spine, EXTENT, _prior()).placeholders] == ["L5-S1"]
+    assert check_chain(spine, EXTENT, _prior(), absent={"l5s1"}) == Chain()  # nothing flagged, not even L5
+    gap = {n: p for n, p in _spine().items() if n not in ("L3", "L3-L4")}
+    chain = check_chain(gap, EXTENT, _prior(), absent={"L3-L4"})  # only the marked level is spared
+    assert [p.level for p in chain.placeholders] == ["L3"] and [f.level for f in chain.case] == ["L3"]
+
+    scored = assess(_prediction(spine), [_prediction(spine)] * 3, VIEW, _prior(), absent={"L5-S1"})
+    assert scored.placeholders == () and "L5-S1" not in scored.reason
+
+
+def test_ranking_scores_a_case_with_its_head_revisions_absent_levels_and_again_when_they_change(monkeypatch):
+    seen: list[tuple[str, tuple[str, ...]]] = []
+    scorer = ranking.score_volume_steps
+
+    def score(volume, net, card, where, perturbations, absent):
+        seen.append((volume.path.name, tuple(absent)))
+        return scorer(volume, net, card, where, perturbations, absent)
+
+    monkeypatch.setattr(ranking, "score_volume_steps", score)
+    store = _store()
+    store.save_revision("scan-0", [LabelledPoint("L5", (3.0, 24.0, 24.0))], None, absent=["L5-S1"])
+    first = _ranked(store)
+    assert sorted(seen) == [("n0.nii.gz", ("L5-S1",)), ("n1.nii.gz", ())]
+    _ranked(store)
+    assert len(seen) == 2  # cached with its absent levels
+    store.save_revision("scan-0", [LabelledPoint("L5", (3.0, 24.0, 24.0))], None)  # the mark taken back
+    _ranked(store)
+    assert seen[2:] == [("n0.nii.gz", ())]
+    assert ScoreCache(store, first.model).get("scan-0", store.case("scan-0").image_sha256, ("L5-S1",)) is None

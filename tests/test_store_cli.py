@@ -93,6 +93,10 @@ BAD_IMPORTS = {
     "unknown level in points.csv": (lambda s: ["--points", "{csv}"], "unknown level 'L7'"),
     "points file of another kind": (lambda s: ["--points", str(s / "lumbar/IVD/case-11/info.json")], "points.csv"),
     "one --mask for two images": (lambda s: ["--mask", "x", "--mask", "y"], "once per IMAGE"),
+    "a level both pointed and absent": (
+        lambda s: ["--points", str(s / "lumbar/IVD/case-11/discs_sct_centroid.nii.gz"), "--absent", "L4-L5,L5-S1"],
+        "L4-L5, L5-S1 has a point and is marked absent",
+    ),
     "TPTBox labels as a mask": (
         lambda s: ["--mask", str(s / "fixtures/TPTBox/TPTBox/tests/sample_mri/sub-mri_seg-vert_label-6_msk.nii.gz")],
         "no TotalSpineSeg values",
@@ -150,3 +154,19 @@ def test_cli_works_on_a_memory_url(shared_data, capsys):
     assert main(["store", "history", url]) == 0
     assert "2 points" in capsys.readouterr().out
     assert AnnotationStore.open(url).load("t2").points[0].level == "C3"
+
+
+def test_absent_levels_go_out_in_annotation_json_and_come_back_with_import_absent(shared_data, tmp_path, capsys):
+    """VB3/case-01 labels no L5-S1; say it is not there (as for a sacralised L5) and carry that through files."""
+    case = shared_data / "lumbar/VB3/case-01"
+    store, again = tmp_path / "s.zarr", tmp_path / "again.zarr"
+    argv = ["import", str(case / "image.nii.gz"), "--case", "c01", "--points", str(case / DISCS[LUMBAR[1]])]
+    assert main([*argv, "--store", str(store), "--absent", "l5-s1"]) == 0
+    assert main(["export", "--store", str(store), "--case", "c01", "--out", str(tmp_path / "out")]) == 0
+    absent = json.loads((tmp_path / "out" / "annotation.json").read_text())["absent"]
+    assert absent == ["L5-S1"]
+    assert main([*argv, "--store", str(again), "--absent", ",".join(absent)]) == 0
+    assert AnnotationStore.open(again).load("c01").absent == ("L5-S1",)
+    capsys.readouterr()
+    assert main(["store", "history", str(again), "c01"]) == 0
+    assert "4 points, no mask, absent L5-S1" in capsys.readouterr().out

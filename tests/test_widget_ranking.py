@@ -119,7 +119,7 @@ def test_rank_sorts_the_cases_next_case_follows_and_the_unsure_point_stands_out(
     assert {table.item(row, 4).text() for row in range(3)} == {"random draw (seed 0)"}
 
 
-def test_a_missing_level_shows_as_an_orange_named_cross_to_accept_as_a_point_or_delete(
+def test_a_missing_level_shows_as_an_orange_named_cross_to_accept_as_a_point_or_mark_absent(
     make_napari_viewer, qtbot, three_case_store, tmp_path
 ):
     location = copy_store(three_case_store, tmp_path)
@@ -158,11 +158,23 @@ def test_a_missing_level_shows_as_an_orange_named_cross_to_accept_as_a_point_or_
     qtbot.mouseClick(widget.tools.undo_button, Qt.MouseButton.LeftButton)
     assert widget.case.points() == before
 
-    # shown again (the level is still missing) and deleted: the points stay as they were
+    # shown again (the level is still missing) and deleted: the researcher says L5-S1 is not in this scan
     panel.highlight()
     assert list(widget.case.placeholders.features["level"]) == ["L5-S1"]
+    assert panel.delete_button.toolTip().startswith("Mark the selected missing levels as not present in this scan")
     qtbot.mouseClick(panel.delete_button, Qt.MouseButton.LeftButton)
     assert len(widget.case.placeholders.data) == 0 and widget.case.points() == before
+    assert widget.annotator.absent == {"L5-S1"} and widget.has_unsaved_changes()
+    panel.highlight()  # the ranking's cross does not come back for a level known not to be there
+    assert len(widget.case.placeholders.data) == 0
+    qtbot.mouseClick(widget.tools.undo_button, Qt.MouseButton.LeftButton)  # undoable like a point edit
+    assert widget.annotator.absent == frozenset() and not widget.has_unsaved_changes()
+    qtbot.mouseClick(widget.tools.redo_button, Qt.MouseButton.LeftButton)
+
+    # saved with the next revision: training and the next ranking read it from there
+    with qtbot.waitSignal(widget.saved, timeout=30_000) as saved:
+        qtbot.mouseClick(widget.save_button, Qt.MouseButton.LeftButton)
+    assert AnnotationStore.open(location).load(CASE_ID, saved.args[0]).absent == ("L5-S1",)
     assert not widget.has_unsaved_changes()
 
 

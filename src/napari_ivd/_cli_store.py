@@ -41,10 +41,14 @@ def run_import(args: argparse.Namespace) -> int:
     points, levels, masks = (
         _per_image(v, n, f) for v, f in ((args.points, "--points"), (args.levels, "--levels"), (args.mask, "--mask"))
     )
+    absents = [
+        None if a is None else [x.strip() for x in a.split(",") if x.strip()]
+        for a in _per_image(args.absent, n, "--absent")
+    ]
     store = AnnotationStore.open(args.store) if AnnotationStore.exists(args.store) else None
     prepared = [
-        prepare_import(store, image, case_id=case_id, points=p, levels=lv, mask=m)
-        for image, case_id, p, lv, m in zip(args.images, case_ids, points, levels, masks, strict=True)
+        prepare_import(store, image, case_id=case_id, points=p, levels=lv, mask=m, absent=a)
+        for image, case_id, p, lv, m, a in zip(args.images, case_ids, points, levels, masks, absents, strict=True)
     ]
     ids = [p.case_id for p in prepared]
     if len(set(ids)) != len(ids):
@@ -133,6 +137,8 @@ def format_history(store: AnnotationStore, case_id: str) -> str:
             restored += f" started from {r.proposal}"
         if r.merged_over:
             restored += f" (edit based on {r.based_on}, kept on top of {r.merged_over})"
+        if r.absent:
+            restored += f", absent {', '.join(r.absent)}"
         mark = "  <- head" if r.revision_id == case.head else ""
         lines.append(
             f"  {r.revision_id}  {r.created_utc[:19]}  {r.author:12s} {r.source:14s} parent {r.parent or '-':8s} "
@@ -185,6 +191,13 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--points", type=Path, action="append", help="points.csv (as predict writes) or SCT disc labels")
     imp.add_argument("--levels", type=Path, action="append", help="SCT vertebral-level labels (value N = body N)")
     imp.add_argument("--mask", type=Path, action="append", help="mask NIfTI in TotalSpineSeg values")
+    imp.add_argument(
+        "--absent",
+        action="append",
+        metavar="LEVELS",
+        help="levels not present in the scan, comma-separated (e.g. L5-S1 on a sacralised L5; as an exported "
+        "annotation.json lists them)",
+    )
     imp.add_argument("--case", dest="cases", action="append", help="case id (default: from the file names)")
     imp.add_argument("--status", choices=_STATUSES, help="case status after the import (e.g. verified)")
     imp.add_argument("--author", help="author of the imported revision (default: your login)")

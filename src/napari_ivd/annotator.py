@@ -11,6 +11,9 @@ split); tests and scripts drive the same object with plain calls. The rules it k
 - A revision's source is ``model:<version>`` only when it stores a model's proposal
   unchanged, else ``manual``.
 - *All levels* shifts relabel the mask with the points, and undo restores both.
+- A level is either annotated (a point) or marked absent (not present in this scan), never
+  both: marking a level with a point absent is refused, and a point given a level marked
+  absent unmarks it (the researcher's latest word wins, and undo brings the mark back).
 - A prediction that ends after the user edited the case keeps the edited points or mask
   unless told to replace them.
 
@@ -47,7 +50,7 @@ from typing import Literal
 
 import numpy as np
 
-from napari_ivd import corrections, worklist
+from napari_ivd import anatomy, corrections, worklist
 from napari_ivd.corrections import Points
 from napari_ivd.errors import CorrectionError, IvdError, StoreConflictError
 from napari_ivd.inference import Prediction, prediction_points
@@ -99,7 +102,8 @@ class SaveRequest:
     """A revision ready to commit: its content, what it started from, who saves it and how.
 
     ``points`` are sorted cranio-caudally; ``mask_tss`` is on the image grid (None: a
-    points-only revision, when nothing was drawn and nothing is to be erased).
+    points-only revision, when nothing was drawn and nothing is to be erased); ``absent``
+    the levels marked not present in the scan, cranio-caudal.
     """
 
     case_id: str
@@ -111,6 +115,7 @@ class SaveRequest:
     author: str | None
     status: str | None
     on_conflict: str
+    absent: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -180,8 +185,11 @@ class Annotator:
         self.origin: str | None = None
         self.points: Points = ()
         self.mask: np.ndarray | None = None
+        #: Levels marked not present in this scan (saved with the next revision).
+        self.absent: frozenset[str] = frozenset()
         self._baseline_points: Points = ()
         self._baseline_mask: np.ndarray | None = None
+        self._baseline_absent: frozenset[str] = frozenset()
         self.history.reset(())
 
     def use_store(self, store: AnnotationStore) -> None:
@@ -216,7 +224,8 @@ class Annotator:
         self.parent_revision, self.proposal, self.origin = opened.revision, opened.proposal, opened.origin
         self.points = _by_kind(opened.points)
         self.mask = mask if mask is not None else display_mask(opened.mask_tss, opened.volume)
-        self.history.reset(self.points)
+        self.absent = self._baseline_absent = opened.absent
+        self.history.reset(self.points, self.absent)
         self._set_baseline(self.points, self.mask)
 
     def open(self, case_id: str) -> OpenedCase:
@@ -263,10 +272,10 @@ class Annotator:
         return self._baseline_points, self._baseline_mask
 
     def has_unsaved_changes(self) -> bool:
-        """True when the shown points or mask differ from what was opened, predicted or saved."""
+        """True when the shown points, absent levels or mask differ from what was opened, predicted or saved."""
         if self.mask is None:
             return False
-        if not corrections.same_points(self.points, self._baseline_points):
+        if self.absent != self._baseline_absent or not corrections.same_points(self.points, self._baseline_points):
             return True
         return self._baseline_mask is None or not np.array_equal(self.mask, self._baseline_mask)
 
@@ -277,7 +286,8 @@ class Annotator:
         Edits sharing ``merge_key`` within a second merge into one undo step (one drag).
         """
         self.points = _by_kind(points)
-        return self.history.record(self.points, merge_key=merge_key)
+        self.absent = self._still_absent()
+        return self.history.record(self.points, merge_key=merge_key, absent=self.absent)
 
     def set_mask(self, mask: np.ndarray) -> None:
         """Show ``mask`` (display grid) instead of the current one; a view that paints in place need not call this."""
@@ -288,7 +298,37 @@ class Annotator:
 
     def _apply(self, points: Points, mask_shift: int | None = None) -> None:
         self.points = _by_kind(points)
-        self.history.record(self.points, mask_shift=mask_shift)
+        self.absent = self._still_absent()
+        self.history.record(self.points, mask_shift=mask_shift, absent=self.absent)
+
+    def _still_absent(self) -> frozenset[str]:
+        """The levels marked absent less those a shown point names: a point says its level is there."""
+        return self.absent - {p.level for p in self.points}
+
+    def mark_absent(self, levels: Iterable[str]) -> frozenset[str]:
+        """Mark ``levels`` as not present in this scan: one undoable edit, saved with the next revision.
+
+        What the ranking's *Delete missing* does with the placeholders of missing levels: the
+        researcher knows the level is not there (a sacralised L5 has no L5-S1 disc), so
+        fine-tuning learns it as background and the ranking stops calling it missing. Only
+        for real anatomical absence; a level the scan does not reach is simply left out.
+        Returns the levels, canonical.
+
+        Raises
+        ------
+        UnknownLevelError
+            A level the anatomy vocabulary does not know.
+        CorrectionError
+            A shown point has one of the levels (delete it first); nothing changes then.
+        """
+        self._require_case()
+        names = frozenset(anatomy.structure(level).name for level in levels)
+        pointed = sorted(names & {p.level for p in self.points}, key=lambda n: anatomy.structure(n).order)
+        if pointed:
+            raise CorrectionError(f"{', '.join(pointed)} has a point; delete it first to mark the level absent")
+        self.absent = self.absent | names
+        self.history.record(self.points, absent=self.absent)
+        return names
 
     def shift_levels(self, steps: int) -> None:
         """Rename every point ``steps`` levels down (negative: up) and relabel the mask alike.
@@ -371,7 +411,7 @@ class Annotator:
             except CorrectionError:
                 back()
                 raise
-        self.points = points
+        self.points, self.absent = points, self.history.absent
         return True
 
     # ------------------------------------------------------------------ predict
@@ -430,7 +470,8 @@ class Annotator:
             self.mask = result.mask
         self.proposal = None if self.parent_revision else result.proposal.proposal_id
         self.origin = f"model:{result.proposal.model}"  # the model version, as the proposal names it
-        self.history.reset(self.points)
+        self.absent = self._still_absent()  # a model is no judge of absence: the marks stay, less what it names
+        self.history.reset(self.points, self.absent)
         self._set_baseline(result.points, result.mask)
         return kept
 
@@ -469,6 +510,7 @@ class Annotator:
             author=self.author,
             status=status,
             on_conflict=on_conflict,
+            absent=tuple(sorted(self.absent, key=lambda n: anatomy.structure(n).order)),
         )
 
     def save_steps(self, request: SaveRequest) -> Job[Saved | SaveConflict]:
@@ -485,6 +527,7 @@ class Annotator:
                     request.case_id,
                     request.points,
                     request.mask_tss,
+                    absent=request.absent,
                     author=request.author,
                     source=request.source,
                     parent=request.parent,
@@ -506,7 +549,7 @@ class Annotator:
         self.parent_revision, self.origin, self.proposal = outcome.revision.revision_id, request.source, None
         assert self.mask is not None
         saved_mask = self.volume.view.to_display(request.mask_tss) if request.mask_tss is not None else None
-        self._baseline_points = request.points
+        self._baseline_points, self._baseline_absent = request.points, frozenset(request.absent)
         self._baseline_mask = saved_mask if saved_mask is not None else np.zeros_like(self.mask)
 
     def save(self, status: str | None = None, on_conflict: str = "refuse") -> Saved | SaveConflict:

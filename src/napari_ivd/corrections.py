@@ -358,6 +358,8 @@ class EditHistory:
     keeps ``mask_shift``, the levels the mask was relabelled by so far (see
     :func:`shift_mask_levels`): stepping to a snapshot with another value tells the
     caller to relabel the mask by the difference, so undoing *All levels* restores both.
+    Each snapshot keeps ``absent`` too, the levels marked not present in the scan, so marking
+    one is undone like any point edit.
 
     Example
     -------
@@ -372,10 +374,10 @@ class EditHistory:
         self.merge_window_s = merge_window_s
         self.reset(initial)
 
-    def reset(self, points: Sequence[LabelledPoint]) -> None:
-        """Start over from ``points`` (a freshly opened case): nothing to undo or redo, mask unshifted."""
-        self._undo: list[tuple[Points, int]] = [(tuple(points), 0)]
-        self._redo: list[tuple[Points, int]] = []
+    def reset(self, points: Sequence[LabelledPoint], absent: frozenset[str] = frozenset()) -> None:
+        """Start over from ``points`` and ``absent`` (a case just opened): no undo or redo, mask unshifted."""
+        self._undo: list[tuple[Points, int, frozenset[str]]] = [(tuple(points), 0, frozenset(absent))]
+        self._redo: list[tuple[Points, int, frozenset[str]]] = []
         self._last_key: Hashable | None = None
         self._last_time = -np.inf
 
@@ -388,6 +390,11 @@ class EditHistory:
     def mask_shift(self) -> int:
         """Levels the mask is shifted by (caudal positive) after the last recorded (or undone/redone) edit."""
         return self._undo[-1][1]
+
+    @property
+    def absent(self) -> frozenset[str]:
+        """Levels marked not present in the scan after the last recorded (or undone/redone) edit."""
+        return self._undo[-1][2]
 
     @property
     def can_undo(self) -> bool:
@@ -405,6 +412,7 @@ class EditHistory:
         merge_key: Hashable | None = None,
         now: float | None = None,
         mask_shift: int | None = None,
+        absent: frozenset[str] | None = None,
     ) -> bool:
         """Record the points after an edit; returns False when nothing changed.
 
@@ -417,8 +425,14 @@ class EditHistory:
             Monotonic time in seconds (default: :func:`time.monotonic`), for tests.
         mask_shift : int, optional
             The mask's level shift after the edit (default: unchanged).
+        absent : frozenset of str, optional
+            The levels marked not present after the edit (default: unchanged).
         """
-        snapshot = (tuple(points), self.mask_shift if mask_shift is None else int(mask_shift))
+        snapshot = (
+            tuple(points),
+            self.mask_shift if mask_shift is None else int(mask_shift),
+            self.absent if absent is None else frozenset(absent),
+        )
         if snapshot == self._undo[-1]:
             return False
         now = time.monotonic() if now is None else now

@@ -172,7 +172,8 @@ class OpenedCase:
     proposal, else are empty. ``revision`` is the head revision (the parent of the next
     save); ``origin`` says where the shown annotation came from: ``"manual"`` (a
     revision), ``"model:<name>"`` (a proposal) or None (nothing yet); ``proposal`` is
-    the shown proposal's id when the case has no revision yet.
+    the shown proposal's id when the case has no revision yet; ``absent`` the levels the head
+    revision marks not present in the scan.
     """
 
     case_id: str
@@ -183,6 +184,7 @@ class OpenedCase:
     origin: str | None
     status: str
     proposal: str | None = None
+    absent: frozenset[str] = frozenset()
 
 
 def open_case_steps(store: AnnotationStore, case_id: str) -> Job[OpenedCase]:
@@ -205,7 +207,9 @@ def _opened(store: AnnotationStore, case_id: str, volume: Volume, info: CaseInfo
         origin: str | None = "manual"
         if ann.info is not None and getattr(ann.info, "source", "manual").startswith("model:"):
             origin = ann.info.source  # type: ignore[union-attr]
-        return OpenedCase(case_id, volume, ann.points, ann.mask_tss, info.head, origin, info.status)
+        return OpenedCase(
+            case_id, volume, ann.points, ann.mask_tss, info.head, origin, info.status, absent=frozenset(ann.absent)
+        )
     if info.n_proposals:
         ann = store.load_proposal(case_id)
         model = getattr(ann.info, "model", "model")

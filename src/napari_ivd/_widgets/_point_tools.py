@@ -145,6 +145,10 @@ class PointTools(QWidget):
         """Show ``new_points`` as one undoable edit (another panel's, e.g. an accepted missing level)."""
         self._apply(lambda: self.annotator.edit_points(new_points), lambda: (), what)
 
+    def mark_absent(self, levels: Sequence[str]) -> None:
+        """Mark ``levels`` as not present in this scan, as one undoable edit (another panel's: Delete missing)."""
+        self._apply(lambda: self.annotator.mark_absent(levels), lambda: (), "marked absent: " + ", ".join(levels))
+
     def _apply(self, edit: Callable[[], object], select: Callable[[], Sequence[int]], what: str) -> bool:
         """Run one of the annotator's edits and show its points (and mask); an IvdError is shown, nothing changes."""
         if self.case is None:

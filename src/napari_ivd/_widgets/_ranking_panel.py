@@ -6,7 +6,9 @@ is quick) and sorts the case table by the ranking, with each case's score and ma
 reason; **Next case** then walks down the ranking. The open case's most likely wrong
 points get an orange border, and each level the ranking finds missing an orange cross
 where it should be: **Accept missing** makes the selected crosses (all, when none is
-selected) points of their level, as one undoable point edit; **Delete missing** drops them.
+selected) points of their level, as one undoable point edit; **Delete missing** marks their
+levels as not present in this scan (undoable, saved with the next revision), so fine-tuning
+learns them as background and the ranking no longer calls them missing.
 """
 
 from __future__ import annotations
@@ -89,7 +91,9 @@ class RankingPanel(QWidget):
         )
         self.accept_button.clicked.connect(self.accept_missing)
         self.delete_button = QPushButton("Delete missing")
-        self.delete_button.setToolTip("Drop the selected orange crosses (all, when none is selected)")
+        self.delete_button.setToolTip(
+            "Mark the selected missing levels as not present in this scan (all, when none is selected; undoable)"
+        )
         self.delete_button.clicked.connect(self.delete_missing)
         missing = QHBoxLayout()
         missing.setContentsMargins(0, 0, 0, 0)
@@ -186,11 +190,16 @@ class RankingPanel(QWidget):
         self._enable_missing()
 
     def missing_levels(self, case_id: str) -> tuple[active.Placeholder, ...]:
-        """The levels of ``case_id`` the last ranking of the open store finds missing, where they should be."""
+        """The levels of ``case_id`` the last ranking of the open store finds missing, where they should be.
+
+        Levels marked absent since (shown case) are left out: they are known not to be there.
+        """
         if self.ranking is None or self._ranked_store is not self._store():
             return ()
         score = self.ranking.scores.get(case_id)
-        return () if score is None else score.placeholders
+        annotator = self.tools.annotator
+        absent = annotator.absent if annotator.case_id == case_id else frozenset()
+        return () if score is None else tuple(p for p in score.placeholders if p.level not in absent)
 
     def _enable_missing(self) -> None:
         case = self._case()
@@ -214,8 +223,10 @@ class RankingPanel(QWidget):
         self._enable_missing()
 
     def delete_missing(self) -> None:
-        """Drop the chosen placeholders (the ranking was wrong: nothing is missing there)."""
+        """Mark the chosen placeholders' levels as not present in this scan, as one undoable edit."""
         case = self._case()
         if case is not None and case.placeholders is not None:
-            case.take_placeholders(self._chosen_missing(case))
+            deleted = case.take_placeholders(self._chosen_missing(case))
+            if deleted:
+                self.tools.mark_absent([p.level for p in deleted])
         self._enable_missing()

@@ -4,8 +4,10 @@ Scoring a case costs four predictions, so results are cached with
 :meth:`~napari_ivd.store.AnnotationStore.cache_scores` under the model's key (its name and
 weights hash: a fine-tuned model gets a fresh cache, so scores refresh after each
 fine-tuning). Inside, each case's entry records the sha256 of the image it was computed
-from, which is all a score depends on: an entry is reused only for that image, under that
-scoring version. A case's status decides what it needs (not verified: a score; verified:
+from and the levels the case's revision marked absent then (never "missing": see
+:func:`napari_ivd.active.chain.check_chain`), which is all a score depends on: an entry is
+reused only for that image and those absent levels, under that scoring version (entries
+written before absent levels existed have none). A case's status decides what it needs (not verified: a score; verified:
 only its embedding, for diversity) and is read fresh from the store at every ranking.
 """
 
@@ -80,11 +82,15 @@ def score_from_json(data: dict[str, Any]) -> VolumeScore:
 
 @dataclass(frozen=True, eq=False)
 class CachedCase:
-    """What is known about one case under one model: its score (if scored) and embedding (if embedded)."""
+    """What is known about one case under one model: its score (if scored) and embedding (if embedded).
+
+    ``absent``: the levels the case's revision marked not present when it was scored.
+    """
 
     image_sha256: str
     score: VolumeScore | None = None
     embedding: np.ndarray | None = None
+    absent: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for the store."""
@@ -92,6 +98,7 @@ class CachedCase:
             "image_sha256": self.image_sha256,
             "score": None if self.score is None else score_to_json(self.score),
             "embedding": None if self.embedding is None else [round(float(v), 6) for v in self.embedding],
+            "absent": list(self.absent),
         }
 
     @classmethod
@@ -101,6 +108,7 @@ class CachedCase:
             image_sha256=str(data["image_sha256"]),
             score=None if data.get("score") is None else score_from_json(data["score"]),
             embedding=None if data.get("embedding") is None else np.asarray(data["embedding"], dtype=np.float64),
+            absent=tuple(str(level) for level in data.get("absent", ())),
         )
 
 
@@ -124,10 +132,12 @@ class ScoreCache:
                 except (KeyError, TypeError, ValueError) as exc:
                     log.warning("%s: cached score of %s is unreadable (%s); it will be recomputed", key, case_id, exc)
 
-    def get(self, case_id: str, image_sha256: str) -> CachedCase | None:
-        """The case's entry when it was computed from this very image, else None."""
+    def get(self, case_id: str, image_sha256: str, absent: tuple[str, ...] = ()) -> CachedCase | None:
+        """The case's entry when it was computed from this very image with these ``absent`` levels, else None."""
         entry = self.entries.get(case_id)
-        return entry if entry is not None and entry.image_sha256 == image_sha256 else None
+        if entry is None or entry.image_sha256 != image_sha256 or entry.absent != tuple(absent):
+            return None
+        return entry
 
     def put(self, case_id: str, entry: CachedCase) -> None:
         """Remember a case's entry (written at the next :meth:`save`)."""

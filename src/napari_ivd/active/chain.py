@@ -7,7 +7,8 @@ but chains that are named wrong as a whole, which the network repeats stably:
   of the sacrum (its lowest level above L5-S1 though the scan goes on below) or of the
   scan's upper end (for levels the model knows). Each gets a :class:`Placeholder` where it
   should be: interpolated between its named neighbours, or continued one structure step at
-  a time from the chain's end (the step of the neighbours, or the skeleton prior's);
+  a time from the chain's end (the step of the neighbours, or the skeleton prior's). A level
+  the researcher marked absent (not present in the scan) is never missing;
 * **off by one**: naming counted from the sacrum disagrees with the model's names. When
   L5-S1 is the lowest named structure, every structure above it is counted upward by the
   room between consecutive structures (how many structure steps fit, keeping discs and
@@ -23,7 +24,7 @@ images beyond their in-plane extent.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -218,6 +219,7 @@ def check_chain(
     extent_mm: tuple[float, float],
     prior: SkeletonPrior | None = None,
     top: str | None = None,
+    absent: Collection[str] = frozenset(),
 ) -> Chain:
     """Find missing levels and off-by-one names in a named chain; place the missing levels.
 
@@ -234,6 +236,9 @@ def check_chain(
     top : str, optional
         The highest level the model knows; levels above the chain are missing only up to it
         (None: the prior's first label, else none are looked for).
+    absent : collection of str
+        Levels the case's researcher marked as not present in the scan (a sacralised L5 has
+        no L5-S1): never missing, so neither flagged nor given a placeholder.
 
     Returns
     -------
@@ -268,6 +273,8 @@ def check_chain(
             missing += _missing_beyond(names[0], -1, points, step_mm, extent_mm, top)
         if len(names) >= 2:
             miscounted = _miscounts(names, points, step_mm)
+    gone = {anatomy.structure(n).name for n in absent}
+    missing = [(finding, placeholder) for finding, placeholder in missing if placeholder.level not in gone]
     per_point = dict(miscounted)
     for _, placeholder in missing:
         for name in names:

@@ -179,6 +179,13 @@ def _earlier_proposal(store: AnnotationStore, case_id: str, current: str) -> tup
     return earlier[-1].model, store.load_proposal(case_id, earlier[-1].proposal_id).points_mm()
 
 
+def _absent_levels(store: AnnotationStore, info: CaseInfo) -> tuple[str, ...]:
+    """The levels a case's head revision marks not present in the scan (none for a verified case: it is not scored)."""
+    if info.head is None or info.status == "verified":
+        return ()
+    return store.revision(info.case_id).absent
+
+
 def score_store_steps(
     store: AnnotationStore,
     model: str | Path | None = None,
@@ -193,8 +200,9 @@ def score_store_steps(
     Cases not verified get a score and an embedding; verified cases only an embedding, and
     only for ``uncertainty+diversity``. A case with a proposal by another model version
     (the previous active one, say) is also compared with it: the same structures named
-    differently count as names off by one (:mod:`napari_ivd.active.versions`). Entries
-    cached for the same model and image are reused, so ranking again after a few
+    differently count as names off by one (:mod:`napari_ivd.active.versions`). The levels a
+    case's head revision marks absent (not present in the scan) are never called missing.
+    Entries cached for the same model, image and absent levels are reused, so ranking again after a few
     corrections costs nothing, and a fine-tuned model (other weights) scores afresh. The
     cache is written after every case, so a cancelled run keeps what it computed. A case
     that cannot be read is ranked last with the reason, not fatal. Making the job reads the
@@ -237,9 +245,10 @@ def score_store_steps(
     key = model_key(read_card(folder))
     cached = ScoreCache(store, key)
     diversity = strategy == "uncertainty+diversity"
+    absent = {info.case_id: _absent_levels(store, info) for info in infos}
 
     def needs(info: CaseInfo) -> bool:
-        entry = cached.get(info.case_id, info.image_sha256)
+        entry = cached.get(info.case_id, info.image_sha256, absent[info.case_id])
         if info.status != "verified":
             return entry is None or entry.score is None or entry.embedding is None
         return diversity and (entry is None or entry.embedding is None)
@@ -257,10 +266,10 @@ def score_store_steps(
             yield tally.step(f"{case_id}: reading ({n + 1} of {len(todo)} to score)")
             try:
                 volume = store.read_image(case_id)
-                known = cached.get(case_id, info.image_sha256)
+                known = cached.get(case_id, info.image_sha256, absent[case_id])
                 volume_score = None if known is None else known.score  # a verified case keeps an earlier score
                 if info.status != "verified":
-                    scoring = score_volume_steps(volume, net, card, where, perturbations)
+                    scoring = score_volume_steps(volume, net, card, where, perturbations, absent[case_id])
                     volume_score = yield from tally.run(scoring, prefix=case_id)
                     earlier_model, earlier_mm = _earlier_proposal(store, case_id, current)
                     volume_score = compare_with_earlier(volume_score, earlier_mm, earlier_model)
@@ -276,9 +285,9 @@ def score_store_steps(
                 failed[case_id] = f"not scored: {exc}"
                 tally.skip(end - tally.done)
                 continue
-            cached.put(case_id, CachedCase(info.image_sha256, volume_score, embedding))
+            cached.put(case_id, CachedCase(info.image_sha256, volume_score, embedding, absent[case_id]))
             cached.save()
-        return _ranking(infos, cached, failed, strategy, key, seed)
+        return _ranking(infos, cached, failed, strategy, key, seed, absent)
 
     return Job(per_case * len(todo), body)
 
@@ -290,11 +299,12 @@ def _ranking(
     strategy: str,
     key: str,
     seed: int,
+    absent: Mapping[str, tuple[str, ...]],
 ) -> Ranking:
     """The store's cases ranked from what the cache holds now (failed ones last, with their reason)."""
     records, scores = [], {}
     for info in infos:
-        entry = cached.get(info.case_id, info.image_sha256)
+        entry = cached.get(info.case_id, info.image_sha256, absent[info.case_id])
         score = entry.score if entry is not None else None
         if score is not None:
             scores[info.case_id] = score

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Generator, Sequence
+from collections.abc import Collection, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -292,7 +292,11 @@ def summarise(points: Sequence[PointScore], findings: Sequence[Finding]) -> tupl
 
 
 def assess(
-    plain: Prediction, perturbed: Sequence[Prediction], view: SagittalView, prior: SkeletonPrior | None = None
+    plain: Prediction,
+    perturbed: Sequence[Prediction],
+    view: SagittalView,
+    prior: SkeletonPrior | None = None,
+    absent: Collection[str] = frozenset(),
 ) -> VolumeScore:
     """Score a volume from its plain prediction and the predictions of perturbed copies.
 
@@ -306,6 +310,8 @@ def assess(
         The volume's sagittal view (to put the points on the sagittal plane in mm).
     prior : SkeletonPrior, optional
         The model card's skeleton, for the shape check.
+    absent : collection of str
+        Levels the case's revision marks as not present in the scan: never missing.
 
     Returns
     -------
@@ -318,7 +324,7 @@ def assess(
         return VolumeScore(1.0, nothing.reason, (), (nothing,), plain.mid_sagittal_mm, prediction=plain)
     in_plane = plane_positions_mm(plain.structures, view)
     shape = implausibility(in_plane, prior)
-    chain = check_chain(in_plane, plane_extent_mm(view), prior)
+    chain = check_chain(in_plane, plane_extent_mm(view), prior, absent=absent)
     spreads = [_followed(s, perturbed)[1] for s in plain.structures]
     doubt = _chain_doubt(plain, spreads)
     points = tuple(
@@ -342,11 +348,12 @@ def score_volume_steps(
     card: dict[str, Any],
     device: str | torch.device = "cpu",
     perturbations: Sequence[Perturbation] = PERTURBATIONS,
+    absent: Collection[str] = frozenset(),
 ) -> Job[VolumeScore]:
     """Predict the volume plainly and under each perturbation, a step each; the job's result is its score.
 
     One forward pass (a whole :func:`napari_ivd.inference.predict`) per run, so the caller
-    can stop between runs.
+    can stop between runs. ``absent``: the levels the case marks not present (see :func:`assess`).
     """
     prior = SkeletonPrior.from_dict(card["skeleton"]) if card.get("skeleton") else None
 
@@ -357,7 +364,7 @@ def score_volume_steps(
         for n, perturbation in enumerate(perturbations, start=1):
             yield tally.step(f"predicting a perturbed copy ({n} of {len(perturbations)})")
             runs.append(predict(perturb(volume, perturbation), model, card, device))
-        return assess(plain, runs, volume.view, prior)
+        return assess(plain, runs, volume.view, prior, absent)
 
     return Job(scoring_steps(perturbations), body)
 

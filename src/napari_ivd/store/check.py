@@ -23,11 +23,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from napari_ivd import anatomy
-from napari_ivd.errors import StoreError
+from napari_ivd.errors import IvdError, StoreError
 from napari_ivd.io.geometry import VolumeGeometry
 from napari_ivd.store import schema
 from napari_ivd.store.backend import KeyValue
-from napari_ivd.store.content import canonical_json, mask_sha256, points_from_table, sha256_hex
+from napari_ivd.store.content import canonical_json, check_absent, mask_sha256, points_from_table, sha256_hex
 from napari_ivd.store.lock import WriterLock
 from napari_ivd.store.models import model_folders, read_active_model, read_model_record, recoverable_model_record
 from napari_ivd.store.reader import StoreReader
@@ -171,6 +171,11 @@ def _check_content(
     points = points_from_table(table)
     for p in points:
         anatomy.structure(p.level)
+    if record.get("absent"):
+        try:
+            check_absent(record["absent"], points, where)
+        except IvdError as exc:
+            report.problems.append(f"absent levels: {exc}")
     if points and not np.allclose(geometry.vox_to_mm(np.asarray(table["ijk_vox"])), table["xyz_mm"], atol=1e-6):
         report.problems.append(f"{where}: stored mm positions disagree with the voxel positions and the image affine")
     mask_info = record.get("mask")

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "TSS_VALUES",
     "canonical_json",
+    "check_absent",
     "check_mask_values",
     "check_points",
     "file_sha256",
@@ -122,6 +123,29 @@ def check_points(points: Iterable[LabelledPoint], geometry: VolumeGeometry, wher
             raise StoreError(f"{where}: {s.name} is given twice; keep one point per level")
         out[s.name] = LabelledPoint(s.name, ijk, float(p.score))  # type: ignore[arg-type]
     return tuple(sorted(out.values(), key=lambda p: anatomy.structure(p.level).order))
+
+
+def check_absent(absent: Iterable[str], points: Sequence[LabelledPoint], where: str) -> tuple[str, ...]:
+    """Validate the levels a revision marks absent (not present in the scan); return them canonical, cranio-caudal.
+
+    A level is either annotated (a point) or absent, never both: the store does not guess
+    which one the caller meant (the annotator resolves it by the latest edit).
+
+    Raises
+    ------
+    UnknownLevelError
+        A level the anatomy vocabulary does not know.
+    StoreError
+        A level that is also one of ``points``.
+    """
+    names = {anatomy.structure(name).name for name in absent}
+    both = sorted(names & {p.level for p in points}, key=lambda n: anatomy.structure(n).order)
+    if both:
+        raise StoreError(
+            f"{where}: {', '.join(both)} has a point and is marked absent; a level is either annotated or "
+            "absent: delete the point or unmark the level"
+        )
+    return tuple(sorted(names, key=lambda n: anatomy.structure(n).order))
 
 
 def points_table(points: Sequence[LabelledPoint], geometry: VolumeGeometry) -> dict[str, list[Any]]:

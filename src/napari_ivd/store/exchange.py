@@ -11,6 +11,7 @@ and otherwise write the stored affine.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,14 @@ from napari_ivd.io.geometry import VolumeGeometry
 from napari_ivd.io.nifti import is_nifti_path
 from napari_ivd.io.volume import Volume
 from napari_ivd.store import schema
-from napari_ivd.store.content import check_mask_values, check_points, file_sha256, image_sha256, prepare_mask
+from napari_ivd.store.content import (
+    check_absent,
+    check_mask_values,
+    check_points,
+    file_sha256,
+    image_sha256,
+    prepare_mask,
+)
 from napari_ivd.store.records import CaseInfo
 from napari_ivd.store.store import AnnotationStore
 
@@ -70,6 +78,7 @@ class PreparedImport:
     points: tuple[LabelledPoint, ...] | None
     mask: np.ndarray | None
     files: tuple[Path, ...]
+    absent: tuple[str, ...] | None = None
 
 
 def prepare_import(
@@ -80,6 +89,7 @@ def prepare_import(
     points: Path | None = None,
     levels: Path | None = None,
     mask: Path | None = None,
+    absent: Iterable[str] | None = None,
 ) -> PreparedImport:
     """Read and check an image and its annotation files against it and against the store.
 
@@ -97,6 +107,9 @@ def prepare_import(
         SCT vertebral-level NIfTI (value N = vertebral body N).
     mask : Path, optional
         NIfTI in TotalSpineSeg values.
+    absent : iterable of str, optional
+        Levels not present in the scan (an exported ``annotation.json``'s ``absent``); None:
+        for a case already stored, its head revision's are kept.
 
     Raises
     ------
@@ -117,6 +130,7 @@ def prepare_import(
         found = [*(found or []), *read_sct_levels(levels, geometry)]
         files.append(Path(levels))
     checked = check_points(found, geometry, where) if found is not None else None
+    checked_absent = None if absent is None else check_absent(absent, checked or (), where)
     checked_mask = None
     if mask is not None:
         checked_mask = prepare_mask(read_tss_mask(mask, geometry), geometry, f"{mask} (case {case_id})")
@@ -129,7 +143,7 @@ def prepare_import(
                 f"{store.location}: case {case_id} holds another image (from {info.source_path}) than {image}; "
                 "give this one another case id (--case)"
             )
-    return PreparedImport(volume, case_id, checked, checked_mask, tuple(files))
+    return PreparedImport(volume, case_id, checked, checked_mask, tuple(files), checked_absent)
 
 
 def commit_import(
@@ -149,6 +163,7 @@ def commit_import(
         prepared.case_id,
         points=prepared.points,
         mask=prepared.mask,
+        absent=prepared.absent,
         author=author,
         note=note,
         status=status,
@@ -163,6 +178,7 @@ def import_case(
     points: Path | None = None,
     levels: Path | None = None,
     mask: Path | None = None,
+    absent: Iterable[str] | None = None,
     author: str | None = None,
     note: str | None = None,
     status: str | None = None,
@@ -175,7 +191,7 @@ def import_case(
     ...             points=Path("IVD/case-11/discs_sct_centroid.nii.gz"),
     ...             mask=Path("IVD/case-11/mask_tss.nii.gz"), status="verified")
     """
-    prepared = prepare_import(store, image, case_id=case_id, points=points, levels=levels, mask=mask)
+    prepared = prepare_import(store, image, case_id=case_id, points=points, levels=levels, mask=mask, absent=absent)
     return commit_import(store, prepared, author=author, note=note, status=status)
 
 
@@ -198,7 +214,9 @@ def export_revision(
     The same bundle as ``predict`` (:func:`napari_ivd.io.bundle.write_bundle`): ``points.csv``,
     ``discs.nii.gz`` (SCT disc labels), ``levels.nii.gz`` (SCT vertebral levels), these three
     even when empty, ``mask.nii.gz`` (TotalSpineSeg values, if the revision has a mask) and
-    ``annotation.json`` (case, revision, source image, levels).
+    ``annotation.json`` (case, revision, source image, levels, and the ``absent`` levels: those
+    marked not present in the scan, which no point or label file can say; give them back to
+    :func:`import_case` as ``absent``).
 
     Returns
     -------
@@ -223,6 +241,7 @@ def export_revision(
         "image_sha256": info.image_sha256,
         "header_from": str(like) if like else "stored affine",
         "revision_info": None if annotation.info is None else annotation.info.__dict__,
+        "absent": list(annotation.absent),
     }
     return write_bundle(
         out_dir,

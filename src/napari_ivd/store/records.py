@@ -165,7 +165,12 @@ class CaseInfo:
 
 @dataclass(frozen=True)
 class RevisionInfo:
-    """One saved revision of a case (without its points and mask, see :class:`Annotation`)."""
+    """One saved revision of a case (without its points and mask, see :class:`Annotation`).
+
+    ``absent`` are the levels the researcher marked as not present in this scan (e.g. no
+    L5-S1 disc on a sacralised L5), canonical and cranio-caudal: known background, unlike a
+    level the revision merely does not annotate. Records written before it existed have none.
+    """
 
     case_id: str
     revision_id: str
@@ -183,6 +188,7 @@ class RevisionInfo:
     proposal: str | None = None
     based_on: str | None = None
     merged_over: str | None = None
+    absent: tuple[str, ...] = ()
 
     @classmethod
     def from_record(cls, case_id: str, record: dict[str, Any]) -> RevisionInfo:
@@ -205,6 +211,7 @@ class RevisionInfo:
             proposal=record.get("proposal"),
             based_on=record.get("based_on"),
             merged_over=record.get("merged_over"),
+            absent=tuple(str(level) for level in record.get("absent", ())),
         )
 
 
@@ -257,6 +264,11 @@ class Annotation:
     mask_tss: np.ndarray | None
     geometry: VolumeGeometry
     info: RevisionInfo | ProposalInfo | None = field(default=None, repr=False)
+
+    @property
+    def absent(self) -> tuple[str, ...]:
+        """The levels the revision marks as not present in the scan (none for a proposal or no revision)."""
+        return self.info.absent if isinstance(self.info, RevisionInfo) else ()
 
     def points_mm(self) -> dict[str, np.ndarray]:
         """Scanner positions (RAS mm) keyed by level, as the metrics compare them."""

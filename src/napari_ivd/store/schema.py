@@ -28,7 +28,9 @@ written down once, here::
                                 "model:<name>"), restored_from, proposal (the proposal
                                 the edit started from), based_on/merged_over (an edit
                                 kept on top of a colleague's save), points (level, kind,
-                                ijk_vox, xyz_mm, score) or points_from, mask {storage
+                                ijk_vox, xyz_mm, score) or points_from, absent (levels
+                                marked not present in the scan; only when some are, so
+                                older records simply lack it), mask {storage
                                 full|delta, index, chunks, chain, sha256}
           COMMITTED             the record's sha256, written right after the HEAD that
                                 commits it (tells a committed record from a leftover)

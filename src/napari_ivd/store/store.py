@@ -33,7 +33,7 @@ from napari_ivd.io.volume import Volume
 from napari_ivd.store import models, schema
 from napari_ivd.store.backend import KeyValue, open_keys
 from napari_ivd.store.check import CheckReport, check_store
-from napari_ivd.store.content import check_points, image_sha256, prepare_mask
+from napari_ivd.store.content import check_absent, check_points, image_sha256, prepare_mask
 from napari_ivd.store.creation import open_settings, write_case
 from napari_ivd.store.entries import EntryWriter
 from napari_ivd.store.history import RevisionDiff, diff_annotations
@@ -174,6 +174,7 @@ class AnnotationStore:
         *,
         points: Iterable[LabelledPoint] | None = None,
         mask: np.ndarray | None = None,
+        absent: Iterable[str] | None = None,
         author: str | None = None,
         note: str = "",
         source: str = "manual",
@@ -195,6 +196,9 @@ class AnnotationStore:
             Default: the file name without suffixes (``volume.name``).
         points, mask : optional
             A first revision: named points (voxel positions) and/or a TotalSpineSeg mask.
+        absent : iterable of str, optional
+            Levels not present in the scan (see :meth:`save_revision`); for a case already
+            stored, default: the head revision's, less the levels ``points`` now names.
         author, note, source, status
             As in :meth:`save_revision`; ``status`` defaults to ``"new"`` without a
             revision and ``"in progress"`` with one.
@@ -210,6 +214,7 @@ class AnnotationStore:
         digest = image_sha256(volume.array)
         checked_points = check_points(points or (), geometry, where) if points is not None else None
         checked_mask = prepare_mask(mask, geometry, where) if mask is not None else None
+        absent_field = None if absent is None else self._absent_field(absent, checked_points or (), where)
         if status is not None:
             schema.check_status(status)
         source = schema.check_source(source)
@@ -224,6 +229,11 @@ class AnnotationStore:
                         checked_points = self._reader.points(case_id, schema.REVISIONS, head.head)
                     if checked_mask is None:
                         checked_mask = self._reader.mask(case_id, schema.REVISIONS, head.head)
+                    if absent is None:  # carried over, but a level now named is no longer absent
+                        named = {p.level for p in checked_points}
+                        stored = self.revision(case_id).absent if head.head is not None else ()
+                        absent = [level for level in stored if level not in named]
+                    fields.update(self._absent_field(absent, checked_points, where))
                     self._writer.save(case_id, checked_points, checked_mask, fields, status)
                 elif status is not None:
                     self.set_status(case_id, status)
@@ -231,6 +241,7 @@ class AnnotationStore:
             write_case(self._reader, case_id, volume, digest, tuple(self.settings["mask_chunk_vox"]))
             head = Head(case_id=case_id, status="new")
             if checked_points is not None or checked_mask is not None:
+                fields.update(absent_field or {})
                 head, record = self._writer.stage_revision(head, checked_points or (), checked_mask, fields, status)
                 self._writer.commit(head.bumped(), record, checked_mask)
             else:
@@ -274,6 +285,7 @@ class AnnotationStore:
         points: Iterable[LabelledPoint],
         mask: np.ndarray | None,
         *,
+        absent: Iterable[str] = (),
         author: str | None = None,
         note: str = "",
         source: str = "manual",
@@ -295,6 +307,11 @@ class AnnotationStore:
             Every point of the revision; positions in voxels of the case's image.
         mask : (I, J, K) integer array or None
             TotalSpineSeg values on the image grid; None for a revision without mask.
+        absent : iterable of str
+            Levels the researcher marked as not present in this scan (a sacralised L5 has no
+            L5-S1 disc): known background for training and never "missing" for the ranking.
+            Only real anatomical absence: a level outside the field of view is left out, not
+            marked. A level cannot both have a point and be absent.
         author : str, optional
             Default: the login name.
         note : str
@@ -330,8 +347,8 @@ class AnnotationStore:
         UnknownLevelError
             A point's level is unknown.
         StoreError
-            Unknown mask values, a level given twice, another image; StoreConflictError for a
-            stale ``parent``/``proposal``.
+            Unknown mask values, a level given twice, a level both pointed and absent, another
+            image; StoreConflictError for a stale ``parent``/``proposal``.
         """
         if on_conflict not in ("refuse", "on_top"):
             raise StoreError(f"on_conflict {on_conflict!r} is not 'refuse' or 'on_top'")
@@ -344,13 +361,20 @@ class AnnotationStore:
             )
         checked = check_points(points, info.geometry, where)
         checked_mask = prepare_mask(mask, info.geometry, where) if mask is not None else None
+        absent_field = self._absent_field(absent, checked, where)
         if status is not None:
             schema.check_status(status)
         source = schema.check_source(source)
         with self._lock.hold(f"save revision of {case_id}"):
-            fields = self._writer.fields(author, note, source)  # dated once the lock is held
+            fields = {**self._writer.fields(author, note, source), **absent_field}  # dated once the lock is held
             record = self._writer.save(case_id, checked, checked_mask, fields, status, parent, proposal, on_conflict)
         return RevisionInfo.from_record(case_id, record)
+
+    @staticmethod
+    def _absent_field(absent: Iterable[str], points: tuple[LabelledPoint, ...], where: str) -> dict[str, list[str]]:
+        """The record's ``absent`` field, checked; none when empty, so other records stay as they were."""
+        checked = check_absent(absent, points, where)
+        return {"absent": list(checked)} if checked else {}
 
     def revisions(self, case_id: str) -> list[RevisionInfo]:
         """The committed revisions of a case, oldest first (its history)."""
@@ -388,7 +412,7 @@ class AnnotationStore:
     def restore(
         self, case_id: str, revision: str | int, *, author: str | None = None, note: str | None = None
     ) -> RevisionInfo:
-        """Save an older revision's points and mask again, as a new head revision.
+        """Save an older revision's points, mask and absent levels again, as a new head revision.
 
         History stays append-only: the restored state gets a new id whose
         ``restored_from`` names the old one.
@@ -398,6 +422,7 @@ class AnnotationStore:
             assert old.entry_id is not None
             note = note if note is not None else f"restored {old.entry_id}"
             fields = self._writer.fields(author, note, "manual", restored_from=old.entry_id)
+            fields.update(self._absent_field(old.absent, old.points, self._reader.where(case_id)))
             record = self._writer.save(case_id, old.points, old.mask_tss, fields, None)
         return RevisionInfo.from_record(case_id, record)
 

@@ -75,6 +75,10 @@ class LabelledCase:
     mask_kind_only : (I, J, K) uint8 array or None
         Binary vertebral-body mask (1 = body) for cases whose bodies carry no level names;
         segmentation only.
+    absent : frozenset of str
+        Levels a researcher marked as not present in the scan (a sacralised L5 has no L5-S1):
+        taught as known background, unlike a level the case merely does not annotate. None
+        of them may have a keypoint.
 
     Raises
     ------
@@ -91,6 +95,7 @@ class LabelledCase:
     mask_tss: np.ndarray | None = None
     mask_kinds: frozenset[str] = frozenset()
     mask_kind_only: np.ndarray | None = None
+    absent: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.contrast not in CONTRASTS:
@@ -106,6 +111,10 @@ class LabelledCase:
         }
         object.__setattr__(self, "keypoints_vox", keypoints)
         object.__setattr__(self, "mask_kinds", frozenset(self.mask_kinds))
+        absent = frozenset(structure(n).name for n in self.absent)
+        if absent & set(keypoints):
+            raise ValueError(f"case {self.name}: {sorted(absent & set(keypoints))} both annotated and marked absent")
+        object.__setattr__(self, "absent", absent)
 
     @property
     def has_mask(self) -> bool:

@@ -190,7 +190,9 @@ class _Zone:
     hi: float
 
 
-def _known_zones(centres_mm: Sequence[np.ndarray], names: Sequence[str | None]) -> tuple[_Zone, ...]:
+def _known_zones(
+    centres_mm: Sequence[np.ndarray], names: Sequence[str | None], absent: frozenset[str] = frozenset()
+) -> tuple[_Zone, ...]:
     """The zones between neighbouring annotated structures of one kind, cranio-caudal.
 
     ``names`` are the structures' levels (None for a mask whose levels nobody named: its
@@ -198,14 +200,16 @@ def _known_zones(centres_mm: Sequence[np.ndarray], names: Sequence[str | None]) 
     neighbours the background is known from one centre to the other; at the end of a run
     of neighbours it stops :data:`END_CLEARANCE_MM` short of the end's centre when a level
     that is not annotated lies beyond (it may reach into the zone), and it is known all the
-    way out when nothing of that kind lies beyond (S1, L5-S1).
+    way out when nothing of that kind lies beyond (S1, L5-S1). Levels marked ``absent`` (not
+    present in the scan) are known not to be there: the structures on either side of them
+    are neighbours, and a structure with only absent levels beyond it ends the spine.
     """
 
     def neighbours(a: int, b: int) -> bool:
-        return names[a] is None or _beyond(names[a], 1) == names[b]
+        return names[a] is None or _beyond(names[a], 1, absent) == names[b]
 
     def ends_spine(i: int, step: int) -> bool:
-        return names[i] is not None and _beyond(names[i], step) is None
+        return names[i] is not None and _beyond(names[i], step, absent) is None
 
     zones = []
     for i in range(len(centres_mm) - 1):
@@ -228,12 +232,15 @@ def _known_zones(centres_mm: Sequence[np.ndarray], names: Sequence[str | None]) 
     return tuple(zones)
 
 
-def _beyond(name: str, step: int) -> str | None:
-    """The level ``step`` further caudal (negative: cranial) of the same kind; None past the spine's end."""
-    try:
-        return shift(name, step).name
-    except UnknownLevelError:
-        return None
+def _beyond(name: str, step: int, absent: frozenset[str] = frozenset()) -> str | None:
+    """The next level of its kind ``step`` caudal (negative: cranial), skipping ``absent``; None past the end."""
+    while True:
+        try:
+            name = shift(name, step).name
+        except UnknownLevelError:
+            return None
+        if name not in absent:
+            return name
 
 
 def _kind_zones(case: LabelledCase, mask_file: np.ndarray, is_kind: np.ndarray) -> tuple[tuple[_Zone, ...], ...]:
@@ -263,7 +270,7 @@ def _kind_zones(case: LabelledCase, mask_file: np.ndarray, is_kind: np.ndarray) 
         centres = view.vox_to_display(np.array(centres_vox)) * np.asarray(view.spacing_mm)
         names: list[str | None] = [from_tss(int(v)).name for v in values] if named else [None] * len(values)
         order = np.argsort([c[1] for c in centres] if not named else [structure(n).order for n in names])
-        out.append(_known_zones([centres[i] for i in order], [names[i] for i in order]))
+        out.append(_known_zones([centres[i] for i in order], [names[i] for i in order], case.absent))
     return tuple(out)
 
 
@@ -280,6 +287,7 @@ class _Prepared:
     kind_zones: tuple[tuple[_Zone, ...], ...]  # per seg kind: where its background is known
     keypoints_display: np.ndarray  # (K, 3) display index, NaN where not annotated
     annotated: np.ndarray  # (K,) bool
+    absent: np.ndarray  # (K,) bool: marked not present in the scan (known background everywhere)
     slices: np.ndarray  # display slice indices within the slab
     lateral_slices: np.ndarray  # display slice indices across the annotated masks (may be empty)
     anchors_jk: np.ndarray  # (N, 2) display (row, col) points the crop must hold
@@ -365,6 +373,7 @@ def _prepare(case: LabelledCase, cfg: SampleConfig) -> _Prepared:
         kind_zones=kind_zones,
         keypoints_display=keypoints,
         annotated=annotated,
+        absent=np.array([name in case.absent for name in cfg.labels], dtype=bool),
         slices=slices,
         lateral_slices=lateral_slices,
         anchors_jk=anchors,
@@ -411,7 +420,8 @@ class SliceDataset(torch.utils.data.Dataset):
     - ``heatmap`` (K, H/2, W/2) Gaussian targets, peak 1 at the keypoint, zero unless a positive
     - ``visible`` (K,) 1.0 where the label is annotated and either a positive (inside the
       crop, within ``slab_mm`` left-right of the slice) or taught absent (farther than
-      ``negative_lr_mm``); 0.0 where the loss ignores it
+      ``negative_lr_mm``), or where the case marks the level absent (not in the scan: an
+      all-zero heatmap everywhere); 0.0 where the loss ignores it
     - ``offset`` (2K, H/2, W/2) output-pixel offsets (row, col) to the keypoint
     - ``offset_mask`` (K, H/2, W/2) 1.0 within ``offset_radius_px`` of visible keypoints
     - ``seg`` (2, H, W) binary vertebral body / disc masks
@@ -544,7 +554,7 @@ class SliceDataset(torch.utils.data.Dataset):
         distance_lr_mm = np.abs(case.keypoints_display[:, 0] - slice_index) * sp_lr
         positive = case.annotated & in_crop & (distance_lr_mm <= cfg.slab_mm)
         absent = case.annotated & (distance_lr_mm > cfg.negative_lr_mm)
-        visible = positive | absent
+        visible = positive | absent | case.absent  # a level not in the scan is absent from every slice
         keypoints_px[~positive] = np.nan
         heatmap, offsets, offset_mask = self._keypoint_targets(keypoints_px, positive)
 

@@ -191,10 +191,11 @@ def nothing_to_learn(store: AnnotationStore, case_id: str, revision: RevisionInf
 
 
 def labelled_case(store: AnnotationStore, planned: PlannedCase) -> LabelledCase:
-    """One planned case as training data: its image and the points and mask of its planned revision.
+    """One planned case as training data: its image, the points and mask of its planned revision, its absent levels.
 
     A level its mask holds but no point names gets a keypoint at the centroid of its mask,
-    so the levels of a mask-only annotation are learnt too.
+    so the levels of a mask-only annotation are learnt too. The levels the revision marks
+    absent (not present in the scan) are taught as known background.
     """
     volume = store.read_image(planned.case_id)
     annotation = store.load(planned.case_id, planned.revision)
@@ -202,6 +203,9 @@ def labelled_case(store: AnnotationStore, planned: PlannedCase) -> LabelledCase:
     kinds = frozenset() if mask is None else mask_kinds_of(mask)
     from_mask = points_from_tss_mask(mask, kinds=kinds) if kinds else []
     points = {p.level: np.asarray(p.ijk_vox) for p in (*from_mask, *annotation.points)}  # named points win
+    painted = set(annotation.absent) & set(points)  # the store keeps points and absent apart, not mask labels
+    if painted:
+        log.warning("%s: %s marked absent but painted in the mask; taught as annotated", planned.case_id, painted)
     return LabelledCase(
         name=planned.case_id,
         contrast=guess_contrast(f"{planned.case_id} {store.case(planned.case_id).source_path}"),
@@ -209,6 +213,7 @@ def labelled_case(store: AnnotationStore, planned: PlannedCase) -> LabelledCase:
         keypoints_vox=points,
         mask_tss=mask if kinds else None,
         mask_kinds=kinds,
+        absent=frozenset(annotation.absent) - painted,
     )
 
 
