@@ -29,7 +29,7 @@ from napari_ivd.store import schema as store_schema
 from napari_ivd.store import store as store_module
 from napari_ivd.training.data import SampleConfig, SliceDataset
 from napari_ivd.training.store_cases import labelled_case, plan_training
-from test_unknown_not_absent import PHANTOM_CFG, _bodies, _phantom
+from phantom_support import PHANTOM_CFG, phantom_bodies, phantom_case
 
 LUMBAR = ("L2", "L3", "L4", "L5", "S1")
 
@@ -40,10 +40,10 @@ def _memory_store() -> AnnotationStore:
 
 def _phantom_store(tmp_path: Path | None = None) -> tuple[AnnotationStore, list[LabelledPoint]]:
     """A store holding the phantom spine L2-S1 as case ``spine``, and its L2-L4 points (no revision yet)."""
-    case, _ = _phantom(LUMBAR, set(LUMBAR))
+    case, _ = phantom_case(LUMBAR, set(LUMBAR))
     store = _memory_store() if tmp_path is None else AnnotationStore.open(tmp_path / "a.zarr", create=True)
     store.add_case(case.volume, "spine")
-    points = [LabelledPoint(name, tuple(_bodies(LUMBAR)[name])) for name in ("L2", "L3", "L4")]
+    points = [LabelledPoint(name, tuple(phantom_bodies(LUMBAR)[name])) for name in ("L2", "L3", "L4")]
     return store, points
 
 
@@ -121,7 +121,7 @@ TWO = SampleConfig(labels=("L1", "L5-S1"), crop=(64, 64), caudal_context_mm=0.0)
 
 
 def _absent_case(absent: frozenset[str]):
-    case, _ = _phantom(LUMBAR, {"L2", "L3", "L4", "L5"})
+    case, _ = phantom_case(LUMBAR, {"L2", "L3", "L4", "L5"})
     return dataclasses.replace(case, absent=absent)
 
 
@@ -151,7 +151,7 @@ def test_the_loss_learns_an_absent_levels_channel_and_nothing_of_an_unannotated_
 def test_the_mask_background_spans_an_absent_vertebra_between_its_neighbours():
     """Four lumbar vertebrae (L5 absent): L4 and S1 are neighbours, the room between them known background."""
     levels = ("L2", "L3", "L4", "S1")  # S1 right below L4
-    case, _ = _phantom(levels, set(levels))
+    case, _ = phantom_case(levels, set(levels))
     cfg = dataclasses.replace(PHANTOM_CFG, labels=("L4", "S1"))
     rows = {}
     for absent in (frozenset(), frozenset({"L5"})):
@@ -196,7 +196,7 @@ def test_delete_missing_marks_the_level_absent_undoably_and_the_save_keeps_it():
     assert reloaded.absent == {"L5-S1"} and not reloaded.has_unsaved_changes()
 
     # a point given the level says it is there after all: the mark goes, and comes back with undo
-    disc = LabelledPoint("L5-S1", tuple(_bodies(LUMBAR)["S1"] - [11.5, 0.0, 0.0]))
+    disc = LabelledPoint("L5-S1", tuple(phantom_bodies(LUMBAR)["S1"] - [11.5, 0.0, 0.0]))
     reloaded.edit_points((*reloaded.points, disc))
     assert reloaded.absent == frozenset() and reloaded.save_request().absent == ()
     reloaded.undo()

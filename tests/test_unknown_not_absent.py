@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,53 +21,12 @@ import torch
 
 from _arch_contract import TINY, blob_batch, seeded_single_thread  # noqa: F401 (autouse fixture)
 from napari_ivd.anatomy import structure
-from napari_ivd.io import Volume, VolumeGeometry
 from napari_ivd.models import build, registry
 from napari_ivd.store import AnnotationStore
 from napari_ivd.training.cases import LabelledCase, load_lumbar_case
 from napari_ivd.training.data import SampleConfig, SliceDataset
 from napari_ivd.training.store_cases import labelled_case, plan_training
-
-# --- phantoms: five vertebral bodies 3 mm apart on a spine leaning 6 degrees forward ------------
-# File axes as in ../shared/data/lumbar: i -> inferior, j -> posterior, k -> right, 1 mm voxels.
-SHAPE = (124, 64, 15)
-BODY_STEP_MM, BODY_SEMI_AXES_MM = 23.0, (10.0, 13.0, 6.0)  # S-I, A-P, L-R: 3 mm discs between bodies
-
-
-def _bodies(levels: Sequence[str]) -> dict[str, np.ndarray]:
-    """Body centre (i, j, k) per level, top-down."""
-    return {
-        name: np.array([14.0 + BODY_STEP_MM * n, 24.0 + 0.1 * BODY_STEP_MM * n, 7.0]) for n, name in enumerate(levels)
-    }
-
-
-def _phantom(levels: Sequence[str], annotated: set[str], unnamed: bool = False) -> tuple[LabelledCase, LabelledCase]:
-    """(case, tracer): the case annotates ``annotated`` (points and masks); the tracer's mask holds every body.
-
-    ``unnamed``: the case's mask is a body mask whose levels nobody named (``mask_kind_only``).
-
-    Both have the same image and keypoints, so a sample of either drawn with the same slice
-    and random stream has the same geometry: the tracer's mask shows where the case's
-    unannotated bodies land in the case's sample.
-    """
-    affine = np.array([[0.0, 0.0, -1.0, 0.0], [0.0, -1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
-    grid = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float64) for n in SHAPE), indexing="ij"), axis=-1)
-    image = np.zeros(SHAPE, dtype=np.float32)
-    every, only = np.zeros(SHAPE, dtype=np.uint8), np.zeros(SHAPE, dtype=np.uint8)
-    centres = _bodies(levels)
-    for name, centre in centres.items():
-        inside = (((grid - centre) / BODY_SEMI_AXES_MM) ** 4).sum(axis=-1) <= 1  # flat endplates
-        image[inside] = 800.0
-        every[inside] = structure(name).tss_value
-        if name in annotated:
-            only[inside] = structure(name).tss_value
-    volume = Volume(image, VolumeGeometry(affine, SHAPE), Path("phantom.nii.gz"))
-    points = {name: centres[name] for name in annotated}
-    kinds = frozenset({"vertebra"})
-    tracer = LabelledCase("phantom/tracer", "T2w", volume, points, every, kinds)
-    if unnamed:
-        return LabelledCase("phantom/case", "T2w", volume, points, None, kinds, (only > 0).astype(np.uint8)), tracer
-    return LabelledCase("phantom/case", "T2w", volume, points, only, kinds), tracer
+from phantom_support import PHANTOM_CFG, phantom_case
 
 
 def _taught_as_background(
@@ -87,9 +45,6 @@ def _taught_as_background(
     return seen, taught
 
 
-PHANTOM_CFG = SampleConfig(crop=(128, 64), caudal_context_mm=0.0)
-
-
 @pytest.mark.parametrize(
     ("levels", "annotated", "unnamed"),
     [
@@ -101,14 +56,14 @@ PHANTOM_CFG = SampleConfig(crop=(128, 64), caudal_context_mm=0.0)
     ids=["both-ends", "a-gap", "no-S1", "unnamed-bodies"],
 )
 def test_an_unannotated_body_is_never_taught_as_mask_background(levels, annotated, unnamed):
-    case, tracer = _phantom(levels, annotated, unnamed)
+    case, tracer = phantom_case(levels, annotated, unnamed)
     seen, taught = _taught_as_background(case, tracer, PHANTOM_CFG, slices=range(2, 13, 2))
     assert seen > 1000, "the unannotated bodies must lie in the samples for this to test anything"
     assert taught == 0
 
 
 def test_between_annotated_neighbours_and_beyond_s1_the_background_is_known():
-    case, _ = _phantom(("L2", "L3", "L4", "L5", "S1"), {"L3", "L4", "L5", "S1"})
+    case, _ = phantom_case(("L2", "L3", "L4", "L5", "S1"), {"L3", "L4", "L5", "S1"})
     sample = SliceDataset([case], PHANTOM_CFG, samples_per_epoch=1).sample(0, 7, np.random.default_rng(0))
     seg, valid = sample["seg"][0].numpy(), sample["seg_valid"][0].numpy()
     background_known = (valid > 0) & (seg == 0)
@@ -121,7 +76,7 @@ def test_between_annotated_neighbours_and_beyond_s1_the_background_is_known():
 
 def test_a_store_case_fine_tuned_on_teaches_neither_its_unannotated_levels_nor_their_bodies():
     """Fine-tuning reads a store revision (:func:`labelled_case`); the same rules hold for it."""
-    case, tracer = _phantom(("T12", "L1", "L2", "L3", "L4"), {"L1", "L2", "L3"})
+    case, tracer = phantom_case(("T12", "L1", "L2", "L3", "L4"), {"L1", "L2", "L3"})
     store = AnnotationStore.open(f"memory://unknown-{np.random.default_rng().integers(1 << 30)}", create=True)
     store.add_case(case.volume, "partial")
     store.save_revision("partial", [], case.mask_tss)  # a mask of L1-L3 only, no point
