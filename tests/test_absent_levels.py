@@ -19,7 +19,7 @@ import torch
 
 from _arch_contract import seeded_single_thread  # noqa: F401 (autouse fixture)
 from napari_ivd.annotator import Annotator, Saved
-from napari_ivd.errors import CorrectionError, StoreError
+from napari_ivd.errors import CorrectionError, StoreError, TrainingError
 from napari_ivd.io import write_nifti
 from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.models import build, registry
@@ -170,6 +170,41 @@ def test_fine_tuning_reads_a_revisions_absent_levels_into_its_training_case():
     learnt = labelled_case(store, planned)
     assert learnt.absent == frozenset({"L5-S1"})
     assert sorted(learnt.keypoints_vox) == ["L2", "L3", "L4"]
+
+
+def test_a_training_case_refuses_a_level_both_annotated_and_marked_absent():
+    case, _ = phantom_case(LUMBAR, {"L2", "L3", "L4", "L5"})
+    with pytest.raises(ValueError, match=r"phantom/case: \['L3'\] both annotated and marked absent"):
+        dataclasses.replace(case, absent=frozenset({"l3", "L5-S1"}))  # any spelling of the name
+    assert dataclasses.replace(case, absent=frozenset({"l5s1"})).absent == {"L5-S1"}
+
+
+def test_a_level_marked_absent_but_painted_in_the_mask_is_taught_as_annotated_with_a_warning(caplog):
+    """The store keeps points and absent levels apart, not mask labels: the paint wins, and the log says so."""
+    store, points = _phantom_store()
+    painted, _ = phantom_case(LUMBAR, set(LUMBAR))  # its mask paints every body, L5 too
+    store.save_revision("spine", points, painted.mask_tss, absent=["L5", "L5-S1"])
+    [planned] = plan_training(store).train
+    with caplog.at_level("WARNING", logger="napari_ivd.training.store_cases"):
+        learnt = labelled_case(store, planned)
+    assert "spine: L5 marked absent but painted in the mask; taught as annotated" in caplog.messages
+    assert learnt.absent == {"L5-S1"} and "L5" in learnt.keypoints_vox
+
+
+def test_a_revision_with_only_absent_levels_is_left_out_and_the_plan_says_why():
+    """No point, no mask: nothing to place a training crop on, said in words wherever the plan is shown."""
+    store, points = _phantom_store()
+    store.add_case(store.read_image("spine"), "VB9_case-1")
+    store.save_revision("VB9_case-1", [], None, absent=["L5-S1"])
+    why = "only absent levels, nothing to place a crop on (L5-S1 marked absent; add a point or a mask"
+    with pytest.raises(TrainingError, match=r"not learnt from: VB9_case-1: only absent levels"):
+        plan_training(store)  # the only corrected case: the refusal says why it does not count
+
+    store.save_revision("spine", points, None)
+    plan = plan_training(store)
+    assert [c.case_id for c in plan.train] == ["spine"]
+    assert dict(plan.skipped)["VB9_case-1"].startswith(why)
+    assert f"1 corrected case(s) not learnt from: VB9_case-1: {why}" in plan.describe()
 
 
 # --- the annotator --------------------------------------------------------------------------------

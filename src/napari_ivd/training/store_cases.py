@@ -72,6 +72,8 @@ class TrainingPlan:
     skipped: tuple[tuple[str, str], ...] = ()
     #: Training cases that may not judge, with the reason (accepted unchanged from a model's proposal).
     train_only: tuple[tuple[str, str], ...] = ()
+    #: Corrected cases left out because their revision teaches nothing, with the reason (also in ``skipped``).
+    unlearnable: tuple[tuple[str, str], ...] = ()
 
     @property
     def judged(self) -> bool:
@@ -101,7 +103,14 @@ class TrainingPlan:
             models = sorted({reason for _, reason in self.train_only})
             text += f"\n{len(self.train_only)} case(s) train only ({'; '.join(models)}): "
             text += ", ".join(case_id for case_id, _ in self.train_only)
+        if self.unlearnable:
+            text += "\n" + _not_learnt(self.unlearnable)
         return text
+
+
+def _not_learnt(unlearnable: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> str:
+    """The corrected cases a run leaves out, each with why: a researcher who saved them expects them used."""
+    return f"{len(unlearnable)} corrected case(s) not learnt from: " + "; ".join(f"{c}: {r}" for c, r in unlearnable)
 
 
 def _hash_order(case_id: str) -> str:
@@ -141,6 +150,7 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
     usable: list[PlannedCase] = []
     skipped: list[tuple[str, str]] = []
     train_only: list[tuple[str, str]] = []
+    unlearnable: list[tuple[str, str]] = []
     for case_id in store.case_ids():
         case = store.case(case_id)
         if case.head is None:
@@ -153,6 +163,7 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
         reason = nothing_to_learn(store, case_id, revision)
         if reason is not None:
             skipped.append((case_id, reason))
+            unlearnable.append((case_id, reason))
             continue
         usable.append(PlannedCase(case_id, case.head, case.status))
         if not can_judge(revision.source):
@@ -161,6 +172,7 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
         raise TrainingError(
             f"fine-tuning needs at least {MIN_CASES} corrected or verified case; {store.location} has none. "
             "Correct and save a case, or mark one verified, first"
+            + (f" ({_not_learnt(unlearnable)})" if unlearnable else "")
         )
     independent = [c for c in usable if c.case_id not in dict(train_only)]
     n_val = min(len(independent), len(usable) - 1, max(1, round(validation_fraction * len(usable))))
@@ -171,6 +183,7 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
         validation=tuple(c for c in usable if c.case_id in held),
         skipped=tuple(skipped),
         train_only=tuple(train_only),
+        unlearnable=tuple(unlearnable),
     )
 
 
@@ -179,15 +192,22 @@ def nothing_to_learn(store: AnnotationStore, case_id: str, revision: RevisionInf
 
     Any named point can be learnt (a model grows to the levels its cases name); a mask only
     when it holds vertebrae or discs, so only a revision without points has its mask read.
+    Levels marked absent alone teach nothing either: a training crop is placed on a point or
+    a mask, and such a revision has neither.
     """
     if revision.n_points:
         return None
+    mask = store.load(case_id, revision.revision_id).mask_tss if revision.has_mask else None
+    if mask is not None and mask_kinds_of(mask):
+        return None
+    if revision.absent:
+        return (
+            f"only absent levels, nothing to place a crop on ({', '.join(revision.absent)} marked absent; "
+            "add a point or a mask to learn from this case)"
+        )
     if not revision.has_mask:
         return "head revision is empty"
-    mask = store.load(case_id, revision.revision_id).mask_tss
-    if mask is None or not mask_kinds_of(mask):
-        return "head revision has no point and its mask holds no vertebra or disc (nothing a model learns)"
-    return None
+    return "head revision has no point and its mask holds no vertebra or disc (nothing a model learns)"
 
 
 def labelled_case(store: AnnotationStore, planned: PlannedCase) -> LabelledCase:
@@ -205,7 +225,11 @@ def labelled_case(store: AnnotationStore, planned: PlannedCase) -> LabelledCase:
     points = {p.level: np.asarray(p.ijk_vox) for p in (*from_mask, *annotation.points)}  # named points win
     painted = set(annotation.absent) & set(points)  # the store keeps points and absent apart, not mask labels
     if painted:
-        log.warning("%s: %s marked absent but painted in the mask; taught as annotated", planned.case_id, painted)
+        log.warning(
+            "%s: %s marked absent but painted in the mask; taught as annotated",
+            planned.case_id,
+            ", ".join(sorted(painted)),
+        )
     return LabelledCase(
         name=planned.case_id,
         contrast=guess_contrast(f"{planned.case_id} {store.case(planned.case_id).source_path}"),
