@@ -19,6 +19,7 @@ import torch
 
 from _arch_contract import seeded_single_thread  # noqa: F401 (autouse fixture)
 from napari_ivd.annotator import Annotator, Saved
+from napari_ivd.cli import main
 from napari_ivd.errors import CorrectionError, StoreError, TrainingError
 from napari_ivd.io import write_nifti
 from napari_ivd.io.annotations import LabelledPoint
@@ -92,6 +93,28 @@ def test_store_check_reports_a_committed_revision_whose_absent_level_has_a_point
         "absent levels: case spine r000001: L3 has a point and is marked absent; a level is "
         "either annotated or absent: delete the point or unmark the level"
     ]
+
+
+def test_diff_names_the_levels_marked_absent_and_no_longer_absent_also_on_the_command_line(tmp_path, capsys):
+    store, points = _phantom_store(tmp_path)
+    store.save_revision("spine", points, None)
+    store.save_revision("spine", points, None, absent=["L5-S1", "L5"])
+    store.save_revision("spine", points, None, absent=["L5"])  # L5-S1 found after all: the mark taken back
+    marked = store.diff("spine", "r000001", "r000002")
+    assert (marked.now_absent, marked.no_longer_absent) == (("L5", "L5-S1"), ())
+    assert "L5       marked absent\n  L5-S1    marked absent" in marked.format()
+    taken_back = store.diff("spine", "r000002")  # to the head
+    assert (taken_back.now_absent, taken_back.no_longer_absent) == ((), ("L5-S1",))
+
+    location = str(tmp_path / "a.zarr")
+    assert main(["store", "diff", location, "spine"]) == 0  # the head's parent to the head
+    printed = capsys.readouterr().out
+    assert "case spine: r000002 -> r000003" in printed and "L5-S1    no longer absent" in printed
+    assert "marked absent" not in printed  # L5 stays absent: no change to report
+    assert main(["store", "diff", location, "spine", "r000001", "r000002"]) == 0
+    assert "L5-S1    marked absent" in capsys.readouterr().out
+    assert main(["store", "diff", location]) == 2
+    assert "store diff STORE CASE [A [B]]" in capsys.readouterr().err
 
 
 def test_export_writes_the_absent_levels_and_import_reads_them_back(tmp_path):

@@ -1,4 +1,4 @@
-"""``napari-ivd import``, ``export`` and ``store info|check|history``: the annotation store on the command line."""
+"""``napari-ivd import``, ``export`` and ``store info|check|history|diff``: the annotation store on the command line."""
 
 from __future__ import annotations
 
@@ -147,10 +147,24 @@ def format_history(store: AnnotationStore, case_id: str) -> str:
     return "\n".join(lines)
 
 
+def format_diff(store: AnnotationStore, case_id: str | None, revisions: Sequence[str]) -> str:
+    """``store diff`` as text: revision A to B of a case (default: the head's parent to the head)."""
+    if case_id is None or len(revisions) > 2:
+        raise IvdError("store diff compares two revisions of one case: napari-ivd store diff STORE CASE [A [B]]")
+    if not revisions:
+        head = store.revision(case_id)
+        if head.parent is None:
+            raise IvdError(f"{case_id}: {head.revision_id} is its first revision; name two revisions to compare")
+        revisions = [head.parent, head.revision_id]
+    return store.diff(case_id, *revisions).format()
+
+
 def run_store(args: argparse.Namespace) -> int:
-    """``store info|check|history|repair``; ``check`` returns 1 when the store has problems."""
+    """``store info|check|history|diff|repair``; ``check`` returns 1 when the store has problems."""
     from napari_ivd.store import AnnotationStore
 
+    if args.revisions and args.action != "diff":
+        raise IvdError(f"store {args.action} takes no revisions ({' '.join(args.revisions)}); only store diff does")
     store = AnnotationStore.open(args.store)
     if args.action == "info":
         print(format_info(store.info(), describe_models(store)))
@@ -169,6 +183,9 @@ def run_store(args: argparse.Namespace) -> int:
         report = store.check([args.case] if args.case else None)
         print(report.format())
         return 0 if report.ok else 1
+    if args.action == "diff":
+        print(format_diff(store, args.case, args.revisions))
+        return 0
     for case_id in [args.case] if args.case else store.case_ids():
         print(format_history(store, case_id))
     return 0
@@ -221,16 +238,19 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
     store = sub.add_parser(
         "store",
-        help="inspect an annotation store: info, check, history, repair",
+        help="inspect an annotation store: info, check, history, diff, repair",
         description=(
             "info: settings, size, lock and cases. check: verify every committed revision (hashes, parents, "
             "masks); exits 1 with a report when something is wrong. history: the revisions of CASE (or all). "
+            "diff: what changed from revision A to B of CASE (points, levels marked absent, mask voxels; "
+            "default: the head's parent to the head). "
             "repair: restore a lost or rolled-back HEAD and lost COMMITTED marks from the committed revision "
             "records, and list again models whose model.json was lost while their weights and card match "
             "(deletes nothing; exits 1 when a committed record could not be verified)."
         ),
     )
-    store.add_argument("action", choices=["info", "check", "history", "repair"])
+    store.add_argument("action", choices=["info", "check", "history", "diff", "repair"])
     store.add_argument("store", help="store folder or fsspec URL")
-    store.add_argument("case", nargs="?", help="limit check/history to one case")
+    store.add_argument("case", nargs="?", help="limit check/history to one case; the case to diff")
+    store.add_argument("revisions", nargs="*", metavar="A B", help="diff: two revisions such as r000001 r000003")
     store.set_defaults(func=run_store)

@@ -1,4 +1,4 @@
-"""What changed between two revisions: points moved/added/removed (mm), voxels per structure.
+"""What changed between two revisions: points moved/added/removed (mm), levels marked absent, voxels per structure.
 
 An annotator reviewing a colleague's correction, or a lab auditing what a model's
 proposal turned into, asks these two questions; the answer is computed from the two
@@ -53,7 +53,11 @@ class StructureChange:
 
 @dataclass(frozen=True)
 class RevisionDiff:
-    """The difference from revision ``a`` to revision ``b`` of a case."""
+    """The difference from revision ``a`` to revision ``b`` of a case.
+
+    ``now_absent`` are the levels ``b`` marks absent (not present in the scan) and ``a`` did
+    not; ``no_longer_absent`` those ``a`` marked and ``b`` does not; both cranio-caudal.
+    """
 
     case_id: str
     a: str | None
@@ -61,6 +65,8 @@ class RevisionDiff:
     points: tuple[PointChange, ...]
     structures: tuple[StructureChange, ...]
     voxels_changed: int
+    now_absent: tuple[str, ...] = ()
+    no_longer_absent: tuple[str, ...] = ()
 
     def changed_points(self, change: str) -> list[PointChange]:
         """Points with the given change (``"moved"``, ``"added"``, ``"removed"``, ``"unchanged"``)."""
@@ -76,6 +82,8 @@ class RevisionDiff:
                 lines.append(f"  {p.level:8s} {p.change}")
         if not any(p.change != "unchanged" for p in self.points):
             lines.append("  points: unchanged")
+        lines += [f"  {level:8s} marked absent" for level in self.now_absent]
+        lines += [f"  {level:8s} no longer absent" for level in self.no_longer_absent]
         lines.append(f"  mask: {self.voxels_changed} voxel(s) changed")
         lines += [f"  {s.name:14s} +{s.gained_vox} / -{s.lost_vox} voxels" for s in self.structures]
         return "\n".join(lines)
@@ -83,6 +91,10 @@ class RevisionDiff:
 
 def _as_tuple(xyz: np.ndarray) -> tuple[float, float, float]:
     return (float(xyz[0]), float(xyz[1]), float(xyz[2]))
+
+
+def _cranio_caudal(levels: set[str]) -> tuple[str, ...]:
+    return tuple(sorted(levels, key=lambda n: anatomy.structure(n).order))
 
 
 def diff_annotations(a: Annotation, b: Annotation) -> RevisionDiff:
@@ -96,13 +108,13 @@ def diff_annotations(a: Annotation, b: Annotation) -> RevisionDiff:
     Returns
     -------
     RevisionDiff
-        Per level: added / removed / moved (with the distance in mm) / unchanged; per mask
-        value: voxels gained and lost; the total of voxels whose value changed. A missing
-        mask counts as all background.
+        Per level: added / removed / moved (with the distance in mm) / unchanged; the levels
+        newly marked absent and those no longer absent; per mask value: voxels gained and
+        lost; the total of voxels whose value changed. A missing mask counts as all background.
     """
     old, new = a.points_mm(), b.points_mm()
     changes = []
-    for level in sorted(set(old) | set(new), key=lambda n: anatomy.structure(n).order):
+    for level in _cranio_caudal(set(old) | set(new)):
         kind = anatomy.structure(level).kind
         if level not in new:
             changes.append(PointChange(level, kind, "removed", _as_tuple(old[level]), None, None))
@@ -128,4 +140,11 @@ def diff_annotations(a: Annotation, b: Annotation) -> RevisionDiff:
                 continue
             name = names.get(int(value), f"value {value}")
             structures.append(StructureChange(int(value), name, int(gained[value]), int(lost[value])))
-    return RevisionDiff(a.case_id, a.entry_id, b.entry_id, tuple(changes), tuple(structures), total)
+
+    now_absent, no_longer_absent = (
+        _cranio_caudal(set(b.absent) - set(a.absent)),
+        _cranio_caudal(set(a.absent) - set(b.absent)),
+    )
+    return RevisionDiff(
+        a.case_id, a.entry_id, b.entry_id, tuple(changes), tuple(structures), total, now_absent, no_longer_absent
+    )
