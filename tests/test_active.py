@@ -492,6 +492,23 @@ def test_a_level_the_researcher_marked_absent_is_never_missing_nor_given_a_place
     assert scored.placeholders == () and "L5-S1" not in scored.reason
 
 
+def test_on_a_sacralised_spine_names_are_counted_from_l5_with_the_absent_l5_s1_skipped():
+    """L5-S1 marked absent: L5 sits right on the sacrum, and the count from the sacrum starts there."""
+    sacral = {n: p for n, p in _spine().items() if n != "L5-S1"}
+    assert check_chain(sacral, EXTENT, _prior(), absent={"L5-S1"}) == Chain()  # named right: nothing off by one
+
+    # the network lost count above L4: the real L3-L4 is called L2-L3, L3 is called L2, and so on
+    named = ["L1", "L1-L2", "L2", "L2-L3", "L4", "L4-L5", "L5"]
+    spine = {name: (20.0 + STEP_MM * i, 50.0) for i, name in enumerate(named)}
+    chain = check_chain(spine, EXTENT, _prior(), absent={"L5-S1"})
+    assert {n: f.reason for n, f in chain.points.items()} == {
+        name: f"names one level off from the sacrum: {name} would be {truth}"
+        for name, truth in zip(named[:4], ["L2", "L2-L3", "L3", "L3-L4"], strict=True)
+    }
+    assert [f.reason for f in chain.case] == ["names one level off from the sacrum: L2-L3 would be L3-L4"]
+    assert chain.placeholders == ()
+
+
 def test_ranking_scores_a_case_with_its_head_revisions_absent_levels_and_again_when_they_change(monkeypatch):
     seen: list[tuple[str, tuple[str, ...]]] = []
     scorer = ranking.score_volume_steps

@@ -14,7 +14,8 @@ but chains that are named wrong as a whole, which the network repeats stably:
   room between consecutive structures (how many structure steps fit, keeping discs and
   vertebrae apart); a structure whose count gives another name is named off by that many
   levels. Without L5-S1 in view, consecutive structures whose names skip more levels than
-  fit between them, or fewer, are flagged as a local miscount.
+  fit between them, or fewer, are flagged as a local miscount. Levels the researcher
+  marked absent are not counted: on a sacralised L5 (L5-S1 absent) the count starts at L5.
 
 Positions are in-plane (row_mm S→I, col_mm A→P) on the sagittal display plane, as in
 :mod:`napari_ivd.active.plausibility`; :func:`check_chain` is pure and knows nothing of
@@ -186,22 +187,37 @@ def _missing_beyond(
     return out
 
 
-def _miscounts(names: Sequence[str], points: Mapping[str, np.ndarray], step_mm: float) -> dict[str, Finding]:
-    """Names the count from the sacrum contradicts (L5-S1 lowest), or neighbours named too far or too close apart."""
+def _above_sacrum(present: Sequence[str]) -> str:
+    """The lowest of the ``present`` structures down to L5-S1: L5-S1, or L5 when L5-S1 is marked absent."""
+    return max((name for name in present if _order(name) <= _order(SACRUM_DISC)), key=_order)
+
+
+def _apart(upper: str, lower: str, absent: Collection[str]) -> int:
+    """Structure steps from ``upper`` down to ``lower`` that the scan holds: levels marked absent are not there."""
+    return sum(1 for name in anatomy.span(upper, lower)[1:] if name not in absent)
+
+
+def _miscounts(
+    names: Sequence[str], points: Mapping[str, np.ndarray], step_mm: float, absent: Collection[str] = frozenset()
+) -> dict[str, Finding]:
+    """Names the count from the sacrum contradicts (lowest named right above it), or neighbours too far or close apart.
+
+    Levels marked ``absent`` are skipped in the count: they take no room in the scan.
+    """
     found: dict[str, Finding] = {}
-    if names[-1] == SACRUM_DISC:
-        expected = _order(SACRUM_DISC)
+    present = [s.name for s in anatomy.STRUCTURES if s.name not in absent]
+    if names[-1] == _above_sacrum(present):
+        expected = present.index(names[-1])
         for lower, upper in itertools.pairwise(names[::-1]):
-            named_apart = _order(lower) - _order(upper)
+            named_apart = _apart(upper, lower, absent)
             expected -= _count(float(np.linalg.norm(points[lower] - points[upper])), step_mm, named_apart)
-            off = _order(upper) - expected
-            if off and 0 <= expected < len(anatomy.STRUCTURES):
-                would_be = anatomy.STRUCTURES[expected].name
+            if 0 <= expected < len(present) and present[expected] != upper:
+                would_be, off = present[expected], _order(upper) - _order(present[expected])
                 reason = f"names {_levels(off)} off from the sacrum: {upper} would be {would_be}"
                 found[upper] = Finding(MISCOUNT_UNCERTAINTY, reason, upper, headline=True)
         return found
     for upper, lower in itertools.pairwise(names):
-        named_apart = _order(lower) - _order(upper)
+        named_apart = _apart(upper, lower, absent)
         fitting = _count(float(np.linalg.norm(points[lower] - points[upper])), step_mm, named_apart)
         if fitting == named_apart:
             continue
@@ -238,7 +254,8 @@ def check_chain(
         (None: the prior's first label, else none are looked for).
     absent : collection of str
         Levels the case's researcher marked as not present in the scan (a sacralised L5 has
-        no L5-S1): never missing, so neither flagged nor given a placeholder.
+        no L5-S1): never missing, so neither flagged nor given a placeholder, and skipped
+        when names are counted from the sacrum (then from L5 up).
 
     Returns
     -------
@@ -263,6 +280,7 @@ def check_chain(
         return Chain()
     points = {n: named[n] for n in names}
     step_mm = structure_step_mm(points, prior)
+    gone = {anatomy.structure(n).name for n in absent}
     missing = [m for a, b in itertools.pairwise(names) for m in _missing_between(a, b, points, step_mm)]
     miscounted: dict[str, Finding] = {}
     if step_mm is not None and step_mm > 0:
@@ -272,8 +290,7 @@ def check_chain(
         if top is not None and _order(names[0]) > _order(top):
             missing += _missing_beyond(names[0], -1, points, step_mm, extent_mm, top)
         if len(names) >= 2:
-            miscounted = _miscounts(names, points, step_mm)
-    gone = {anatomy.structure(n).name for n in absent}
+            miscounted = _miscounts(names, points, step_mm, gone)
     missing = [(finding, placeholder) for finding, placeholder in missing if placeholder.level not in gone]
     per_point = dict(miscounted)
     for _, placeholder in missing:
