@@ -238,6 +238,16 @@ def test_names_off_by_one_from_the_sacrum_are_found_though_every_name_is_in_orde
     assert local.points["L4"].reason == "L2-L3 to L4: names skip one level where the spine has none"
 
 
+def test_a_chain_that_names_the_sacrum_is_counted_from_it():
+    # a model that learnt S1 names it below L5-S1; the count starts there, not from L5-S1
+    named = ["L1", "L1-L2", "L2", "L2-L3", "L4", "L4-L5", "L5", "L5-S1", "S1"]  # lost count above L4
+    spine = {name: (20.0 + STEP_MM * i, 50.0) for i, name in enumerate(named)}
+    chain = check_chain(spine, (240.0, 99.0), _prior())
+    assert [f.reason for f in chain.case] == ["names one level off from the sacrum: L2-L3 would be L3-L4"]
+    right = {name: (20.0 + STEP_MM * i, 50.0) for i, name in enumerate(anatomy.span("L1", "S1"))}
+    assert check_chain(right, (240.0, 99.0), _prior()).case == ()
+
+
 def test_the_scorer_adds_the_chain_to_each_points_uncertainty_and_places_the_missing_levels():
     spine = _spine()
     off = {

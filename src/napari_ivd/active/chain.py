@@ -10,7 +10,8 @@ but chains that are named wrong as a whole, which the network repeats stably:
   a time from the chain's end (the step of the neighbours, or the skeleton prior's). A level
   the researcher marked absent (not present in the scan) is never missing;
 * **off by one**: naming counted from the sacrum disagrees with the model's names. When
-  L5-S1 is the lowest named structure, every structure above it is counted upward by the
+  L5-S1 (or S1, for a model that names the sacrum) is the lowest named structure, every
+  structure above it is counted upward by the
   room between consecutive structures (how many structure steps fit, keeping discs and
   vertebrae apart); a structure whose count gives another name is named off by that many
   levels. Without L5-S1 in view, consecutive structures whose names skip more levels than
@@ -38,6 +39,8 @@ __all__ = ["SACRUM_DISC", "Chain", "Placeholder", "check_chain", "structure_step
 
 #: The lowest disc: levels are counted from it.
 SACRUM_DISC = "L5-S1"
+#: The sacrum's first body: when a chain names it (models that learnt S1), levels are counted from it.
+SACRUM = "S1"
 #: Uncertainty of a level missing between named ones.
 GAP_UNCERTAINTY = 0.9
 #: Uncertainty of a level missing beyond the chain's end although the scan shows where it should be.
@@ -200,13 +203,13 @@ def _apart(upper: str, lower: str, absent: Collection[str]) -> int:
 def _miscounts(
     names: Sequence[str], points: Mapping[str, np.ndarray], step_mm: float, absent: Collection[str] = frozenset()
 ) -> dict[str, Finding]:
-    """Names the count from the sacrum contradicts (lowest named right above it), or neighbours too far or close apart.
+    """Names the count from the sacrum contradicts (lowest named: S1 or right above it), or neighbours off.
 
     Levels marked ``absent`` are skipped in the count: they take no room in the scan.
     """
     found: dict[str, Finding] = {}
     present = [s.name for s in anatomy.STRUCTURES if s.name not in absent]
-    if names[-1] == _above_sacrum(present):
+    if names[-1] in (SACRUM, _above_sacrum(present)):
         expected = present.index(names[-1])
         for lower, upper in itertools.pairwise(names[::-1]):
             named_apart = _apart(upper, lower, absent)
