@@ -220,3 +220,13 @@ def test_other_experiments_say_which_settings_differ(tmp_path: Path) -> None:
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / runs.EXPERIMENT_FILE).write_text("{")
     assert runs.other_experiments(tmp_path, "k", ours) == ["abc (differs: minutes 2.0 → 5.0)"]
+
+
+def test_the_share_is_of_the_cases_random_was_given_even_when_it_plateaued_earlier() -> None:
+    curves = {
+        "random": [(0.50, 5.0), (0.60, 4.0), (0.80, 2.0), (0.80, 2.0)],  # its final already at 6
+        "uncertainty": [(0.50, 5.0), (0.85, 2.0), (0.90, 1.5), (0.95, 1.0)],
+    }
+    text = runs.table(runs.merge(EXPERIMENT, [_seed_result(0, curves=curves), _seed_result(1, curves=curves)]))
+    assert "| random | 6 (75 %) | 6 (75 %) | 6 (75 %) |" in text
+    assert "best: uncertainty, 50 % of random's cases (target ≤ 70 %: met)" in text
