@@ -5,9 +5,11 @@ Plain data only: no training, no model, no torch (``benchmarks/active_learning_r
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -230,3 +232,65 @@ def test_the_share_is_of_the_cases_random_was_given_even_when_it_plateaued_earli
     text = runs.table(runs.merge(EXPERIMENT, [_seed_result(0, curves=curves), _seed_result(1, curves=curves)]))
     assert "| random | 6 (75 %) | 6 (75 %) | 6 (75 %) |" in text
     assert "best: uncertainty, 50 % of random's cases (target ≤ 70 %: met)" in text
+
+
+class _Killed(Exception):
+    """Stands for the run being killed in the middle of a round."""
+
+
+def _fake_rounds(monkeypatch: pytest.MonkeyPatch, kill_at: int | None = None) -> list[tuple[str, int]]:
+    """The benchmark with its training and picking replaced by bookkeeping; returns the rounds trained."""
+    import bench_active_learning as bench  # torch and the training code, but nothing is trained or loaded
+
+    trained: list[tuple[str, int]] = []
+    pool = [SimpleNamespace(name=f"VB3/case-{i:02d}") for i in range(6)]
+    monkeypatch.setattr(bench, "_cases", lambda args: (pool, [SimpleNamespace(name="VB3/case-99")], Path("base")))
+    monkeypatch.setattr(
+        bench, "_judge", lambda base, val, device: {"identification": 0.5, "error_mm": 4.0, "dice": None}
+    )
+    monkeypatch.setattr(bench, "_pick", lambda strategy, pool, annotated, model_dir, device, k, seed: (pool[:k], 0.0))
+
+    def train_round(
+        seed: int, strategy: str, round_: int, annotated: list, val: list, base: Path, out: Path, *_: Any
+    ) -> dict[str, Any]:
+        if len(trained) == kill_at:
+            raise _Killed
+        trained.append((strategy, round_))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "card.json").write_text("{}")
+        n = len(annotated)
+        return _row(seed, strategy, n, identification=n / 10, error_mm=10.0 / n) | {
+            "annotated": [c.name for c in annotated]
+        }
+
+    monkeypatch.setattr(bench, "_train_round", train_round)
+    return trained
+
+
+def _bench_args(work: Path) -> argparse.Namespace:
+    settings = dict(start=2, k=1, rounds=2, strategies=["random", "uncertainty"], pool_source="VB3", contrast=None)
+    return argparse.Namespace(**settings, device="cpu", work=work, command="python benchmarks/bench_active_learning.py")
+
+
+def test_a_seed_killed_midway_leaves_no_seed_file_and_resumes_at_its_last_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bench_active_learning as bench
+
+    whole = _fake_rounds(monkeypatch)
+    bench.run(_bench_args(tmp_path / "whole"), tmp_path / "whole", "k", {}, [0])
+    assert whole == [("start", 0), ("random", 1), ("random", 2), ("uncertainty", 1), ("uncertainty", 2)]
+    expected = json.loads(runs.seed_path(tmp_path / "whole", 0).read_text())
+
+    folder = tmp_path / "pieces"
+    _fake_rounds(monkeypatch, kill_at=4)  # killed in uncertainty round 2
+    with pytest.raises(_Killed):
+        bench.run(_bench_args(folder), folder, "k", {}, [0])
+    assert not runs.seed_path(folder, 0).exists()  # a half seed never counts
+    assert runs.plan_seeds(folder, [0], "k")[0] == [0]
+    resumed = _fake_rounds(monkeypatch)
+    bench.run(_bench_args(folder), folder, "k", {}, [0])
+    assert resumed == [("uncertainty", 2)]  # the 4 rounds finished before are not run again, their picks count
+    result = json.loads(runs.seed_path(folder, 0).read_text())
+    assert result["rows"] == expected["rows"] and result["picks"] == expected["picks"]
+    assert not runs.progress_path(folder, 0).exists()
