@@ -1,6 +1,7 @@
 """The bookkeeping that lets ``benchmarks/bench_active_learning.py`` run seed by seed across sessions.
 
-Plain data only: no training, no model, no torch (``benchmarks/active_learning_runs.py``).
+Plain data (``benchmarks/active_learning_runs.py``), and the seed loop with its training and
+picking replaced by bookkeeping: nothing is trained, no model is loaded.
 """
 
 from __future__ import annotations
