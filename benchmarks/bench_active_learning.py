@@ -5,7 +5,17 @@
         [--pool-source VB1|VB3|IVD|VB2] [--val-fraction 0.4] [--max-pool N]
         [--start 2] [--k 2] [--rounds 4] [--minutes 2] [--max-epochs N] [--seeds 0 1 2 3 4]
         [--strategies random uncertainty uncertainty+diversity] [--device cpu|cuda]
-        [--work /tmp/napari-ivd-active-learning] [--png docs/active-learning.png]
+        [--work /tmp/napari-ivd-active-learning] [--png docs/active-learning.png] [--report-only]
+
+**In pieces**: each seed is written to its own file once complete,
+``<work>/<key>/seed-<n>.json``, where the key is a hash of every setting that makes seeds
+comparable (``active_learning_runs.experiment_settings``: the pool source or contrast, the
+base model's weights sha256, the fractions, sizes and budgets, the strategies, cpu or
+cuda). Re-issue the same command in each session: the seeds complete for that key are
+skipped, a seed killed midway resumes at its last finished round (while the models of its
+rounds are still in ``--work``), and the table and plot are built from every seed complete
+so far. ``--report-only`` runs nothing and only builds them. Keep ``--work`` somewhere that
+lasts (the default is a temporary folder).
 
 **Leave one source out** (``--pool-source``, the adaptation benchmark's setting,
 ``benchmarks/bench_adapt.py``): the pool and the validation set are the cases of one
@@ -17,7 +27,7 @@ the annotated cases as verified revisions, ``--minutes`` and at most ``--max-epo
 judges every validation case's reference levels as ``bench_adapt.py`` does:
 identification (own level within 5 mm) and distance to target per kind. The table gives,
 per strategy, the mean ± sd over seeds per number of annotated cases and how many cases
-the strategy needs to reach random's final identification. Cases of the pool source the
+the strategy needs to reach random's final identification and distance. Cases of the pool source the
 base trained on (its card's ``trained_on``) are left out of pool and validation, so the
 bundled starter can be used on VB1 (it saw only VB1/case-02).
 
@@ -36,8 +46,10 @@ Writes the learning curves (mean ± sd over seeds per strategy, the base model a
 line, this command in the figure) to ``--png``, and beside it the results with the same
 name: ``.csv`` (one row per seed, strategy and round: cases annotated, distance to target
 with missed structures charged 20 mm, mean Dice per structure, the cases annotated) and
-``.json`` (the rows, the picks, the base model's figures). The fine-tuned models stay in
-``--work``.
+``.json`` (the rows, the picks, the base model's figures, the settings). The table ends with
+the issue's target: the cases each strategy needs until its mean over seeds reaches
+random's final figures, as a share of random's cases (target ≤ 70 %). The fine-tuned models
+stay in ``<work>/<key>/models``.
 
 The bundled starter was trained on most of the water pool, so fine-tuning it on the pool
 teaches it little; pass ``--base`` a model that has not seen the contrast (e.g. one from
@@ -51,6 +63,8 @@ import argparse
 import csv
 import json
 import shlex
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,6 +74,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from active_learning_runs import (
+    EXPERIMENT_FILE,
+    experiment_key,
+    experiment_settings,
+    merge,
+    other_experiments,
+    plan_seeds,
+    progress_path,
+    read_progress,
+    resumable,
+    seed_path,
+    seeds_line,
+    table,
+    write_json_atomic,
+)
 from bench_adapt import SOURCES, _store_with, score
 
 from napari_ivd.active import (
@@ -157,7 +186,7 @@ def _fine_tune_viewer(
 ) -> dict[str, Any]:
     """The viewer's Train from ``base`` on a store of the annotated cases (verified); judged on ``val``."""
     keep = out.with_name(out.name + "-store")  # the store; ``out`` becomes a link to the fine-tuned model
-    keep.mkdir(parents=True, exist_ok=True)
+    keep.mkdir(parents=True)
     store = _store_with(annotated, keep)
     store.add_model(base, model_id="base")
     store.set_active_model("base", stored=True, reason="active-learning benchmark base")
@@ -181,6 +210,11 @@ def _train_round(
     scoring_s: float,
 ) -> dict[str, Any]:
     """Fine-tune on the cases annotated so far, evaluate, print and return the round's row."""
+    for left in (out, out.with_name(out.name + "-store")):  # what a killed run left of this round
+        if left.is_symlink() or left.is_file():
+            left.unlink()
+        elif left.is_dir():
+            shutil.rmtree(left)
     started = time.perf_counter()
     if args.pool_source:
         validation = _fine_tune_viewer(annotated, val, base, out, args, seed)
@@ -239,49 +273,58 @@ def _cases(args: argparse.Namespace) -> tuple[list[LabelledCase], list[LabelledC
     return pool, val, base
 
 
-def table(results: dict[str, Any]) -> str:
-    """Markdown: per strategy and cases annotated, mean ± sd over seeds; then the cases to reach random's final."""
-    rows = results["rows"]
-    keys = [k for k in ("identification", "error_mm", "dice") if any(r[k] is not None for r in rows)]
-    scale = {"identification": 100.0, "error_mm": 1.0, "dice": 1.0}
-    names = {"identification": "identification %", "error_mm": "distance mm", "dice": "Dice"}
-    lines = ["| strategy | cases annotated | " + " | ".join(names[k] for k in keys) + " | seeds |"]
-    lines.append("|---" * (len(keys) + 3) + "|")
-    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
-    means: dict[tuple[str, int], float] = {}
-    for strategy in strategies:
-        for n in sorted({r["n_annotated"] for r in rows if r["strategy"] == strategy}):
-            group = [r for r in rows if r["strategy"] == strategy and r["n_annotated"] == n]
-            cells = []
-            for key in keys:
-                values = [scale[key] * r[key] for r in group if r[key] is not None]
-                cells.append(f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "–")
-            first = keys[0]
-            found = [r[first] for r in group if r[first] is not None]
-            if found:
-                means[(strategy, n)] = float(np.mean(found))
-            lines.append(f"| {strategy} | {n} | " + " | ".join(cells) + f" | {len(group)} |")
-    if "random" in strategies:
-        final_n = max(n for s, n in means if s == "random")
-        target = means[("random", final_n)]
-        better = (lambda v: v >= target) if keys[0] != "error_mm" else (lambda v: v <= target)
-        lines.append("")
-        lines.append(f"cases to reach random's final {names[keys[0]]} ({scale[keys[0]] * target:.2f} at {final_n}):")
-        for strategy in strategies:
-            reached = [n for s, n in sorted(means) if s == strategy and better(means[(s, n)])]
-            lines.append(
-                f"  {strategy}: "
-                + (f"{min(reached)} ({100 * min(reached) / final_n:.0f} %)" if reached else "not reached")
-            )
-    return "\n".join(lines)
+def _settings(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    """The experiment's settings (what makes seeds comparable) from the options and the base model's card."""
+    return experiment_settings(
+        pool_source=args.pool_source,
+        contrast=args.contrast,
+        base_sha256=str(read_card(base).get("weights_sha256", "")),
+        val_fraction=args.val_fraction,
+        start=args.start,
+        k=args.k,
+        rounds=args.rounds,
+        minutes=args.minutes,
+        max_epochs=args.max_epochs,
+        strategies=args.strategies,
+        max_pool=args.max_pool,
+        device=resolve_device(args.device).type,
+    )
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """The whole experiment; returns what the ``.json`` holds."""
-    device = resolve_device(args.device)
-    pool_all, val, base = _cases(args)
+def _read_experiment(path: Path) -> dict[str, Any]:
+    """The experiment file, or a clear exit when it cannot be read."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SystemExit(
+            f"{path} is unreadable ({type(exc).__name__}); delete it and run again (the seed files stay valid)"
+        ) from None
+
+
+def _experiment(
+    args: argparse.Namespace,
+    folder: Path,
+    key: str,
+    settings: dict[str, Any],
+    cases: tuple[list[LabelledCase], list[LabelledCase], Path],
+    device: torch.device,
+) -> dict[str, Any]:
+    """The experiment's fixed part (cases, base model's figures): read from ``folder``, or measured and written once."""
+    pool, val, base = cases
+    names = {"validation": [c.name for c in val], "pool": [c.name for c in pool]}
     what = args.pool_source or args.contrast
-    print(f"{what}: pool {len(pool_all)} cases, validation {len(val)}: {', '.join(c.name for c in val)}; base {base}")
+    print(f"{what}: pool {len(pool)} cases, validation {len(val)}: {', '.join(names['validation'])}; base {base}")
+    path = folder / EXPERIMENT_FILE
+    if path.exists():
+        experiment = _read_experiment(path)
+        changed = [name for name in names if experiment.get(name) != names[name]]
+        if changed:
+            raise SystemExit(
+                f"{path}: the {' and '.join(changed)} cases differ from those of the seeds run before "
+                f"(the data under --lumbar changed); use another --work, or move {folder} away to start over"
+            )
+        print(f"base model: {_figures(experiment['base'])} (judged earlier)")
+        return experiment
     if args.pool_source:
         base_row = _judge(base, val, device)
     else:
@@ -293,34 +336,125 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "identification": None,
         }
     print(f"base model: {_figures(base_row)}")
-
-    rows, picks = [], []
-    for seed in args.seeds:
-        rng = np.random.default_rng(seed)
-        start = [pool_all[i] for i in sorted(rng.choice(len(pool_all), args.start, replace=False))]
-        first_dir = args.work / f"seed{seed}-start"
-        first = _train_round(seed, "start", 0, start, val, base, first_dir, args, 0.0)  # shared by every strategy
-        for strategy in args.strategies:
-            rows.append({**first, "strategy": strategy})
-            annotated, model_dir = list(start), first_dir
-            for round_ in range(1, args.rounds + 1):
-                pool = [c for c in pool_all if c not in annotated]
-                chosen, scoring_s = _pick(strategy, pool, annotated, model_dir, device, args.k, seed * 100 + round_)
-                annotated += chosen
-                picks.append({"seed": seed, "strategy": strategy, "round": round_, "picked": [c.name for c in chosen]})
-                model_dir = args.work / f"seed{seed}-{strategy}-round{round_}"
-                rows.append(_train_round(seed, strategy, round_, annotated, val, base, model_dir, args, scoring_s))
-    return {
+    experiment = {
+        "key": key,
+        "settings": settings,
         "command": args.command,
-        "contrast": args.contrast,
-        "pool_source": args.pool_source,
-        "validation": [c.name for c in val],
+        **names,
         "base": {"model": str(base), **base_row},
+    }
+    write_json_atomic(path, experiment)
+    return experiment
+
+
+def _commit() -> str | None:
+    """The checkout's commit, to tell later which code ran a seed (``None`` outside a git checkout)."""
+    try:
+        done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    except OSError:
+        return None
+    return done.stdout.strip() or None
+
+
+def run_seed(
+    seed: int,
+    cases: tuple[list[LabelledCase], list[LabelledCase], Path],
+    device: torch.device,
+    args: argparse.Namespace,
+    folder: Path,
+    key: str,
+) -> dict[str, Any]:
+    """One seed, every strategy; resumes at the last round an earlier, killed run finished. Returns its result."""
+    pool_all, val, base = cases
+    by_name = {c.name: c for c in pool_all}
+    models = folder / "models" / f"seed-{seed}"
+    progress = progress_path(folder, seed)
+    steps = resumable(read_progress(progress, key, seed), lambda s: (folder / s["model"] / "card.json").is_file())
+    finished = {(s["strategy"], s["round"]): s for s in steps}
+
+    def step(strategy: str, round_: int, annotated: list[LabelledCase], pick_from: Path | None) -> dict[str, Any]:
+        """A round: finished earlier (its picks and row), or picked with ``pick_from``'s model and trained now."""
+        out = models / (f"{strategy}-round{round_}" if round_ else "start")
+        if (strategy, round_) in finished:
+            done = finished[(strategy, round_)]
+            annotated += [by_name[name] for name in done["picked"]]
+            print(f"seed {seed} {strategy:22s} round {round_}: done earlier, resumed ({_figures(done['row'])})")
+            return done
+        chosen, scoring_s = [], 0.0
+        if pick_from is not None:
+            pool = [c for c in pool_all if c not in annotated]
+            chosen, scoring_s = _pick(strategy, pool, annotated, pick_from, device, args.k, seed * 100 + round_)
+        annotated += chosen
+        row = _train_round(seed, strategy, round_, annotated, val, base, out, args, scoring_s)
+        done = {"strategy": strategy, "round": round_, "picked": [c.name for c in chosen], "row": row}
+        steps.append(done | {"model": str(out.relative_to(folder))})
+        write_json_atomic(progress, {"key": key, "seed": seed, "steps": steps})
+        return done
+
+    rng = np.random.default_rng(seed)
+    start = [pool_all[i] for i in sorted(rng.choice(len(pool_all), args.start, replace=False))]
+    first = step("start", 0, list(start), None)  # shared by every strategy
+    rows, picks = [], []
+    for strategy in args.strategies:
+        rows.append({**first["row"], "strategy": strategy})
+        annotated, model_dir = list(start), models / "start"
+        for round_ in range(1, args.rounds + 1):
+            done = step(strategy, round_, annotated, model_dir)
+            picks.append({"seed": seed, "strategy": strategy, "round": round_, "picked": done["picked"]})
+            rows.append(done["row"])
+            model_dir = models / f"{strategy}-round{round_}"
+    return {
+        "key": key,
+        "seed": seed,
         "rows": rows,
         "picks": picks,
         "device": str(device),
         "torch": torch.__version__,
+        "commit": _commit(),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+
+
+def run(args: argparse.Namespace, folder: Path, key: str, settings: dict[str, Any], seeds: Sequence[int]) -> None:
+    """Run ``seeds`` of the experiment, each written to its own file in ``folder`` once it is complete."""
+    device = resolve_device(args.device)
+    cases = _cases(args)
+    _experiment(args, folder, key, settings, cases, device)
+    for seed in seeds:
+        result = run_seed(seed, cases, device, args, folder, key)
+        write_json_atomic(seed_path(folder, seed), result)
+        progress_path(folder, seed).unlink(missing_ok=True)
+        print(f"seed {seed}: complete, wrote {seed_path(folder, seed)}", flush=True)
+
+
+def report(args: argparse.Namespace, folder: Path, key: str, settings: dict[str, Any]) -> None:
+    """Table (stdout), ``.csv``, ``.json`` and plot from the seeds of the experiment finished so far."""
+    path = folder / EXPERIMENT_FILE
+    if not path.exists():
+        others = other_experiments(args.work, key, settings)
+        raise SystemExit(
+            f"no seed of experiment {key} has run yet ({path} is missing): run without --report-only"
+            + "".join(f"\n  other experiment in {args.work}: {line}" for line in others)
+        )
+    experiment = _read_experiment(path)
+    _, done, problems = plan_seeds(folder, args.seeds, key)
+    for problem in problems:
+        print(problem)
+    if not done:
+        raise SystemExit(
+            f"no seed of {' '.join(map(str, args.seeds))} finished yet in {folder}: run without --report-only"
+        )
+    results = merge(experiment, list(done.values()))
+    args.png.parent.mkdir(parents=True, exist_ok=True)
+    args.png.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    with open(args.png.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(results["rows"][0]))
+        writer.writeheader()
+        writer.writerows(results["rows"])
+    plot(results, args.png)
+    print(f"\nexperiment {key}: {seeds_line(results['seeds'], args.seeds)}\n")
+    print(table(results))
+    print(f"\nwrote {args.png} and its .csv and .json")
 
 
 def plot(results: dict[str, Any], png: Path) -> None:
@@ -384,20 +518,27 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "napari-ivd-active-learning")
     parser.add_argument("--png", type=Path, default=REPO / "docs/active-learning.png")
+    parser.add_argument(
+        "--report-only", action="store_true", help="run nothing: table and plot from the seeds finished so far"
+    )
     args = parser.parse_args()
     if not args.pool_source and not args.contrast:
         args.contrast = "water"
-    args.command = "python benchmarks/bench_active_learning.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    results = run(args)
-    args.png.parent.mkdir(parents=True, exist_ok=True)
-    args.png.with_suffix(".json").write_text(json.dumps(results, indent=2))
-    with open(args.png.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(results["rows"][0]))
-        writer.writeheader()
-        writer.writerows(results["rows"])
-    plot(results, args.png)
-    print("\n" + table(results))
-    print(f"\nwrote {args.png} and its .csv and .json")
+    shown = [a for a in sys.argv[1:] if a != "--report-only"]
+    args.command = "python benchmarks/bench_active_learning.py " + " ".join(shlex.quote(a) for a in shown)
+    settings = _settings(args, find_model_dir(args.base))
+    key = experiment_key(settings)
+    folder = args.work / key
+    print(f"experiment {key}: {folder}")
+    if not args.report_only:
+        todo, done, problems = plan_seeds(folder, args.seeds, key)
+        for seed in done:
+            print(f"seed {seed}: done earlier ({seed_path(folder, seed)}), skipped")
+        for problem in problems:
+            print(problem)
+        if todo:
+            run(args, folder, key, settings, todo)
+    report(args, folder, key, settings)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,297 @@
+"""The bookkeeping that lets ``benchmarks/bench_active_learning.py`` run seed by seed across sessions.
+
+Plain data (``benchmarks/active_learning_runs.py``), and the seed loop with its training and
+picking replaced by bookkeeping: nothing is trained, no model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+# Benchmarks are scripts that import each other as siblings (bench_active_learning imports
+# bench_adapt and active_learning_runs); they are not a package, so put their folder on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import active_learning_runs as runs
+
+SETTINGS: dict[str, Any] = dict(
+    pool_source="VB3",
+    contrast=None,
+    base_sha256="ab" * 32,
+    val_fraction=0.4,
+    start=2,
+    k=2,
+    rounds=4,
+    minutes=5.0,
+    max_epochs=80,
+    strategies=["random", "uncertainty", "uncertainty+diversity"],
+    max_pool=None,
+    device="cpu",
+)
+CHANGED = {
+    "pool_source": "VB1",
+    "contrast": "T1w",
+    "base_sha256": "cd" * 32,
+    "val_fraction": 0.5,
+    "start": 3,
+    "k": 1,
+    "rounds": 5,
+    "minutes": 2.0,
+    "max_epochs": 40,
+    "strategies": ["random", "uncertainty"],
+    "max_pool": 10,
+    "device": "cuda",
+}
+
+
+def _key(**changes: Any) -> str:
+    return runs.experiment_key(runs.experiment_settings(**(SETTINGS | changes)))
+
+
+def test_experiment_key_is_stable_for_the_same_settings() -> None:
+    assert _key() == _key()
+    assert _key(minutes=5) == _key(minutes=5.0)  # 5 and 5.0 are the same budget
+    assert _key(strategies=list(reversed(SETTINGS["strategies"]))) == _key()  # the order runs them, nothing else
+    assert len(_key()) == 12
+
+
+@pytest.mark.parametrize("name", sorted(CHANGED))
+def test_experiment_key_changes_with_each_setting(name: str) -> None:
+    assert set(CHANGED) == set(SETTINGS)  # every setting is tried
+    assert _key(**{name: CHANGED[name]}) != _key()
+
+
+def test_experiment_key_changes_with_the_round_logic(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = _key()
+    monkeypatch.setattr(runs, "ROUND_LOGIC", runs.ROUND_LOGIC + 1)
+    assert _key() != before
+
+
+def _row(seed: int, strategy: str, n: int, identification: float, error_mm: float) -> dict[str, Any]:
+    return {
+        "seed": seed,
+        "strategy": strategy,
+        "round": (n - 2) // 2,
+        "n_annotated": n,
+        "identification": identification,
+        "error_mm": error_mm,
+        "dice": None,
+    }
+
+
+#: Per strategy, (identification, distance) at 2, 4, 6 and 8 cases, for seeds 0 and 1 (mean = middle value).
+CURVES = {
+    "random": [(0.50, 5.0), (0.60, 4.0), (0.70, 3.0), (0.80, 2.0)],
+    "uncertainty": [(0.50, 5.0), (0.85, 2.0), (0.90, 1.5), (0.95, 1.0)],  # reaches both at 4 cases: 50 %
+    "uncertainty+diversity": [(0.50, 5.0), (0.70, 3.5), (0.82, 2.5), (0.90, 2.0)],  # 0.82 ≥ 0.80 at 6, 2.0 at 8
+}
+
+
+def _seed_result(seed: int, key: str = "k", curves: dict[str, list[tuple[float, float]]] = CURVES) -> dict[str, Any]:
+    spread = 0.05 if seed == 0 else -0.05  # seeds spread symmetrically around the curve: the mean is the curve
+    rows = [
+        _row(seed, strategy, 2 + 2 * i, ident + spread / 10, dist + spread)
+        for strategy, points in curves.items()
+        for i, (ident, dist) in enumerate(points)
+    ]
+    return {"key": key, "seed": seed, "rows": rows, "picks": [], "device": "cpu", "commit": "abc1234"}
+
+
+EXPERIMENT = {
+    "key": "k",
+    "settings": runs.experiment_settings(**SETTINGS),
+    "command": "python benchmarks/bench_active_learning.py --pool-source VB3",
+    "validation": ["VB3/case-30"],
+    "pool": ["VB3/case-31"],
+    "base": {"model": "base", "identification": 0.4, "error_mm": 6.0, "dice": None},
+}
+
+
+def _write_seeds(folder: Path, seeds: list[int], key: str = "k") -> None:
+    for seed in seeds:
+        runs.write_json_atomic(runs.seed_path(folder, seed), _seed_result(seed, key))
+
+
+def test_seed_files_merge_into_the_table(tmp_path: Path) -> None:
+    _write_seeds(tmp_path, [0, 1])
+    todo, done, problems = runs.plan_seeds(tmp_path, [0, 1, 2], "k")
+    assert (todo, sorted(done), problems) == ([2], [0, 1], [])
+    results = runs.merge(EXPERIMENT, list(done.values()))
+    assert results["seeds"] == [0, 1] and len(results["rows"]) == 2 * 12
+    text = runs.table(results)
+    # mean ± sd over the two seeds per strategy and cases annotated; dice is absent everywhere
+    assert "| strategy | cases annotated | identification % | distance mm | seeds |" in text
+    assert "| random | 8 | 80.00 ± 0.50 | 2.00 ± 0.05 | 2 |" in text
+    assert "| uncertainty | 4 | 85.00 ± 0.50 | 2.00 ± 0.05 | 2 |" in text
+    # the target line: cases until the mean reaches random's final (80 %, 2.00 mm at 8 cases)
+    assert "(identification % 80.00, distance mm 2.00 at 8 cases), as a share of random's 8" in text
+    assert "| random | 8 (100 %) | 8 (100 %) | 8 (100 %) |" in text
+    assert "| uncertainty | 4 (50 %) | 4 (50 %) | 4 (50 %) |" in text
+    assert "| uncertainty+diversity | 6 (75 %) | 8 (100 %) | 8 (100 %) |" in text
+    assert "best: uncertainty, 50 % of random's cases (target ≤ 70 %: met)" in text
+    assert runs.seeds_line(results["seeds"], [0, 1, 2]) == "2 of the 3 seeds asked for (0, 1); still to run: 2"
+
+
+def test_table_says_by_how_much_the_target_is_missed_and_what_is_never_reached() -> None:
+    curves = {
+        "random": CURVES["random"],
+        "uncertainty": [(0.50, 5.0), (0.55, 4.5), (0.65, 3.0), (0.75, 2.5)],  # never reaches random's final
+        "uncertainty+diversity": [(0.50, 5.0), (0.60, 4.0), (0.80, 2.0), (0.80, 2.0)],  # 6 of 8: 75 %
+    }
+    text = runs.table(runs.merge(EXPERIMENT, [_seed_result(0, curves=curves), _seed_result(1, curves=curves)]))
+    assert "| uncertainty | not reached | not reached | not reached |" in text
+    assert "best: uncertainty+diversity, 75 % of random's cases (target ≤ 70 %: missed by 5 points)" in text
+
+
+def test_table_cannot_tell_when_random_ends_no_better_than_the_shared_start() -> None:
+    flat = {s: [(0.5, 5.0)] * 4 for s in CURVES}
+    text = runs.table(runs.merge(EXPERIMENT, [_seed_result(0, curves=flat), _seed_result(1, curves=flat)]))
+    assert "cannot tell: random's final is no better than the 2 cases every strategy starts from" in text
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"key": "k", "seed": 3, "rows": [{"seed": 3, "strat',  # cut short by a kill
+        b"",
+        b"\xff\xfe\x00garbage",
+        b"[1, 2, 3]",
+        b'{"key": "k", "seed": 3, "rows": []}',
+    ],
+    ids=["truncated", "empty", "binary", "not-an-object", "no-rows"],
+)
+def test_a_broken_seed_file_is_ignored_with_a_message(tmp_path: Path, content: bytes) -> None:
+    _write_seeds(tmp_path, [0])
+    runs.seed_path(tmp_path, 3).write_bytes(content)
+    todo, done, problems = runs.plan_seeds(tmp_path, [0, 3], "k")
+    assert todo == [3] and list(done) == [0]  # run again, not counted
+    assert len(problems) == 1 and problems[0].startswith("seed 3: ") and "seed-3.json" in problems[0]
+
+
+def test_a_seed_file_of_another_experiment_or_seed_does_not_count(tmp_path: Path) -> None:
+    runs.write_json_atomic(runs.seed_path(tmp_path, 0), _seed_result(0, key="other"))
+    runs.write_json_atomic(runs.seed_path(tmp_path, 1), _seed_result(2))  # renamed by hand
+    todo, done, problems = runs.plan_seeds(tmp_path, [0, 1], "k")
+    assert todo == [0, 1] and done == {}
+    assert "belongs to key other seed 0" in problems[0] and "belongs to key k seed 2" in problems[1]
+
+
+def test_only_missing_seeds_are_run_and_each_once(tmp_path: Path) -> None:
+    _write_seeds(tmp_path, [0, 2, 7])
+    todo, done, problems = runs.plan_seeds(tmp_path, [0, 1, 2, 3, 4, 1], "k")
+    assert todo == [1, 3, 4]
+    assert sorted(done) == [0, 2]  # seed 7 was not asked for
+    assert problems == []
+    assert runs.plan_seeds(tmp_path / "nothing-yet", [0, 1], "k") == ([0, 1], {}, [])
+
+
+def test_write_json_atomic_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    path = runs.seed_path(tmp_path, 0)
+    runs.write_json_atomic(path, {"a": 1})
+    with pytest.raises(TypeError):
+        runs.write_json_atomic(path, {"a": object()})  # not JSON: fails halfway through
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["seed-0.json"]  # no temporary file left
+
+
+def test_a_killed_seed_resumes_at_its_last_round_whose_model_is_still_there(tmp_path: Path) -> None:
+    steps = [{"strategy": "start", "round": 0}] + [{"strategy": "random", "round": r} for r in (1, 2, 3)]
+    path = runs.progress_path(tmp_path, 4)
+    runs.write_json_atomic(path, {"key": "k", "seed": 4, "steps": steps})
+    assert runs.read_progress(path, "k", 4) == steps
+    assert runs.read_progress(path, "other", 4) == [] and runs.read_progress(path, "k", 5) == []
+    path.write_text('{"key": "k", "seed": 4, "ste')
+    assert runs.read_progress(path, "k", 4) == []  # unreadable: the seed starts over
+    gone = {("random", 2)}
+    kept = runs.resumable(steps, lambda s: (s["strategy"], s["round"]) not in gone)
+    assert kept == steps[:2]  # round 3 needs round 2's model to have picked: both run again
+    assert runs.resumable(steps, lambda s: True) == steps
+
+
+def test_other_experiments_say_which_settings_differ(tmp_path: Path) -> None:
+    ours = runs.experiment_settings(**SETTINGS)
+    theirs = runs.experiment_settings(**(SETTINGS | {"minutes": 2.0}))
+    runs.write_json_atomic(tmp_path / "abc" / runs.EXPERIMENT_FILE, {"key": "abc", "settings": theirs})
+    runs.write_json_atomic(tmp_path / "k" / runs.EXPERIMENT_FILE, {"key": "k", "settings": ours})
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / runs.EXPERIMENT_FILE).write_text("{")
+    assert runs.other_experiments(tmp_path, "k", ours) == ["abc (differs: minutes 2.0 → 5.0)"]
+
+
+def test_the_share_is_of_the_cases_random_was_given_even_when_it_plateaued_earlier() -> None:
+    curves = {
+        "random": [(0.50, 5.0), (0.60, 4.0), (0.80, 2.0), (0.80, 2.0)],  # its final already at 6
+        "uncertainty": [(0.50, 5.0), (0.85, 2.0), (0.90, 1.5), (0.95, 1.0)],
+    }
+    text = runs.table(runs.merge(EXPERIMENT, [_seed_result(0, curves=curves), _seed_result(1, curves=curves)]))
+    assert "| random | 6 (75 %) | 6 (75 %) | 6 (75 %) |" in text
+    assert "best: uncertainty, 50 % of random's cases (target ≤ 70 %: met)" in text
+
+
+class _Killed(Exception):
+    """Stands for the run being killed in the middle of a round."""
+
+
+def _fake_rounds(monkeypatch: pytest.MonkeyPatch, kill_at: int | None = None) -> list[tuple[str, int]]:
+    """The benchmark with its training and picking replaced by bookkeeping; returns the rounds trained."""
+    import bench_active_learning as bench  # torch and the training code, but nothing is trained or loaded
+
+    trained: list[tuple[str, int]] = []
+    pool = [SimpleNamespace(name=f"VB3/case-{i:02d}") for i in range(6)]
+    monkeypatch.setattr(bench, "_cases", lambda args: (pool, [SimpleNamespace(name="VB3/case-99")], Path("base")))
+    monkeypatch.setattr(
+        bench, "_judge", lambda base, val, device: {"identification": 0.5, "error_mm": 4.0, "dice": None}
+    )
+    monkeypatch.setattr(bench, "_pick", lambda strategy, pool, annotated, model_dir, device, k, seed: (pool[:k], 0.0))
+
+    def train_round(
+        seed: int, strategy: str, round_: int, annotated: list, val: list, base: Path, out: Path, *_: Any
+    ) -> dict[str, Any]:
+        if len(trained) == kill_at:
+            raise _Killed
+        trained.append((strategy, round_))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "card.json").write_text("{}")
+        n = len(annotated)
+        return _row(seed, strategy, n, identification=n / 10, error_mm=10.0 / n) | {
+            "annotated": [c.name for c in annotated]
+        }
+
+    monkeypatch.setattr(bench, "_train_round", train_round)
+    return trained
+
+
+def _bench_args(work: Path) -> argparse.Namespace:
+    settings = dict(start=2, k=1, rounds=2, strategies=["random", "uncertainty"], pool_source="VB3", contrast=None)
+    return argparse.Namespace(**settings, device="cpu", work=work, command="python benchmarks/bench_active_learning.py")
+
+
+def test_a_seed_killed_midway_leaves_no_seed_file_and_resumes_at_its_last_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bench_active_learning as bench
+
+    whole = _fake_rounds(monkeypatch)
+    bench.run(_bench_args(tmp_path / "whole"), tmp_path / "whole", "k", {}, [0])
+    assert whole == [("start", 0), ("random", 1), ("random", 2), ("uncertainty", 1), ("uncertainty", 2)]
+    expected = json.loads(runs.seed_path(tmp_path / "whole", 0).read_text())
+
+    folder = tmp_path / "pieces"
+    _fake_rounds(monkeypatch, kill_at=4)  # killed in uncertainty round 2
+    with pytest.raises(_Killed):
+        bench.run(_bench_args(folder), folder, "k", {}, [0])
+    assert not runs.seed_path(folder, 0).exists()  # a half seed never counts
+    assert runs.plan_seeds(folder, [0], "k")[0] == [0]
+    resumed = _fake_rounds(monkeypatch)
+    bench.run(_bench_args(folder), folder, "k", {}, [0])
+    assert resumed == [("uncertainty", 2)]  # the 4 rounds finished before are not run again, their picks count
+    result = json.loads(runs.seed_path(folder, 0).read_text())
+    assert result["rows"] == expected["rows"] and result["picks"] == expected["picks"]
+    assert not runs.progress_path(folder, 0).exists()
