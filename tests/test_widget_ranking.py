@@ -201,6 +201,6 @@ def test_ranking_scores_a_real_scan_in_the_background_and_can_be_cancelled(
         qtbot.mouseClick(panel.rank_button, Qt.MouseButton.LeftButton)
     (row,) = ranked.args[0].cases
     assert 0.0 < row.score < 1.0 and widget.table.scores()["VB3_case-01"] == f"{row.score:.2f}"
-    assert any(level in row.reason for level in ("T12", "L1", "L2", "L3", "L4", "L5"))
+    assert any(level in row.reason for level in ("T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5", "S1"))
     key = ranked.args[0].model
     assert set(AnnotationStore.open(location).cached_scores(key)["cases"]) == {"VB3_case-01"}
