@@ -31,7 +31,7 @@ from scipy.stats import spearmanr
 from napari_ivd.active import score_volume_steps
 from napari_ivd.metrics import chain_failures, sacrum_in_view
 from napari_ivd.models import find_model_dir, load_checkpoint, resolve_device
-from napari_ivd.training.cases import load_lumbar_cases, split_cases
+from napari_ivd.training.cases import judged_cases, load_lumbar_cases
 from napari_ivd.worklist import run_steps
 
 CUES = ("spread", "lost", "renamed", "peak", "shape", "chain", "chain_weak", "chain_moves")
@@ -71,16 +71,10 @@ def main() -> None:
 
     device = resolve_device(args.device)
     model, card = load_checkpoint(find_model_dir(args.model), device=device)
-    seed = card.get("train_config", {}).get("seed", 0)
-    cases = load_lumbar_cases(args.data)
-    if args.all_held_out:
-        dev = [c for c in cases if c.name not in set(card.get("trained_on", []))]
-    else:
-        _, dev = split_cases(cases, seed=seed)
-    dev = [c for c in dev if c.keypoints_vox and (not args.sources or c.name.split("/")[0] in args.sources)]
-    leaked = sorted({c.name for c in dev} & set(card.get("trained_on", [])))
-    if leaked:
-        raise SystemExit(f"the model was trained on dev cases {leaked}; pass a model trained with this split")
+    try:
+        dev = judged_cases(load_lumbar_cases(args.data), card, unseen=args.all_held_out, sources=args.sources or ())
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
     points: list[dict] = []
     rows: list[dict] = []

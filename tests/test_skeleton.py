@@ -14,9 +14,18 @@ import math
 import numpy as np
 import pytest
 
+from napari_ivd import inference
 from napari_ivd.anatomy import structure
 from napari_ivd.models.decode import Candidate
-from napari_ivd.skeleton import SkeletonPrior, anchor_on_sacrum, extend_chain, hypothesis_cost, search
+from napari_ivd.skeleton import (
+    SkeletonPrior,
+    anchor_on_sacrum,
+    extend_chain,
+    fill_gaps,
+    gaps,
+    hypothesis_cost,
+    search,
+)
 
 LUMBAR = (
     "T11", "T11-T12", "T12", "T12-L1", "L1", "L1-L2", "L2",
@@ -307,6 +316,64 @@ def test_growth_goes_up_too_and_needs_two_chosen_structures(prior):
     assert all(named[name].row == truth[name][0] for name in LUMBAR)
     one = {"L4": lower[4]}
     assert extend_chain(one, candidates, LUMBAR) == one
+
+
+def test_weak_or_misnamed_detections_in_a_gap_take_the_levels_missing_there():
+    """A site unlike the training data: inside the chain, L2 peaks weakly under its own name, the L3 body
+    under L4's and the L1-L2 disc not at all. Each detected one fills its gap; the undetected stays a gap."""
+    truth = _patient(seed=24)
+    chain = {n: Candidate(n, r, c, 0.8) for n, (r, c) in truth.items() if n not in ("L1-L2", "L2", "L3")}
+    weak = [
+        Candidate("L2", *truth["L2"], 0.08),
+        Candidate("L4", *truth["L3"], 0.06),
+        Candidate("T12", truth["L2"][0], truth["L2"][1] - 40 / SPACING_MM, 0.9),  # in the abdomen
+    ]
+    assert gaps(chain, LUMBAR) == ["L1-L2", "L2", "L3"]
+
+    named = fill_gaps(chain, list(chain.values()) + weak, LUMBAR, renamed_score=0.5)
+
+    assert list(named) == [n for n in LUMBAR if n != "L1-L2"]  # cranio-caudal, nothing where nothing was seen
+    assert (named["L2"].row, named["L2"].col, named["L2"].score) == (*truth["L2"], 0.08)  # its own name: its score
+    assert (named["L3"].row, named["L3"].col, named["L3"].score) == (*truth["L3"], 0.03)  # renamed: half its score
+    assert all(named[n] == chain[n] for n in chain)  # the chain around the gaps stands
+    assert gaps(named, LUMBAR) == ["L1-L2"]
+
+
+def test_a_gap_is_not_filled_from_a_detection_off_its_place_or_one_already_named():
+    truth = _patient(seed=25)
+    chain = {n: Candidate(n, r, c, 0.8) for n, (r, c) in truth.items() if n != "L3"}
+    step = abs(complex(*truth["L4"]) - complex(*truth["L2"])) / 4  # one label spacing, in pixels
+    off_place = Candidate("L3", truth["L3"][0], truth["L3"][1] + 0.5 * step, 0.9)  # half a level anterior
+    disc_above = complex(*truth["L2-L3"]) + 0.45 * (complex(*truth["L3"]) - complex(*truth["L2-L3"]))
+    duplicate = Candidate("L3", disc_above.real, disc_above.imag, 0.9)  # nearer the named disc above than L3
+
+    assert fill_gaps(chain, [*chain.values(), off_place], LUMBAR) == chain
+    assert fill_gaps(chain, [*chain.values(), duplicate], LUMBAR, tolerance=0.6) == chain  # near L3, too near L2-L3
+    assert fill_gaps({}, [off_place], LUMBAR) == {} and gaps({}, LUMBAR) == []
+
+
+def _network_output(points_px: dict[str, tuple[float, float]], peak: dict[str, float]) -> tuple[np.ndarray, ...]:
+    """Heatmaps (one channel per LUMBAR label, Gaussian peaks of height ``peak``) and exact offsets, stride 2."""
+    shape = (220, 130)
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]].astype(float)
+    heat = np.zeros((len(LUMBAR), *shape))
+    offset = np.zeros((2 * len(LUMBAR), *shape))
+    for k, name in enumerate(LUMBAR):
+        row, col = (v / 2 - 0.25 for v in points_px[name])  # input -> output pixels at stride 2
+        heat[k] = peak.get(name, 0.8) * np.exp(-((rows - row) ** 2 + (cols - col) ** 2) / (2 * 1.5**2))
+        offset[2 * k], offset[2 * k + 1] = row - rows, col - cols
+    return heat, offset
+
+
+def test_prediction_names_a_weak_peak_inside_the_chain_but_not_past_its_end(prior, monkeypatch):
+    truth = _patient(seed=26)
+    heat, offset = _network_output(truth, {"L2": 0.07, "L5-S1": 0.07})
+    named, _ = inference.name_points(heat, offset, list(LUMBAR), 2, prior, SPACING_MM, (440, 260))
+
+    assert list(named) == list(LUMBAR[:-1])  # L2 between L1-L2 and L2-L3; the weak L5-S1 ends nothing
+    assert abs(named["L2"].row - truth["L2"][0]) < 1 and named["L2"].score == pytest.approx(0.07, abs=0.005)
+    monkeypatch.setattr(inference, "GAP_MIN_SCORE", inference.MIN_SCORE)
+    assert "L2" not in inference.name_points(heat, offset, list(LUMBAR), 2, prior, SPACING_MM, (440, 260))[0]
 
 
 def test_a_grown_prior_keeps_its_means_and_places_new_levels_where_the_training_shapes_put_them(prior):

@@ -13,7 +13,7 @@ import pytest
 from napari_ivd.anatomy import structure
 from napari_ivd.io import Volume, VolumeGeometry
 from napari_ivd.preprocess import normalize_volume, resample_slice
-from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases
+from napari_ivd.training.cases import LabelledCase, judged_cases, load_lumbar_cases, split_cases
 from napari_ivd.training.data import END_CLEARANCE_MM, ROBUST_AUGMENTATION, SampleConfig, SliceDataset
 
 # --- a PSR phantom: Gaussian blobs at known keypoints, ellipsoid bodies in TSS values ---------
@@ -282,6 +282,19 @@ def test_split_is_deterministic_stratified_and_order_independent(lumbar_cases):
     assert dev_contrasts == {"T1w": 1, "T2w": 2, "water": 9}  # 20 % of 6, 9 and 47
     other_seed = {c.name for c in split_cases(cases, dev_fraction=0.2, seed=1)[1]}
     assert other_seed != {c.name for c in dev}
+
+
+def test_a_model_is_judged_only_on_cases_it_did_not_train_on(lumbar_cases):
+    cases = list(lumbar_cases.values())
+    dev = {c.name for c in split_cases(cases, seed=0)[1]}
+    trained = sorted(set(lumbar_cases) - dev)
+
+    assert {c.name for c in judged_cases(cases, {"trained_on": trained})} == dev
+    assert {c.name for c in judged_cases(cases, {"trained_on": trained[:5]}, unseen=True)} == set(trained[5:]) | dev
+    vb1 = judged_cases(cases, {"trained_on": trained}, unseen=True, sources=["VB1"])
+    assert [c.name for c in vb1] == sorted(dev & {n for n in lumbar_cases if n.startswith("VB1/")})
+    with pytest.raises(ValueError, match=r"trained on dev cases \['IVD/case-11'\]"):
+        judged_cases(cases, {"trained_on": [*trained, "IVD/case-11"]})
 
 
 def test_disc_only_case_never_teaches_vertebrae_as_background(lumbar_cases):

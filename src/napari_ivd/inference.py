@@ -10,8 +10,9 @@ Steps (see docs/pipeline.md for the shared conventions):
 3. average heatmaps and offsets over the slab and name points (:func:`name_points`): decode
    candidates by Hough voting, and keep the combination that best fits the learned skeleton
    (Azad 2021), so false positives drop, levels stay in order and nothing is named that is
-   not seen; detections that continue the chain past its ends take the next levels
-   (``skeleton.extend_chain``); a model with an S1 label that sees the sacrum confidently
+   not seen; weaker detections in the chain's gaps take the levels missing there
+   (``skeleton.fill_gaps``) and detections that continue the chain past its ends take the
+   next levels (``skeleton.extend_chain``); a model with an S1 label that sees the sacrum confidently
    one step below the chain's lowest disc names the chain from it
    (``skeleton.anchor_on_sacrum``: that disc is L5-S1), so a chain counted one level off
    is corrected;
@@ -47,11 +48,16 @@ from napari_ivd.io.bundle import write_bundle
 from napari_ivd.models.decode import Candidate, decode
 from napari_ivd.preprocess import ModelInput, channel_picks, network_input, pad_to_multiple
 from napari_ivd.progress import Job, Progress, Tally, run_steps
-from napari_ivd.skeleton import SkeletonPrior, anchor_on_sacrum, extend_chain, search
+from napari_ivd.skeleton import SkeletonPrior, anchor_on_sacrum, extend_chain, fill_gaps, gaps, search
 
 log = logging.getLogger(__name__)
 
 KIND_CHANNEL = {"vertebra": 0, "disc": 1}
+#: Lowest heatmap probability of a candidate the skeleton search considers.
+MIN_SCORE = 0.1
+#: Lowest heatmap probability of a detection that fills a gap in the chosen chain: the
+#: structures on either side vouch for it, and its low score marks it for review.
+GAP_MIN_SCORE = 0.05
 #: Fewer structures than this are proposed only when one of them scores CONFIDENT_SCORE.
 MIN_STRUCTURES = 3
 CONFIDENT_SCORE = 0.5
@@ -516,18 +522,27 @@ def name_points(
 
     ``heat`` and ``offset`` are the slab's mean network outputs; candidates are decoded by
     Hough voting and kept inside the slice (``slice_shape``: rows, cols). With a skeleton
-    ``prior`` the chain that best fits it is chosen and extended past its ends, else the
+    ``prior`` the chain that best fits it is chosen, its gaps are filled from weaker peaks
+    (down to :data:`GAP_MIN_SCORE`) and it is extended past its ends, else the
     best candidate per label; a confident sacrum then names the chain from L5-S1, and a
     lone doubtful pair is no spine, so nothing is named. Returns the named candidates and
     whether the sacrum renamed them.
     """
     rows, cols = slice_shape
-    inside = [c for c in decode(heat, offset, labels, stride=stride) if c.row < rows and c.col < cols]
+
+    def inside(min_score: float) -> list[Candidate]:
+        found = decode(heat, offset, labels, stride=stride, min_score=min_score)
+        return [c for c in found if c.row < rows and c.col < cols]
+
+    candidates = inside(MIN_SCORE)
     if prior:
-        chosen = extend_chain(search(inside, prior, spacing_mm=spacing_mm), inside, labels)
+        chosen = search(candidates, prior, spacing_mm=spacing_mm)
+        if gaps(chosen, labels):
+            chosen = fill_gaps(chosen, inside(GAP_MIN_SCORE), labels)
+        chosen = extend_chain(chosen, candidates, labels)
     else:
-        chosen = _best_per_label(inside)
-    chosen, named_from_sacrum = anchor_on_sacrum(chosen, inside, labels)
+        chosen = _best_per_label(candidates)
+    chosen, named_from_sacrum = anchor_on_sacrum(chosen, candidates, labels)
     if len(chosen) < MIN_STRUCTURES and all(c.score < CONFIDENT_SCORE for c in chosen.values()):
         return {}, False  # name nothing rather than invent levels
     return chosen, named_from_sacrum

@@ -12,8 +12,10 @@ show only part of the spine:
   the first disc and the v1→v5 distance (which needs both to be visible), the mean is centred,
   oriented along the rows and scaled so that the mean distance between consecutive labels is
   one **step**; every shape is aligned on whatever labels it has in common with the mean.
-* :func:`extend_chain` then names the detections that continue the chosen chain past its ends
-  by their place in it, for a network that lost count part-way down a long field of view.
+* :func:`fill_gaps` names the detections in the chosen chain's gaps by their place between
+  the structures around them, and :func:`extend_chain` those that continue it past its
+  ends, for a network whose peaks are weak or that lost count part-way down a long field
+  of view.
 * :func:`anchor_on_sacrum` renames that chain from the sacrum when the network sees it
   confidently one step below the lowest disc: the disc above the sacrum is L5-S1 whatever
   the chain called it, so a chain counted one level off is corrected, not trusted.
@@ -40,7 +42,7 @@ import numpy as np
 from napari_ivd.anatomy import structure
 from napari_ivd.models.decode import Candidate
 
-__all__ = ["SkeletonPrior", "anchor_on_sacrum", "extend_chain", "hypothesis_cost", "search"]
+__all__ = ["SkeletonPrior", "anchor_on_sacrum", "extend_chain", "fill_gaps", "gaps", "hypothesis_cost", "search"]
 
 log = logging.getLogger(__name__)
 
@@ -872,7 +874,7 @@ def extend_chain(
     named = {name: c for name, c in chosen.items() if name in index}
     if len(named) < 2:
         return dict(chosen)
-    used = [complex(c.row, c.col) for c in named.values()]
+    used = [_at(c) for c in named.values()]
     for direction in (1, -1):
         while True:
             ends = sorted(named, key=index.__getitem__)[::-direction][:2]  # the end, then its neighbour
@@ -880,22 +882,101 @@ def extend_chain(
             i_next = i_end + direction
             if not 0 <= i_next < len(labels) or labels[i_next] in named:
                 break
-            per_label = (complex(end.row, end.col) - complex(prev.row, prev.col)) / (i_end - i_prev)
-            expected = complex(end.row, end.col) + per_label * (i_next - i_end)
-            radius = tolerance * abs(per_label)
-            near = [
-                c
-                for c in candidates
-                if abs(complex(c.row, c.col) - expected) <= radius
-                and min(abs(complex(c.row, c.col) - u) for u in used) > radius
-            ]
-            if not near:
+            per_label = (_at(end) - _at(prev)) / (i_end - i_prev)
+            expected = _at(end) + per_label * (i_next - i_end)
+            taken = _take(labels[i_next], expected, tolerance * abs(per_label), candidates, used, renamed_score)
+            if taken is None:
                 break
-            best = max(near, key=lambda c: c.score)
-            own = [c.score for c in near if c.label == labels[i_next]]
-            score = max(own) if own else best.score * renamed_score
-            named[labels[i_next]] = Candidate(labels[i_next], best.row, best.col, score)
-            used.append(complex(best.row, best.col))
+            named[labels[i_next]] = taken
+            used.append(_at(taken))
+    return _in_order(named, chosen, index)
+
+
+def fill_gaps(
+    chosen: Mapping[str, Candidate],
+    candidates: Sequence[Candidate],
+    labels: Sequence[str],
+    renamed_score: float = 0.5,
+    tolerance: float = 0.35,
+) -> dict[str, Candidate]:
+    """Name the detections in the chain's gaps by their place between the structures around them.
+
+    A spine has no gaps: between two chosen structures k labels apart lie k - 1 others. On
+    a scan unlike its training data the network's peaks for some of them are weak or carry
+    a neighbour's name, and :func:`search` leaves their labels out. Here each missing label
+    between two chosen structures expects its point on the line between them, spaced evenly
+    per label, and takes the strongest unused detection within ``tolerance`` of one label
+    spacing of it, as :func:`extend_chain` does past the chain's ends (``candidates`` may
+    hold weaker peaks than the search used: the chain around a gap vouches for it). A gap
+    with no detection at a place stays a gap there: nothing is named where nothing was seen.
+
+    Parameters
+    ----------
+    chosen : mapping of str to Candidate
+        The search's answer.
+    candidates : sequence of Candidate
+        Detections to fill the gaps from (positions in input pixels).
+    labels : sequence of str
+        All labels, cranio-caudal, without gaps (vertebrae and discs alternating).
+    renamed_score : float
+        Score factor of a detection named differently from the network.
+    tolerance : float
+        Largest distance from the expected position, as a fraction of the label spacing.
+
+    Returns
+    -------
+    dict of str -> Candidate
+        ``chosen`` plus the named fillings, in cranio-caudal order.
+    """
+    index = {name: i for i, name in enumerate(labels)}
+    named = {name: c for name, c in chosen.items() if name in index}
+    order = sorted(named, key=index.__getitem__)
+    used = [_at(c) for c in named.values()]
+    for upper, lower in itertools.pairwise(order):
+        i_upper, i_lower = index[upper], index[lower]
+        per_label = (_at(named[lower]) - _at(named[upper])) / (i_lower - i_upper)
+        for i in range(i_upper + 1, i_lower):
+            expected = _at(named[upper]) + per_label * (i - i_upper)
+            taken = _take(labels[i], expected, tolerance * abs(per_label), candidates, used, renamed_score)
+            if taken is not None:
+                named[labels[i]] = taken
+                used.append(_at(taken))
+    return _in_order(named, chosen, index)
+
+
+def gaps(chosen: Mapping[str, Candidate], labels: Sequence[str]) -> list[str]:
+    """The labels missing between the chain's first and last chosen structure, cranio-caudal."""
+    inner = sorted(labels.index(name) for name in chosen if name in labels)
+    return [labels[i] for i in range(inner[0] + 1, inner[-1]) if labels[i] not in chosen] if inner else []
+
+
+def _at(c: Candidate) -> complex:
+    return complex(c.row, c.col)
+
+
+def _take(
+    label: str,
+    expected: complex,
+    radius: float,
+    candidates: Sequence[Candidate],
+    used: Sequence[complex],
+    renamed_score: float,
+) -> Candidate | None:
+    """The strongest detection within ``radius`` of ``expected``, farther than that from every used point, as ``label``.
+
+    It keeps its score when the network also named it ``label`` (the best such score
+    nearby), else its score times ``renamed_score``; None when no detection is near.
+    """
+    near = [c for c in candidates if abs(_at(c) - expected) <= radius and min(abs(_at(c) - u) for u in used) > radius]
+    if not near:
+        return None
+    best = max(near, key=lambda c: c.score)
+    own = [c.score for c in near if c.label == label]
+    return Candidate(label, best.row, best.col, max(own) if own else best.score * renamed_score)
+
+
+def _in_order(named: Mapping[str, Candidate], chosen: Mapping[str, Candidate], index: Mapping[str, int]) -> dict:
+    """``named`` cranio-caudal, then the entries of ``chosen`` whose names are not labels."""
     return {name: named[name] for name in sorted(named, key=index.__getitem__)} | {
         name: c for name, c in chosen.items() if name not in index
     }
@@ -961,15 +1042,13 @@ def anchor_on_sacrum(
     if s1.score < min_score or not discs or order[0] == discs[-1]:
         return unchanged
 
-    def at(c: Candidate) -> complex:
-        return complex(c.row, c.col)
-
     disc = discs[-1]
     above = order[order.index(disc) - 1]
-    per_label = (at(chain[disc]) - at(chain[above])) / (index[disc] - index[above])
+    per_label = (_at(chain[disc]) - _at(chain[above])) / (index[disc] - index[above])
     radius = tolerance * abs(per_label)
     below = order[order.index(disc) + 1 :]
-    if abs(at(s1) - at(chain[disc]) - per_label) > radius or any(abs(at(chain[n]) - at(s1)) > radius for n in below):
+    misplaced = abs(_at(s1) - _at(chain[disc]) - per_label) > radius
+    if misplaced or any(abs(_at(chain[n]) - _at(s1)) > radius for n in below):
         return unchanged
     shift = index[lowest_disc] - index[disc]
     named = {

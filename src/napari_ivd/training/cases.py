@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,7 @@ __all__ = [
     "MASK_KINDS",
     "LabelledCase",
     "guess_contrast",
+    "judged_cases",
     "labels_of",
     "load_lumbar_case",
     "load_lumbar_cases",
@@ -287,3 +289,28 @@ def split_cases(
     dev = [c for c in cases if c.name in dev_names]
     log.info("split %d cases: %d train, %d dev (dev: %s)", len(cases), len(train), len(dev), sorted(dev_names))
     return train, dev
+
+
+def judged_cases(
+    cases: Sequence[LabelledCase], card: Mapping[str, Any], unseen: bool = False, sources: Sequence[str] = ()
+) -> list[LabelledCase]:
+    """The labelled cases a model may be judged on: none it trained on.
+
+    The dev cases of ``napari-ivd train``'s split (the card's training seed), or with
+    ``unseen`` every case its card does not list under ``trained_on``; ``sources`` keeps
+    only cases of those sets ("VB1", ...). Cases without keypoints are left out.
+
+    Raises
+    ------
+    ValueError
+        When the model trained on one of the dev cases (it was trained with another split).
+    """
+    trained_on = set(card.get("trained_on", []))
+    if unseen:
+        judged = [c for c in cases if c.name not in trained_on]
+    else:
+        judged = split_cases(cases, seed=card.get("train_config", {}).get("seed", 0))[1]
+        leaked = sorted({c.name for c in judged} & trained_on)
+        if leaked:
+            raise ValueError(f"the model was trained on dev cases {leaked}; pass a model trained with this split")
+    return [c for c in judged if c.keypoints_vox and (not sources or c.name.split("/")[0] in sources)]
