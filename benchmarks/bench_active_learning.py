@@ -68,6 +68,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -497,8 +498,9 @@ def plot(results: dict[str, Any], png: Path) -> None:
     n_val = len(results["validation"])
     what = f"left-out {results['pool_source']}" if results.get("pool_source") else results["contrast"]
     figure.suptitle(f"Simulated active learning on {what} cases ({n_val} fixed validation cases)")
-    figure.text(0.01, 0.01, results["command"], fontsize=6, family="monospace")
-    figure.tight_layout(rect=(0, 0.04, 1, 0.95))
+    command = textwrap.fill(results["command"], width=190, break_on_hyphens=False)
+    figure.text(0.01, 0.01, command, fontsize=6, family="monospace")
+    figure.tight_layout(rect=(0, 0.02 + 0.02 * command.count("\n") + 0.02, 1, 0.95))
     figure.savefig(png, dpi=120)
     plt.close(figure)
 
