@@ -52,8 +52,13 @@ def experiment_settings(
     strategies: Sequence[str],
     max_pool: int | None,
     device: str,
+    patience: int | None = None,
 ) -> dict[str, Any]:
-    """What makes two seeds comparable; ``device`` is ``cpu`` or ``cuda`` (the budget is wall-clock time)."""
+    """What makes two seeds comparable; ``device`` is ``cpu`` or ``cuda`` (the budget is wall-clock time).
+
+    ``patience`` (None: the viewer's early stopping) enters the settings only when given, so
+    the seeds run before the option existed keep their key.
+    """
     return {
         "pool_source": pool_source,
         "contrast": contrast,
@@ -68,6 +73,7 @@ def experiment_settings(
         "max_pool": max_pool,
         "device": device,
         "round_logic": ROUND_LOGIC,
+        **({"patience": int(patience)} if patience is not None else {}),
     }
 
 

@@ -3,7 +3,7 @@
     pip install -e .[benchmarks]        # matplotlib, for the figure
     python benchmarks/bench_active_learning.py [--lumbar ../shared/data/lumbar] [--base MODEL] [--contrast water]
         [--pool-source VB1|VB3|IVD|VB2] [--val-fraction 0.4] [--max-pool N]
-        [--start 2] [--k 2] [--rounds 4] [--minutes 2] [--max-epochs N] [--seeds 0 1 2 3 4]
+        [--start 2] [--k 2] [--rounds 4] [--minutes 2] [--max-epochs N] [--patience N] [--seeds 0 1 2 3 4]
         [--strategies random uncertainty uncertainty+diversity] [--device cpu|cuda]
         [--work /tmp/napari-ivd-active-learning] [--png docs/active-learning.png] [--report-only]
 
@@ -23,7 +23,8 @@ source the ``--base`` model never saw (e.g. ``bench-adapt-bases/ivdnet-default-n
 a fixed ``--val-fraction`` of them (drawn with seed 0, the same for every seed and
 strategy) validates, the rest is the pool. Each round fine-tunes the base with the
 viewer's own Train (:func:`napari_ivd.training.finetune.finetune_steps` on a store holding
-the annotated cases as verified revisions, ``--minutes`` and at most ``--max-epochs``) and
+the annotated cases as verified revisions, ``--minutes``, at most ``--max-epochs`` and its
+early stopping on a held-out fifth of them, ``--patience`` validations without gain) and
 judges every validation case's reference levels as ``bench_adapt.py`` does:
 identification (own level within 5 mm) and distance to target per kind. The table gives,
 per strategy, the mean ± sd over seeds per number of annotated cases and how many cases
@@ -67,6 +68,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -176,6 +178,12 @@ def _judge(model_dir: Path, val: Sequence[LabelledCase], device: torch.device) -
     }
 
 
+def finetune_config(args: argparse.Namespace, seed: int) -> FineTuneConfig:
+    """The viewer's fine-tuning settings for one round: its defaults, the budget and ``--patience`` if given."""
+    patience = {} if args.patience is None else {"patience": args.patience}
+    return FineTuneConfig(minutes=args.minutes, epochs=args.max_epochs, device=args.device, seed=seed, **patience)
+
+
 def _fine_tune_viewer(
     annotated: Sequence[LabelledCase],
     val: Sequence[LabelledCase],
@@ -190,8 +198,7 @@ def _fine_tune_viewer(
     store = _store_with(annotated, keep)
     store.add_model(base, model_id="base")
     store.set_active_model("base", stored=True, reason="active-learning benchmark base")
-    cfg = FineTuneConfig(minutes=args.minutes, epochs=args.max_epochs, device=args.device, seed=seed)
-    result = run_steps(finetune_steps(store, cfg, author="bench_active_learning"))
+    result = run_steps(finetune_steps(store, finetune_config(args, seed), author="bench_active_learning"))
     folder = model_folder(store, result.model.model_id)
     out.unlink(missing_ok=True)
     out.symlink_to(folder.resolve())
@@ -288,6 +295,7 @@ def _settings(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         strategies=args.strategies,
         max_pool=args.max_pool,
         device=resolve_device(args.device).type,
+        patience=args.patience,
     )
 
 
@@ -490,8 +498,9 @@ def plot(results: dict[str, Any], png: Path) -> None:
     n_val = len(results["validation"])
     what = f"left-out {results['pool_source']}" if results.get("pool_source") else results["contrast"]
     figure.suptitle(f"Simulated active learning on {what} cases ({n_val} fixed validation cases)")
-    figure.text(0.01, 0.01, results["command"], fontsize=6, family="monospace")
-    figure.tight_layout(rect=(0, 0.04, 1, 0.95))
+    command = textwrap.fill(results["command"], width=190, break_on_hyphens=False)
+    figure.text(0.01, 0.01, command, fontsize=6, family="monospace")
+    figure.tight_layout(rect=(0, 0.02 + 0.02 * command.count("\n") + 0.02, 1, 0.95))
     figure.savefig(png, dpi=120)
     plt.close(figure)
 
@@ -513,6 +522,12 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=2, help="cases picked per round")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--minutes", type=float, default=2.0, help="fine-tuning budget per round")
+    parser.add_argument(
+        "--patience",
+        type=int,
+        help="validations without improvement before a viewer fine-tune stops (default: the viewer's "
+        f"{FineTuneConfig.patience}); a large value trains every round for its whole budget",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])

@@ -34,6 +34,7 @@ SETTINGS: dict[str, Any] = dict(
     strategies=["random", "uncertainty", "uncertainty+diversity"],
     max_pool=None,
     device="cpu",
+    patience=None,
 )
 CHANGED = {
     "pool_source": "VB1",
@@ -48,6 +49,7 @@ CHANGED = {
     "strategies": ["random", "uncertainty"],
     "max_pool": 10,
     "device": "cuda",
+    "patience": 1000,
 }
 
 
@@ -66,6 +68,23 @@ def test_experiment_key_is_stable_for_the_same_settings() -> None:
 def test_experiment_key_changes_with_each_setting(name: str) -> None:
     assert set(CHANGED) == set(SETTINGS)  # every setting is tried
     assert _key(**{name: CHANGED[name]}) != _key()
+
+
+def test_seeds_run_before_patience_was_an_option_keep_their_key() -> None:
+    settings = runs.experiment_settings(**SETTINGS)
+    assert "patience" not in settings  # the viewer's early stopping, as every seed before the option
+    assert _key(patience=4) != _key()  # given, even at the viewer's value, it is another experiment
+
+
+def test_patience_reaches_the_viewer_fine_tune_and_defaults_to_the_viewer_s() -> None:
+    import bench_active_learning as bench
+
+    from napari_ivd.training.finetune import FineTuneConfig
+
+    args = argparse.Namespace(minutes=5.0, max_epochs=80, device="cpu", patience=None)
+    viewer = bench.finetune_config(args, seed=3)
+    assert (viewer.patience, viewer.minutes, viewer.epochs, viewer.seed) == (FineTuneConfig.patience, 5.0, 80, 3)
+    assert bench.finetune_config(argparse.Namespace(**{**vars(args), "patience": 1000}), seed=3).patience == 1000
 
 
 def test_experiment_key_changes_with_the_round_logic(monkeypatch: pytest.MonkeyPatch) -> None:

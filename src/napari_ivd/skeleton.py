@@ -910,23 +910,8 @@ def fill_gaps(
     hold weaker peaks than the search used: the chain around a gap vouches for it). A gap
     with no detection at a place stays a gap there: nothing is named where nothing was seen.
 
-    Parameters
-    ----------
-    chosen : mapping of str to Candidate
-        The search's answer.
-    candidates : sequence of Candidate
-        Detections to fill the gaps from (positions in input pixels).
-    labels : sequence of str
-        All labels, cranio-caudal, without gaps (vertebrae and discs alternating).
-    renamed_score : float
-        Score factor of a detection named differently from the network.
-    tolerance : float
-        Largest distance from the expected position, as a fraction of the label spacing.
-
-    Returns
-    -------
-    dict of str -> Candidate
-        ``chosen`` plus the named fillings, in cranio-caudal order.
+    The parameters are :func:`extend_chain`'s; returns ``chosen`` plus the named fillings,
+    in cranio-caudal order.
     """
     index = {name: i for i, name in enumerate(labels)}
     named = {name: c for name, c in chosen.items() if name in index}

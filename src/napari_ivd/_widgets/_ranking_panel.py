@@ -30,10 +30,13 @@ from napari_ivd.store import AnnotationStore
 
 log = logging.getLogger(__name__)
 
-#: Strategies in the order offered, with their tooltips.
+#: Strategies in the order offered, with their tooltips. What they say of learning speed is
+#: the README's active-learning simulation (VB3 left out, 5 seeds, 2026-12-04).
 STRATEGY_HELP = {
-    "uncertainty": "Most informative first: the model's doubts (perturbation spread, weak peaks, odd anatomy)",
-    "uncertainty+diversity": "Informative and unlike the verified cases and each other (greedy k-center)",
+    "uncertainty": "The cases most likely wrong first: missing or miscounted levels, the model's doubts"
+    " (perturbation spread, weak peaks, odd anatomy); in simulation it taught the model no faster than random",
+    "uncertainty+diversity": "Doubtful and unlike the verified cases and each other (greedy k-center);"
+    " in simulation it taught the model less than random",
     "random": "A seeded random order: the baseline",
 }
 
