@@ -500,7 +500,7 @@ def plot(results: dict[str, Any], png: Path) -> None:
     figure.suptitle(f"Simulated active learning on {what} cases ({n_val} fixed validation cases)")
     command = textwrap.fill(results["command"], width=190, break_on_hyphens=False)
     figure.text(0.01, 0.01, command, fontsize=6, family="monospace")
-    figure.tight_layout(rect=(0, 0.02 + 0.02 * command.count("\n") + 0.02, 1, 0.95))
+    figure.tight_layout(rect=(0, 0.04 + 0.02 * command.count("\n"), 1, 0.95))
     figure.savefig(png, dpi=120)
     plt.close(figure)
 

@@ -52,7 +52,7 @@ class Bound:
 BOUNDS: dict[tuple[str, str], Bound] = {
     # The starter. T1w: the lead tightens this after the retrain on all four sources.
     (DEFAULT_MODEL, T2W_CASE): Bound(1.7, 0.92),  # measured 1.18 mm, 13/13
-    # T1w measured 2.16 mm, 11/13 (misses L5-S1 and S1, which it cannot name) since gap filling
+    # T1w measured 2.16 mm, 11/13 (misses L5-S1, and S1, which it cannot name) since gap filling
     # (inference.name_points, 2026-12-04); 2.19 mm, 10/13 before.
     (DEFAULT_MODEL, T1W_CASE): Bound(2.7, 0.76),
     # The seed architectures, each at its own weaker bound on the T2w case.
