@@ -3,6 +3,7 @@
     python benchmarks/bench_predict.py [--model ivdnet-lumbar] [--data ../shared/data/lumbar]
                                        [--device cpu|cuda] [--repeats 7] [--json out.json]
                                        [--cases VB2/case-19 ...] [--all-held-out] [--sources VB1 ...]
+                                       [--end-below L5]
 
 The dev cases are the ones `napari-ivd train` held out (same split, same seed); a model
 trained on some of them is refused. With ``--all-held-out``: every case the model's card
@@ -21,6 +22,10 @@ VB3, whose references stop at L5); L5-S1 counts as named within half a level spa
 reference's L5-S1, or of ``L5 + (L5 - L4) / 2`` where it has none
 (:func:`napari_ivd.metrics.l5_s1_outcome`); and the scans whose levels were renamed from the
 sacrum (:func:`napari_ivd.skeleton.anchor_on_sacrum`). ``--cases`` limits everything to some dev cases.
+``--end-below L5`` judges every case as if its scan stopped half a level below L5, with the
+sacrum out of view (:func:`napari_ivd.training.cases.end_field_of_view`; cases that do not
+annotate L5 and L4 are left out), so the names must come from something else than the
+sacrum; the L5-S1 count is then not made.
 Figures only — the targets live in the issue, not here.
 """
 
@@ -40,7 +45,7 @@ from napari_ivd.inference import Prediction, predict
 from napari_ivd.io import Volume
 from napari_ivd.metrics import l5_s1_outcome, sacrum_in_view
 from napari_ivd.models import find_model_dir, load_checkpoint, resolve_device
-from napari_ivd.training.cases import LabelledCase, judged_cases, load_lumbar_cases
+from napari_ivd.training.cases import LabelledCase, end_field_of_view, judged_cases, load_lumbar_cases
 from napari_ivd.training.engine import evaluate_groups
 
 
@@ -54,6 +59,9 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", metavar="SET/CASE", help="only these dev cases (default: all)")
     parser.add_argument("--all-held-out", action="store_true", help="every case not in the card's trained_on")
     parser.add_argument("--sources", nargs="+", help="only cases of these sources (e.g. VB1 VB3)")
+    parser.add_argument(
+        "--end-below", metavar="LEVEL", help="judge the scans as if they stopped half a level below LEVEL (e.g. L5)"
+    )
     args = parser.parse_args()
     if args.repeats < 0:
         parser.error("--repeats must be 0 (no latency figures) or more")
@@ -73,6 +81,10 @@ def main() -> None:
                 f"--cases {', '.join(unknown)}: not dev cases; the dev cases are {', '.join(c.name for c in dev)}"
             )
         dev = [c for c in dev if c.name in args.cases]
+    if args.end_below:
+        ended = [e for c in dev if (e := end_field_of_view(c, args.end_below)) is not None]
+        print(f"fields of view end half a level below {args.end_below} on {len(ended)} of {len(dev)} cases")
+        dev = ended
     print(
         f"model {card['name']} ({card['params']:,} parameters, {card['gflops']:.2f} GFLOPs at 256x256), "
         f"loaded in {load_s:.2f} s on {device}; torch {torch.__version__}, {platform.machine()}, "
@@ -92,7 +104,7 @@ def main() -> None:
     from_sacrum: list[str] = []
 
     def judge_l5_s1(case: LabelledCase, prediction: Prediction) -> None:
-        l5_s1[case.name] = l5_s1_at_sacrum(case, prediction)
+        l5_s1[case.name] = None if args.end_below else l5_s1_at_sacrum(case, prediction)
         if prediction.named_from_sacrum:
             from_sacrum.append(case.name)
 
@@ -111,7 +123,9 @@ def main() -> None:
         print(format_report(report))
         print(f"latency per volume: mean {seconds.mean():.2f} s, max {seconds.max():.2f} s")
     print("\n== L5-S1 where the sacrum is in view (rule: napari_ivd.metrics.sacrum_in_view, l5_s1_outcome)")
-    for source in sorted({name.split("/")[0] for name in l5_s1}):
+    if args.end_below:
+        print(f"not counted: every field of view ends below {args.end_below}, above the sacrum")
+    for source in sorted({name.split("/")[0] for name in l5_s1 if not args.end_below}):
         judged = {n: o for n, o in l5_s1.items() if n.startswith(f"{source}/") and o is not None}
         named = sum(o == "named" for o in judged.values())
         others = ", ".join(f"{n} {o}" for n, o in judged.items() if o != "named")

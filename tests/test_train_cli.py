@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from napari_ivd.cli import main
+from napari_ivd.cli import build_parser, main
 from napari_ivd.model_versions import model_folder
 from napari_ivd.models import load_checkpoint, read_card
 from napari_ivd.store import AnnotationStore
+from napari_ivd.training.data import AUGMENTATIONS
 
 
 @pytest.mark.slow
@@ -75,6 +76,14 @@ def test_train_needs_one_source_and_one_budget(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("recipe", sorted(AUGMENTATIONS))
+def test_train_offers_every_augmentation_recipe(recipe):
+    assert (
+        build_parser().parse_args(["train", "--data", "d", "--out", "o", "--augmentation", recipe]).augmentation
+        == recipe
+    )
+
+
 def test_torchrun_two_cpu_processes_write_one_valid_model_version(training_store_template, tmp_path):
     location = shutil.copytree(training_store_template, tmp_path / "annotations.zarr")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

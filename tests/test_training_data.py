@@ -13,7 +13,14 @@ import pytest
 from napari_ivd.anatomy import structure
 from napari_ivd.io import Volume, VolumeGeometry
 from napari_ivd.preprocess import normalize_volume, resample_slice
-from napari_ivd.training.cases import LabelledCase, judged_cases, load_lumbar_cases, split_cases
+from napari_ivd.training.cases import (
+    LabelledCase,
+    end_field_of_view,
+    judged_cases,
+    labels_of,
+    load_lumbar_cases,
+    split_cases,
+)
 from napari_ivd.training.data import END_CLEARANCE_MM, ROBUST_AUGMENTATION, SampleConfig, SliceDataset
 
 # --- a PSR phantom: Gaussian blobs at known keypoints, ellipsoid bodies in TSS values ---------
@@ -220,6 +227,30 @@ def test_sample_config_round_trips_through_json():
         SampleConfig(crop=(100, 96))
 
 
+def test_an_ended_field_of_view_blanks_the_scan_and_the_reference_below_the_plane(phantom):
+    """``end_field_of_view``: the scan stops half an L1→L2 spacing below L2; what lies lower is gone."""
+    ended = end_field_of_view(phantom, "L2", fraction=0.5)
+    plane_mm = PHANTOM_POINTS["L2"][0] + 0.5 * (PHANTOM_POINTS["L2"][0] - PHANTOM_POINTS["L1"][0])
+    assert (
+        set(ended.keypoints_vox) == {n for n, p in PHANTOM_POINTS.items() if p[0] < plane_mm} == {"L1", "L1-L2", "L2"}
+    )
+    view = phantom.volume.view
+    before, after = view.to_display(phantom.volume.array), view.to_display(ended.volume.array)
+    row = np.arange(before.shape[1]) * SPACING_SI  # display rows run caudally from the top voxel
+    kept, cut = row < plane_mm - SPACING_SI, row > plane_mm + SPACING_SI
+    assert np.array_equal(after[:, kept], before[:, kept]) and before[:, cut].max() > 0
+    assert np.all(after[:, cut] == phantom.volume.array.min())
+    mask_after = view.to_display(ended.mask_tss)
+    assert not mask_after[:, cut].any() and np.array_equal(
+        mask_after[:, kept], view.to_display(phantom.mask_tss)[:, kept]
+    )
+    assert phantom.keypoints_vox.keys() == PHANTOM_POINTS.keys()  # the original case is untouched
+    l3_plane_mm = PHANTOM_POINTS["L3"][0] + 0.5 * (PHANTOM_POINTS["L3"][0] - PHANTOM_POINTS["L2"][0])  # L2: nearest
+    below_l3 = view.to_display(end_field_of_view(phantom, "L3").volume.array)[:, row > l3_plane_mm + SPACING_SI]
+    assert below_l3.size and np.all(below_l3 == phantom.volume.array.min())
+    assert end_field_of_view(phantom, "L5") is None and end_field_of_view(phantom, "L1") is None
+
+
 # --- the real lumbar data ------------------------------------------------------------------
 
 
@@ -342,3 +373,35 @@ def test_site_augmentation_changes_intensities_only_and_inverts_when_asked(phant
         assert c["image"].min() >= 0.0 and c["image"].max() <= 1.0
     with pytest.raises(ValueError, match="probability"):
         SampleConfig(invert_probability=1.5)
+
+
+def test_a_shortened_field_of_view_ends_above_the_sacrum_and_leaves_what_it_cut_unknown(lumbar_cases):
+    """``fov_cut_probability``: the image stops in the spine's lower half; the cut levels are unknown, not absent."""
+    case = lumbar_cases["VB1/case-15"]  # annotates T10 … S1
+    labels = labels_of([case])
+    cfg = SampleConfig(labels=labels, fov_cut_probability=1.0)
+    dataset = SliceDataset([case], cfg, samples_per_epoch=1, seed=0)
+    prepared = dataset._cases[0]
+    mid_slice = round(float(np.median(prepared.keypoints_display[prepared.annotated, 0])))
+    s1, t12 = labels.index("S1"), labels.index("T12")
+    for seed in range(4):
+        d = {k: v.numpy() for k, v in dataset.sample(0, mid_slice, np.random.default_rng(seed)).items()}
+        blank = np.all(d["image"] == 0, axis=(0, 2))
+        cut_row = int(np.flatnonzero(~blank)[-1]) + 1  # the image ends here
+        assert cut_row < cfg.crop[0]
+        assert np.all(d["seg"][:, cut_row:] == 0) and np.all(d["seg_valid"][:, cut_row:] == 1)
+        rows = d["keypoints"][:, 0]
+        named = np.isfinite(rows)
+        assert np.all(rows[named] < cut_row)  # nothing is taught where the image is blank
+        assert d["visible"][s1] == 0 and d["heatmap"][s1].max() == 0  # cut off: unknown, never "absent"
+        assert named.sum() >= prepared.annotated.sum() // 2  # the upper half of the spine stays to name from
+        assert d["visible"][t12] == 1 and d["heatmap"][t12].max() > 0.9
+    uncut = {
+        k: v.numpy()
+        for k, v in SliceDataset([case], SampleConfig(labels=labels), 1, seed=0)
+        .sample(0, mid_slice, np.random.default_rng(0))
+        .items()
+    }
+    assert uncut["visible"][s1] == 1  # S1 is in the crop unless the field of view is cut
+    with pytest.raises(ValueError, match="probability"):
+        SampleConfig(fov_cut_probability=-0.1)

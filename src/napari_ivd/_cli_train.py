@@ -185,9 +185,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--dev-fraction", type=float, default=0.2, help="with --data: held-out share per contrast")
     train.add_argument(
         "--augmentation",
-        choices=["default", "robust"],
+        choices=["default", "robust", "robust-fov"],
         default="default",
-        help="with --data: 'robust' adds other sites' looks (intensity curves, inversion, bias field, blur)",
+        help="with --data: 'robust' adds other sites' looks (intensity curves, inversion, bias field, blur); "
+        "'robust-fov' also ends some fields of view above the sacrum",
     )
     train.add_argument(
         "--keep",

@@ -13,7 +13,7 @@ import logging
 import re
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "CONTRASTS",
     "MASK_KINDS",
     "LabelledCase",
+    "end_field_of_view",
     "guess_contrast",
     "judged_cases",
     "labels_of",
@@ -122,6 +123,41 @@ class LabelledCase:
     def has_mask(self) -> bool:
         """True when the case carries any segmentation mask."""
         return self.mask_tss is not None or self.mask_kind_only is not None
+
+
+def end_field_of_view(case: LabelledCase, below: str = "L5", fraction: float = 0.5) -> LabelledCase | None:
+    """The case as if its scan stopped ``fraction`` of a level spacing below ``below``.
+
+    Many scans end above the sacrum, and naming cannot count from it there: this builds
+    that situation from a case that shows it (``bench_predict.py --end-below``). The image
+    and masks are blanked caudal of the plane, and the keypoints there leave the reference.
+    The spacing is the one between ``below`` and the annotated structure of its kind just
+    above it. ``None`` when the case annotates neither.
+    """
+    view = case.volume.view
+    target = structure(below)
+    above = [s for s in map(structure, case.keypoints_vox) if s.kind == target.kind and s.order < target.order]
+    if target.name not in case.keypoints_vox or not above:
+        return None
+    neighbour = max(above, key=lambda s: s.order).name
+    rows = {n: float(view.vox_to_display(case.keypoints_vox[n][None])[0, 1]) for n in (target.name, neighbour)}
+    end_row = int(np.ceil(rows[target.name] + fraction * (rows[target.name] - rows[neighbour])))
+
+    def blanked(array: np.ndarray | None, value: float) -> np.ndarray | None:
+        if array is None:
+            return None
+        shown = np.array(view.to_display(array))
+        shown[:, end_row:] = value
+        return view.to_file(shown)
+
+    kept = {n: p for n, p in case.keypoints_vox.items() if view.vox_to_display(p[None])[0, 1] < end_row}
+    return replace(
+        case,
+        volume=replace(case.volume, array=blanked(case.volume.array, float(case.volume.array.min()))),
+        keypoints_vox=kept,
+        mask_tss=blanked(case.mask_tss, 0),
+        mask_kind_only=blanked(case.mask_kind_only, 0),
+    )
 
 
 def labels_of(cases: Sequence[LabelledCase], also: Sequence[str] = ()) -> tuple[str, ...]:

@@ -108,6 +108,11 @@ class SampleConfig:
         multiplicative field of up to ``exp(±strength)`` (coil bias) and a Gaussian blur of
         up to this many pixels along rows, columns or both (coarser resolution, thicker
         slices).
+    fov_cut_probability : float
+        Share of samples whose field of view is made to end inside the spine's lower half
+        (the image blanked caudal of a random row, the structures there unknown): scans
+        that stop above the sacrum are common, and a model that only ever saw the sacrum
+        names the lowest visible vertebra S1, shifting every level by one.
     """
 
     labels: tuple[str, ...] = DEFAULT_LABELS
@@ -133,6 +138,7 @@ class SampleConfig:
     invert_probability: float = 0.0
     bias_field_strength: float = 0.0
     blur_sigma_max_px: float = 0.0
+    fov_cut_probability: float = 0.0
 
     def __post_init__(self) -> None:
         names = tuple(structure(n).name for n in self.labels)
@@ -154,7 +160,7 @@ class SampleConfig:
             if lo > hi:
                 raise ValueError(f"{name} must be (low, high), got {getattr(self, name)}")
             object.__setattr__(self, name, (lo, hi))
-        for name in ("remap_probability", "invert_probability"):
+        for name in ("remap_probability", "invert_probability", "fov_cut_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
         for name in ("bias_field_strength", "blur_sigma_max_px"):
@@ -530,6 +536,10 @@ class SliceDataset(torch.utils.data.Dataset):
         src_k = matrix[1, 0] * rows + matrix[1, 1] * cols + offset[1]
         n_j, n_k = case.image.shape[1:]
         inside = (src_j > -0.5) & (src_j < n_j - 0.5) & (src_k > -0.5) & (src_k < n_k - 0.5)
+        # Keypoints: display -> resampled -> augmented -> crop (input px).
+        keypoints_px = ((case.keypoints_display[:, 1:] * to_res - centre) @ warp.T + centre) - origin
+        cut_row = self._fov_cut_row(keypoints_px[case.annotated, 0], rng) if cfg.augment else h
+        inside[cut_row:] = False
         if cfg.augment:
             self._augment_intensity(image, inside, rng)
 
@@ -547,10 +557,10 @@ class SliceDataset(torch.utils.data.Dataset):
                 along = sum((x - o) * a for x, o, a in zip(pixel_mm, zone.origin_mm, zone.axis, strict=True))
                 seg_valid[kind_index] += (along >= zone.lo) & (along <= zone.hi)
         seg_valid = np.minimum(seg_valid + seg, 1.0)  # an annotated structure's own pixels are always known
+        seg[:, cut_row:] = 0.0  # beyond the field of view's end nothing shows: known background
+        seg_valid[:, cut_row:] = 1.0
 
-        # Keypoints: display -> resampled -> augmented -> crop (input px).
-        keypoints_px = ((case.keypoints_display[:, 1:] * to_res - centre) @ warp.T + centre) - origin
-        in_crop = np.all((keypoints_px >= 0) & (keypoints_px <= crop - 1), axis=1)
+        in_crop = np.all((keypoints_px >= 0) & (keypoints_px <= crop - 1), axis=1) & (keypoints_px[:, 0] < cut_row)
         distance_lr_mm = np.abs(case.keypoints_display[:, 0] - slice_index) * sp_lr
         positive = case.annotated & in_crop & (distance_lr_mm <= cfg.slab_mm)
         absent = case.annotated & (distance_lr_mm > cfg.negative_lr_mm)
@@ -571,6 +581,22 @@ class SliceDataset(torch.utils.data.Dataset):
             "case_index": torch.tensor(case_index, dtype=torch.int64),
             "slice_index": torch.tensor(slice_index, dtype=torch.int64),
         }
+
+    def _fov_cut_row(self, annotated_rows: np.ndarray, rng: np.random.Generator) -> int:
+        """Crop row where a shortened field of view ends (the crop's height when not cut).
+
+        Drawn only when ``fov_cut_probability`` is on (so other recipes keep their random
+        stream), and only for spines of at least six annotated structures in the crop: the
+        cut falls between the middle one and just below the lowest, so the upper half of the
+        spine always stays in view to be named from.
+        """
+        h = self.cfg.crop[0]
+        if not self.cfg.fov_cut_probability or rng.random() >= self.cfg.fov_cut_probability:
+            return h
+        rows = np.sort(annotated_rows[(annotated_rows >= 0) & (annotated_rows <= h - 1)])
+        if rows.size < 6:
+            return h
+        return int(np.clip(round(rng.uniform(rows[rows.size // 2], rows[-1] + 8.0)), 1, h))
 
     def _augment_intensity(self, image: np.ndarray, inside: np.ndarray, rng: np.random.Generator) -> None:
         """Site and contrast changes, gamma, contrast, brightness and noise, in place (padding stays 0)."""
@@ -621,8 +647,13 @@ ROBUST_AUGMENTATION: dict[str, float] = {
     "bias_field_strength": 0.4,
     "blur_sigma_max_px": 1.5,
 }
-#: The augmentation recipes by name: SampleConfig settings on top of its defaults.
-AUGMENTATIONS: dict[str, dict[str, float]] = {"default": {}, "robust": ROBUST_AUGMENTATION}
+#: The augmentation recipes by name: SampleConfig settings on top of its defaults;
+#: ``robust-fov`` also shortens fields of view above the sacrum.
+AUGMENTATIONS: dict[str, dict[str, float]] = {
+    "default": {},
+    "robust": ROBUST_AUGMENTATION,
+    "robust-fov": {**ROBUST_AUGMENTATION, "fov_cut_probability": 0.3},
+}
 
 
 def _augment_site(image: np.ndarray, cfg: SampleConfig, rng: np.random.Generator) -> None:
