@@ -35,6 +35,7 @@ from napari_ivd.active import (
     ranking,
     score_store_steps,
 )
+from napari_ivd.active.chain import UNANCHORED_UNCERTAINTY
 from napari_ivd.errors import RankingError
 from napari_ivd.inference import PredictedStructure, Prediction
 from napari_ivd.io import SagittalView, Volume, VolumeGeometry
@@ -206,8 +207,19 @@ def test_a_chain_that_stops_short_of_the_sacrum_misses_the_levels_the_scan_still
         ("L5", pytest.approx(_spine()["L5"])),
         ("L5-S1", pytest.approx(_spine()["L5-S1"])),
     ]
-    # the scan ends right under L4-L5: nothing below is in view, so nothing is missing
-    assert check_chain(spine, (145.0, 99.0), _prior()) == Chain()
+    # the scan ends right under L4-L5: nothing below is in view, so nothing is missing, and
+    # nothing counts the names from the sacrum either: every name is in doubt
+    ended = check_chain(spine, (145.0, 99.0), _prior())
+    assert ended.placeholders == ()
+    assert [f.reason for f in ended.case] == [
+        "the scan ends 6 mm below L4-L5, above the sacrum: names not counted from it"
+    ]
+    assert {n: f.uncertainty for n, f in ended.points.items()} == dict.fromkeys(spine, UNANCHORED_UNCERTAINTY)
+    whole = _spine()  # down to L5-S1 at the scan's end: counted from the sacrum, nothing in doubt
+    assert check_chain(whole, (float(whole["L5-S1"][0]) + 5.0, 99.0), _prior()) == Chain()
+    to_l5 = {n: p for n, p in whole.items() if n != "L5-S1"}  # a sacralised L5: L5-S1 marked absent
+    assert check_chain(to_l5, (float(whole["L5"][0]) + 5.0, 99.0), _prior(), absent={"L5-S1"}) == Chain()
+    assert check_chain(to_l5, (float(whole["L5"][0]) + 5.0, 99.0), _prior()).case[0].reason.startswith("the scan ends")
     # only L5 fits: L5-S1 would lie less than half a step from the scan's end
     assert [p.level for p in check_chain(spine, (165.0, 99.0), _prior()).placeholders] == ["L5"]
 
