@@ -75,7 +75,6 @@ def test_train_needs_one_source_and_one_budget(capsys):
     assert "not allowed with argument" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("recipe", sorted(AUGMENTATIONS))
 def test_train_offers_every_augmentation_recipe(recipe):
     assert (
@@ -84,6 +83,7 @@ def test_train_offers_every_augmentation_recipe(recipe):
     )
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_write_one_valid_model_version(training_store_template, tmp_path):
     location = shutil.copytree(training_store_template, tmp_path / "annotations.zarr")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -140,7 +140,7 @@ def end_field_of_view(case: LabelledCase, below: str = "L5", fraction: float = 0
     if target.name not in case.keypoints_vox or not above:
         return None
     neighbour = max(above, key=lambda s: s.order).name
-    rows = {n: float(view.vox_to_display(case.keypoints_vox[n][None])[0, 1]) for n in (target.name, neighbour)}
+    rows = {n: float(view.vox_to_display(p[None])[0, 1]) for n, p in case.keypoints_vox.items()}
     end_row = int(np.ceil(rows[target.name] + fraction * (rows[target.name] - rows[neighbour])))
 
     def blanked(array: np.ndarray | None, value: float) -> np.ndarray | None:
@@ -150,7 +150,7 @@ def end_field_of_view(case: LabelledCase, below: str = "L5", fraction: float = 0
         shown[:, end_row:] = value
         return view.to_file(shown)
 
-    kept = {n: p for n, p in case.keypoints_vox.items() if view.vox_to_display(p[None])[0, 1] < end_row}
+    kept = {n: p for n, p in case.keypoints_vox.items() if rows[n] < end_row}
     return replace(
         case,
         volume=replace(case.volume, array=blanked(case.volume.array, float(case.volume.array.min()))),
