@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from skimage.io import imread
 
+from napari_ivd import anatomy
 from napari_ivd.cli import main
 
 
@@ -41,7 +42,8 @@ def test_headless_demo_predicts_on_the_sample_and_writes_a_screenshot(tmp_path):
     assert summary["display_orientation"] == "LIP"
     assert summary["file_orientation"] == "RAS"
     assert 10 <= summary["shown_slice"] <= 28  # the found mid-sagittal slice of 38 slices
-    assert len(summary["levels"]) >= 4 and {"L4-L5", "L4"} <= set(summary["levels"])
+    # every level the sample shows, T11-T12 down to L5 (issue 19's target; L1-L2 only since kind pooling)
+    assert set(anatomy.span("T11-T12", "L5")) <= set(summary["levels"])
     assert summary["layers"] == ["t2_lumbar", "t2_lumbar mask", "t2_lumbar vertebrae", "t2_lumbar discs"]
     for name in ("points.csv", "discs.nii.gz", "mask.nii.gz"):
         assert (out / name).is_file()

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_ivd.models.decode import Candidate, decode, hough_votes, input_to_output_px, output_to_input_px
+from napari_ivd.models.decode import (
+    Candidate,
+    decode,
+    hough_votes,
+    input_to_output_px,
+    output_to_input_px,
+    pool_channels,
+)
 
 STRIDE = 2
 OUT_SHAPE = (48, 40)  # output grid (h, w); the input slice is 96 x 80 pixels
@@ -141,6 +148,23 @@ def test_two_peaks_closer_than_the_nms_radius_give_one_candidate():
 
     assert len(candidates) == 1
     assert abs(candidates[0].row - 40.0) < 1.0
+
+
+def test_a_peak_split_over_channels_too_weak_to_vote_is_found_in_their_pool():
+    doubt = [_blob_channel([(40.3, 31.7)], amplitude=0.04) for _ in range(2)]  # each under min_prob 0.05
+    other = _blob_channel([(70.0, 20.0)], amplitude=0.9)  # a sure peak elsewhere, in the pool too
+    prob = np.stack([c[0] for c in (*doubt, other)])
+    offset = np.stack([m for c in (*doubt, other) for m in c[1:]])
+    assert [c.label for c in decode(prob, offset, ("L4-L5", "L5-S1", "L3-L4"), stride=STRIDE, min_score=0.05)] == [
+        "L3-L4"
+    ]
+
+    pooled, pooled_offset = pool_channels(prob, offset, [[0, 1], [2]])
+    found = decode(pooled, pooled_offset, ("disc?", "sure"), stride=STRIDE, min_score=0.05)
+
+    assert [c.label for c in found] == ["disc?", "sure"]
+    assert (found[0].row, found[0].col) == (pytest.approx(40.3, abs=0.05), pytest.approx(31.7, abs=0.05))
+    assert found[0].score == pytest.approx(1 - 0.96**2, abs=0.005)  # noisy-OR of the two channels
 
 
 def test_decoder_rejects_mismatched_shapes_with_a_clear_message():

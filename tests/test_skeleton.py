@@ -376,6 +376,29 @@ def test_prediction_names_a_weak_peak_inside_the_chain_but_not_past_its_end(prio
     assert "L2" not in inference.name_points(heat, offset, list(LUMBAR), 2, prior, SPACING_MM, (440, 260))[0]
 
 
+def _also_called(heat: np.ndarray, offset: np.ndarray, name: str, other: str) -> None:
+    """Let channel ``other`` also see ``name``'s peak (with its offsets), as a network unsure of the name does."""
+    k, o = LUMBAR.index(name), LUMBAR.index(other)
+    theirs = heat[k] > heat[o]
+    heat[o] = np.maximum(heat[o], heat[k])
+    offset[2 * o : 2 * o + 2] = np.where(theirs, offset[2 * k : 2 * k + 2], offset[2 * o : 2 * o + 2])
+
+
+def test_a_disc_whose_probability_is_split_over_names_fills_its_gap_but_no_chain_end(prior, monkeypatch):
+    """The bundled sample's L1-L2: the disc is plain, but each disc channel gives it too little to vote."""
+    truth = _patient(seed=27)
+    heat, offset = _network_output(truth, {"L2-L3": 0.035, "L5-S1": 0.035})
+    _also_called(heat, offset, "L2-L3", "L1-L2")
+    _also_called(heat, offset, "L5-S1", "L4-L5")
+    named, _ = inference.name_points(heat, offset, list(LUMBAR), 2, prior, SPACING_MM, (440, 260))
+
+    assert list(named) == list(LUMBAR[:-1])  # the chain vouches for the gap, not for a new end
+    assert abs(complex(named["L2-L3"].row, named["L2-L3"].col) - complex(*truth["L2-L3"])) < 1
+    assert named["L2-L3"].score == pytest.approx(0.5 * (1 - (1 - 0.035) ** 2), abs=0.005)  # pooled, then discounted
+    monkeypatch.setattr(inference, "_kind_candidates", lambda *args: [])
+    assert "L2-L3" not in inference.name_points(heat, offset, list(LUMBAR), 2, prior, SPACING_MM, (440, 260))[0]
+
+
 def test_a_grown_prior_keeps_its_means_and_places_new_levels_where_the_training_shapes_put_them(prior):
     """Fine-tuning to new levels: the parent's skeleton stays, new labels come from the cases that show them."""
     rng = np.random.default_rng(7)

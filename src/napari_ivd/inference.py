@@ -45,7 +45,7 @@ from napari_ivd import anatomy
 from napari_ivd.io import Volume
 from napari_ivd.io.annotations import LabelledPoint, label_centroids
 from napari_ivd.io.bundle import write_bundle
-from napari_ivd.models.decode import Candidate, decode
+from napari_ivd.models.decode import Candidate, decode, pool_channels
 from napari_ivd.preprocess import ModelInput, channel_picks, network_input, pad_to_multiple
 from napari_ivd.progress import Job, Progress, Tally, run_steps
 from napari_ivd.skeleton import SkeletonPrior, anchor_on_sacrum, extend_chain, fill_gaps, gaps, search
@@ -523,22 +523,23 @@ def name_points(
     ``heat`` and ``offset`` are the slab's mean network outputs; candidates are decoded by
     Hough voting and kept inside the slice (``slice_shape``: rows, cols). With a skeleton
     ``prior`` the chain that best fits it is chosen, its gaps are filled from weaker peaks
-    (down to :data:`GAP_MIN_SCORE`) and it is extended past its ends, else the
+    (down to :data:`GAP_MIN_SCORE`, per label and per kind: :func:`_kind_candidates`) and
+    it is extended past its ends, else the
     best candidate per label; a confident sacrum then names the chain from L5-S1, and a
     lone doubtful pair is no spine, so nothing is named. Returns the named candidates and
     whether the sacrum renamed them.
     """
     rows, cols = slice_shape
 
-    def inside(min_score: float) -> list[Candidate]:
-        found = decode(heat, offset, labels, stride=stride, min_score=min_score)
+    def inside(found: list[Candidate]) -> list[Candidate]:
         return [c for c in found if c.row < rows and c.col < cols]
 
-    candidates = inside(MIN_SCORE)
+    candidates = inside(decode(heat, offset, labels, stride=stride, min_score=MIN_SCORE))
     if prior:
         chosen = search(candidates, prior, spacing_mm=spacing_mm)
         if gaps(chosen, labels):
-            chosen = fill_gaps(chosen, inside(GAP_MIN_SCORE), labels)
+            weak = decode(heat, offset, labels, stride=stride, min_score=GAP_MIN_SCORE)
+            chosen = fill_gaps(chosen, inside(weak + _kind_candidates(heat, offset, labels, stride)), labels)
         chosen = extend_chain(chosen, candidates, labels)
     else:
         chosen = _best_per_label(candidates)
@@ -546,6 +547,35 @@ def name_points(
     if len(chosen) < MIN_STRUCTURES and all(c.score < CONFIDENT_SCORE for c in chosen.values()):
         return {}, False  # name nothing rather than invent levels
     return chosen, named_from_sacrum
+
+
+def _kind_candidates(heat: np.ndarray, offset: np.ndarray, labels: list[str], stride: int) -> list[Candidate]:
+    """Discs and vertebrae the network sees but may not name: peaks of its pooled channels.
+
+    The disc channels, and the vertebra channels, are pooled
+    (:func:`~napari_ivd.models.decode.pool_channels`): on a scan unlike its training data
+    a plain disc whose name the network doubts splits its probability over several
+    channels, each too weak to count, while the chain around it knows its name. Each
+    candidate carries its kind ("disc", "vertebra") as label, so a name given by the chain
+    is never its own and its score is discounted for review; peaks down to
+    :data:`GAP_MIN_SCORE` are kept. Only gaps take them: past the chain's ends nothing
+    vouches for a name (a lumbar model would grow a doubtful pair on a cervical scan).
+    """
+    kinds = [
+        (kind, [k for k, label in enumerate(labels) if anatomy.structure(label).kind == kind])
+        for kind in ("vertebra", "disc")
+    ]
+    kinds = [(kind, group) for kind, group in kinds if group]
+    pooled, pooled_offset = pool_channels(heat, offset, [group for _, group in kinds])
+    per_kind = max((len(group) for _, group in kinds), default=1)  # a pooled channel holds a whole spine's peaks
+    return decode(
+        pooled,
+        pooled_offset,
+        [kind for kind, _ in kinds],
+        stride=stride,
+        max_per_label=per_kind,
+        min_score=GAP_MIN_SCORE,
+    )
 
 
 def _best_per_label(candidates: list[Candidate]) -> dict[str, Candidate]:

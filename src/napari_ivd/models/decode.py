@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["Candidate", "decode", "hough_votes", "input_to_output_px", "output_to_input_px"]
+__all__ = ["Candidate", "decode", "hough_votes", "input_to_output_px", "output_to_input_px", "pool_channels"]
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,53 @@ def hough_votes(
         flat_mass.append(mass[inside] * weight[inside])
     votes = np.bincount(np.concatenate(flat_index), weights=np.concatenate(flat_mass), minlength=h * w)
     return votes.reshape(h, w)
+
+
+def pool_channels(
+    heatmap_prob: np.ndarray, offset: np.ndarray, groups: Sequence[Sequence[int]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """One heatmap per group of channels: the chance that any of them lies here, and where.
+
+    Why: on a scan unlike its training data the network can see a disc plainly yet hesitate
+    over its name, spreading the probability over several disc channels, each too weak to
+    vote (:func:`hough_votes`). Pooled, they show the disc. The pooled probability is the
+    noisy-OR ``1 - prod(1 - p_k)`` of the group's channels; the pooled offset is their
+    offsets' mean weighted by ``p_k``, so the channels sure of the place point the way.
+
+    Parameters
+    ----------
+    heatmap_prob, offset : ndarray
+        As :func:`decode` takes them: (K, h, w) probabilities and (2K, h, w) offsets.
+    groups : sequence of sequences of int
+        Channel indices per pooled channel (for instance every disc label, every vertebra).
+
+    Returns
+    -------
+    (ndarray, ndarray)
+        (G, h, w) probabilities and (2G, h, w) offsets, one channel (pair) per group, to
+        :func:`decode` with one name per group.
+
+    Example
+    -------
+    >>> prob = np.full((2, 1, 1), 0.5); off = np.array([1.0, 0, 3, 0]).reshape(4, 1, 1)
+    >>> pooled, pooled_off = pool_channels(prob, off, [[0, 1]])
+    >>> float(pooled[0, 0, 0]), float(pooled_off[0, 0, 0])
+    (0.75, 2.0)
+    """
+    heatmap_prob = np.nan_to_num(np.asarray(heatmap_prob, dtype=np.float64))
+    offset = np.nan_to_num(np.asarray(offset, dtype=np.float64))
+    shape = heatmap_prob.shape[1:]
+    probs, offsets = [], []
+    for group in groups:
+        p = heatmap_prob[list(group)]
+        weight = p.sum(axis=0)
+        safe = np.where(weight > 0, weight, 1.0)
+        probs.append(1.0 - np.prod(1.0 - p, axis=0))
+        for axis in (0, 1):
+            per_channel = offset[[2 * k + axis for k in group]]
+            offsets.append(np.where(weight > 0, (p * per_channel).sum(axis=0) / safe, 0.0))
+    empty = np.zeros((0, *shape))
+    return (np.stack(probs) if probs else empty), (np.stack(offsets) if offsets else empty)
 
 
 def _peak_prob(prob: np.ndarray, row: float, col: float) -> float:
