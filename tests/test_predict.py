@@ -87,6 +87,15 @@ def test_evaluate_cli_reports_the_papers_metrics(predicted, tmp_path, capsys):
     assert report["dice"]["vertebra"]["per_kind"] is not None
 
 
+def test_predict_cli_says_what_to_check_first(shared_data, tmp_path, capsys):
+    assert main(["predict", str(shared_data / CASE / "image.nii.gz"), "--out", str(tmp_path), "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # the starter's chain stops at L5 on this scan, with the sacrum far below (issue 19)
+    assert lines[-1].startswith("  check: L5-S1 missing: the chain stops") and lines[-1].endswith(
+        "above the end of the scan"
+    )
+
+
 def test_predict_on_a_bad_file_exits_2_with_the_reason(tmp_path, capsys):
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(b"not really a scan")

@@ -48,8 +48,11 @@ def test_annotator_predicts_corrects_and_saves_a_revision_that_a_fresh_viewer_fi
     assert widget.table.case_ids() == [CASE_ID]
 
     # Next case opens case-07; it has no proposal yet, so the model runs off the GUI thread
+    shown = len(notification_manager.records)
     with qtbot.waitSignal(widget.predicted, timeout=PREDICT_TIMEOUT_MS):
         qtbot.mouseClick(widget.next_button, Qt.MouseButton.LeftButton)
+    # what to look at first: the starter stops at L5 on this scan (issue 19), and says so
+    assert f"{CASE_ID}: check L5-S1 missing: the chain stops" in "\n".join(notifications_since(shown))
     case = widget.case
     vertebrae, labels = case.points_layers["vertebra"], case.labels
     proposed = case.points()

@@ -443,7 +443,7 @@ def _predict(
     labels: list[str] = list(card["labels"])
     model_input = ModelInput.from_card(card)
     spacing_mm, stride = model_input.spacing_mm, model_input.output_stride
-    prior = SkeletonPrior.from_dict(card["skeleton"]) if card.get("skeleton") else None
+    prior = SkeletonPrior.of_card(card)
 
     view = volume.view
     display_spacing = view.spacing_mm

@@ -449,6 +449,11 @@ class SkeletonPrior:
         }
 
     @classmethod
+    def of_card(cls, card: Mapping[str, Any]) -> SkeletonPrior | None:
+        """The skeleton a model card carries (its ``"skeleton"`` entry), None when it has none."""
+        return cls.from_dict(card["skeleton"]) if card.get("skeleton") else None
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SkeletonPrior:
         """Rebuild a prior from :meth:`to_dict` output.
 

@@ -44,6 +44,7 @@ from napari_ivd._widgets._ranking_panel import RankingPanel
 from napari_ivd._widgets._scroll import VerticalScroll
 from napari_ivd._widgets._store_actions import StoreActions
 from napari_ivd._widgets._train_panel import TrainPanel
+from napari_ivd.active import check_prediction
 from napari_ivd.annotator import Annotator, PredictionResult, SaveConflict, Saved
 from napari_ivd.errors import CorrectionError, IvdError
 from napari_ivd.layer_data import image_layer_data
@@ -438,6 +439,10 @@ class AnnotatorWidget(QWidget):
         prediction = result.prediction
         if not prediction.structures:
             show_warning(f"{case_id}: the model found no disc or vertebra; annotate by hand")
+        elif annotator.volume is not None:  # what to look at first: missing levels, a count nothing checks
+            checks = check_prediction(prediction, annotator.volume.view, absent=annotator.absent).case
+            if checks:
+                show_info(f"{case_id}: check " + "; ".join(finding.reason for finding in checks))
 
         def go_to_spine() -> None:  # a turn of its own: re-slicing every layer redraws the canvas
             if self.case is not None and self.case.case_id == case_id:

@@ -25,6 +25,7 @@ from napari_ivd.active.uncertainty import (
     PointScore,
     VolumeScore,
     assess,
+    check_prediction,
     perturb,
     score_volume_steps,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "VolumeScore",
     "assess",
     "check_chain",
+    "check_prediction",
     "compare_with_earlier",
     "embed_volume",
     "implausibility",

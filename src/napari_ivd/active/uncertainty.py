@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_ivd.active.chain import Placeholder, check_chain
+from napari_ivd.active.chain import Chain, Placeholder, check_chain
 from napari_ivd.active.plausibility import Finding, implausibility, ramp
 from napari_ivd.inference import PredictedStructure, Prediction, predict
 from napari_ivd.io import SagittalView, Volume, VolumeGeometry
@@ -180,6 +180,20 @@ def plane_extent_mm(view: SagittalView) -> tuple[float, float]:
     """The sagittal display plane's size (rows S→I, cols A→P) in mm, as :func:`plane_positions_mm` measures."""
     shape, spacing = view.display.shape, view.spacing_mm
     return (shape[1] - 1) * spacing[1], (shape[2] - 1) * spacing[2]
+
+
+def check_prediction(
+    prediction: Prediction,
+    view: SagittalView,
+    prior: SkeletonPrior | None = None,
+    absent: Collection[str] = frozenset(),
+) -> Chain:
+    """The chain checks (:func:`~napari_ivd.active.chain.check_chain`) of a prediction's named structures.
+
+    Missing levels, off-by-one counts, and a chain that ends above the sacrum so that nothing
+    checks its names: what a researcher should look at first on this scan, in their words.
+    """
+    return check_chain(plane_positions_mm(prediction.structures, view), plane_extent_mm(view), prior, absent=absent)
 
 
 def _plane_to_mm(position: Sequence[float], mid_sagittal_mm: float, view: SagittalView) -> tuple[float, ...]:
@@ -324,7 +338,7 @@ def assess(
         return VolumeScore(1.0, nothing.reason, (), (nothing,), plain.mid_sagittal_mm, prediction=plain)
     in_plane = plane_positions_mm(plain.structures, view)
     shape = implausibility(in_plane, prior)
-    chain = check_chain(in_plane, plane_extent_mm(view), prior, absent=absent)
+    chain = check_prediction(plain, view, prior, absent)
     spreads = [_followed(s, perturbed)[1] for s in plain.structures]
     doubt = _chain_doubt(plain, spreads)
     points = tuple(
@@ -355,7 +369,7 @@ def score_volume_steps(
     One forward pass (a whole :func:`napari_ivd.inference.predict`) per run, so the caller
     can stop between runs. ``absent``: the levels the case marks not present (see :func:`assess`).
     """
-    prior = SkeletonPrior.from_dict(card["skeleton"]) if card.get("skeleton") else None
+    prior = SkeletonPrior.of_card(card)
 
     def body(tally: Tally) -> Generator[Progress, None, VolumeScore]:
         yield tally.step("predicting")
