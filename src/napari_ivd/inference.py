@@ -523,7 +523,7 @@ def name_points(
     ``heat`` and ``offset`` are the slab's mean network outputs; candidates are decoded by
     Hough voting and kept inside the slice (``slice_shape``: rows, cols). With a skeleton
     ``prior`` the chain that best fits it is chosen, its gaps are filled from weaker peaks
-    (down to :data:`GAP_MIN_SCORE`, per label and per kind: :func:`_kind_candidates`) and
+    (down to :data:`GAP_MIN_SCORE`, per label, then per kind: :func:`_kind_candidates`) and
     it is extended past its ends, else the
     best candidate per label; a confident sacrum then names the chain from L5-S1, and a
     lone doubtful pair is no spine, so nothing is named. Returns the named candidates and
@@ -538,8 +538,11 @@ def name_points(
     if prior:
         chosen = search(candidates, prior, spacing_mm=spacing_mm)
         if gaps(chosen, labels):
-            weak = decode(heat, offset, labels, stride=stride, min_score=GAP_MIN_SCORE)
-            chosen = fill_gaps(chosen, inside(weak + _kind_candidates(heat, offset, labels, stride)), labels)
+            chosen = fill_gaps(
+                chosen, inside(decode(heat, offset, labels, stride=stride, min_score=GAP_MIN_SCORE)), labels
+            )
+        if gaps(chosen, labels):  # then structures seen under no name strong enough to vote
+            chosen = fill_gaps(chosen, inside(_kind_candidates(heat, offset, labels, stride)), labels)
         chosen = extend_chain(chosen, candidates, labels)
     else:
         chosen = _best_per_label(candidates)
@@ -558,8 +561,10 @@ def _kind_candidates(heat: np.ndarray, offset: np.ndarray, labels: list[str], st
     channels, each too weak to count, while the chain around it knows its name. Each
     candidate carries its kind ("disc", "vertebra") as label, so a name given by the chain
     is never its own and its score is discounted for review; peaks down to
-    :data:`GAP_MIN_SCORE` are kept. Only gaps take them: past the chain's ends nothing
-    vouches for a name (a lumbar model would grow a doubtful pair on a cervical scan).
+    :data:`GAP_MIN_SCORE` are kept. Only the gaps that the peaks per label left take them
+    (so a level found under its own or a neighbour's name keeps that detection), and never
+    past the chain's ends, where nothing vouches for a name (a lumbar model would grow a
+    doubtful pair on a cervical scan).
     """
     kinds = [
         (kind, [k for k, label in enumerate(labels) if anatomy.structure(label).kind == kind])
