@@ -25,6 +25,7 @@ from napari_ivd.active import (
     ScoreCache,
     assess,
     check_chain,
+    check_prediction,
     compare_with_earlier,
     embed_volume,
     implausibility,
@@ -194,6 +195,18 @@ def test_a_level_missing_between_named_ones_gets_a_placeholder_between_its_neigh
     del spine["L1"]  # a level above the model's first one is not "missing": it cannot name it
     assert {f.level for f in check_chain(spine, EXTENT, _prior(), top="L1-L2").case} == {"L3", "L3-L4"}
     assert {f.level for f in check_chain(spine, EXTENT, _prior()).case} == {"L1", "L3", "L3-L4"}
+
+
+def test_a_prediction_is_checked_against_the_skeleton_it_was_named_with():
+    """What predict says to check first: the missing L1 is missing only up to the model's first level."""
+    spine = _spine()
+    del spine["L1"]
+    named_with = replace(_prediction(spine), skeleton=_prior())  # its first level: L1
+    assert [f.reason for f in check_prediction(named_with, VIEW).case] == [
+        "L1 missing: the chain stops 37 mm below the top of the scan"  # L1-L2 at 37 mm
+    ]
+    assert check_prediction(replace(named_with, skeleton=None), VIEW).case == ()
+    assert check_prediction(named_with, VIEW, absent={"L1"}).case == ()
 
 
 def test_a_chain_that_stops_short_of_the_sacrum_misses_the_levels_the_scan_still_shows():

@@ -170,6 +170,7 @@ def test_a_model_without_S1_predicts_bit_for_bit_as_without_the_sacrum_step(shar
     plain = inference.predict(volume, model, card, "cpu")
 
     assert not anchored.named_from_sacrum and anchored.structures
+    assert anchored.skeleton is not None and anchored.skeleton.to_dict() == card["skeleton"]  # what checks it
     assert [(s.name, s.kind, s.score) for s in anchored.structures] == [
         (s.name, s.kind, s.score) for s in plain.structures
     ]

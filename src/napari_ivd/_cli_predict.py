@@ -38,14 +38,12 @@ def run_predict(args: argparse.Namespace) -> int:
     from napari_ivd.inference import predict, save_prediction
     from napari_ivd.io import read_volume
     from napari_ivd.models import find_model_dir, load_checkpoint, resolve_device
-    from napari_ivd.skeleton import SkeletonPrior
 
     device = resolve_device(args.device)
     model_dir = find_model_dir(args.model)
     t0 = time.perf_counter()
     model, card = load_checkpoint(model_dir, device=device)
     log.info("model %s loaded on %s in %.2f s", model_dir, device, time.perf_counter() - t0)
-    prior = SkeletonPrior.of_card(card)
     names = unique_names(args.images) if len(args.images) > 1 else [""]
     failures = 0
     for image, name in zip(args.images, names, strict=True):
@@ -63,7 +61,7 @@ def run_predict(args: argparse.Namespace) -> int:
         levels = " ".join(s.name for s in prediction.structures) or "nothing"
         anchored = " (named from the sacrum)" if prediction.named_from_sacrum else ""
         print(f"{image}: {levels}{anchored} -> {out} ({prediction.seconds['total_s']:.2f} s)")
-        for finding in check_prediction(prediction, volume.view, prior).case:
+        for finding in check_prediction(prediction, volume.view).case:
             print(f"  check: {finding.reason}")
     return 2 if failures else 0
 

@@ -98,6 +98,9 @@ class Prediction:
     #: True when the levels were renamed from the sacrum (``skeleton.anchor_on_sacrum``), not
     #: as the network counted them: the viewer and active learning can say so.
     named_from_sacrum: bool = False
+    #: The skeleton the names were searched with (the model card's), None without one: the
+    #: chain checks measure missing levels against it (:func:`napari_ivd.active.check_prediction`).
+    skeleton: SkeletonPrior | None = None
 
     def by_name(self) -> dict[str, PredictedStructure]:
         """Structures keyed by level name."""
@@ -506,6 +509,7 @@ def _predict(
         mid_sagittal_mm=centre * display_spacing[0],
         seconds=timings,
         named_from_sacrum=named_from_sacrum,
+        skeleton=prior,
     )
 
 

@@ -182,18 +182,16 @@ def plane_extent_mm(view: SagittalView) -> tuple[float, float]:
     return (shape[1] - 1) * spacing[1], (shape[2] - 1) * spacing[2]
 
 
-def check_prediction(
-    prediction: Prediction,
-    view: SagittalView,
-    prior: SkeletonPrior | None = None,
-    absent: Collection[str] = frozenset(),
-) -> Chain:
+def check_prediction(prediction: Prediction, view: SagittalView, absent: Collection[str] = frozenset()) -> Chain:
     """The chain checks (:func:`~napari_ivd.active.chain.check_chain`) of a prediction's named structures.
 
     Missing levels, off-by-one counts, and a chain that ends above the sacrum so that nothing
     checks its names: what a researcher should look at first on this scan, in their words.
+    Measured against the skeleton the names were searched with (``prediction.skeleton``);
+    ``absent``: the levels the case marks not present.
     """
-    return check_chain(plane_positions_mm(prediction.structures, view), plane_extent_mm(view), prior, absent=absent)
+    in_plane = plane_positions_mm(prediction.structures, view)
+    return check_chain(in_plane, plane_extent_mm(view), prediction.skeleton, absent=absent)
 
 
 def _plane_to_mm(position: Sequence[float], mid_sagittal_mm: float, view: SagittalView) -> tuple[float, ...]:
@@ -338,7 +336,7 @@ def assess(
         return VolumeScore(1.0, nothing.reason, (), (nothing,), plain.mid_sagittal_mm, prediction=plain)
     in_plane = plane_positions_mm(plain.structures, view)
     shape = implausibility(in_plane, prior)
-    chain = check_prediction(plain, view, prior, absent)
+    chain = check_chain(in_plane, plane_extent_mm(view), prior, absent=absent)
     spreads = [_followed(s, perturbed)[1] for s in plain.structures]
     doubt = _chain_doubt(plain, spreads)
     points = tuple(
