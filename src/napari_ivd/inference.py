@@ -528,9 +528,9 @@ def name_points(
     Hough voting and kept inside the slice (``slice_shape``: rows, cols). With a skeleton
     ``prior`` the chain that best fits it is chosen, its gaps are filled from weaker peaks
     (down to :data:`GAP_MIN_SCORE`, per label, then per kind: :func:`_kind_candidates`) and
-    it is extended past its ends, else the
-    best candidate per label; a confident sacrum then names the chain from L5-S1, and a
-    lone doubtful pair is no spine, so nothing is named. Returns the named candidates and
+    it is extended past its ends, else the best candidate per label; a confident sacrum
+    then names the chain from L5-S1, and a lone doubtful pair is no spine, so nothing is
+    named. Returns the named candidates and
     whether the sacrum renamed them.
     """
     rows, cols = slice_shape
