@@ -15,7 +15,10 @@ cuda). Re-issue the same command in each session: the seeds complete for that ke
 skipped, a seed killed midway resumes at its last finished round (while the models of its
 rounds are still in ``--work``), and the table and plot are built from every seed complete
 so far. ``--report-only`` runs nothing and only builds them. Keep ``--work`` somewhere that
-lasts (the default is a temporary folder).
+lasts (the default is a temporary folder): the README's experiment lives in git, in
+``benchmarks/active-learning-vb3`` (its ``base`` model and every complete seed; the
+fine-tuned models and half-run seeds are ignored), so a fresh clone rebuilds its table with
+``--report-only`` and a session on another machine adds seeds to it.
 
 **Leave one source out** (``--pool-source``, the adaptation benchmark's setting,
 ``benchmarks/bench_adapt.py``): the pool and the validation set are the cases of one

@@ -7,7 +7,9 @@ picking replaced by bookkeeping: nothing is trained, no model is loaded.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -314,3 +316,21 @@ def test_a_seed_killed_midway_leaves_no_seed_file_and_resumes_at_its_last_round(
     result = json.loads(runs.seed_path(folder, 0).read_text())
     assert result["rows"] == expected["rows"] and result["picks"] == expected["picks"]
     assert not runs.progress_path(folder, 0).exists()
+
+
+KEPT = Path(__file__).resolve().parents[1] / "benchmarks" / "active-learning-vb3"
+
+
+def test_the_experiment_kept_in_git_belongs_to_its_base_and_each_seed_file_to_it() -> None:
+    """The README's experiment: its folder is its settings' key, the settings name the kept base, every seed counts."""
+    card = json.loads((KEPT / "base" / "card.json").read_text())
+    assert hashlib.sha256((KEPT / "base" / "weights.safetensors").read_bytes()).hexdigest() == card["weights_sha256"]
+    experiments = sorted(KEPT.glob(f"*/{runs.EXPERIMENT_FILE}"))
+    assert experiments
+    for path in experiments:
+        experiment = json.loads(path.read_text())
+        assert path.parent.name == experiment["key"] == runs.experiment_key(experiment["settings"])
+        assert experiment["settings"]["base_sha256"] == card["weights_sha256"]
+        seeds = [int(m[1]) for f in path.parent.iterdir() if (m := re.fullmatch(r"seed-(\d+)\.json", f.name))]
+        _, done, problems = runs.plan_seeds(path.parent, seeds, experiment["key"])
+        assert not problems and sorted(done) == sorted(seeds)
