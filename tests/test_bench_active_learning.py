@@ -177,6 +177,16 @@ def test_table_cannot_tell_when_random_ends_no_better_than_the_shared_start() ->
     assert "cannot tell: random's final is no better than the 2 cases every strategy starts from" in text
 
 
+def test_the_table_gives_each_seed_s_difference_from_random_at_random_s_final() -> None:
+    behind = {**CURVES, "uncertainty": [(0.50, 5.0), (0.60, 4.0), (0.70, 3.0), (0.70, 1.5)]}  # seed 1: behind, nearer
+    text = runs.table(runs.merge(EXPERIMENT, [_seed_result(0), _seed_result(1, curves=behind)]))
+    assert "Per seed (0, 1) at 8 cases, minus random:" in text
+    # seed 0: 0.955 - 0.805 and 0.95 - 1.95 mm (both seeds shift alike); seed 1: 0.695 - 0.795 and 1.45 - 1.95 mm
+    uncertainty = "+15.00, -10.00 (mean +2.50; better in 1 of 2) | -1.00, -0.50 (mean -0.75; better in 2 of 2)"
+    diversity = "+10.00, +10.00 (mean +10.00; better in 2 of 2) | +0.00, +0.00 (mean +0.00; better in 0 of 2)"
+    assert f"| uncertainty | {uncertainty} |" in text and f"| uncertainty+diversity | {diversity} |" in text
+
+
 @pytest.mark.parametrize(
     "content",
     [
