@@ -197,7 +197,7 @@ def merge(experiment: dict[str, Any], results: Sequence[dict[str, Any]]) -> dict
         "seeds": [r["seed"] for r in ordered],
         "rows": [row for r in ordered for row in r["rows"]],
         "picks": [pick for r in ordered for pick in r.get("picks", [])],
-        "runs": [{k: r.get(k) for k in ("seed", "device", "torch", "commit", "finished")} for r in ordered],
+        "runs": [{k: r.get(k) for k in ("seed", "device", "threads", "torch", "commit", "finished")} for r in ordered],
     }
 
 

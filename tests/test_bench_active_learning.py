@@ -301,7 +301,8 @@ def _fake_rounds(monkeypatch: pytest.MonkeyPatch, kill_at: int | None = None) ->
 
 def _bench_args(work: Path) -> argparse.Namespace:
     settings = dict(start=2, k=1, rounds=2, strategies=["random", "uncertainty"], pool_source="VB3", contrast=None)
-    return argparse.Namespace(**settings, device="cpu", work=work, command="python benchmarks/bench_active_learning.py")
+    command = "python benchmarks/bench_active_learning.py"
+    return argparse.Namespace(**settings, device="cpu", workers=1, work=work, command=command)
 
 
 def test_a_seed_killed_midway_leaves_no_seed_file_and_resumes_at_its_last_round(
@@ -344,3 +345,40 @@ def test_the_experiment_kept_in_git_belongs_to_its_base_and_each_seed_file_to_it
         seeds = [int(m[1]) for f in path.parent.iterdir() if (m := re.fullmatch(r"seed-(\d+)\.json", f.name))]
         _, done, problems = runs.plan_seeds(path.parent, seeds, experiment["key"])
         assert not problems and sorted(done) == sorted(seeds)
+
+
+class _InProcessPool:
+    """Stands for the process pool: the same calls, one after another in this process."""
+
+    def __init__(self, workers: int, mp_context: Any) -> None:
+        self.workers = workers
+
+    def __enter__(self) -> _InProcessPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def map(self, function: Any, items: Any) -> Any:
+        return map(function, items)
+
+
+def test_workers_run_every_seed_with_their_share_of_the_cores_and_record_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bench_active_learning as bench
+    import torch
+
+    trained = _fake_rounds(monkeypatch)
+    monkeypatch.setattr(bench, "ProcessPoolExecutor", _InProcessPool)
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 4)
+    args, threads = _bench_args(tmp_path), torch.get_num_threads()
+    args.workers = 2
+    try:
+        bench.run(args, tmp_path, "k", {}, [0, 1])
+    finally:
+        torch.set_num_threads(threads)
+    assert len(trained) == 2 * 5  # both seeds, every round
+    for seed in (0, 1):
+        result = json.loads(runs.seed_path(tmp_path, seed).read_text())
+        assert result["seed"] == seed and result["threads"] == 2
