@@ -5,7 +5,7 @@
         [--pool-source VB1|VB3|IVD|VB2] [--val-fraction 0.4] [--max-pool N]
         [--start 2] [--k 2] [--rounds 4] [--minutes 2] [--max-epochs N] [--patience N] [--seeds 0 1 2 3 4]
         [--strategies random uncertainty uncertainty+diversity] [--device cpu|cuda] [--workers 1]
-        [--work /tmp/napari-ivd-active-learning] [--png docs/active-learning.png] [--report-only]
+        [--work /tmp/napari-ivd-active-learning] [--png FIGURE.png] [--report-only]
 
 **In pieces**: each seed is written to its own file once complete,
 ``<work>/<key>/seed-<n>.json``, where the key is a hash of every setting that makes seeds
@@ -47,7 +47,8 @@ seed start from the same cases and the same first model. The budget is wall-cloc
 run it on an otherwise idle machine: a busy CPU trains fewer steps per round.
 
 Writes the learning curves (mean ± sd over seeds per strategy, the base model as a dashed
-line, this command in the figure) to ``--png``, and beside it the results with the same
+line, this command in the figure) to ``--png`` (default: ``<work>/<key>/report.png``, so no run
+overwrites a figure the README shows unless asked to), and beside it the results with the same
 name: ``.csv`` (one row per seed, strategy and round: cases annotated, distance to target
 with missed structures charged 20 mm, mean Dice per structure, the cases annotated) and
 ``.json`` (the rows, the picks, the base model's figures, the settings). The table ends with
@@ -571,7 +572,7 @@ def main() -> None:
         "--workers", type=int, default=1, help="seeds run at once, each in its own process with its share of the cores"
     )
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "napari-ivd-active-learning")
-    parser.add_argument("--png", type=Path, default=REPO / "docs/active-learning.png")
+    parser.add_argument("--png", type=Path, help="where the figure goes (default: <work>/<key>/report.png)")
     parser.add_argument(
         "--report-only", action="store_true", help="run nothing: table and plot from the seeds finished so far"
     )
@@ -583,6 +584,7 @@ def main() -> None:
     settings = _settings(args, find_model_dir(args.base))
     key = experiment_key(settings)
     folder = args.work / key
+    args.png = args.png or folder / "report.png"
     print(f"experiment {key}: {folder}")
     if not args.report_only:
         todo, done, problems = plan_seeds(folder, args.seeds, key)
