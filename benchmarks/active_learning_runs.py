@@ -197,7 +197,7 @@ def merge(experiment: dict[str, Any], results: Sequence[dict[str, Any]]) -> dict
         "seeds": [r["seed"] for r in ordered],
         "rows": [row for r in ordered for row in r["rows"]],
         "picks": [pick for r in ordered for pick in r.get("picks", [])],
-        "runs": [{k: r.get(k) for k in ("seed", "device", "torch", "commit", "finished")} for r in ordered],
+        "runs": [{k: r.get(k) for k in ("seed", "device", "threads", "torch", "commit", "finished")} for r in ordered],
     }
 
 
@@ -294,4 +294,34 @@ def table(results: dict[str, Any]) -> str:
             lines.append(f"\nbest: {best}, {100 * share:.0f} % of random's cases ({target}: {verdict})")
         else:
             lines.append("\nno strategy but random reaches random's final figures: target missed")
+        lines += ["", paired_differences(results, final_n, keys)]
+    return "\n".join(lines)
+
+
+def paired_differences(results: dict[str, Any], n: int, keys: Sequence[str]) -> str:
+    """Markdown: per seed, each strategy minus random at ``n`` cases annotated, and in how many seeds it was better.
+
+    A seed's strategies share its start, its first model and the validation cases, so the
+    difference within a seed shows what the means over seeds blur: whether a strategy wins
+    in most seeds or one seed decides the mean.
+    """
+    final = {(r["strategy"], r["seed"]): r for r in results["rows"] if r["n_annotated"] == n}
+    seeds = sorted(seed for strategy, seed in final if strategy == "random")
+    strategies = [s for s in dict.fromkeys(r["strategy"] for r in results["rows"]) if s != "random"]
+    lines = [
+        f"Per seed ({', '.join(map(str, seeds))}) at {n} cases, minus random:",
+        "",
+        "| strategy | " + " | ".join(FIGURES[k][0] for k in keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
+    for strategy in strategies:
+        cells = []
+        for key in keys:
+            scale, better = FIGURES[key][1], FIGURES[key][2]
+            pairs = [(final.get((strategy, seed), {}).get(key), final[("random", seed)][key]) for seed in seeds]
+            diffs = [scale * (ours - theirs) for ours, theirs in pairs if None not in (ours, theirs)]
+            wins = sum(d > 0 if better == "higher" else d < 0 for d in diffs)
+            shown = ", ".join(f"{d:+.2f}" for d in diffs)
+            cells.append(f"{shown} (mean {np.mean(diffs):+.2f}; better in {wins} of {len(diffs)})" if diffs else "–")
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

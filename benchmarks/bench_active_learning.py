@@ -4,8 +4,8 @@
     python benchmarks/bench_active_learning.py [--lumbar ../shared/data/lumbar] [--base MODEL] [--contrast water]
         [--pool-source VB1|VB3|IVD|VB2] [--val-fraction 0.4] [--max-pool N]
         [--start 2] [--k 2] [--rounds 4] [--minutes 2] [--max-epochs N] [--patience N] [--seeds 0 1 2 3 4]
-        [--strategies random uncertainty uncertainty+diversity] [--device cpu|cuda]
-        [--work /tmp/napari-ivd-active-learning] [--png docs/active-learning.png] [--report-only]
+        [--strategies random uncertainty uncertainty+diversity] [--device cpu|cuda] [--workers 1]
+        [--work /tmp/napari-ivd-active-learning] [--png FIGURE.png] [--report-only]
 
 **In pieces**: each seed is written to its own file once complete,
 ``<work>/<key>/seed-<n>.json``, where the key is a hash of every setting that makes seeds
@@ -15,7 +15,10 @@ cuda). Re-issue the same command in each session: the seeds complete for that ke
 skipped, a seed killed midway resumes at its last finished round (while the models of its
 rounds are still in ``--work``), and the table and plot are built from every seed complete
 so far. ``--report-only`` runs nothing and only builds them. Keep ``--work`` somewhere that
-lasts (the default is a temporary folder).
+lasts (the default is a temporary folder): the README's experiment lives in git, in
+``benchmarks/active-learning-vb3`` (its ``base`` model and every complete seed; the
+fine-tuned models and half-run seeds are ignored), so a fresh clone rebuilds its table with
+``--report-only`` and a session on another machine adds seeds to it.
 
 **Leave one source out** (``--pool-source``, the adaptation benchmark's setting,
 ``benchmarks/bench_adapt.py``): the pool and the validation set are the cases of one
@@ -44,7 +47,8 @@ seed start from the same cases and the same first model. The budget is wall-cloc
 run it on an otherwise idle machine: a busy CPU trains fewer steps per round.
 
 Writes the learning curves (mean ± sd over seeds per strategy, the base model as a dashed
-line, this command in the figure) to ``--png``, and beside it the results with the same
+line, this command in the figure) to ``--png`` (default: ``<work>/<key>/report.png``, so no run
+overwrites a figure the README shows unless asked to), and beside it the results with the same
 name: ``.csv`` (one row per seed, strategy and round: cases annotated, distance to target
 with missed structures charged 20 mm, mean Dice per structure, the cases annotated) and
 ``.json`` (the rows, the picks, the base model's figures, the settings). The table ends with
@@ -63,6 +67,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -71,6 +76,8 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -418,21 +425,51 @@ def run_seed(
         "picks": picks,
         "device": str(device),
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "commit": _commit(),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
 
 def run(args: argparse.Namespace, folder: Path, key: str, settings: dict[str, Any], seeds: Sequence[int]) -> None:
-    """Run ``seeds`` of the experiment, each written to its own file in ``folder`` once it is complete."""
+    """Run ``seeds`` of the experiment, each written to its own file in ``folder`` once it is complete.
+
+    With ``--workers`` above 1 the seeds run that many at a time, each in its own process with
+    its share of the cores as torch threads (the budget is wall-clock time, so a seed's
+    threads shape its rounds; each seed file records them).
+    """
     device = resolve_device(args.device)
     cases = _cases(args)
     _experiment(args, folder, key, settings, cases, device)
-    for seed in seeds:
-        result = run_seed(seed, cases, device, args, folder, key)
-        write_json_atomic(seed_path(folder, seed), result)
-        progress_path(folder, seed).unlink(missing_ok=True)
-        print(f"seed {seed}: complete, wrote {seed_path(folder, seed)}", flush=True)
+    if args.workers == 1:
+        for seed in seeds:
+            _run_to_file(seed, cases, device, args, folder, key)
+        return
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    each = partial(_seed_in_own_process, args=args, folder=folder, key=key, threads=threads)
+    with ProcessPoolExecutor(args.workers, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(each, seeds))
+
+
+def _run_to_file(
+    seed: int,
+    cases: tuple[list[LabelledCase], list[LabelledCase], Path],
+    device: torch.device,
+    args: argparse.Namespace,
+    folder: Path,
+    key: str,
+) -> None:
+    """Run one seed and write its file; the half-run record goes once the seed is complete."""
+    result = run_seed(seed, cases, device, args, folder, key)
+    write_json_atomic(seed_path(folder, seed), result)
+    progress_path(folder, seed).unlink(missing_ok=True)
+    print(f"seed {seed}: complete, wrote {seed_path(folder, seed)}", flush=True)
+
+
+def _seed_in_own_process(seed: int, args: argparse.Namespace, folder: Path, key: str, threads: int) -> None:
+    """One seed of ``--workers``: its own torch threads, cases and device."""
+    torch.set_num_threads(threads)
+    _run_to_file(seed, _cases(args), resolve_device(args.device), args, folder, key)
 
 
 def report(args: argparse.Namespace, folder: Path, key: str, settings: dict[str, Any]) -> None:
@@ -452,7 +489,7 @@ def report(args: argparse.Namespace, folder: Path, key: str, settings: dict[str,
         raise SystemExit(
             f"no seed of {' '.join(map(str, args.seeds))} finished yet in {folder}: run without --report-only"
         )
-    results = merge(experiment, list(done.values()))
+    results = merge(experiment, list(done.values())) | {"command": args.command}  # the figure's own command
     args.png.parent.mkdir(parents=True, exist_ok=True)
     args.png.with_suffix(".json").write_text(json.dumps(results, indent=2))
     with open(args.png.with_suffix(".csv"), "w", newline="") as f:
@@ -531,8 +568,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--workers", type=int, default=1, help="seeds run at once, each in its own process with its share of the cores"
+    )
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "napari-ivd-active-learning")
-    parser.add_argument("--png", type=Path, default=REPO / "docs/active-learning.png")
+    parser.add_argument("--png", type=Path, help="where the figure goes (default: <work>/<key>/report.png)")
     parser.add_argument(
         "--report-only", action="store_true", help="run nothing: table and plot from the seeds finished so far"
     )
@@ -544,6 +584,7 @@ def main() -> None:
     settings = _settings(args, find_model_dir(args.base))
     key = experiment_key(settings)
     folder = args.work / key
+    args.png = args.png or folder / "report.png"
     print(f"experiment {key}: {folder}")
     if not args.report_only:
         todo, done, problems = plan_seeds(folder, args.seeds, key)

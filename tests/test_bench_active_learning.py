@@ -7,7 +7,9 @@ picking replaced by bookkeeping: nothing is trained, no model is loaded.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -175,6 +177,16 @@ def test_table_cannot_tell_when_random_ends_no_better_than_the_shared_start() ->
     assert "cannot tell: random's final is no better than the 2 cases every strategy starts from" in text
 
 
+def test_the_table_gives_each_seed_s_difference_from_random_at_random_s_final() -> None:
+    behind = {**CURVES, "uncertainty": [(0.50, 5.0), (0.60, 4.0), (0.70, 3.0), (0.70, 1.5)]}  # seed 1: behind, nearer
+    text = runs.table(runs.merge(EXPERIMENT, [_seed_result(0), _seed_result(1, curves=behind)]))
+    assert "Per seed (0, 1) at 8 cases, minus random:" in text
+    # seed 0: 0.955 - 0.805 and 0.95 - 1.95 mm (both seeds shift alike); seed 1: 0.695 - 0.795 and 1.45 - 1.95 mm
+    uncertainty = "+15.00, -10.00 (mean +2.50; better in 1 of 2) | -1.00, -0.50 (mean -0.75; better in 2 of 2)"
+    diversity = "+10.00, +10.00 (mean +10.00; better in 2 of 2) | +0.00, +0.00 (mean +0.00; better in 0 of 2)"
+    assert f"| uncertainty | {uncertainty} |" in text and f"| uncertainty+diversity | {diversity} |" in text
+
+
 @pytest.mark.parametrize(
     "content",
     [
@@ -289,7 +301,8 @@ def _fake_rounds(monkeypatch: pytest.MonkeyPatch, kill_at: int | None = None) ->
 
 def _bench_args(work: Path) -> argparse.Namespace:
     settings = dict(start=2, k=1, rounds=2, strategies=["random", "uncertainty"], pool_source="VB3", contrast=None)
-    return argparse.Namespace(**settings, device="cpu", work=work, command="python benchmarks/bench_active_learning.py")
+    command = "python benchmarks/bench_active_learning.py"
+    return argparse.Namespace(**settings, device="cpu", workers=1, work=work, command=command)
 
 
 def test_a_seed_killed_midway_leaves_no_seed_file_and_resumes_at_its_last_round(
@@ -314,3 +327,58 @@ def test_a_seed_killed_midway_leaves_no_seed_file_and_resumes_at_its_last_round(
     result = json.loads(runs.seed_path(folder, 0).read_text())
     assert result["rows"] == expected["rows"] and result["picks"] == expected["picks"]
     assert not runs.progress_path(folder, 0).exists()
+
+
+KEPT = Path(__file__).resolve().parents[1] / "benchmarks" / "active-learning-vb3"
+
+
+def test_the_experiment_kept_in_git_belongs_to_its_base_and_each_seed_file_to_it() -> None:
+    """The README's experiment: its folder is its settings' key, the settings name the kept base, every seed counts."""
+    card = json.loads((KEPT / "base" / "card.json").read_text())
+    assert hashlib.sha256((KEPT / "base" / "weights.safetensors").read_bytes()).hexdigest() == card["weights_sha256"]
+    experiments = sorted(KEPT.glob(f"*/{runs.EXPERIMENT_FILE}"))
+    assert experiments
+    for path in experiments:
+        experiment = json.loads(path.read_text())
+        assert path.parent.name == experiment["key"] == runs.experiment_key(experiment["settings"])
+        assert experiment["settings"]["base_sha256"] == card["weights_sha256"]
+        seeds = [int(m[1]) for f in path.parent.iterdir() if (m := re.fullmatch(r"seed-(\d+)\.json", f.name))]
+        _, done, problems = runs.plan_seeds(path.parent, seeds, experiment["key"])
+        assert not problems and sorted(done) == sorted(seeds)
+
+
+class _InProcessPool:
+    """Stands for the process pool: the same calls, one after another in this process."""
+
+    def __init__(self, workers: int, mp_context: Any) -> None:
+        self.workers = workers
+
+    def __enter__(self) -> _InProcessPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def map(self, function: Any, items: Any) -> Any:
+        return map(function, items)
+
+
+def test_workers_run_every_seed_with_their_share_of_the_cores_and_record_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bench_active_learning as bench
+    import torch
+
+    trained = _fake_rounds(monkeypatch)
+    monkeypatch.setattr(bench, "ProcessPoolExecutor", _InProcessPool)
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 4)
+    args, threads = _bench_args(tmp_path), torch.get_num_threads()
+    args.workers = 2
+    try:
+        bench.run(args, tmp_path, "k", {}, [0, 1])
+    finally:
+        torch.set_num_threads(threads)
+    assert len(trained) == 2 * 5  # both seeds, every round
+    for seed in (0, 1):
+        result = json.loads(runs.seed_path(tmp_path, seed).read_text())
+        assert result["seed"] == seed and result["threads"] == 2
