@@ -378,8 +378,11 @@ def run_seed(
     args: argparse.Namespace,
     folder: Path,
     key: str,
-) -> dict[str, Any]:
-    """One seed, every strategy; resumes at the last round an earlier, killed run finished. Returns its result."""
+) -> None:
+    """One seed, every strategy, written to its file once complete (the half-run record then goes).
+
+    Resumes at the last round an earlier, killed run finished.
+    """
     pool_all, val, base = cases
     by_name = {c.name: c for c in pool_all}
     models = folder / "models" / f"seed-{seed}"
@@ -418,7 +421,7 @@ def run_seed(
             picks.append({"seed": seed, "strategy": strategy, "round": round_, "picked": done["picked"]})
             rows.append(done["row"])
             model_dir = models / f"{strategy}-round{round_}"
-    return {
+    result = {
         "key": key,
         "seed": seed,
         "rows": rows,
@@ -429,6 +432,9 @@ def run_seed(
         "commit": _commit(),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+    write_json_atomic(seed_path(folder, seed), result)
+    progress.unlink(missing_ok=True)
+    print(f"seed {seed}: complete, wrote {seed_path(folder, seed)}", flush=True)
 
 
 def run(args: argparse.Namespace, folder: Path, key: str, settings: dict[str, Any], seeds: Sequence[int]) -> None:
@@ -443,7 +449,7 @@ def run(args: argparse.Namespace, folder: Path, key: str, settings: dict[str, An
     _experiment(args, folder, key, settings, cases, device)
     if args.workers == 1:
         for seed in seeds:
-            _run_to_file(seed, cases, device, args, folder, key)
+            run_seed(seed, cases, device, args, folder, key)
         return
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     each = partial(_seed_in_own_process, args=args, folder=folder, key=key, threads=threads)
@@ -451,25 +457,10 @@ def run(args: argparse.Namespace, folder: Path, key: str, settings: dict[str, An
         list(pool.map(each, seeds))
 
 
-def _run_to_file(
-    seed: int,
-    cases: tuple[list[LabelledCase], list[LabelledCase], Path],
-    device: torch.device,
-    args: argparse.Namespace,
-    folder: Path,
-    key: str,
-) -> None:
-    """Run one seed and write its file; the half-run record goes once the seed is complete."""
-    result = run_seed(seed, cases, device, args, folder, key)
-    write_json_atomic(seed_path(folder, seed), result)
-    progress_path(folder, seed).unlink(missing_ok=True)
-    print(f"seed {seed}: complete, wrote {seed_path(folder, seed)}", flush=True)
-
-
 def _seed_in_own_process(seed: int, args: argparse.Namespace, folder: Path, key: str, threads: int) -> None:
     """One seed of ``--workers``: its own torch threads, cases and device."""
     torch.set_num_threads(threads)
-    _run_to_file(seed, _cases(args), resolve_device(args.device), args, folder, key)
+    run_seed(seed, _cases(args), resolve_device(args.device), args, folder, key)
 
 
 def report(args: argparse.Namespace, folder: Path, key: str, settings: dict[str, Any]) -> None:

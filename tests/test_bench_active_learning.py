@@ -351,7 +351,7 @@ class _InProcessPool:
     """Stands for the process pool: the same calls, one after another in this process."""
 
     def __init__(self, workers: int, mp_context: Any) -> None:
-        self.workers = workers
+        pass
 
     def __enter__(self) -> _InProcessPool:
         return self

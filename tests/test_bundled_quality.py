@@ -46,11 +46,11 @@ class Bound:
 
 # How each bound was set: the figure measured on 2026-12-05 (weights of commit f48df23,
 # inference of commit b2d3fef) on a CPU without native bfloat16, in float32 and with
-# bfloat16 autocast forced; the worse of the two (they differ by at most 0.12 mm, and the
-# naming not at all), plus a margin of 0.5 mm on the distance and one reference level (1/13)
-# on identification. After a retrain or a change to naming, measure again (a failing test
-# prints the model's figures; `score` gives them for any prediction) and set each bound the
-# same way.
+# bfloat16 autocast forced; the worse of the two (on these cases they differ by at most
+# 0.12 mm and name the same levels), plus a margin of 0.5 mm on the distance and one
+# reference level (1/13) on identification. After a retrain or a change to naming, measure
+# again (a failing test prints the model's figures; `score` gives them for any prediction)
+# and set each bound the same way.
 BOUNDS: dict[tuple[str, str], Bound] = {
     # The starter. T1w: the lead tightens this after the retrain on all four sources.
     (DEFAULT_MODEL, T2W_CASE): Bound(1.7, 0.92),  # measured 1.18 mm, 13/13
