@@ -15,12 +15,14 @@ for each of its cues; and the same between each case's score and its mean point 
 Last, the cases whose prediction a researcher must fix as a whole (a chain named off by one,
 a missed level: :func:`napari_ivd.metrics.chain_failures`, L5-S1 counted where
 :func:`~napari_ivd.metrics.sacrum_in_view`) and where the case score ranks them among the
-cases: the issue's target is every one of them in the top quarter.
+cases: the issue's target is every one of them in the top quarter. ``--json`` keeps every
+point's cues and every case's findings, so another case score can be judged from it offline.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -106,7 +108,7 @@ def main() -> None:
         )
         rows.append(
             {"case": case.name, "score": scored.score, "reason": scored.reason, "error_mm": mean_error}
-            | {"failures": list(failures)}
+            | {"failures": list(failures), "findings": [dataclasses.asdict(f) for f in scored.findings]}
         )
         shown = f"{mean_error:6.2f}" if mean_error is not None else "     -"
         print(

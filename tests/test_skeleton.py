@@ -365,15 +365,44 @@ def _network_output(points_px: dict[str, tuple[float, float]], peak: dict[str, f
     return heat, offset
 
 
-def test_prediction_names_a_weak_peak_inside_the_chain_but_not_past_its_end(prior, monkeypatch):
+def test_prediction_names_a_weak_peak_inside_the_chain_and_one_continuing_it_under_its_own_name(prior, monkeypatch):
     truth = _patient(seed=26)
     heat, offset = _network_output(truth, {"L2": 0.07, "L5-S1": 0.07})
     named, _ = inference.name_points(heat, offset, list(LUMBAR), 2, prior, SPACING_MM, (440, 260))
 
-    assert list(named) == list(LUMBAR[:-1])  # L2 between L1-L2 and L2-L3; the weak L5-S1 ends nothing
-    assert abs(named["L2"].row - truth["L2"][0]) < 1 and named["L2"].score == pytest.approx(0.07, abs=0.005)
+    assert list(named) == list(LUMBAR)  # L2 between L1-L2 and L2-L3; L5-S1 where the chain goes on
+    for name in ("L2", "L5-S1"):
+        assert abs(named[name].row - truth[name][0]) < 1 and named[name].score == pytest.approx(0.07, abs=0.005)
     monkeypatch.setattr(inference, "GAP_MIN_SCORE", inference.MIN_SCORE)
-    assert "L2" not in inference.name_points(heat, offset, list(LUMBAR), 2, prior, SPACING_MM, (440, 260))[0]
+    named = inference.name_points(heat, offset, list(LUMBAR), 2, prior, SPACING_MM, (440, 260))[0]
+    assert "L2" not in named and "L5-S1" not in named
+
+
+def test_a_weak_peak_continues_the_chain_only_under_its_own_name_and_in_place():
+    """Past the chain's ends nothing vouches for a renamed weak peak, or for one off the chain's course."""
+    truth = _patient(seed=28)
+    chain = {n: Candidate(n, r, c, 0.8) for n, (r, c) in truth.items() if n not in ("T11", "T11-T12", "L5-S1")}
+    step = abs(complex(*truth["L4"]) - complex(*truth["L2"])) / 4  # one label spacing, in pixels
+    weaker = [
+        Candidate("L5-S1", *truth["L5-S1"], 0.07),  # its own name, where the chain expects it
+        Candidate("T12", *truth["T11-T12"], 0.07),  # another name
+        Candidate("T11", truth["T11"][0], truth["T11"][1] + 0.5 * step, 0.07),  # half a level anterior
+    ]
+
+    named = extend_chain(chain, list(chain.values()), LUMBAR, weaker=weaker)
+
+    assert list(named) == list(LUMBAR[2:])
+    assert (named["L5-S1"].row, named["L5-S1"].col, named["L5-S1"].score) == (*truth["L5-S1"], 0.07)
+    assert all(named[n] == chain[n] for n in chain)
+    assert extend_chain(chain, list(chain.values()), LUMBAR) == chain  # the search's detections alone end at L5
+
+
+def test_a_weak_peak_never_turns_a_doubtful_pair_into_a_spine(prior):
+    """Two doubtful detections are no spine (see ``MIN_STRUCTURES``); a weak third one must not make them one."""
+    truth = _patient(seed=29)
+    heat, offset = _network_output(truth, {n: 0.0 for n in LUMBAR} | {"L3": 0.3, "L3-L4": 0.3, "L4": 0.07})
+
+    assert inference.name_points(heat, offset, list(LUMBAR), 2, prior, SPACING_MM, (440, 260)) == ({}, False)
 
 
 def _also_called(heat: np.ndarray, offset: np.ndarray, name: str, other: str) -> None:

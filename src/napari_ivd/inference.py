@@ -12,10 +12,10 @@ Steps (see docs/pipeline.md for the shared conventions):
    (Azad 2021), so false positives drop, levels stay in order and nothing is named that is
    not seen; weaker detections in the chain's gaps take the levels missing there
    (``skeleton.fill_gaps``) and detections that continue the chain past its ends take the
-   next levels (``skeleton.extend_chain``); a model with an S1 label that sees the sacrum confidently
-   one step below the chain's lowest disc names the chain from it
-   (``skeleton.anchor_on_sacrum``: that disc is L5-S1), so a chain counted one level off
-   is corrected;
+   next levels (``skeleton.extend_chain``; a weaker one only under its own name); a model
+   with an S1 label that sees the sacrum confidently one step below the chain's lowest disc
+   names the chain from it (``skeleton.anchor_on_sacrum``: that disc is L5-S1), so a chain
+   counted one level off is corrected;
 4. threshold the per-slice vertebral-body/disc masks, keep the 3D components that hold a
    named structure, give each voxel the level of the nearest named structure of its kind,
    and return the mask on the file's own grid;
@@ -528,7 +528,8 @@ def name_points(
     Hough voting and kept inside the slice (``slice_shape``: rows, cols). With a skeleton
     ``prior`` the chain that best fits it is chosen, its gaps are filled from weaker peaks
     (down to :data:`GAP_MIN_SCORE`, per label, then per kind: :func:`_kind_candidates`) and
-    it is extended past its ends, else the best candidate per label; a confident sacrum
+    it is extended past its ends (by weaker peaks too, under their own names, once it holds
+    :data:`MIN_STRUCTURES`), else the best candidate per label; a confident sacrum
     then names the chain from L5-S1, and a lone doubtful pair is no spine, so nothing is
     named. Returns the named candidates and
     whether the sacrum renamed them.
@@ -541,13 +542,13 @@ def name_points(
     candidates = inside(decode(heat, offset, labels, stride=stride, min_score=MIN_SCORE))
     if prior:
         chosen = search(candidates, prior, spacing_mm=spacing_mm)
+        weaker = inside(decode(heat, offset, labels, stride=stride, min_score=GAP_MIN_SCORE))
         if gaps(chosen, labels):
-            chosen = fill_gaps(
-                chosen, inside(decode(heat, offset, labels, stride=stride, min_score=GAP_MIN_SCORE)), labels
-            )
+            chosen = fill_gaps(chosen, weaker, labels)
         if gaps(chosen, labels):  # then structures seen under no name strong enough to vote
             chosen = fill_gaps(chosen, inside(_kind_candidates(heat, offset, labels, stride)), labels)
-        chosen = extend_chain(chosen, candidates, labels)
+        # weak peaks may continue a chain, never turn a doubtful pair into one
+        chosen = extend_chain(chosen, candidates, labels, weaker=weaker if len(chosen) >= MIN_STRUCTURES else ())
     else:
         chosen = _best_per_label(candidates)
     chosen, named_from_sacrum = anchor_on_sacrum(chosen, candidates, labels)
