@@ -263,7 +263,19 @@ def test_the_share_is_of_the_cases_random_was_given_even_when_it_plateaued_earli
     }
     text = runs.table(runs.merge(EXPERIMENT, [_seed_result(0, curves=curves), _seed_result(1, curves=curves)]))
     assert "| random | 6 (75 %) | 6 (75 %) | 6 (75 %) |" in text
-    assert "best: uncertainty, 50 % of random's cases (target ≤ 70 %: met)" in text
+    assert "best: uncertainty, 50 % of random's cases (target ≤ 70 %: met)\n" in text  # earlier than random
+
+
+def test_the_verdict_says_when_random_itself_gets_there_as_early() -> None:
+    curves = {
+        "random": [(0.50, 5.0), (0.80, 2.0), (0.80, 2.0), (0.80, 2.0)],  # its final already at 4
+        "uncertainty": [(0.50, 5.0), (0.85, 1.8), (0.90, 1.5), (0.95, 1.0)],  # also at 4
+    }
+    text = runs.table(runs.merge(EXPERIMENT, [_seed_result(0, curves=curves), _seed_result(1, curves=curves)]))
+    assert (
+        "best: uncertainty, 50 % of random's cases (target ≤ 70 %: met; random itself gets there with 4 (50 %):"
+        " no saving over random shown)"
+    ) in text
 
 
 class _Killed(Exception):
