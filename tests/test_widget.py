@@ -136,6 +136,23 @@ def test_cancel_stops_a_prediction_and_leaves_the_case_as_it_was(make_napari_vie
     assert widget.predict_button.isEnabled() and not widget.cancel_button.isEnabled()
 
 
+def test_closing_napari_while_predicting_leaves_no_traceback(make_napari_viewer, qtbot, image_only_store, tmp_path):
+    """napari stops the prediction as its window closes; the end reaches no deleted widget."""
+    viewer, widget = docked_annotator(make_napari_viewer)
+    widget.auto_predict.setChecked(False)
+    widget.open_store(copy_store(image_only_store, tmp_path))
+    with qtbot.waitSignal(widget.case_opened, timeout=30_000):
+        widget.next_case()
+    qtbot.mouseClick(widget.predict_button, Qt.MouseButton.LeftButton)
+    worker = widget.worker
+    with qtbot.capture_exceptions() as exceptions:
+        with qtbot.waitSignal(widget.destroyed, timeout=10_000):
+            viewer.close()
+        qtbot.waitUntil(lambda: not worker.is_running, timeout=PREDICT_TIMEOUT_MS)
+        qtbot.wait(100)  # the end's queued callbacks run here
+    assert exceptions == []
+
+
 def test_bad_files_and_a_bad_model_are_notifications_and_the_viewer_stays_usable(
     make_napari_viewer, qtbot, shared_data, tmp_path
 ):

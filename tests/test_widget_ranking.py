@@ -179,6 +179,26 @@ def test_a_missing_level_shows_as_an_orange_named_cross_to_accept_as_a_point_or_
 
 
 @pytest.mark.slow
+def test_closing_napari_while_ranking_leaves_no_traceback(make_napari_viewer, qtbot, shared_data, tmp_path):
+    """napari stops the ranking as its window closes; the end reaches no deleted widget (no traceback)."""
+    location = tmp_path / "one.zarr"
+    store = AnnotationStore.open(location, create=True, fsync=False)
+    store.add_case(read_volume(shared_data / VB3_01), "VB3_case-01")
+    viewer, widget = docked_annotator(make_napari_viewer)
+    widget.auto_predict.setChecked(False)
+    widget.open_store(location)
+    panel = widget.ranking
+
+    qtbot.mouseClick(panel.rank_button, Qt.MouseButton.LeftButton)
+    worker = panel.worker
+    with qtbot.capture_exceptions() as exceptions:
+        with qtbot.waitSignal(panel.destroyed, timeout=10_000):
+            viewer.close()
+        qtbot.waitUntil(lambda: not worker.is_running, timeout=RANK_TIMEOUT_MS)
+        qtbot.wait(100)  # the end's queued callbacks run here
+    assert exceptions == []
+
+
 def test_ranking_scores_a_real_scan_in_the_background_and_can_be_cancelled(
     make_napari_viewer, qtbot, shared_data, tmp_path
 ):

@@ -18,6 +18,7 @@ from typing import Any
 
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error
+from qtpy.QtCore import QObject
 
 from napari_ivd.errors import IvdError
 from napari_ivd.progress import Job, Progress, run_steps
@@ -59,6 +60,7 @@ def start_job(
     on_abort: Callable[[], None] | None = None,
     on_error: Callable[[BaseException], None] | None = None,
     on_finish: Callable[[], None] | None = None,
+    owner: QObject | None = None,
 ) -> GeneratorWorker | None:
     """Run ``job`` in a napari worker (progress bar ``what``); None when run inline.
 
@@ -66,8 +68,13 @@ def start_job(
     the bar then takes the job's total from its first report. Callbacks run on the main
     thread: ``on_yield`` with each report, ``on_return`` with the result, ``on_abort``
     after a cancel, ``on_error`` with the exception (after the notification),
-    ``on_finish`` always, last.
+    ``on_finish`` always, last. Once Qt deletes ``owner`` (the widget the callbacks
+    update: napari was closed while the job ran), they are skipped, so the job's late end
+    is no traceback (napari itself quits its running workers as its window closes).
     """
+    on_yield, on_return, on_abort, on_error, on_finish = _while_alive(
+        owner, on_yield, on_return, on_abort, on_error, on_finish
+    )
 
     def failed(exc: BaseException) -> None:
         notify_error(what, exc)
@@ -118,6 +125,28 @@ def start_job(
         worker.finished.connect(on_finish)
     worker.start()
     return worker
+
+
+def _while_alive(owner: QObject | None, *callbacks: Callable[..., None] | None) -> list[Callable[..., None] | None]:
+    """``callbacks`` that do nothing once Qt has deleted ``owner`` (all of them as they are without one)."""
+    if owner is None:
+        return list(callbacks)
+    deleted = False
+
+    def gone(*_: Any) -> None:
+        nonlocal deleted
+        deleted = True
+
+    owner.destroyed.connect(gone)
+
+    def guarded(callback: Callable[..., None]) -> Callable[..., None]:
+        def call(*args: Any) -> None:
+            if not deleted:
+                callback(*args)
+
+        return call
+
+    return [None if callback is None else guarded(callback) for callback in callbacks]
 
 
 def _place(pbar: Any, what: str, report: Progress) -> None:

@@ -145,6 +145,7 @@ class RankingPanel(QWidget):
             on_abort=lambda: self._conclude("Ranking cancelled"),
             on_error=lambda exc: self._conclude("Ranking failed"),
             on_finish=finished,
+            owner=self,
         )
 
     def refresh(self, *_: Any) -> None:

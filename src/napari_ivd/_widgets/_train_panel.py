@@ -158,6 +158,7 @@ class TrainPanel(QGroupBox):
             on_abort=self._cancelled,
             on_error=lambda exc: self.status_label.setText(f"Failed: {exc}"),
             on_finish=self._ended,
+            owner=self,
         )
 
     def cancel(self) -> None:

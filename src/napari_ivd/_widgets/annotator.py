@@ -279,6 +279,7 @@ class AnnotatorWidget(QWidget):
             on_return=returned,
             on_abort=lambda: show_info(f"{what}: cancelled"),
             on_finish=finished,
+            owner=self,
         )
 
     def after_job(self, follow_up: Callable[[], None]) -> None:
