@@ -24,6 +24,7 @@ from widget_support import (
     copy_store,
     docked_annotator,
     drag,
+    exceptions_closing_napari,
     make_store,
     notifications_since,
 )
@@ -144,13 +145,7 @@ def test_closing_napari_while_predicting_leaves_no_traceback(make_napari_viewer,
     with qtbot.waitSignal(widget.case_opened, timeout=30_000):
         widget.next_case()
     qtbot.mouseClick(widget.predict_button, Qt.MouseButton.LeftButton)
-    worker = widget.worker
-    with qtbot.capture_exceptions() as exceptions:
-        with qtbot.waitSignal(widget.destroyed, timeout=10_000):
-            viewer.close()
-        qtbot.waitUntil(lambda: not worker.is_running, timeout=PREDICT_TIMEOUT_MS)
-        qtbot.wait(100)  # the end's queued callbacks run here
-    assert exceptions == []
+    assert exceptions_closing_napari(qtbot, viewer, widget, widget.worker, PREDICT_TIMEOUT_MS) == []
 
 
 def test_bad_files_and_a_bad_model_are_notifications_and_the_viewer_stays_usable(

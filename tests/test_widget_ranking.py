@@ -8,6 +8,7 @@ slow one scores a real scan in the background.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +19,14 @@ from napari_ivd.active import CachedCase, Finding, Placeholder, PointScore, Scor
 from napari_ivd.io import read_volume
 from napari_ivd.models import find_model_dir, read_card
 from napari_ivd.store import AnnotationStore
-from widget_support import CASE_ID, copy_store, docked_annotator, make_store, notifications_since
+from widget_support import (
+    CASE_ID,
+    copy_store,
+    docked_annotator,
+    exceptions_closing_napari,
+    make_store,
+    notifications_since,
+)
 
 IVD_11 = "lumbar/IVD/case-11/image.nii.gz"
 VB3_01 = "lumbar/VB3/case-01/image.nii.gz"
@@ -178,36 +186,30 @@ def test_a_missing_level_shows_as_an_orange_named_cross_to_accept_as_a_point_or_
     assert not widget.has_unsaved_changes()
 
 
-@pytest.mark.slow
-def test_closing_napari_while_ranking_leaves_no_traceback(make_napari_viewer, qtbot, shared_data, tmp_path):
-    """napari stops the ranking as its window closes; the end reaches no deleted widget (no traceback)."""
+def _one_scan_ranking(make_napari_viewer: Any, shared_data: Path, tmp_path: Path) -> tuple[Any, Any, Path]:
+    """The viewer and the docked annotator with a fresh store of one real scan open, and the store's path."""
     location = tmp_path / "one.zarr"
     store = AnnotationStore.open(location, create=True, fsync=False)
     store.add_case(read_volume(shared_data / VB3_01), "VB3_case-01")
     viewer, widget = docked_annotator(make_napari_viewer)
     widget.auto_predict.setChecked(False)
     widget.open_store(location)
+    return viewer, widget, location
+
+
+def test_closing_napari_while_ranking_leaves_no_traceback(make_napari_viewer, qtbot, shared_data, tmp_path):
+    """napari stops the ranking as its window closes; the end reaches no deleted widget (no traceback)."""
+    viewer, widget, _ = _one_scan_ranking(make_napari_viewer, shared_data, tmp_path)
     panel = widget.ranking
-
     qtbot.mouseClick(panel.rank_button, Qt.MouseButton.LeftButton)
-    worker = panel.worker
-    with qtbot.capture_exceptions() as exceptions:
-        with qtbot.waitSignal(panel.destroyed, timeout=10_000):
-            viewer.close()
-        qtbot.waitUntil(lambda: not worker.is_running, timeout=RANK_TIMEOUT_MS)
-        qtbot.wait(100)  # the end's queued callbacks run here
-    assert exceptions == []
+    assert exceptions_closing_napari(qtbot, viewer, panel, panel.worker, RANK_TIMEOUT_MS) == []
 
 
+@pytest.mark.slow
 def test_ranking_scores_a_real_scan_in_the_background_and_can_be_cancelled(
     make_napari_viewer, qtbot, shared_data, tmp_path
 ):
-    location = tmp_path / "one.zarr"
-    store = AnnotationStore.open(location, create=True, fsync=False)
-    store.add_case(read_volume(shared_data / VB3_01), "VB3_case-01")
-    _viewer, widget = docked_annotator(make_napari_viewer)
-    widget.auto_predict.setChecked(False)
-    widget.open_store(location)
+    _, widget, location = _one_scan_ranking(make_napari_viewer, shared_data, tmp_path)
     panel = widget.ranking
 
     qtbot.mouseClick(panel.rank_button, Qt.MouseButton.LeftButton)

@@ -75,6 +75,20 @@ def docked_annotator(make_napari_viewer: Any, show: bool = False) -> tuple[Any, 
     return viewer, widget
 
 
+def exceptions_closing_napari(qtbot: Any, viewer: Any, widget: Any, worker: Any, timeout_ms: int) -> list[Any]:
+    """Close ``viewer`` while ``worker`` runs for ``widget``; the exceptions Qt's event loop saw until its end.
+
+    Waits for Qt to delete ``widget``, then for the worker to stop (napari quits it) and
+    its queued callbacks to run.
+    """
+    with qtbot.capture_exceptions() as exceptions:
+        with qtbot.waitSignal(widget.destroyed, timeout=10_000):
+            viewer.close()
+        qtbot.waitUntil(lambda: not worker.is_running, timeout=timeout_ms)
+        qtbot.wait(100)
+    return list(exceptions)
+
+
 def notifications_since(start: int) -> list[str]:
     """Notification messages emitted after record ``start``."""
     return [str(n.message) for n in notification_manager.records[start:]]
