@@ -274,10 +274,10 @@ def _cases(args: argparse.Namespace) -> tuple[list[LabelledCase], list[LabelledC
         return sorted(rest, key=lambda c: c.name)[: args.max_pool], val, base
     cases = sorted((c for c in cases if c.name.split("/")[0] == args.pool_source), key=lambda c: c.name)
     seen = set(read_card(base).get("trained_on", []))
-    if any(c.name in seen for c in cases):
-        dropped = sorted(c.name for c in cases if c.name in seen)
+    if any(c.seen_in(seen) for c in cases):
+        dropped = sorted(c.name for c in cases if c.seen_in(seen))
         print(f"{base} trained on {len(dropped)} {args.pool_source} cases, left out of pool and validation: {dropped}")
-        cases = [c for c in cases if c.name not in seen]
+        cases = [c for c in cases if not c.seen_in(seen)]
     order = np.random.default_rng(0).permutation(len(cases))
     n_val = max(1, round(args.val_fraction * len(cases)))
     val = [cases[i] for i in sorted(order[:n_val])]

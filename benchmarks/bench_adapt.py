@@ -358,8 +358,10 @@ def main() -> None:
     settings = Settings(
         args.data, args.bases, args.device, threads, args.base_minutes, args.minutes, args.max_epochs, stop, args.base
     )
-    names = list(_cases(args.data))
-    seen = read_card(model_folder(None, args.base)).get("trained_on", []) if args.base else []
+    cases = _cases(args.data)
+    names = list(cases)
+    trained_on = read_card(model_folder(None, args.base)).get("trained_on", []) if args.base else []
+    seen = [name for name, case in cases.items() if case.seen_in(trained_on)]
     jobs = [
         job
         for recipe in args.recipes

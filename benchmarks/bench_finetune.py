@@ -87,7 +87,7 @@ def main() -> None:
     corrected = [pool[i] for i in sorted(rng.choice(len(pool), size=min(args.cases, len(pool)), replace=False))]
     seen = set(base_card.get("trained_on", []))
     print(
-        f"base {base_dir.name}: saw {sum(c.name in seen for c in train + dev if c.contrast == args.contrast)} "
+        f"base {base_dir.name}: saw {sum(c.seen_in(seen) for c in train + dev if c.contrast == args.contrast)} "
         f"{args.contrast} cases in training; torch {torch.__version__}, {platform.machine()}, "
         f"{torch.get_num_threads()} threads, {device}"
     )

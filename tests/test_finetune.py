@@ -118,6 +118,36 @@ def test_hand_corrected_cases_split_into_train_and_validation_and_a_single_one_o
     assert (len(plan.train), len(plan.validation), plan.judged) == (n_train, n_validation, n_validation > 0)
 
 
+def test_one_image_under_two_case_ids_is_held_out_whole_so_no_copy_trains():
+    store = AnnotationStore.open("memory://plan-same-image", create=True)
+    for i, case_id in enumerate(["scan-a", "scan-b", "scan-c", "scan-d"]):
+        store.add_case(_volume(i), case_id)
+        store.save_revision(case_id, POINTS, None, status="verified")
+    for case_id, source in (("scan-a-again", "manual"), ("scan-a-accepted", "model:ivdnet-lumbar")):
+        store.add_case(_volume(0), case_id)  # scan-a's image, imported under another id
+        store.save_revision(case_id, POINTS, None, source=source, status="verified")
+    for fraction in (0.2, 0.5, 0.8):
+        plan = plan_training(store, fraction)
+        train = {c.case_id for c in plan.train}
+        validation = {c.case_id for c in plan.validation}
+        copies = {"scan-a", "scan-a-again", "scan-a-accepted"}
+        assert not (copies & train and copies & validation), f"fraction {fraction}: a copy trains, one judges"
+        assert plan.validation and plan.train
+    plan = plan_training(store, 0.8)  # 4 held out of 6: scan-a and its copies among them
+    assert {"scan-a", "scan-a-again"} <= {c.case_id for c in plan.validation}
+    assert "scan-a-accepted" not in {c.case_id for c in plan.train + plan.validation}
+    assert "same image as held-out scan-a, scan-a-again" in dict(plan.skipped)["scan-a-accepted"]
+
+
+def test_plan_never_holds_out_every_copy_of_the_only_image():
+    store = AnnotationStore.open("memory://plan-one-image", create=True)
+    for case_id in ("scan", "scan-again"):
+        store.add_case(_volume(0), case_id)
+        store.save_revision(case_id, POINTS, None)
+    plan = plan_training(store)
+    assert len(plan.train) == 2 and plan.validation == () and not plan.judged
+
+
 def test_plan_needs_one_corrected_case_and_says_so():
     store = AnnotationStore.open("memory://plan-too-few", create=True)
     store.add_case(_volume(0), "only")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -19,6 +20,7 @@ from napari_ivd.training.cases import (
     judged_cases,
     labels_of,
     load_lumbar_cases,
+    merge_duplicates,
     split_cases,
 )
 from napari_ivd.training.data import END_CLEARANCE_MM, ROBUST_AUGMENTATION, SampleConfig, SliceDataset
@@ -260,9 +262,34 @@ def lumbar_cases(shared_data) -> dict[str, LabelledCase]:
 
 
 def test_lumbar_loader_finds_every_case_with_manifest_contrasts(lumbar_cases):
-    assert len(lumbar_cases) == 62
+    assert len(lumbar_cases) == 58  # 62 case folders, 4 of them a copy of another's image
     by_set = Counter((name.split("/")[0], c.contrast) for name, c in lumbar_cases.items())
-    assert by_set == {("IVD", "T2w"): 2, ("VB1", "T1w"): 6, ("VB2", "T2w"): 7, ("VB3", "water"): 47}
+    assert by_set == {("IVD", "T2w"): 2, ("VB1", "T1w"): 6, ("VB2", "T2w"): 7, ("VB3", "water"): 43}
+
+
+def test_vb3_scans_shipped_twice_are_one_case_and_a_copy_of_a_training_case_is_not_unseen(lumbar_cases):
+    copies = {name: c.duplicates for name, c in lumbar_cases.items() if c.duplicates}
+    assert copies == {
+        "VB3/case-18": ("VB3/case-19",),
+        "VB3/case-32": ("VB3/case-33",),
+        "VB3/case-51": ("VB3/case-53",),
+        "VB3/case-52": ("VB3/case-54",),
+    }
+    cases = list(lumbar_cases.values())
+    unseen = {c.name for c in judged_cases(cases, {"trained_on": ["VB3/case-19"]}, unseen=True, sources=["VB3"])}
+    assert "VB3/case-18" not in unseen and len(unseen) == 42
+
+
+def test_merging_keeps_the_first_case_of_an_image_and_its_labels(phantom, caplog):
+    other_image = replace(phantom, name="VB3/case-02", volume=replace(phantom.volume, array=phantom.volume.array + 1))
+    copy = replace(phantom, name="VB3/case-09", keypoints_vox={})
+    with caplog.at_level("WARNING"):
+        merged = merge_duplicates([phantom, other_image, copy])
+    assert "VB3/case-09 has the image of phantom/psr" in caplog.text and "with other labels" in caplog.text
+    assert [c.name for c in merged] == [phantom.name, "VB3/case-02"]
+    assert merged[0].duplicates == ("VB3/case-09",) and merged[1].duplicates == ()
+    assert merged[0].keypoints_vox.keys() == phantom.keypoints_vox.keys()
+    assert merged[0].seen_in(["VB3/case-09"]) and not merged[1].seen_in(["VB3/case-09"])
 
 
 def test_vb2_case07_has_named_bodies_and_derived_discs_between_neighbours(lumbar_cases, shared_data):
@@ -310,7 +337,7 @@ def test_split_is_deterministic_stratified_and_order_independent(lumbar_cases):
     assert {c.name for c in train} | {c.name for c in dev} == set(lumbar_cases)
     assert not {c.name for c in train} & {c.name for c in dev}
     dev_contrasts = Counter(c.contrast for c in dev)
-    assert dev_contrasts == {"T1w": 1, "T2w": 2, "water": 9}  # 20 % of 6, 9 and 47
+    assert dev_contrasts == {"T1w": 1, "T2w": 2, "water": 9}  # 20 % of 6, 9 and 43
     other_seed = {c.name for c in split_cases(cases, dev_fraction=0.2, seed=1)[1]}
     assert other_seed != {c.name for c in dev}
 

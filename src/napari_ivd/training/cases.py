@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from napari_ivd.anatomy import TSS_CANAL, from_tss, structure, tss_names
 from napari_ivd.errors import UnreadableFileError, UnsupportedScanError
 from napari_ivd.io import Volume, read_volume
 from napari_ivd.io.annotations import points_from_tss_mask, read_sct_discs, read_tss_mask
+from napari_ivd.store.content import image_sha256
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ __all__ = [
     "load_lumbar_case",
     "load_lumbar_cases",
     "mask_kinds_of",
+    "merge_duplicates",
     "split_cases",
 ]
 
@@ -82,6 +84,10 @@ class LabelledCase:
         Levels a researcher marked as not present in the scan (a sacralised L5 has no L5-S1):
         taught as known background, unlike a level the case merely does not annotate. None
         of them may have a keypoint.
+    duplicates : tuple of str
+        Other cases of the data whose image is this one's, voxel for voxel (a dataset may
+        ship one scan under two ids): merged into this case, so a split never puts one copy
+        in training and the other in evaluation (:func:`load_lumbar_cases`).
 
     Raises
     ------
@@ -99,6 +105,7 @@ class LabelledCase:
     mask_kinds: frozenset[str] = frozenset()
     mask_kind_only: np.ndarray | None = None
     absent: frozenset[str] = frozenset()
+    duplicates: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.contrast not in CONTRASTS:
@@ -123,6 +130,10 @@ class LabelledCase:
     def has_mask(self) -> bool:
         """True when the case carries any segmentation mask."""
         return self.mask_tss is not None or self.mask_kind_only is not None
+
+    def seen_in(self, names: Iterable[str]) -> bool:
+        """Whether ``names`` (a card's ``trained_on``) hold this case or one of its duplicates."""
+        return not {self.name, *self.duplicates}.isdisjoint(names)
 
 
 def end_field_of_view(case: LabelledCase, below: str = "L5", fraction: float = 0.5) -> LabelledCase | None:
@@ -254,6 +265,10 @@ def load_lumbar_case(case_dir: Path) -> LabelledCase:
 def load_lumbar_cases(root: Path) -> list[LabelledCase]:
     """Load every case under a ``lumbar/`` folder (``<root>/<set>/<case>/image.nii.gz``).
 
+    Cases whose images are identical voxel for voxel are one scan: the first by name is kept,
+    the others are listed in its ``duplicates`` (VB3 ships four scans twice). Judged as two
+    cases, the copy of a training case would be scored as unseen.
+
     Parameters
     ----------
     root : Path
@@ -262,7 +277,7 @@ def load_lumbar_cases(root: Path) -> list[LabelledCase]:
     Returns
     -------
     list of LabelledCase
-        Sorted by name (set, then case).
+        Sorted by name (set, then case), one per distinct image.
 
     Raises
     ------
@@ -273,9 +288,45 @@ def load_lumbar_cases(root: Path) -> list[LabelledCase]:
     case_dirs = sorted(p.parent for p in root.glob(f"*/*/{_IMAGE_FILE}"))
     if not case_dirs:
         raise UnreadableFileError(f"{root}: no <set>/<case>/{_IMAGE_FILE} found; point to the lumbar/ data folder")
-    cases = [load_lumbar_case(d) for d in case_dirs]
+    cases = merge_duplicates([load_lumbar_case(d) for d in case_dirs])
     log.info("loaded %d lumbar cases from %s", len(cases), root)
     return cases
+
+
+def merge_duplicates(cases: Sequence[LabelledCase]) -> list[LabelledCase]:
+    """One case per distinct image (:func:`~napari_ivd.store.image_sha256`), the others named in its ``duplicates``.
+
+    The first case of each image in ``cases``' order is kept with its labels; a copy whose
+    labels differ is reported in the log, since only the kept case's labels are used.
+    """
+    kept: dict[str, LabelledCase] = {}
+    for case in cases:
+        digest = image_sha256(case.volume.array)
+        first = kept.get(digest)
+        if first is None:
+            kept[digest] = case
+            continue
+        same_labels = _same_labels(first, case)
+        log.warning(
+            "%s has the image of %s voxel for voxel%s: judged and split as one case",
+            case.name,
+            first.name,
+            "" if same_labels else " (with other labels; only those of the first are used)",
+        )
+        kept[digest] = replace(first, duplicates=(*first.duplicates, case.name))
+    return list(kept.values())
+
+
+def _same_labels(a: LabelledCase, b: LabelledCase) -> bool:
+    """Whether two cases carry the same keypoints and masks."""
+    if a.keypoints_vox.keys() != b.keypoints_vox.keys():
+        return False
+    if any(not np.allclose(a.keypoints_vox[n], b.keypoints_vox[n]) for n in a.keypoints_vox):
+        return False
+    return all(
+        (x is None and y is None) or (x is not None and y is not None and np.array_equal(x, y))
+        for x, y in ((a.mask_tss, b.mask_tss), (a.mask_kind_only, b.mask_kind_only))
+    )
 
 
 def split_cases(
@@ -333,7 +384,8 @@ def judged_cases(
     """The labelled cases a model may be judged on: none it trained on.
 
     The dev cases of ``napari-ivd train``'s split (the card's training seed), or with
-    ``unseen`` every case its card does not list under ``trained_on``; ``sources`` keeps
+    ``unseen`` every case its card does not list under ``trained_on`` (nor a duplicate of
+    it, :attr:`LabelledCase.duplicates`); ``sources`` keeps
     only cases of those sets ("VB1", ...). Cases without keypoints are left out.
 
     Raises
@@ -343,10 +395,10 @@ def judged_cases(
     """
     trained_on = set(card.get("trained_on", []))
     if unseen:
-        judged = [c for c in cases if c.name not in trained_on]
+        judged = [c for c in cases if not c.seen_in(trained_on)]
     else:
         judged = split_cases(cases, seed=card.get("train_config", {}).get("seed", 0))[1]
-        leaked = sorted({c.name for c in judged} & trained_on)
+        leaked = sorted(c.name for c in judged if c.seen_in(trained_on))
         if leaked:
             raise ValueError(f"the model was trained on dev cases {leaked}; pass a model trained with this split")
     return [c for c in judged if c.keypoints_vox and (not sources or c.name.split("/")[0] in sources)]

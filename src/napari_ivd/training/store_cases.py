@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,6 +141,8 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
     validation_fraction : float
         Share of the usable cases held out: at least one, but only cases that
         :func:`can_judge`, and never the last case to learn from (then none is held out).
+        Cases of one image (the same scan imported under two ids) are held out together, so
+        a run is never judged on a copy of what it trained on.
 
     Raises
     ------
@@ -148,6 +150,7 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
         Fewer than :data:`MIN_CASES` corrected or verified cases.
     """
     usable: list[PlannedCase] = []
+    image_of: dict[str, str] = {}
     skipped: list[tuple[str, str]] = []
     train_only: list[tuple[str, str]] = []
     unlearnable: list[tuple[str, str]] = []
@@ -166,6 +169,7 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
             unlearnable.append((case_id, reason))
             continue
         usable.append(PlannedCase(case_id, case.head, case.status))
+        image_of[case_id] = case.image_sha256
         if not can_judge(revision.source):
             train_only.append((case_id, _train_only_reason(revision.source)))
     if len(usable) < MIN_CASES:
@@ -177,14 +181,28 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
     independent = [c for c in usable if c.case_id not in dict(train_only)]
     n_val = min(len(independent), len(usable) - 1, max(1, round(validation_fraction * len(usable))))
     ordered = sorted(independent, key=lambda c: (c.status != "verified", _hash_order(c.case_id)))
-    held = {c.case_id for c in ordered[:n_val]}
+    held: set[str] = set()  # held out with every case of the same image, so no copy of it trains
+    for candidate in ordered:
+        if sum(c.case_id in held for c in independent) >= n_val:
+            break
+        same_image = {c.case_id for c in usable if image_of[c.case_id] == image_of[candidate.case_id]}
+        if len(held | same_image) < len(usable):
+            held |= same_image
+    # a held copy that may not judge (an accepted proposal) sits the run out
+    sitting_out = {case_id: _copy_reason(case_id, image_of, held) for case_id, _ in train_only if case_id in held}
     return TrainingPlan(
         train=tuple(c for c in usable if c.case_id not in held),
-        validation=tuple(c for c in usable if c.case_id in held),
-        skipped=tuple(skipped),
-        train_only=tuple(train_only),
+        validation=tuple(c for c in usable if c.case_id in held and c.case_id not in sitting_out),
+        skipped=tuple(skipped) + tuple(sitting_out.items()),
+        train_only=tuple(t for t in train_only if t[0] not in sitting_out),
         unlearnable=tuple(unlearnable),
     )
+
+
+def _copy_reason(case_id: str, image_of: Mapping[str, str], held: set[str]) -> str:
+    """Why an accepted proposal sits a run out: it holds the image of a held-out case, and may not judge."""
+    twins = sorted(other for other in held if other != case_id and image_of[other] == image_of[case_id])
+    return f"same image as held-out {', '.join(twins)}: neither trains nor judges this run"
 
 
 def nothing_to_learn(store: AnnotationStore, case_id: str, revision: RevisionInfo) -> str | None:
