@@ -136,7 +136,9 @@ def test_one_image_under_two_case_ids_is_held_out_whole_so_no_copy_trains():
     plan = plan_training(store, 0.8)  # 4 held out of 6: scan-a and its copies among them
     assert {"scan-a", "scan-a-again"} <= {c.case_id for c in plan.validation}
     assert "scan-a-accepted" not in {c.case_id for c in plan.train + plan.validation}
-    assert "same image as held-out scan-a, scan-a-again" in dict(plan.skipped)["scan-a-accepted"]
+    reason = "same image as held-out scan-a, scan-a-again: neither trains nor judges this run"
+    assert dict(plan.skipped)["scan-a-accepted"] == reason
+    assert f"not learnt from: scan-a-accepted: {reason}" in plan.describe()
 
 
 def test_plan_never_holds_out_every_copy_of_the_only_image():

@@ -195,7 +195,7 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
         validation=tuple(c for c in usable if c.case_id in held and c.case_id not in sitting_out),
         skipped=tuple(skipped) + tuple(sitting_out.items()),
         train_only=tuple(t for t in train_only if t[0] not in sitting_out),
-        unlearnable=tuple(unlearnable),
+        unlearnable=tuple(unlearnable) + tuple(sitting_out.items()),
     )
 
 
