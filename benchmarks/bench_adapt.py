@@ -12,7 +12,9 @@ For each left-out source of ``../shared/data/lumbar`` (IVD T2w, VB1 T1w, VB2 T2w
 2. **Corrected cases**: per seed, the source's cases in a random order; the first k
    (k = 0, 1, 2, 4, 8, as many as leave at least one case to score) are the researcher's
    corrections, imported as verified revisions into a fresh store, and the cases after the
-   largest usable k are scored, the same ones for every k of that seed.
+   largest usable k are scored, the same ones for every k of that seed — except another
+   series of a corrected case's exam (VB1's case-10 and case-11), which would be scored on
+   an image of what the model just learnt.
 3. **Fine-tuned**: the viewer's Train on that store
    (:func:`napari_ivd.training.finetune.finetune_steps`, its defaults: 5-minute budget, its
    own held-out case and early stopping), starting from the base. ``--max-epochs`` caps the
@@ -36,7 +38,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cache
@@ -141,18 +143,27 @@ def train_base(settings: Settings, recipe: str, source: str) -> dict[str, Any]:
 
 
 def plan_jobs(
-    cases: Sequence[str], source: str, ks: Sequence[int], seeds: Sequence[int], recipe: str, seen: Iterable[str] = ()
+    cases: Sequence[str],
+    source: str,
+    ks: Sequence[int],
+    seeds: Sequence[int],
+    recipe: str,
+    seen: Iterable[str] = (),
+    same_session: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Job]:
     """The runs of one source: per seed a random case order, nested corrected sets, one scored set.
 
-    A case the base trained on (``seen``) may be corrected but is never scored.
+    A case the base trained on (``seen``) may be corrected but is never scored, nor is a case
+    whose other series of the same exam (``same_session``) is corrected at some k.
     """
     names = sorted(cases)
     usable = [k for k in ks if k <= len(names) - 1]
+    same_session = same_session or {}
     jobs = []
     for seed in seeds:
         order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
-        scored = tuple(sorted(set(order[max(usable) :]) - set(seen)))
+        twins = {twin for name in order[: max(usable)] for twin in same_session.get(name, ())}
+        scored = tuple(sorted(set(order[max(usable) :]) - set(seen) - twins))
         for k in usable:
             corrected = tuple(order[:k])
             modes = ("base",) if k == 0 else ("fine-tuned", "scratch")
@@ -366,7 +377,15 @@ def main() -> None:
         job
         for recipe in args.recipes
         for source in args.sources
-        for job in plan_jobs([n for n in names if _source(n) == source], source, args.ks, args.seeds, recipe, seen)
+        for job in plan_jobs(
+            [n for n in names if _source(n) == source],
+            source,
+            args.ks,
+            args.seeds,
+            recipe,
+            seen,
+            {name: case.same_session for name, case in cases.items()},
+        )
         if job.mode == "base" or (job.mode in args.modes and recipe == args.recipes[0])
     ]
     jobs.sort(key=lambda job: (job.seed, job.k))  # every source's small k first, should time run out

@@ -19,6 +19,7 @@ from napari_ivd.training.cases import (
     end_field_of_view,
     judged_cases,
     labels_of,
+    link_sessions,
     load_lumbar_cases,
     merge_duplicates,
     split_cases,
@@ -278,6 +279,34 @@ def test_vb3_scans_shipped_twice_are_one_case_and_a_copy_of_a_training_case_is_n
     cases = list(lumbar_cases.values())
     unseen = {c.name for c in judged_cases(cases, {"trained_on": ["VB3/case-19"]}, unseen=True, sources=["VB3"])}
     assert "VB3/case-18" not in unseen and len(unseen) == 42
+
+
+def test_two_series_of_one_exam_are_split_and_judged_together(lumbar_cases):
+    linked = {name: c.same_session for name, c in lumbar_cases.items() if c.same_session}
+    assert linked == {"VB1/case-10": ("VB1/case-11",), "VB1/case-11": ("VB1/case-10",)}  # DzZ_T1, DzZ_T2
+    cases = list(lumbar_cases.values())
+    for seed in range(8):
+        dev = {c.name for c in split_cases(cases, seed=seed)[1]}
+        assert ("VB1/case-10" in dev) == ("VB1/case-11" in dev), seed
+    unseen = {c.name for c in judged_cases(cases, {"trained_on": ["VB1/case-11"]}, unseen=True, sources=["VB1"])}
+    assert unseen == {"VB1/case-02", "VB1/case-15", "VB1/case-16", "VB1/case-17"}
+
+
+def test_one_session_needs_the_same_grid_and_every_common_level_within_a_voxel(phantom):
+    other_series = replace(phantom, name="phantom/t1", volume=replace(phantom.volume, array=-phantom.volume.array))
+    moved = replace(
+        other_series,
+        name="phantom/moved",
+        keypoints_vox={n: p + np.array([0, 1.5, 0]) for n, p in phantom.keypoints_vox.items()},
+    )
+    elsewhere = replace(phantom, name="other/psr")  # another set: another source, not one exam
+    linked = {c.name: c.same_session for c in link_sessions([phantom, other_series, moved, elsewhere])}
+    assert linked == {
+        "phantom/psr": ("phantom/t1",),
+        "phantom/t1": ("phantom/psr",),
+        "phantom/moved": (),
+        "other/psr": (),
+    }
 
 
 def test_merging_keeps_the_first_case_of_an_image_and_its_labels(phantom, caplog):

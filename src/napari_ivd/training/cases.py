@@ -35,6 +35,7 @@ __all__ = [
     "guess_contrast",
     "judged_cases",
     "labels_of",
+    "link_sessions",
     "load_lumbar_case",
     "load_lumbar_cases",
     "mask_kinds_of",
@@ -88,6 +89,9 @@ class LabelledCase:
         Other cases of the data whose image is this one's, voxel for voxel (a dataset may
         ship one scan under two ids): merged into this case, so a split never puts one copy
         in training and the other in evaluation (:func:`load_lumbar_cases`).
+    same_session : tuple of str
+        Other cases that are another series of the same exam (VB1's DzZ_T1 and DzZ_T2: same
+        grid, every level in the same place): separate images, but split and judged together.
 
     Raises
     ------
@@ -106,6 +110,7 @@ class LabelledCase:
     mask_kind_only: np.ndarray | None = None
     absent: frozenset[str] = frozenset()
     duplicates: tuple[str, ...] = ()
+    same_session: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.contrast not in CONTRASTS:
@@ -131,9 +136,14 @@ class LabelledCase:
         """True when the case carries any segmentation mask."""
         return self.mask_tss is not None or self.mask_kind_only is not None
 
+    @property
+    def session(self) -> str:
+        """The first name among this case and its same-session cases: what a split keeps together."""
+        return min((self.name, *self.same_session))
+
     def seen_in(self, names: Iterable[str]) -> bool:
-        """Whether ``names`` (a card's ``trained_on``) hold this case or one of its duplicates."""
-        return not {self.name, *self.duplicates}.isdisjoint(names)
+        """Whether ``names`` (a card's ``trained_on``) hold this case, a duplicate or a same-session case."""
+        return not {self.name, *self.duplicates, *self.same_session}.isdisjoint(names)
 
 
 def end_field_of_view(case: LabelledCase, below: str = "L5", fraction: float = 0.5) -> LabelledCase | None:
@@ -266,8 +276,10 @@ def load_lumbar_cases(root: Path) -> list[LabelledCase]:
     """Load every case under a ``lumbar/`` folder (``<root>/<set>/<case>/image.nii.gz``).
 
     Cases whose images are identical voxel for voxel are one scan: the first by name is kept,
-    the others are listed in its ``duplicates`` (VB3 ships four scans twice). Judged as two
-    cases, the copy of a training case would be scored as unseen.
+    the others are listed in its ``duplicates`` (VB3 ships four scans twice). Cases that are
+    two series of one exam stay apart but name each other in ``same_session``
+    (:func:`link_sessions`; VB1's case-10 and case-11). Judged apart from its twin, the copy
+    of a training case would be scored as unseen.
 
     Parameters
     ----------
@@ -288,7 +300,7 @@ def load_lumbar_cases(root: Path) -> list[LabelledCase]:
     case_dirs = sorted(p.parent for p in root.glob(f"*/*/{_IMAGE_FILE}"))
     if not case_dirs:
         raise UnreadableFileError(f"{root}: no <set>/<case>/{_IMAGE_FILE} found; point to the lumbar/ data folder")
-    cases = merge_duplicates([load_lumbar_case(d) for d in case_dirs])
+    cases = link_sessions(merge_duplicates([load_lumbar_case(d) for d in case_dirs]))
     log.info("loaded %d lumbar cases from %s", len(cases), root)
     return cases
 
@@ -317,6 +329,39 @@ def merge_duplicates(cases: Sequence[LabelledCase]) -> list[LabelledCase]:
     return list(kept.values())
 
 
+#: Two series of one exam put every common level within this many voxels (the patient did not move).
+SAME_SESSION_MAX_VOX = 1.0
+
+
+def link_sessions(cases: Sequence[LabelledCase]) -> list[LabelledCase]:
+    """``cases`` with ``same_session`` filled: cases of one set on the same grid whose levels coincide.
+
+    Two series of one exam share the grid and the anatomy's place: every level both name
+    (at least 3) lies within :data:`SAME_SESSION_MAX_VOX` voxels. Different people, or one
+    person scanned again, are several voxels apart.
+    """
+    mates: dict[str, set[str]] = {c.name: set() for c in cases}
+    for i, a in enumerate(cases):
+        for b in cases[i + 1 :]:
+            if _one_session(a, b):
+                mates[a.name].add(b.name)
+                mates[b.name].add(a.name)
+                log.warning(
+                    "%s and %s are two series of one exam (levels in the same place): split together", a.name, b.name
+                )
+    return [replace(c, same_session=tuple(sorted(mates[c.name]))) if mates[c.name] else c for c in cases]
+
+
+def _one_session(a: LabelledCase, b: LabelledCase) -> bool:
+    if a.name.split("/")[0] != b.name.split("/")[0] or a.volume.geometry != b.volume.geometry:
+        return False
+    common = sorted(set(a.keypoints_vox) & set(b.keypoints_vox))
+    if len(common) < 3:
+        return False
+    gaps = [np.abs(a.keypoints_vox[n] - b.keypoints_vox[n]).max() for n in common]
+    return max(gaps) <= SAME_SESSION_MAX_VOX
+
+
 def _same_labels(a: LabelledCase, b: LabelledCase) -> bool:
     """Whether two cases carry the same keypoints and masks."""
     if a.keypoints_vox.keys() != b.keypoints_vox.keys():
@@ -334,7 +379,8 @@ def split_cases(
 ) -> tuple[list[LabelledCase], list[LabelledCase]]:
     """Split cases into train and dev sets, stratified by contrast, deterministically.
 
-    Each contrast contributes ``round(dev_fraction * n)`` of its ``n`` cases to dev, at
+    Each contrast contributes ``round(dev_fraction * n)`` of its ``n`` sessions to dev (a
+    session: a case with its ``same_session`` cases, which never straddle the split), at
     least one when ``n >= 3`` and never all of them, so every contrast is both trained on
     and (when it has enough cases) evaluated. The draw depends only on the case names,
     ``dev_fraction`` and ``seed``, not on the input order.
@@ -361,9 +407,9 @@ def split_cases(
     names = [c.name for c in cases]
     if len(set(names)) != len(names):
         raise ValueError("case names must be unique to split them deterministically")
-    dev_names: set[str] = set()
+    dev_sessions: set[str] = set()
     for contrast in sorted({c.contrast for c in cases}):
-        group = sorted(c.name for c in cases if c.contrast == contrast)
+        group = sorted({c.session for c in cases if c.contrast == contrast})
         n = len(group)
         n_dev = round(dev_fraction * n)
         if n >= 3:
@@ -371,10 +417,10 @@ def split_cases(
         n_dev = min(n_dev, n - 1)
         # A per-contrast stream, so adding cases of one contrast leaves the others' split alone.
         rng = np.random.default_rng([seed, zlib.crc32(contrast.encode())])
-        dev_names.update(group[i] for i in rng.permutation(n)[:n_dev])
-    train = [c for c in cases if c.name not in dev_names]
-    dev = [c for c in cases if c.name in dev_names]
-    log.info("split %d cases: %d train, %d dev (dev: %s)", len(cases), len(train), len(dev), sorted(dev_names))
+        dev_sessions.update(group[i] for i in rng.permutation(n)[:n_dev])
+    train = [c for c in cases if c.session not in dev_sessions]
+    dev = [c for c in cases if c.session in dev_sessions]
+    log.info("split %d cases: %d train, %d dev (dev: %s)", len(cases), len(train), len(dev), [c.name for c in dev])
     return train, dev
 
 
@@ -384,8 +430,8 @@ def judged_cases(
     """The labelled cases a model may be judged on: none it trained on.
 
     The dev cases of ``napari-ivd train``'s split (the card's training seed), or with
-    ``unseen`` every case its card does not list under ``trained_on`` (nor a duplicate of
-    it, :attr:`LabelledCase.duplicates`); ``sources`` keeps
+    ``unseen`` every case its card does not list under ``trained_on`` (nor a duplicate or a
+    same-session case of it, :meth:`LabelledCase.seen_in`); ``sources`` keeps
     only cases of those sets ("VB1", ...). Cases without keypoints are left out.
 
     Raises

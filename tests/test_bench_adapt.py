@@ -1,0 +1,29 @@
+"""The adaptation benchmark's plan: which cases are corrected and which are scored."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from bench_adapt import plan_jobs
+
+CASES = [f"VB1/case-{i:02d}" for i in (2, 10, 11, 15, 16, 17)]
+
+
+def test_a_case_whose_other_series_was_corrected_is_never_scored():
+    same_session = {"VB1/case-10": ("VB1/case-11",), "VB1/case-11": ("VB1/case-10",)}
+    for seed in range(6):
+        jobs = plan_jobs(CASES, "VB1", [0, 1, 2, 4], [seed], "default", same_session=same_session)
+        corrected = set(max(jobs, key=lambda job: job.k).corrected)
+        scored = set(jobs[0].scored)
+        assert scored and not corrected & scored
+        for case, twins in same_session.items():
+            assert not (case in corrected and set(twins) & scored), f"seed {seed}: {case} corrected, twin scored"
+
+
+def test_without_sessions_every_case_after_the_largest_k_is_scored_unless_the_base_saw_it():
+    jobs = plan_jobs(CASES, "VB1", [0, 4], [0], "default", seen=["VB1/case-02"])
+    corrected, scored = set(jobs[-1].corrected), set(jobs[0].scored)
+    assert corrected | scored | {"VB1/case-02"} == set(CASES) and len(corrected) == 4
