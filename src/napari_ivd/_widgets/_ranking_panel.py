@@ -31,11 +31,11 @@ from napari_ivd.store import AnnotationStore
 log = logging.getLogger(__name__)
 
 #: Strategies in the order offered, with their tooltips. What they say of learning speed is
-#: the README's full-budget active-learning simulation (VB3 left out, 5 seeds, 2026-12-05).
+#: the README's full-budget active-learning simulation without duplicated scans (VB3 left out, 2026-12-05).
 STRATEGY_HELP = {
     "uncertainty": "The cases most likely wrong first: missing or miscounted levels, the model's doubts"
     " (perturbation spread, weak peaks, odd anatomy); in simulation it ended ahead of random after 10 cases"
-    " in 4 of 5 runs, by too little to promise fewer corrections",
+    " in 2 of 2 runs so far, by too little to promise fewer corrections",
     "uncertainty+diversity": "Doubtful and unlike the verified cases and each other (greedy k-center);"
     " in simulation it taught the model no more than random",
     "random": "A seeded random order: the baseline",

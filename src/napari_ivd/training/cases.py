@@ -91,7 +91,7 @@ class LabelledCase:
         in training and the other in evaluation (:func:`load_lumbar_cases`).
     same_session : tuple of str
         Other cases that are another series of the same exam (VB1's DzZ_T1 and DzZ_T2: same
-        grid, every level in the same place): separate images, but split and judged together.
+        grid, the levels in the same place): separate images, but split and judged together.
 
     Raises
     ------
@@ -329,16 +329,17 @@ def merge_duplicates(cases: Sequence[LabelledCase]) -> list[LabelledCase]:
     return list(kept.values())
 
 
-#: Two series of one exam put every common level within this many voxels (the patient did not move).
+#: Two series of one exam put their common levels, at the median, within this many voxels (the
+#: patient did not move; single levels differ by a voxel where a mask or a rounded disc point does).
 SAME_SESSION_MAX_VOX = 1.0
 
 
 def link_sessions(cases: Sequence[LabelledCase]) -> list[LabelledCase]:
     """``cases`` with ``same_session`` filled: cases of one set on the same grid whose levels coincide.
 
-    Two series of one exam share the grid and the anatomy's place: every level both name
-    (at least 3) lies within :data:`SAME_SESSION_MAX_VOX` voxels. Different people, or one
-    person scanned again, are several voxels apart.
+    Two series of one exam share the grid and the anatomy's place: the levels both name (at
+    least 3) lie, at the median, within :data:`SAME_SESSION_MAX_VOX` voxels. Different
+    people, or one person scanned again, are several voxels apart.
     """
     mates: dict[str, set[str]] = {c.name: set() for c in cases}
     for i, a in enumerate(cases):
@@ -359,7 +360,7 @@ def _one_session(a: LabelledCase, b: LabelledCase) -> bool:
     if len(common) < 3:
         return False
     gaps = [np.abs(a.keypoints_vox[n] - b.keypoints_vox[n]).max() for n in common]
-    return max(gaps) <= SAME_SESSION_MAX_VOX
+    return float(np.median(gaps)) <= SAME_SESSION_MAX_VOX
 
 
 def _same_labels(a: LabelledCase, b: LabelledCase) -> bool:
