@@ -78,8 +78,8 @@ EXPECTED_STRUCTURES = 6
 #: The case score: weights of the highest, second and third uncertainty among points and findings.
 TOP_WEIGHTS = (0.6, 0.25, 0.15)
 #: A point at least this uncertain is highlighted in the viewer as likely wrong (on the unseen
-#: VB3/VB1 cases, 2026-12-05, benchmarks/point-uncertainty/starter-all-held-out.json: 84 of 322
-#: points, 29 of the 38 that are more than 5 mm off).
+#: VB3/VB1 scans, duplicates merged, 2026-12-05, benchmarks/point-uncertainty/starter-all-held-out.json:
+#: 76 of 286 points, 21 of the 29 that are more than 5 mm off).
 UNSURE_POINT = 0.7
 #: The reason of a point, or of a case, in which no cue found anything.
 NO_DOUBT = "no doubt found"
