@@ -373,6 +373,7 @@ def main() -> None:
     names = list(cases)
     trained_on = read_card(model_folder(None, args.base)).get("trained_on", []) if args.base else []
     seen = [name for name, case in cases.items() if case.seen_in(trained_on)]
+    same_session = {name: case.same_session for name, case in cases.items()}
     jobs = [
         job
         for recipe in args.recipes
@@ -384,7 +385,7 @@ def main() -> None:
             args.seeds,
             recipe,
             seen,
-            {name: case.same_session for name, case in cases.items()},
+            same_session,
         )
         if job.mode == "base" or (job.mode in args.modes and recipe == args.recipes[0])
     ]

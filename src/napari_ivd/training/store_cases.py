@@ -181,11 +181,15 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
     independent = [c for c in usable if c.case_id not in dict(train_only)]
     n_val = min(len(independent), len(usable) - 1, max(1, round(validation_fraction * len(usable))))
     ordered = sorted(independent, key=lambda c: (c.status != "verified", _hash_order(c.case_id)))
+    copies: dict[str, set[str]] = {}
+    for case_id, digest in image_of.items():
+        copies.setdefault(digest, set()).add(case_id)
+    judges = {c.case_id for c in independent}
     held: set[str] = set()  # held out with every case of the same image, so no copy of it trains
     for candidate in ordered:
-        if sum(c.case_id in held for c in independent) >= n_val:
+        if len(held & judges) >= n_val:
             break
-        same_image = {c.case_id for c in usable if image_of[c.case_id] == image_of[candidate.case_id]}
+        same_image = copies[image_of[candidate.case_id]]
         if len(held | same_image) < len(usable):
             held |= same_image
     # a held copy that may not judge (an accepted proposal) sits the run out
