@@ -27,3 +27,4 @@ def test_without_sessions_every_case_after_the_largest_k_is_scored_unless_the_ba
     jobs = plan_jobs(CASES, "VB1", [0, 4], [0], "default", seen=["VB1/case-02"])
     corrected, scored = set(jobs[-1].corrected), set(jobs[0].scored)
     assert corrected | scored | {"VB1/case-02"} == set(CASES) and len(corrected) == 4
+    assert "VB1/case-02" not in scored
