@@ -22,7 +22,9 @@ from napari_ivd.store import AnnotationStore
 
 def image(seq: int) -> np.ndarray:
     """The scan of import number ``seq`` (each case its own image)."""
-    return ((np.arange(np.prod(SHAPE)) * (seq + 3)) % 251).reshape(SHAPE).astype(np.int16)
+    array = ((np.arange(np.prod(SHAPE)) * (seq + 3)) % 251).astype(np.int16)
+    array[0] = seq  # (seq + 3) repeats modulo 251 across runs: this voxel tells the imports apart
+    return array.reshape(SHAPE)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from napari_ivd.cli import main
 from napari_ivd.errors import CorrectionError, StoreError, TrainingError
 from napari_ivd.io import write_nifti
 from napari_ivd.io.annotations import LabelledPoint
+from napari_ivd.io.volume import Volume
 from napari_ivd.models import build, registry
 from napari_ivd.models.unet import UNetConfig
 from napari_ivd.store import AnnotationStore, export_revision, import_case
@@ -217,7 +218,8 @@ def test_a_level_marked_absent_but_painted_in_the_mask_is_taught_as_annotated_wi
 def test_a_revision_with_only_absent_levels_is_left_out_and_the_plan_says_why():
     """No point, no mask: nothing to place a training crop on, said in words wherever the plan is shown."""
     store, points = _phantom_store()
-    store.add_case(store.read_image("spine"), "VB9_case-1")
+    spine = store.read_image("spine")
+    store.add_case(Volume(spine.array[::-1].copy(), spine.geometry, spine.path), "VB9_case-1")  # another scan
     store.save_revision("VB9_case-1", [], None, absent=["L5-S1"])
     why = "only absent levels, nothing to place a crop on (L5-S1 marked absent; add a point or a mask"
     with pytest.raises(TrainingError, match=r"not learnt from: VB9_case-1: only absent levels"):

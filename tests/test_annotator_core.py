@@ -38,7 +38,7 @@ def proposed_template(tmp_path_factory, shared_data) -> Path:
     points, mask = find_annotations(shared_data / CASE_07, volume.geometry)
     store.add_case(volume, CASE_ID)
     store.add_proposal(CASE_ID, "refnet", points, mask)
-    store.add_case(volume, OTHER)
+    store.add_case(volume, OTHER, allow_copy=True)  # the same scan: a second case to switch to
     return location
 
 

@@ -124,7 +124,7 @@ def test_one_image_under_two_case_ids_is_held_out_whole_so_no_copy_trains():
         store.add_case(_volume(i), case_id)
         store.save_revision(case_id, POINTS, None, status="verified")
     for case_id, source in (("scan-a-again", "manual"), ("scan-a-accepted", "model:ivdnet-lumbar")):
-        store.add_case(_volume(0), case_id)  # scan-a's image, imported under another id
+        store.add_case(_volume(0), case_id, allow_copy=True)  # scan-a's image under another id (an older store)
         store.save_revision(case_id, POINTS, None, source=source, status="verified")
     for fraction in (0.2, 0.5, 0.8):
         plan = plan_training(store, fraction)
@@ -144,7 +144,7 @@ def test_one_image_under_two_case_ids_is_held_out_whole_so_no_copy_trains():
 def test_plan_never_holds_out_every_copy_of_the_only_image():
     store = AnnotationStore.open("memory://plan-one-image", create=True)
     for case_id in ("scan", "scan-again"):
-        store.add_case(_volume(0), case_id)
+        store.add_case(_volume(0), case_id, allow_copy=True)
         store.save_revision(case_id, POINTS, None)
     plan = plan_training(store)
     assert len(plan.train) == 2 and plan.validation == () and not plan.judged

@@ -294,6 +294,16 @@ def test_another_image_under_an_existing_case_id_is_refused(store):
     assert _snapshot(Path(store.location)) == before
 
 
+def test_a_second_copy_of_a_stored_scan_is_refused_naming_the_case_that_holds_it(store):
+    before = _snapshot(Path(store.location))
+    with pytest.raises(StoreError, match=r"is already in the store as case L3_017 .*open and annotate case L3_017"):
+        store.add_case(_volume(), "L3_017-again", points=_points())
+    assert _snapshot(Path(store.location)) == before
+    store.add_case(_volume(seed=1), "other")  # another image: added
+    store.add_case(_volume(), "L3_017-again", allow_copy=True)  # asked for: kept, training holds copies out together
+    assert store.case_ids() == ["L3_017", "L3_017-again", "other"]
+
+
 def test_store_of_a_newer_format_is_refused(store):
     root = Path(store.location) / "zarr.json"
     meta = json.loads(root.read_text())

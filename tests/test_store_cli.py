@@ -133,6 +133,20 @@ def test_import_refuses_another_image_under_a_taken_case_id(shared_data, tmp_pat
     assert _snapshot(store) == before
 
 
+def test_import_refuses_a_scan_the_store_already_holds_under_another_case_id(shared_data, tmp_path, capsys):
+    """VB3 ships case-18's scan again as case-19: imported once, the copy is refused with the case that holds it."""
+    store, vb3 = tmp_path / "s.zarr", shared_data / "lumbar/VB3"
+    assert main(["import", str(vb3 / "case-18/image.nii.gz"), "--store", str(store), "--case", "c18"]) == 0
+    before = _snapshot(store)
+    assert main(["import", str(vb3 / "case-19/image.nii.gz"), "--store", str(store), "--case", "c19"]) == 2
+    assert "is already in the store as case c18" in capsys.readouterr().err
+    assert _snapshot(store) == before
+    both = [str(vb3 / c / "image.nii.gz") for c in ("case-18", "case-19")]
+    assert main(["import", *both, "--store", str(tmp_path / "new.zarr")]) == 2
+    assert "hold the same voxels: import the scan once" in capsys.readouterr().err
+    assert not (tmp_path / "new.zarr").exists()
+
+
 def test_store_commands_refuse_newer_and_missing_stores(shared_data, tmp_path, capsys):
     store = tmp_path / "s.zarr"
     assert main(["import", str(shared_data / "lumbar/VB3/case-01/image.nii.gz"), "--store", str(store)]) == 0

@@ -152,10 +152,11 @@ def test_bad_files_and_a_bad_model_are_notifications_and_the_viewer_stays_usable
     make_napari_viewer, qtbot, shared_data, tmp_path
 ):
     folder = tmp_path / "scans"
-    for sub in ("sub-01", "sub-02", "sub-03"):
+    for sub in ("sub-01", "sub-02", "sub-03", "sub-04"):
         (folder / sub).mkdir(parents=True)
     (folder / "sub-01" / "broken.nii.gz").write_bytes(b"\x1f\x8b\x08 truncated")
     (folder / "sub-02" / "t2.nii.gz").write_bytes((shared_data / CASE_07 / "image.nii.gz").read_bytes())
+    (folder / "sub-04" / "t2-again.nii.gz").write_bytes((folder / "sub-02" / "t2.nii.gz").read_bytes())
     (folder / "sub-02" / "t2_mask.nii.gz").write_bytes(b"skipped: a mask, not a scan")
     noise = np.random.default_rng(0).random((16, 16, 4)).astype(np.float32)  # readable, but no spine in it
     nib.save(nib.Nifti1Image(noise, np.diag([1.0, 1.0, 3.0, 1.0])), folder / "sub-03" / "noise.nii.gz")
@@ -170,8 +171,9 @@ def test_bad_files_and_a_bad_model_are_notifications_and_the_viewer_stays_usable
     start = len(notification_manager.records)
     with qtbot.waitSignal(widget.case_opened, timeout=60_000):
         qtbot.mouseClick(widget.folder_button, Qt.MouseButton.LeftButton)
-    (message,) = notifications_since(start)
-    assert message.startswith("Not imported: broken.nii.gz") and "not a readable NIfTI file" in message
+    broken, again = notifications_since(start)
+    assert broken.startswith("Not imported: broken.nii.gz") and "not a readable NIfTI file" in broken
+    assert again.startswith("Not imported: t2-again.nii.gz") and "already in the store as case t2 " in again
     assert widget.table.case_ids() == ["noise", "t2"] and widget.annotator.case_id == "noise"
 
     # a scan without a spine: the prediction is empty, and the user is told so

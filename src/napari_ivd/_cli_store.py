@@ -53,6 +53,11 @@ def run_import(args: argparse.Namespace) -> int:
     ids = [p.case_id for p in prepared]
     if len(set(ids)) != len(ids):
         raise IvdError(f"two images would become the same case ({', '.join(ids)}); name them with --case")
+    first_with: dict[str, Path] = {}
+    for item in prepared:
+        twin = first_with.setdefault(item.image_sha256, item.files[0])
+        if twin != item.files[0]:
+            raise IvdError(f"{twin} and {item.files[0]} hold the same voxels: import the scan once")
     store = store or AnnotationStore.open(args.store, create=True)
     for item in prepared:
         info = commit_import(store, item, author=args.author, note=args.note, status=args.status)

@@ -128,8 +128,9 @@ class ImportReport:
 def import_images(store: AnnotationStore, images: Sequence[Path], root: Path | None = None) -> Job[ImportReport]:
     """Import each image as a case (image only), a step each; a bad file is reported, not fatal.
 
-    Images already in the store (same voxels) are kept as they are, so importing a folder
-    again only adds what is new.
+    Images already in the store under the same case id are kept as they are, so importing a
+    folder again only adds what is new; a scan the store holds under another case id (a
+    copied file) is reported as not imported, with the case that holds it.
     """
     root = Path(root) if root is not None else Path(images[0]).parent if images else Path()
     ids = case_ids_for(list(images), root)

@@ -79,6 +79,7 @@ class PreparedImport:
     mask: np.ndarray | None
     files: tuple[Path, ...]
     absent: tuple[str, ...] | None = None
+    image_sha256: str = ""
 
 
 def prepare_import(
@@ -115,7 +116,8 @@ def prepare_import(
     ------
     IvdError
         Any problem with the files (unreadable, another grid, unknown levels or mask
-        values, points outside the image) or the case id (holds another image).
+        values, points outside the image), the case id (holds another image) or the image
+        (another case holds it).
     """
     volume = read_volume(image)
     geometry = volume.geometry
@@ -136,14 +138,17 @@ def prepare_import(
         checked_mask = prepare_mask(read_tss_mask(mask, geometry), geometry, f"{mask} (case {case_id})")
         check_mask_values(checked_mask, f"{mask} (case {case_id})")
         files.append(Path(mask))
+    digest = image_sha256(volume.array)
     if store is not None and store.has_case(case_id):
         info = store.case(case_id)
-        if info.image_sha256 != image_sha256(volume.array) or info.geometry != geometry:
+        if info.image_sha256 != digest or info.geometry != geometry:
             raise StoreError(
                 f"{store.location}: case {case_id} holds another image (from {info.source_path}) than {image}; "
                 "give this one another case id (--case)"
             )
-    return PreparedImport(volume, case_id, checked, checked_mask, tuple(files), checked_absent)
+    elif store is not None:
+        store.check_new_image(case_id, volume, digest)
+    return PreparedImport(volume, case_id, checked, checked_mask, tuple(files), checked_absent, digest)
 
 
 def commit_import(

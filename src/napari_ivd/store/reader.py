@@ -105,6 +105,20 @@ class StoreReader:
             self._case_records[case_id] = self._attributes(case_id, schema.case_key(case_id, schema.ZARR_JSON))
         return self._case_records[case_id]
 
+    def case_with_image(self, digest: str) -> str | None:
+        """The first committed case whose image has this sha256, or None.
+
+        A case whose record cannot be read is passed over (``napari-ivd store check`` reports it).
+        """
+        for case_id in self.case_ids():
+            try:
+                image = self.case_record(case_id).get("image")
+            except StoreError:
+                continue
+            if isinstance(image, dict) and image.get("sha256") == digest:
+                return case_id
+        return None
+
     def case(self, case_id: str, head: Head | None = None) -> CaseInfo:
         """A case's image identity, grid, status and head revision (``head``: one already read)."""
         return CaseInfo.from_records(self.case_record(case_id), head or self.head(case_id))

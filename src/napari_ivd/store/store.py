@@ -179,12 +179,14 @@ class AnnotationStore:
         note: str = "",
         source: str = "manual",
         status: str | None = None,
+        allow_copy: bool = False,
     ) -> CaseInfo:
         """Add a scan as a case (a compressed copy of its voxels), optionally with a first revision.
 
         Adding an image that is already the case's (same voxel digest and grid) is not an
         error: the given points/mask then become a new revision, and whichever of the two is
-        not given is carried over from the head revision. Everything is checked
+        not given is carried over from the head revision. Adding it under a new case id is
+        refused unless ``allow_copy`` (see :meth:`check_new_image`). Everything is checked
         before anything is written, and the case and its first revision are committed
         together.
 
@@ -202,11 +204,15 @@ class AnnotationStore:
         author, note, source, status
             As in :meth:`save_revision`; ``status`` defaults to ``"new"`` without a
             revision and ``"in progress"`` with one.
+        allow_copy : bool
+            Accept an image another case already holds (training then holds the copies out
+            together); default: refuse it.
 
         Raises
         ------
         StoreError
-            The case id exists with another image, or bad points/mask (see :meth:`save_revision`).
+            The case id exists with another image, another case holds this image (without
+            ``allow_copy``), or bad points/mask (see :meth:`save_revision`).
         """
         case_id = schema.check_case_id(case_id or volume.name)
         where = self._reader.where(case_id)
@@ -238,6 +244,8 @@ class AnnotationStore:
                 elif status is not None:
                     self.set_status(case_id, status)
                 return self.case(case_id)
+            if not allow_copy:
+                self.check_new_image(case_id, volume, digest)
             write_case(self._reader, case_id, volume, digest, tuple(self.settings["mask_chunk_vox"]))
             head = Head(case_id=case_id, status="new")
             if checked_points is not None or checked_mask is not None:
@@ -248,6 +256,24 @@ class AnnotationStore:
                 self._writer.commit(head.bumped() if status is None else head.bumped(status=status).bumped())
         log.info("%s: added case %s %s", self.location, case_id, geometry.shape)
         return self.case(case_id)
+
+    def check_new_image(self, case_id: str, volume: Volume, digest: str) -> None:
+        """Refuse a second copy of a stored scan (``digest``: :func:`image_sha256` of ``volume``).
+
+        One scan under two case ids is annotated twice and counts twice in training, which
+        must then hold the copies out together.
+
+        Raises
+        ------
+        StoreError
+            Another case holds this image; the message names it.
+        """
+        other = self._reader.case_with_image(digest)
+        if other is not None:
+            raise StoreError(
+                f"{self._reader.where(case_id)}: {volume.path} is already in the store as case {other} "
+                f"(same voxels, from {self.case(other).source_path}); open and annotate case {other} instead"
+            )
 
     def _check_same_image(self, case_id: str, digest: str, volume: Volume) -> None:
         info = self.case(case_id)
