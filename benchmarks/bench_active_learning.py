@@ -53,7 +53,8 @@ name: ``.csv`` (one row per seed, strategy and round: cases annotated, distance 
 with missed structures charged 20 mm, mean Dice per structure, the cases annotated) and
 ``.json`` (the rows, the picks, the base model's figures, the settings). The table ends with
 the issue's target: the cases each strategy needs until its mean over seeds reaches
-random's final figures, as a share of random's cases (target ≤ 70 %). The fine-tuned models
+random's final figures, as a share of random's cases (target ≤ 70 %), and from how many cases
+on it stays there (a noisy early peak is not a saving). The fine-tuned models
 stay in ``<work>/<key>/models``.
 
 The bundled starter was trained on most of the water pool, so fine-tuning it on the pool

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 STRATEGY_HELP = {
     "uncertainty": "The cases most likely wrong first: missing or miscounted levels, the model's doubts"
     " (perturbation spread, weak peaks, odd anatomy); in simulation it ended ahead of random after 10 cases"
-    " in 2 of 2 runs so far, by too little to promise fewer corrections",
+    " in 3 of 4 runs so far (level in the fourth), by too little to promise fewer corrections",
     "uncertainty+diversity": "Doubtful and unlike the verified cases and each other (greedy k-center);"
     " in simulation it taught the model no more than random",
     "random": "A seeded random order: the baseline",
