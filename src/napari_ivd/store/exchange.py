@@ -78,8 +78,8 @@ class PreparedImport:
     points: tuple[LabelledPoint, ...] | None
     mask: np.ndarray | None
     files: tuple[Path, ...]
+    image_sha256: str
     absent: tuple[str, ...] | None = None
-    image_sha256: str = ""
 
 
 def prepare_import(
@@ -148,7 +148,7 @@ def prepare_import(
             )
     elif store is not None:
         store.check_new_image(case_id, volume, digest)
-    return PreparedImport(volume, case_id, checked, checked_mask, tuple(files), checked_absent, digest)
+    return PreparedImport(volume, case_id, checked, checked_mask, tuple(files), digest, checked_absent)
 
 
 def commit_import(
