@@ -294,6 +294,17 @@ def test_another_image_under_an_existing_case_id_is_refused(store):
     assert _snapshot(Path(store.location)) == before
 
 
+def test_the_same_voxels_on_another_grid_under_an_existing_case_id_are_refused(store):
+    volume = _volume()
+    shifted = AFFINE.copy()
+    shifted[:3, 3] += 5.0  # the same voxels, 5 mm elsewhere: points would land on other anatomy
+    moved = Volume(volume.array, VolumeGeometry(shifted, volume.geometry.shape, "phantom"), volume.path)
+    before = _snapshot(Path(store.location))
+    with pytest.raises(StoreError, match="same voxels but another affine.*another case id"):
+        store.add_case(moved, "L3_017", points=_points())
+    assert _snapshot(Path(store.location)) == before
+
+
 def test_a_second_copy_of_a_stored_scan_is_refused_naming_the_case_that_holds_it(store):
     before = _snapshot(Path(store.location))
     with pytest.raises(StoreError, match=r"is already in the store as case L3_017 .*open and annotate case L3_017"):

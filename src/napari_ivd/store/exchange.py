@@ -139,15 +139,8 @@ def prepare_import(
         check_mask_values(checked_mask, f"{mask} (case {case_id})")
         files.append(Path(mask))
     digest = image_sha256(volume.array)
-    if store is not None and store.has_case(case_id):
-        info = store.case(case_id)
-        if info.image_sha256 != digest or info.geometry != geometry:
-            raise StoreError(
-                f"{store.location}: case {case_id} holds another image (from {info.source_path}) than {image}; "
-                "give this one another case id (--case)"
-            )
-    elif store is not None:
-        store.check_new_image(case_id, volume, digest)
+    if store is not None:
+        store.check_image(case_id, volume, digest)
     return PreparedImport(volume, case_id, checked, checked_mask, tuple(files), digest, checked_absent)
 
 

@@ -186,7 +186,7 @@ class AnnotationStore:
         Adding an image that is already the case's (same voxel digest and grid) is not an
         error: the given points/mask then become a new revision, and whichever of the two is
         not given is carried over from the head revision. Adding it under a new case id is
-        refused unless ``allow_copy`` (see :meth:`check_new_image`). Everything is checked
+        refused unless ``allow_copy`` (see :meth:`check_image`). Everything is checked
         before anything is written, and the case and its first revision are committed
         together.
 
@@ -226,8 +226,8 @@ class AnnotationStore:
         source = schema.check_source(source)
         with self._lock.hold(f"add case {case_id}"):
             fields = self._writer.fields(author, note, source)  # dated once the lock is held
+            self.check_image(case_id, volume, digest, allow_copy=allow_copy)
             if self.has_case(case_id):
-                self._check_same_image(case_id, digest, volume)
                 if checked_points is not None or checked_mask is not None:
                     # what is not given is carried over from the head revision
                     head = self._reader.head(case_id)
@@ -244,8 +244,6 @@ class AnnotationStore:
                 elif status is not None:
                     self.set_status(case_id, status)
                 return self.case(case_id)
-            if not allow_copy:
-                self.check_new_image(case_id, volume, digest)
             write_case(self._reader, case_id, volume, digest, tuple(self.settings["mask_chunk_vox"]))
             head = Head(case_id=case_id, status="new")
             if checked_points is not None or checked_mask is not None:
@@ -257,35 +255,37 @@ class AnnotationStore:
         log.info("%s: added case %s %s", self.location, case_id, geometry.shape)
         return self.case(case_id)
 
-    def check_new_image(self, case_id: str, volume: Volume, digest: str) -> None:
-        """Refuse a second copy of a stored scan (``digest``: :func:`image_sha256` of ``volume``).
+    def check_image(self, case_id: str, volume: Volume, digest: str, *, allow_copy: bool = False) -> None:
+        """Refuse ``volume`` as case ``case_id`` where that would mix up two scans.
 
-        One scan under two case ids is annotated twice and counts twice in training, which
-        must then hold the copies out together.
+        A stored case keeps its scan: the same id with other voxels or another grid is
+        refused. A new case id is refused for a scan another case already holds (unless
+        ``allow_copy``): one scan under two ids is annotated twice and counts twice in
+        training, which must then hold the copies out together. ``digest`` is
+        :func:`image_sha256` of ``volume``.
 
         Raises
         ------
         StoreError
-            Another case holds this image; the message names it.
+            The message names the case that holds the scan, or the scan the case holds.
         """
-        other = self._reader.case_with_image(digest)
+        where = self._reader.where(case_id)
+        rename = "import it under another case id (on the command line: --case)"
+        if self.has_case(case_id):
+            info = self.case(case_id)
+            if info.image_sha256 != digest:
+                raise StoreError(
+                    f"{where}: holds another image (sha256 {info.image_sha256[:12]}…, from {info.source_path}) "
+                    f"than {volume.path} (sha256 {digest[:12]}…); {rename}"
+                )
+            if info.geometry != volume.geometry:
+                raise StoreError(f"{where}: same voxels but another affine than {volume.path}; {rename}")
+            return
+        other = None if allow_copy else self._reader.case_with_image(digest)
         if other is not None:
             raise StoreError(
-                f"{self._reader.where(case_id)}: {volume.path} is already in the store as case {other} "
+                f"{where}: {volume.path} is already in the store as case {other} "
                 f"(same voxels, from {self.case(other).source_path}); open and annotate case {other} instead"
-            )
-
-    def _check_same_image(self, case_id: str, digest: str, volume: Volume) -> None:
-        info = self.case(case_id)
-        if info.image_sha256 != digest:
-            raise StoreError(
-                f"{self._reader.where(case_id)}: holds another image (sha256 {info.image_sha256[:12]}…, from "
-                f"{info.source_path}) than {volume.path} (sha256 {digest[:12]}…); import it under another case id"
-            )
-        if info.geometry != volume.geometry:
-            raise StoreError(
-                f"{self._reader.where(case_id)}: same voxels but another affine than {volume.path}; "
-                "import it under another case id"
             )
 
     def set_status(self, case_id: str, status: str) -> CaseInfo:
