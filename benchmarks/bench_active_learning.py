@@ -68,7 +68,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -111,7 +110,7 @@ from napari_ivd.active import (
 )
 from napari_ivd.metrics import mean_structure_dice
 from napari_ivd.model_versions import model_folder
-from napari_ivd.models import find_model_dir, load_checkpoint, read_card, resolve_device
+from napari_ivd.models import find_model_dir, load_checkpoint, read_card, resolve_device, usable_cpus
 from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases
 from napari_ivd.training.data import SampleConfig
 from napari_ivd.training.engine import TrainConfig, evaluate_cases, fit
@@ -452,7 +451,7 @@ def run(args: argparse.Namespace, folder: Path, key: str, settings: dict[str, An
         for seed in seeds:
             run_seed(seed, cases, device, args, folder, key)
         return
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    threads = max(1, usable_cpus() // args.workers)
     each = partial(_seed_in_own_process, args=args, folder=folder, key=key, threads=threads)
     with ProcessPoolExecutor(args.workers, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
         list(pool.map(each, seeds))

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import tempfile
 import time
@@ -51,7 +50,7 @@ import torch
 from napari_ivd.errors import IvdError
 from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.model_versions import model_folder
-from napari_ivd.models import load_checkpoint, read_card, resolve_device
+from napari_ivd.models import load_checkpoint, read_card, resolve_device, usable_cpus
 from napari_ivd.store import AnnotationStore
 from napari_ivd.training.cases import LabelledCase, labels_of, load_lumbar_cases, split_cases
 from napari_ivd.training.data import AUGMENTATIONS, SampleConfig
@@ -155,20 +154,39 @@ def plan_jobs(
 
     A case the base trained on (``seen``) may be corrected but is never scored, nor is a case
     whose other series of the same exam (``same_session``) is corrected at some k.
+
+    Raises
+    ------
+    SystemExit
+        A seed leaves no case to score (its rows would read 0 %); the message names the seeds that do.
     """
     names = sorted(cases)
     usable = [k for k in ks if k <= len(names) - 1]
-    same_session = same_session or {}
+    seen, same_session = set(seen), same_session or {}
     jobs = []
     for seed in seeds:
-        order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
-        twins = {twin for name in order[: max(usable)] for twin in same_session.get(name, ())}
-        scored = tuple(sorted(set(order[max(usable) :]) - set(seen) - twins))
+        order, scored = _draw(names, seed, max(usable), seen, same_session)
+        if not scored:
+            scoring = [s for s in range(20) if _draw(names, s, max(usable), seen, same_session)[1]]
+            raise SystemExit(
+                f"{source} seed {seed}: no case left to score after correcting {', '.join(order[: max(usable)])} "
+                f"(the rest the base saw or share an exam with them); seeds below 20 that score a {source} "
+                f"case: {' '.join(map(str, scoring)) or 'none (use a smaller largest k)'}"
+            )
         for k in usable:
             corrected = tuple(order[:k])
             modes = ("base",) if k == 0 else ("fine-tuned", "scratch")
             jobs += [Job(recipe, source, seed, k, mode, corrected, scored) for mode in modes]
     return jobs
+
+
+def _draw(
+    names: Sequence[str], seed: int, k: int, seen: Iterable[str], same_session: Mapping[str, Sequence[str]]
+) -> tuple[list[str], tuple[str, ...]]:
+    """A seed's case order and the cases it scores once the first ``k`` are corrected."""
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    twins = {twin for name in order[:k] for twin in same_session.get(name, ())}
+    return order, tuple(sorted(set(order[k:]) - set(seen) - twins))
 
 
 def _store_with(cases: Sequence[LabelledCase], folder: Path) -> AnnotationStore:
@@ -364,7 +382,7 @@ def main() -> None:
         plot(runs, args.out.with_suffix(".png"), runs[0]["recipe"])
         return
 
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    threads = max(1, usable_cpus() // args.workers)
     stop = None if args.stop_after_minutes is None else time.time() + 60 * args.stop_after_minutes
     settings = Settings(
         args.data, args.bases, args.device, threads, args.base_minutes, args.minutes, args.max_epochs, stop, args.base

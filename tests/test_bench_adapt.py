@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from bench_adapt import plan_jobs
@@ -28,3 +30,12 @@ def test_without_sessions_every_case_after_the_largest_k_is_scored_unless_the_ba
     corrected, scored = set(jobs[-1].corrected), set(jobs[0].scored)
     assert corrected | scored | {"VB1/case-02"} == set(CASES) and len(corrected) == 4
     assert "VB1/case-02" not in scored
+
+
+def test_a_seed_that_leaves_nothing_to_score_is_refused_naming_seeds_that_score():
+    """VB1 seed 0 corrects case-11 and the base saw case-02: its rows would have read 0 % (2026-12-06 run)."""
+    same_session = {"VB1/case-10": ("VB1/case-11",), "VB1/case-11": ("VB1/case-10",)}
+    with pytest.raises(SystemExit, match=r"VB1 seed 0: no case left to score .*seeds below 20 .*: 1 3 4 5 "):
+        plan_jobs(CASES, "VB1", [0, 1, 2, 4], [1, 0], "default", ["VB1/case-02"], same_session)
+    jobs = plan_jobs(CASES, "VB1", [0, 1, 2, 4], [1, 3, 4], "default", ["VB1/case-02"], same_session)
+    assert all(job.scored for job in jobs) and {job.seed for job in jobs} == {1, 3, 4}

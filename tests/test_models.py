@@ -31,6 +31,7 @@ from napari_ivd.models import (
     build,
     load_checkpoint,
     save_checkpoint,
+    usable_cpus,
 )
 from napari_ivd.models.ivdnet import DEFAULT_LABELS, PositionAttention
 from napari_ivd.models.losses import HeatmapFocalLoss, IvdLoss, MaskedSegLoss, OffsetL1Loss
@@ -278,3 +279,12 @@ def test_saving_a_model_with_the_wrong_config_is_refused_before_writing(tmp_path
             tmp_path / "m", IvdNet(TINY_CONFIG), "ivdnet", IvdNetConfig(), labels=DEFAULT_LABELS, input_spec={}
         )
     assert not (tmp_path / "m").exists()
+
+
+def test_usable_cpus_counts_the_cores_a_process_was_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A benchmark pinned to one core (``taskset -c 1``) splits one core, not the machine's."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {1}, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    assert usable_cpus() == 1
+    monkeypatch.delattr("os.sched_getaffinity")
+    assert usable_cpus() == 64

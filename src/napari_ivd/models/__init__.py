@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from napari_ivd.models.cache import ModelCache
 from napari_ivd.models.denseaspp import DenseAsppConfig, DenseAsppNet  # registers "denseaspp"
-from napari_ivd.models.device import cuda_available, resolve_device
+from napari_ivd.models.device import cuda_available, resolve_device, usable_cpus
 from napari_ivd.models.hcanet import HcaNet, HcaNetConfig  # registers "hcanet"
 from napari_ivd.models.hourglass import AttentionHourglass, HourglassConfig  # registers "hourglass"
 from napari_ivd.models.ivdnet import IvdNet, IvdNetConfig  # importing registers "ivdnet"
@@ -78,4 +78,5 @@ __all__ = [
     "resolve_device",
     "save_checkpoint",
     "to_device",
+    "usable_cpus",
 ]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-__all__ = ["cuda_available", "resolve_device"]
+__all__ = ["cuda_available", "resolve_device", "usable_cpus"]
 
 
 def cuda_available() -> bool:
@@ -17,3 +19,14 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, e.g. under ``taskset`` or a batch scheduler).
+
+    ``os.cpu_count`` counts the whole machine, so runs split by it oversubscribe a process that was
+    given fewer cores; where affinity is unknown (macOS), the machine's count stands in.
+    """
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
