@@ -396,7 +396,7 @@ def test_workers_run_every_seed_with_their_share_of_the_cores_and_record_it(
 
     trained = _fake_rounds(monkeypatch)
     monkeypatch.setattr(bench, "ProcessPoolExecutor", _InProcessPool)
-    monkeypatch.setattr(bench.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(bench, "usable_cpus", lambda: 4)
     args, threads = _bench_args(tmp_path), torch.get_num_threads()
     args.workers = 2
     try:
