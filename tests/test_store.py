@@ -300,7 +300,7 @@ def test_the_same_voxels_on_another_grid_under_an_existing_case_id_are_refused(s
     shifted[:3, 3] += 5.0  # the same voxels, 5 mm elsewhere: points would land on other anatomy
     moved = Volume(volume.array, VolumeGeometry(shifted, volume.geometry.shape, "phantom"), volume.path)
     before = _snapshot(Path(store.location))
-    with pytest.raises(StoreError, match="same voxels but another affine.*another case id"):
+    with pytest.raises(StoreError, match=r"same voxels but another affine.*another case id"):
         store.add_case(moved, "L3_017", points=_points())
     assert _snapshot(Path(store.location)) == before
 
