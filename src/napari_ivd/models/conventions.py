@@ -276,6 +276,13 @@ class PipelineNet(nn.Module):
         """
         return keypoint_axes(self.config.labels)
 
+    def heatmap_heads(self) -> tuple[str, ...]:
+        """The convolutions whose output channels are the labels' heatmaps (one per label), by state-dict prefix.
+
+        :func:`~napari_ivd.models.grow.grow_labels` starts a new label's rows of these silent.
+        """
+        return ("heatmap",)
+
     def label_source(self, name: str, old_state: Mapping[str, Tensor]) -> str:
         """The weight of a smaller network that ``name`` grows from: ``name`` itself unless overridden."""
         return name

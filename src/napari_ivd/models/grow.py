@@ -1,4 +1,4 @@
-"""Grow a trained network to more levels: per-label channels copied by name, new ones from their nearest level.
+"""Grow a trained network to more levels: per-label channels copied by name, new levels start silent.
 
 A lumbar model fine-tuned on cervical cases must learn C3 without forgetting L4. Every
 architecture keeps one heatmap channel (and two offset channels, and whatever else its own
@@ -8,16 +8,24 @@ the same architecture with more labels and fills it from the trained one:
 
 * every weight not tied to labels is copied as is;
 * a per-label channel of an old label is copied from that label's channel;
-* a per-label channel of a new label starts as a copy of the nearest old level of the same
-  kind (a disc from the nearest disc, a vertebra from the nearest vertebra; of any kind when
-  the network has none of that kind), so its first proposals are a sensible guess and its
-  gradients start from trained features, not from noise;
+* a new label's heatmap rows (:meth:`~napari_ivd.models.conventions.PipelineNet.heatmap_heads`)
+  start silent: zero weights and the architecture's starting bias, so the new level reads the
+  background prior (about 0.02) everywhere and is never detected until training teaches it;
+  its gradients still start from trained features (only its own output row is new);
+* a new label's other per-label channels (offsets, degeneration) start as a copy of the
+  nearest old level of the same kind (a disc from the nearest disc, a vertebra from the
+  nearest vertebra; of any kind when the network has none of that kind);
 * where a layer *reads* heatmaps (a stacked hourglass feeds each stack's heatmaps to the
   next), the inputs from new labels start at zero, so every old output is unchanged; a new
   label's row reads its own heatmap where its source level read its own.
 
-So on the same input the grown network gives the old network's outputs on the old labels
-and, on each new label, the outputs of its source level.
+Why silent and not a copy of the neighbour: a copied S1 channel is L5's detector, firing on
+L5. On four corrected T1w scans whose fields of view start at T10, the grown starter kept
+such copies close and named an unseen scan one level low from top to bottom, where a refit
+without the new levels did not (README, "Adapting to a new site").
+
+So on the same input the grown network gives the old network's outputs on the old labels,
+the background prior on each new label's heatmap, and its source level's offsets.
 """
 
 from __future__ import annotations
@@ -104,8 +112,24 @@ def _grow_tensor(
     return out
 
 
+def _silence_new_rows(
+    grown: torch.Tensor, fresh: torch.Tensor, axes: dict[int, Sequence[ChannelKey]], old: Sequence[str]
+) -> None:
+    """Start each new label's row of a heatmap head as the freshly built network does, less its random weights.
+
+    A bias row keeps the fresh network's starting bias (the background prior) and a weight row
+    is zero, so the row's output is that prior everywhere. A head that reads heatmaps (its
+    inputs are per label too, like HCA-Net's merge of the stacks) takes the fresh row whole:
+    its architecture starts it reading the label's own heatmaps, which are that prior.
+    """
+    reads_labels = 1 in axes
+    for i, (label, _) in enumerate(axes[0]):
+        if label not in old:
+            grown[i] = fresh[i] if grown.ndim == 1 or reads_labels else 0.0
+
+
 def grow_labels(model: PipelineNet, labels: Sequence[str]) -> PipelineNet:
-    """The same network with ``labels`` (a superset of its own), old channels kept, new ones from their nearest level.
+    """The same network with ``labels`` (a superset of its own), old channels kept, new heatmaps silent.
 
     Parameters
     ----------
@@ -143,6 +167,7 @@ def grow_labels(model: PipelineNet, labels: Sequence[str]) -> PipelineNet:
     grown = type(model)(dataclasses.replace(config, labels=labels))
     old_state = model.state_dict()
     old_axes, new_axes = model.label_axes(), grown.label_axes()
+    heads = set(grown.heatmap_heads())
     state = {}
     for name, tensor in grown.state_dict().items():
         source_name = grown.label_source(name, old_state)
@@ -159,6 +184,8 @@ def grow_labels(model: PipelineNet, labels: Sequence[str]) -> PipelineNet:
             state[name] = old.detach().clone()
             continue
         state[name] = _grow_tensor(old.detach().cpu(), tensor.shape, axes, old_axes[source_name], name)
+        if name.rsplit(".", 1)[0] in heads:
+            _silence_new_rows(state[name], tensor, axes, config.labels)
     grown.load_state_dict(state, strict=True)
     grown = to_device(grown, next(model.parameters()).device)
     grown.train(model.training)

@@ -246,6 +246,10 @@ class HcaNet(StackedHourglassNet):
         stacked = tuple((label, s) for s in range(self.config.stacks) for label, _ in one)
         return super().label_axes() | {"merge.weight": {0: one, 1: stacked}, "merge.bias": {0: one}}
 
+    def heatmap_heads(self) -> tuple[str, ...]:
+        """Every stack's heatmap head, and the merge of them (it starts as their mean)."""
+        return (*super().heatmap_heads(), "merge")
+
     def forward(self, x: Tensor, seg_only: bool = False) -> dict[str, Tensor]:
         """The pipeline's outputs (``"heatmap"``: logits of the merged heatmap), and every stack's own.
 

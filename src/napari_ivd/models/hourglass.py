@@ -407,6 +407,10 @@ class StackedHourglassNet(PipelineNet):
             axes[f"backbone.remap_heatmaps.{s}.weight"] = {1: one}
         return axes
 
+    def heatmap_heads(self) -> tuple[str, ...]:
+        """The last heatmap head and every stack's intermediate one."""
+        return (self.heatmap_head, *(f"backbone.heads.{s}" for s in range(len(self.backbone.heads))))
+
     def _stacks(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor]]:
         """Check ``x``, run the stacks: each stack's representation, the intermediate heatmaps, ``{"seg": ...}``."""
         self.check_input(x, INPUT_MULTIPLE)

@@ -463,6 +463,10 @@ class SpineOne(PipelineNet):
                 axes |= {f"streams.{kind}.degeneration.{p}": {0: one} for p in ("weight", "bias")}
         return axes
 
+    def heatmap_heads(self) -> tuple[str, ...]:
+        """Each substream's heatmap head."""
+        return tuple(f"streams.{kind}.heatmap" for kind in self.streams)
+
     def label_source(self, name: str, old_state: Mapping[str, Tensor]) -> str:
         """A substream the smaller network lacks (no label of that kind) grows from the other one."""
         if name in old_state or not name.startswith("streams."):
