@@ -114,3 +114,27 @@ def test_keep_last_validates_once_where_training_ends_and_keeps_those_weights(sh
     else:
         assert validated == [1.0, 2.0, 3.0] and saved["steps"] == 1  # the best one, picked by the dev case
     assert saved["metrics"]["validation"]["error_mm"] == 1.0
+
+
+@pytest.mark.parametrize(("errors", "validated"), [([20.0] * 6, 6), ([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3)])
+def test_early_stopping_counts_worse_validations_not_ties(shared_data, tmp_path, monkeypatch, errors, validated):
+    """A held-out case stuck at the cap (the same figures every time) lets the run go on and keeps the latest model.
+
+    With patience 2, validations that only get worse stop the run after the third.
+    """
+    from napari_ivd.training import engine
+
+    figures = iter(errors)
+
+    def evaluate(model, card, cases, device):
+        return {"error_mm": next(figures), "dice": {}, "cases": [c.name for c in cases]}
+
+    monkeypatch.setattr(engine, "evaluate_cases", evaluate)
+    case = load_lumbar_case(shared_data / "lumbar/VB3/case-01")
+    cfg = TrainConfig(
+        batch_size=1, samples_per_epoch=1, max_epochs=6, validate_every_epochs=1, patience=2, device="cpu"
+    )
+    reports = [r.detail for r in fit(cfg, SampleConfig(crop=(64, 64)), [case], [case], tmp_path / "model")]
+    assert sum(r.validation is not None for r in reports) == validated
+    _, saved = load_checkpoint(tmp_path / "model")
+    assert saved["steps"] == (6 if errors[0] == errors[1] else 1)

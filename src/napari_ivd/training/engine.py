@@ -250,7 +250,7 @@ def fit(
     Validation runs every ``validate_every_epochs`` epochs (or, when that is 0, every
     ``validate_every_min`` minutes), after the last epoch and when the time budget is spent
     (with ``keep == "last"`` only then); training stops early after ``patience`` validations
-    without improvement. Fine-tuning
+    worse than the best (one as good as the best replaces it and resets the count). Fine-tuning
     (``init_from``) keeps the parent's skeleton prior, learnt from more cases than a
     handful of corrections; when ``sample_cfg.labels`` hold levels the parent lacks, the
     parent's heads and prior grow to them (:func:`starting_skeleton`). On CUDA the forward
@@ -389,7 +389,10 @@ def _fit(
             model.eval()
             validation = evaluate_cases(model, card, dev_cases, device)
             last_validation = time.perf_counter()
-            improved = cfg.keep == "last" or best is None or validation_key(validation) < validation_key(best)
+            # a tie replaces the best (longer training on the same evidence) and is not counted as
+            # stale: held-out figures that cannot move (a case at the missed-structure cap) must not
+            # end the run after a few validations
+            improved = cfg.keep == "last" or best is None or validation_key(validation) <= validation_key(best)
             if improved:
                 best, stale = validation, 0
                 saved_card = save(validation)
