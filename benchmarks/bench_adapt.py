@@ -19,7 +19,11 @@ For each left-out source of ``../shared/data/lumbar`` (IVD T2w, VB1 T1w, VB2 T2w
    (:func:`napari_ivd.training.finetune.finetune_steps`, its defaults: 5-minute budget, its
    own held-out case and early stopping), starting from the base. ``--max-epochs`` caps the
    epochs at what 2 CPU cores reach in those 5 minutes, so a run on a GPU gets the same
-   budget as the button on a laptop.
+   budget as the button on a laptop. The store also holds the scored cases' images, without
+   annotations, as a lab's store holds the scans still to correct: Train compares the new
+   version's names with its parent's on them before making it active
+   (:mod:`napari_ivd.training.promotion`); the table counts the runs it activated. Scores
+   do not depend on it: every fine-tuned version is scored, active or not.
 4. **From scratch**: the same k cases, the same held-out split, labels and budget, from
    random weights (the engine's from-scratch learning rate and warm-up).
 
@@ -189,14 +193,16 @@ def _draw(
     return order, tuple(sorted(set(order[k:]) - set(seen) - twins))
 
 
-def _store_with(cases: Sequence[LabelledCase], folder: Path) -> AnnotationStore:
-    """A fresh store holding ``cases`` with their references as verified revisions."""
+def _store_with(cases: Sequence[LabelledCase], folder: Path, waiting: Sequence[LabelledCase] = ()) -> AnnotationStore:
+    """A fresh store holding ``cases`` with their references as verified revisions, and ``waiting``'s images only."""
     store = AnnotationStore.open(folder / "annotations.zarr", create=True, fsync=False)
     for case in cases:
         points = [LabelledPoint(n, tuple(float(v) for v in ijk)) for n, ijk in case.keypoints_vox.items()]
         case_id = case.name.replace("/", "-")
         store.add_case(case.volume, case_id, points=points, mask=case.mask_tss, author="reference")
         store.set_status(case_id, "verified")
+    for case in waiting:
+        store.add_case(case.volume, case.name.replace("/", "-"))
     return store
 
 
@@ -253,7 +259,8 @@ def run_job(job: Job, settings: Settings) -> dict[str, Any]:
             if job.mode == "base":
                 folder, extra = base_dir(settings, job.recipe, job.source), {}
             else:
-                store = _store_with([cases[n] for n in job.corrected], Path(tmp))
+                waiting = [cases[n] for n in job.scored] if job.mode == "fine-tuned" else []
+                store = _store_with([cases[n] for n in job.corrected], Path(tmp), waiting)
                 run = _finetune if job.mode == "fine-tuned" else _scratch
                 args = (job, settings, store) if job.mode == "fine-tuned" else (job, settings, store, Path(tmp) / "m")
                 folder, extra = run(*args)
@@ -291,7 +298,9 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         vert = [
             r["metrics"]["vertebra"]["dtt_mean_mm"] for r in done if r["metrics"]["vertebra"]["dtt_mean_mm"] is not None
         ]
-        runs = f"{len(done)}" + (f" ({failed} failed)" if failed else "")
+        activated = sum(bool(r.get("activated")) for r in done)
+        runs = f"{len(done)}" + (f", {activated} activated" if mode == "fine-tuned" else "")
+        runs += f" ({failed} failed)" if failed else ""
         figures = f"{_mean_sd(ident)} | {_mean_sd(disc)} | {_mean_sd(vert)}"
         lines.append(f"| {source} | {k} | {mode} | {recipe} | {figures} | {runs} |")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -217,6 +218,69 @@ def test_the_new_version_becomes_active_only_when_it_validates_better(
     else:
         assert (chosen.key, chosen.stored) == ("ivdnet-lumbar", False) and store.active_model() is None
         assert result.reason.startswith("kept ivdnet-lumbar active")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("child_renames", [False, True])
+def test_a_better_version_that_renames_levels_on_a_case_it_never_saw_is_stored_not_activated(
+    training_store_template, shared_data, tmp_path, monkeypatch, child_renames
+):
+    """One held-out case cannot see a chain named one level off elsewhere; the store's other cases can.
+
+    The child validates better (the parent is scored 99 mm worse); on a fourth case, an image
+    nobody annotated, it names every structure one level caudal of where its parent does.
+    """
+    from napari_ivd import anatomy
+    from napari_ivd.io import read_volume
+    from napari_ivd.training import promotion
+
+    real_evaluate, real_predict = finetune.evaluate_cases, promotion.predict
+
+    def parent_scored(*args, **kwargs):
+        return {**real_evaluate(*args, **kwargs), "error_mm": 99.0}
+
+    def predict_renaming(volume, model, card, device):
+        prediction = real_predict(volume, model, card, device)
+        if not (child_renames and card.get("parent")):  # only the new version has a parent
+            return prediction
+        shifted = [s for s in prediction.structures if s.name not in ("L5", "L5-S1", "S1")]
+        structures = tuple(replace(s, name=anatomy.shift(s.name, 1).name) for s in shifted)
+        return replace(prediction, structures=structures)
+
+    monkeypatch.setattr(finetune, "evaluate_cases", parent_scored)
+    monkeypatch.setattr(promotion, "predict", predict_renaming)
+    store = _copy(training_store_template, tmp_path)
+    store.add_case(read_volume(shared_data / "lumbar/VB3/case-04/image.nii.gz"), "unseen")
+    reports = []
+    result = run_steps(finetune_steps(store, TINY), reports.append)
+
+    assert "comparing" in [r.detail.name for r in reports]
+    assert [m.model_id for m in store.list_models()] == [result.model.model_id]  # stored either way
+    assert result.activated is not child_renames
+    assert (active_choice(store).key == result.model.model_id) is not child_renames
+    if child_renames:
+        assert result.reason.startswith("kept ivdnet-lumbar active: the new version validates better on 1 held-out")
+        assert "names 1 of 1 other cases differently from ivdnet-lumbar" in result.reason
+        assert re.search(r"unseen: \S+ was \S+, ", result.reason) and "L4-L5 was L3-L4" in result.reason
+    else:
+        assert result.reason.startswith("validates better than its parent ivdnet-lumbar")
+
+
+def test_a_case_whose_image_cannot_be_read_is_left_out_of_the_naming_comparison(monkeypatch, caplog):
+    """The comparison guards a promotion; a damaged case must not fail the run that trained."""
+    from napari_ivd.training.promotion import compare_versions
+
+    store = _planning_store()
+
+    def unreadable(case_id):
+        raise StoreError(f"{case_id}: image chunks missing")
+
+    monkeypatch.setattr(store, "read_image", unreadable)
+    bundled = model_folder(None, "ivdnet-lumbar")
+    reports = []
+    assert run_steps(compare_versions(store, ["new-e"], bundled, bundled, torch.device("cpu")), reports.append) == []
+    assert len(reports) == 1 and "new-e" in reports[0].message
+    assert "left new-e out of the naming comparison: new-e: image chunks missing" in caplog.text
 
 
 @pytest.mark.slow

@@ -20,13 +20,19 @@ from napari_ivd.active.chain import MISCOUNT_UNCERTAINTY
 from napari_ivd.active.plausibility import Finding
 from napari_ivd.active.uncertainty import MATCH_RADIUS_MM, VolumeScore, summarise
 
-__all__ = ["compare_with_earlier"]
+__all__ = ["compare_with_earlier", "renamed_levels"]
 
 _NUMBERS = {1: "one", 2: "two", 3: "three"}
 
 
-def _renamed(now_mm: Mapping[str, np.ndarray], earlier_mm: Mapping[str, np.ndarray]) -> dict[str, str]:
-    """Each current structure's name -> the earlier version's name at its place, where they differ."""
+def renamed_levels(now_mm: Mapping[str, np.ndarray], earlier_mm: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """Each current structure's name -> the earlier version's name at its place (same kind, within 10 mm), if other.
+
+    Example
+    -------
+    >>> renamed_levels({"L5": np.zeros(3)}, {"L4": np.ones(3), "L4-L5": np.zeros(3)})
+    {'L5': 'L4'}
+    """
     renamed = {}
     for name, xyz in now_mm.items():
         kind = anatomy.structure(name).kind
@@ -67,7 +73,7 @@ def compare_with_earlier(
     if score.prediction is None or not earlier_mm:
         return score
     now = {s.name: np.asarray(s.xyz_mm, dtype=np.float64) for s in score.prediction.structures}
-    renamed = _renamed(now, {n: np.asarray(p, dtype=np.float64) for n, p in earlier_mm.items()})
+    renamed = renamed_levels(now, {n: np.asarray(p, dtype=np.float64) for n, p in earlier_mm.items()})
     if not renamed:
         return score
     reasons = {}

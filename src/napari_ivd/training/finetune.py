@@ -5,7 +5,9 @@ train from the parent's weights with :func:`napari_ivd.training.engine.fit`, sto
 checkpoint under ``models/`` with a card naming its parent, the exact case revisions,
 hyper-parameters, the held-out cases and the validation figures of parent and child on
 them (same cases, same run), and make it the active model only when it validates better
-than its parent. Held-out cases never hold a model's own unchanged output
+than its parent and names no structure differently from it on the store's other cases
+(up to six, :mod:`.promotion`: one held-out case cannot see a chain named one level off
+elsewhere). Held-out cases never hold a model's own unchanged output
 (:func:`~napari_ivd.training.store_cases.can_judge`); when the store has no such case to
 hold out, the run trains on every case and stores the result un-judged, not active (the
 user may make it active by hand). Nothing reaches the store before the run has finished:
@@ -41,6 +43,7 @@ from napari_ivd.training import ddp
 from napari_ivd.training.cases import LabelledCase, labels_of
 from napari_ivd.training.data import SampleConfig
 from napari_ivd.training.engine import Epoch, TrainConfig, evaluate_cases, fit, validation_key
+from napari_ivd.training.promotion import Renamed, compare_versions, comparison_cases
 from napari_ivd.training.store_cases import NOT_JUDGED, TrainingPlan, load_planned_cases, plan_training
 
 log = logging.getLogger(__name__)
@@ -87,7 +90,7 @@ class FineTuneConfig:
 class Phase:
     """What a run's report is about (its ``detail``): the phase, and the engine's figures while training."""
 
-    name: str  # "reading", "baseline", "training", "saving"
+    name: str  # "reading", "baseline", "training", "comparing", "saving"
     epoch: Epoch | None = None
     before: dict[str, Any] | None = None
 
@@ -146,15 +149,16 @@ def finetune_steps(
     cfg = cfg or FineTuneConfig()
     plan = plan_training(store, cfg.validation_fraction)
     reading = load_planned_cases(store, plan)
+    compared = comparison_cases(store, plan) if plan.judged else []
 
     def body(tally: Tally) -> Generator[Progress, None, FineTuneResult]:
         yield tally.partial(0.0, plan.describe(), Phase("reading"))
         train_cases, val_cases = yield from tally.run(
             reading, steps=1, describe=lambda r: (r.message, Phase("reading"))
         )
-        return (yield from _run(tally, store, cfg, plan, train_cases, val_cases, parent, author))
+        return (yield from _run(tally, store, cfg, plan, train_cases, val_cases, compared, parent, author))
 
-    return Job(1 + 1 + TRAINING_STEPS + 1, body)  # reading, baseline, training, saving
+    return Job(1 + 1 + TRAINING_STEPS + len(compared) + 1, body)  # reading, baseline, training, comparing, saving
 
 
 def _run(
@@ -164,10 +168,11 @@ def _run(
     plan: TrainingPlan,
     train_cases: list[LabelledCase],
     val_cases: list[LabelledCase],
+    compared: Sequence[str],
     parent: str | None,
     author: str | None,
 ) -> Generator[Progress, None, FineTuneResult]:
-    """The run once its cases are read: score the parent, train, store the child and judge it."""
+    """The run once its cases are read: score the parent, train, judge the child, store it."""
     ranks = ddp.current()
     choice = parent_choice(store, parent)
     parent_dir = model_folder(store, choice.key)
@@ -206,21 +211,48 @@ def _run(
             return FineTuneResult(None, choice.key, False, "rank > 0 writes nothing", before, {}, plan)
         if saved is None:
             raise TrainingError("fine-tuning ended before any validation ran; give it more time or epochs")
+        after = saved["metrics"]["validation"] or {}
+        better = bool(val_cases) and validation_key(after) < validation_key(before)
+        renamed: list[Renamed] = []
+        if better and compared:
+            comparing = compare_versions(store, compared, parent_dir, out_dir, device)
+            renamed = yield from tally.run(comparing, describe=lambda r: (r.message, Phase("comparing", None, before)))
+        else:
+            tally.skip(len(compared))
         yield tally.step("storing the new model version", Phase("saving", None, before))
         info = store.add_model(out_dir)
-    after = saved["metrics"]["validation"] or {}
-    better = bool(val_cases) and validation_key(after) < validation_key(before)
+    reason = _verdict(choice.key, val_cases, before, after, better, compared, renamed)
+    activated = better and not renamed
+    if activated:
+        store.set_active_model(info.model_id, stored=True, reason=reason, author=author)
+    log.info("fine-tuned %s -> %s in %.0f s: %s", choice.key, info.model_id, time.perf_counter() - start, reason)
+    return FineTuneResult(info, choice.key, activated, reason, before, after, plan)
+
+
+def _verdict(
+    parent: str,
+    val_cases: Sequence[LabelledCase],
+    before: dict[str, Any],
+    after: dict[str, Any],
+    better: bool,
+    compared: Sequence[str],
+    renamed: Sequence[Renamed],
+) -> str:
+    """Why the new version is, or is not, the active model now (the run's last line)."""
+    if not val_cases:
+        return NOT_JUDGED
     held = f"{len(val_cases)} held-out case{'s' if len(val_cases) != 1 else ''}"
     figures = f"{validation_figure(after)} vs {validation_figure(before)}"
-    if not val_cases:
-        reason = NOT_JUDGED
-    elif better:
-        reason = f"validates better than its parent {choice.key} on {held}: {figures}"
-        store.set_active_model(info.model_id, stored=True, reason=reason, author=author)
-    else:
-        reason = f"kept {choice.key} active: the new version validates no better on {held} ({figures})"
-    log.info("fine-tuned %s -> %s in %.0f s: %s", choice.key, info.model_id, time.perf_counter() - start, reason)
-    return FineTuneResult(info, choice.key, better, reason, before, after, plan)
+    if not better:
+        return f"kept {parent} active: the new version validates no better on {held} ({figures})"
+    if renamed:
+        cases = "; ".join(r.describe() for r in renamed)
+        return (
+            f"kept {parent} active: the new version validates better on {held} ({figures}) but names "
+            f"{len(renamed)} of {len(compared)} other cases differently from {parent} at the same places "
+            f"({cases}); open them to see which is right, then make it active by hand or correct them and train again"
+        )
+    return f"validates better than its parent {parent} on {held}: {figures}"
 
 
 def parent_sample_config(parent_dir: Path, cases: Sequence[LabelledCase] = ()) -> SampleConfig:
