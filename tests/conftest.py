@@ -44,3 +44,32 @@ def training_store_template(shared_data: Path, tmp_path_factory: pytest.TempPath
         points, mask = find_annotations(case_dir, volume.geometry)
         store.add_case(volume, name.replace("/", "-"), points=points, mask=mask, author="reference")
     return location
+
+
+@pytest.fixture
+def child_better_but_renaming(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fine-tuning where the new version validates better (its parent scored 99 mm) and names one level off.
+
+    On every case the run compares (:mod:`napari_ivd.training.promotion`), the new version (the
+    model whose card names a parent) calls each structure by the name of the one below it,
+    at its parent's places: the chain a single held-out case cannot see.
+    """
+    from dataclasses import replace
+
+    from napari_ivd import anatomy
+    from napari_ivd.training import finetune, promotion
+
+    real_evaluate, real_predict = finetune.evaluate_cases, promotion.predict
+
+    def parent_scored(*args, **kwargs):
+        return {**real_evaluate(*args, **kwargs), "error_mm": 99.0}
+
+    def predict_renaming(volume, model, card, device):
+        prediction = real_predict(volume, model, card, device)
+        if not card.get("parent"):
+            return prediction
+        kept = [s for s in prediction.structures if s.name not in ("L5", "L5-S1", "S1")]
+        return replace(prediction, structures=tuple(replace(s, name=anatomy.shift(s.name, 1).name) for s in kept))
+
+    monkeypatch.setattr(finetune, "evaluate_cases", parent_scored)
+    monkeypatch.setattr(promotion, "predict", predict_renaming)

@@ -93,6 +93,35 @@ def test_train_runs_in_the_background_stores_a_version_and_predict_uses_it(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("child_better_but_renaming")
+def test_train_keeps_the_parent_active_when_the_new_version_renames_a_case_it_never_saw(
+    make_napari_viewer, qtbot, training_store_template, shared_data, tmp_path
+):
+    """The new version validates better on its one held-out case but names a waiting scan one level off."""
+    from napari_ivd.io import read_volume
+
+    location = copy_store(training_store_template, tmp_path)
+    AnnotationStore.open(location).add_case(read_volume(shared_data / "lumbar/VB3/case-04/image.nii.gz"), "waiting")
+    _viewer, widget = _open(make_napari_viewer, location)
+    panel = widget.train_panel
+    messages: list[str] = []
+    panel.progress.valueChanged.connect(lambda _: messages.append(panel.status_label.text()))
+    start = len(notification_manager.records)
+    with qtbot.waitSignal(panel.run_done, timeout=RUN_TIMEOUT_MS):
+        qtbot.mouseClick(panel.train_button, Qt.MouseButton.LeftButton)
+
+    assert any(m.startswith("comparing the new version's names with its parent's on waiting") for m in messages)
+    (version,) = AnnotationStore.open(location).list_models()
+    text = panel.status_label.text()
+    assert text.startswith(f"{version.model_id} stored; kept ivdnet-lumbar active: the new version validates better")
+    assert "names 1 of 1 other cases differently from ivdnet-lumbar at the same places (waiting: " in text
+    assert f"Fine-tune: {text}" in notifications_since(start)
+    assert AnnotationStore.open(location).active_model() is None
+    assert widget.models.active_label.text() == "Active: ivdnet-lumbar — bundled starter model"
+    assert widget.model_box.findData(version.model_id) >= 0  # there to look at, and to make active by hand
+
+
+@pytest.mark.slow
 def test_cancel_during_training_stores_nothing(make_napari_viewer, qtbot, training_store_template, tmp_path):
     location = copy_store(training_store_template, tmp_path)
     _viewer, widget = _open(make_napari_viewer, location)

@@ -150,7 +150,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         description=(
             "--store S: fine-tune the store's active model (or --model) on its corrected and verified cases, "
             "validate on held-out ones, and add the result to the store as a new model version (active only "
-            "if it validates better than its parent). --data DIR --out DIR: train a model folder on a "
+            "if it validates better than its parent and names no structure differently from it on up to six other "
+            "cases of the store). --data DIR --out DIR: train a model folder on a "
             "labelled data folder; it learns every level its cases name (with --init: the parent's grown to them). "
             "Runs under `torchrun --nproc_per_node=N` too (gloo on CPU, NCCL on GPUs)."
         ),

@@ -73,12 +73,16 @@ class TrainPanel(QGroupBox):
         self.minutes_box.setDecimals(1)
         self.minutes_box.setSuffix(" min")
         self.minutes_box.setValue(FineTuneConfig().minutes)
-        self.minutes_box.setToolTip("Time budget; training also stops early once validation stops improving")
+        self.minutes_box.setToolTip(
+            f"Time budget; training also stops early once {FineTuneConfig.patience} validations in a row "
+            "were worse than the best"
+        )
         self.train_button = QPushButton("Train")
         self.train_button.setToolTip(
             "Fine-tune the active model on every verified or corrected case, in the background; "
             "the new version becomes active only if it validates better than the active one on the same held-out "
-            "cases (cases annotated by hand or imported; proposals accepted unchanged only train)"
+            "cases (cases annotated by hand or imported; proposals accepted unchanged only train) and names no "
+            "structure differently from it on up to six of the store's other cases"
         )
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop at the end of the current epoch; nothing is stored")
