@@ -11,6 +11,7 @@ from napari_ivd.metrics import (
     dice_rows,
     keypoint_rows,
     l5_s1_outcome,
+    renamed_levels,
     sacrum_in_view,
     summarize_dice,
     summarize_keypoints,
@@ -149,3 +150,14 @@ def test_chain_failures_count_l5_s1_only_where_the_sacrum_is_in_view():
     with_l5_s1 = dict(GT) | {"L5-S1": (0.0, 0.0, -58.0)}
     assert chain_failures(with_l5_s1, GT, l5_s1_in_view=True) == ()
     assert chain_failures(GT, GT, l5_s1_in_view=False) == ()
+
+
+def test_renamed_levels_pairs_each_structure_with_the_other_naming_at_its_place():
+    """A chain named one level low (every name one step caudal, the same places) is renamed throughout."""
+    earlier = {name: np.asarray(xyz) for name, xyz in GT.items()}
+    shifted = {"L4-L5": earlier["L3-L4"], "L5-S1": earlier["L4-L5"], "L5": earlier["L4"], "S1": earlier["L5"]}
+    assert renamed_levels(shifted, earlier) == {"L4-L5": "L3-L4", "L5-S1": "L4-L5", "L5": "L4", "S1": "L5"}
+    assert renamed_levels(earlier, earlier) == {}  # the same names: nothing renamed
+    moved = {name: xyz + np.array([0.0, 0.0, 11.0]) for name, xyz in shifted.items()}
+    assert renamed_levels(moved, earlier) == {}  # beyond 10 mm of anything of its kind: not the same structure
+    assert renamed_levels({"L4": earlier["L4-L5"]}, {"L4-L5": earlier["L4-L5"]}) == {}  # a disc is never a vertebra

@@ -6,17 +6,19 @@ check the plumbing between the widget and the core, not accuracy.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 from napari.utils.notifications import notification_manager
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt, QThreadPool, QTimer
 
 from napari_ivd import worklist
 from napari_ivd._widgets._train_panel import PROGRESS_MAX
 from napari_ivd.data import sample_t2w_path
 from napari_ivd.models import bundled_model_names
 from napari_ivd.store import AnnotationStore
+from napari_ivd.training import finetune
 from widget_support import CASE_ID, copy_store, docked_annotator, make_store, notifications_since
 
 #: A run of seconds: two epochs of two steps, validated after each.
@@ -34,7 +36,7 @@ def _open(make_napari_viewer, location, show: bool = False):
 
 @pytest.mark.slow
 def test_train_runs_in_the_background_stores_a_version_and_predict_uses_it(
-    make_napari_viewer, qtbot, training_store_template, tmp_path, monkeypatch
+    make_napari_viewer, qtbot, training_store_template, tmp_path, monkeypatch, request
 ):
     location = copy_store(training_store_template, tmp_path)
     _viewer, widget = _open(make_napari_viewer, location, show=True)
@@ -43,6 +45,21 @@ def test_train_runs_in_the_background_stores_a_version_and_predict_uses_it(
     assert [widget.model_box.itemData(i) for i in range(widget.model_box.count())] == [*bundled_model_names(), None]
     assert widget.models.active_label.text() == "Active: ivdnet-lumbar — bundled starter model"
 
+    # the run scores its parent only once a case has opened, so the case must open mid-run, on a
+    # machine whose Qt pool holds one worker (one core) too
+    opened = threading.Event()
+    widget.case_opened.connect(lambda *_: opened.set())
+    score_parent = finetune.evaluate_cases
+
+    def score_once_a_case_opened(*args, **kwargs):
+        opened.wait(60)
+        return score_parent(*args, **kwargs)
+
+    monkeypatch.setattr(finetune, "evaluate_cases", score_once_a_case_opened)
+    pool = QThreadPool.globalInstance()
+    cores = pool.maxThreadCount()
+    pool.setMaxThreadCount(1)
+    request.addfinalizer(lambda: pool.setMaxThreadCount(cores))
     progress: list[int] = []
     panel.progress.valueChanged.connect(progress.append)
     ticks: list[float] = []

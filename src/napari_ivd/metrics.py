@@ -25,6 +25,10 @@ an L5-S1 prediction by the rules above, yet the disc is usually in view.
 :func:`sacrum_in_view` decides from the reference alone whether the sacrum is in the field
 of view, and :func:`l5_s1_outcome` whether the prediction named the L5-S1 disc where the
 reference puts it or implies it.
+
+**Two namings of one scan** (two model versions, no reference): :func:`renamed_levels`
+finds the structures both name at the same place but under different names — one of the
+two is wrong there.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ L5_S1_OUTCOMES: tuple[str, ...] = ("named", "misplaced", "missing")
 PCK_THRESHOLDS_MM: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0, 10.0)
 #: The case-level errors a researcher fixes by hand that :func:`chain_failures` finds.
 CHAIN_FAILURES: tuple[str, ...] = ("misnamed", "missing level")
+#: Two namings' structures of one kind within this distance are the same structure (about
+#: half a lumbar level: a chain named one level off moves every name about 30-35 mm).
+SAME_PLACE_MM = 10.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,33 @@ def _kind_matching(pred: dict[str, np.ndarray], gt: dict[str, np.ndarray], thres
     dist = np.linalg.norm(pred_xyz[:, None] - gt_xyz[None], axis=-1)
     rows, cols = linear_sum_assignment(dist)
     return {(p_names[r], g_names[c]) for r, c in zip(rows, cols, strict=True) if dist[r, c] <= threshold_mm}
+
+
+def renamed_levels(
+    now_mm: Mapping[str, np.ndarray], earlier_mm: Mapping[str, np.ndarray], radius_mm: float = SAME_PLACE_MM
+) -> dict[str, str]:
+    """Each structure's name in ``now_mm`` -> the name ``earlier_mm`` gives the nearest one of its kind, if other.
+
+    Only structures with one of their kind within ``radius_mm`` in ``earlier_mm`` count.
+
+    Example
+    -------
+    >>> renamed_levels({"L5": np.zeros(3)}, {"L4": np.ones(3), "L4-L5": np.zeros(3)})
+    {'L5': 'L4'}
+    """
+    renamed = {}
+    for name, xyz in now_mm.items():
+        kind = anatomy.structure(name).kind
+        near = [
+            (float(np.linalg.norm(xyz - other)), other_name)
+            for other_name, other in earlier_mm.items()
+            if anatomy.structure(other_name).kind == kind
+        ]
+        if near:
+            distance, other_name = min(near)
+            if distance <= radius_mm and other_name != name:
+                renamed[name] = other_name
+    return renamed
 
 
 def keypoint_rows(

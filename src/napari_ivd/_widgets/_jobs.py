@@ -18,7 +18,7 @@ from typing import Any
 
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QObject
+from qtpy.QtCore import QObject, QThreadPool
 
 from napari_ivd.errors import IvdError
 from napari_ivd.progress import Job, Progress, run_steps
@@ -123,8 +123,20 @@ def start_job(
         worker.aborted.connect(on_abort)
     if on_finish is not None:
         worker.finished.connect(on_finish)
+    _make_room()
     worker.start()
     return worker
+
+
+def _make_room() -> None:
+    """Let the next worker start at once rather than queue behind the running ones.
+
+    Qt's pool runs as many workers as it counts cores: on one core (a small VM, a pinned
+    process) opening a case would wait for a five-minute Train to end.
+    """
+    pool = QThreadPool.globalInstance()
+    if pool.activeThreadCount() >= pool.maxThreadCount():
+        pool.setMaxThreadCount(pool.activeThreadCount() + 1)
 
 
 def _while_alive(owner: QObject | None, *callbacks: Callable[..., None] | None) -> list[Callable[..., None] | None]:

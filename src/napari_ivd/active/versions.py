@@ -15,37 +15,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from napari_ivd import anatomy
+from napari_ivd import anatomy, metrics
 from napari_ivd.active.chain import MISCOUNT_UNCERTAINTY
 from napari_ivd.active.plausibility import Finding
 from napari_ivd.active.uncertainty import MATCH_RADIUS_MM, VolumeScore, summarise
 
-__all__ = ["compare_with_earlier", "renamed_levels"]
+__all__ = ["compare_with_earlier"]
 
 _NUMBERS = {1: "one", 2: "two", 3: "three"}
-
-
-def renamed_levels(now_mm: Mapping[str, np.ndarray], earlier_mm: Mapping[str, np.ndarray]) -> dict[str, str]:
-    """Each current structure's name -> the earlier version's name at its place (same kind, within 10 mm), if other.
-
-    Example
-    -------
-    >>> renamed_levels({"L5": np.zeros(3)}, {"L4": np.ones(3), "L4-L5": np.zeros(3)})
-    {'L5': 'L4'}
-    """
-    renamed = {}
-    for name, xyz in now_mm.items():
-        kind = anatomy.structure(name).kind
-        near = [
-            (float(np.linalg.norm(xyz - other)), other_name)
-            for other_name, other in earlier_mm.items()
-            if anatomy.structure(other_name).kind == kind
-        ]
-        if near:
-            distance, other_name = min(near)
-            if distance <= MATCH_RADIUS_MM and other_name != name:
-                renamed[name] = other_name
-    return renamed
 
 
 def compare_with_earlier(
@@ -73,7 +50,8 @@ def compare_with_earlier(
     if score.prediction is None or not earlier_mm:
         return score
     now = {s.name: np.asarray(s.xyz_mm, dtype=np.float64) for s in score.prediction.structures}
-    renamed = renamed_levels(now, {n: np.asarray(p, dtype=np.float64) for n, p in earlier_mm.items()})
+    earlier = {n: np.asarray(p, dtype=np.float64) for n, p in earlier_mm.items()}
+    renamed = metrics.renamed_levels(now, earlier, MATCH_RADIUS_MM)
     if not renamed:
         return score
     reasons = {}

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from napari_ivd import anatomy
-from napari_ivd.active.versions import renamed_levels
 from napari_ivd.errors import IvdError
 from napari_ivd.inference import Prediction, predict
+from napari_ivd.metrics import renamed_levels
 from napari_ivd.models import load_checkpoint
 from napari_ivd.progress import Job, Progress, Tally
 from napari_ivd.store import AnnotationStore
