@@ -280,11 +280,31 @@ def _mean_sd(values: list[float]) -> str:
     return f"{np.mean(values):.2f}" + (f" ± {np.std(values):.2f}" if len(values) > 1 else "")
 
 
+def _active_identification(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> float | None:
+    """Identification (%) of the model the store uses after a fine-tuned run, None for other rows.
+
+    That is the new version where Train made it active, else the base (the row of the same
+    source, seed and recipe; None without one).
+    """
+    if row["mode"] != "fine-tuned":
+        return None
+    if row.get("activated"):
+        return 100 * row["metrics"]["identification"]
+    same = ("source", "seed", "recipe")
+    base = [r for r in rows if r["mode"] == "base" and "metrics" in r and all(r[k] == row[k] for k in same)]
+    return 100 * base[0]["metrics"]["identification"] if base else None
+
+
 def table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown: per source and k, identification (%) and disc / vertebra distance (mm), mean ± sd over seeds."""
+    """Markdown: per source and k, identification (%) and disc / vertebra distance (mm), mean ± sd over seeds.
+
+    For fine-tuned rows also the identification of the model the store's users get after the
+    run: the new version where Train made it active, the base where it did not.
+    """
     lines = [
-        "| left out | k | model | augmentation | identification % | disc distance mm | vertebra distance mm | runs |",
-        "|---|---|---|---|---|---|---|---|",
+        "| left out | k | model | augmentation | identification % | disc distance mm | vertebra distance mm "
+        "| runs | active model's identification % |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def key(r: dict[str, Any]) -> tuple:
@@ -302,7 +322,8 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         runs = f"{len(done)}" + (f", {activated} activated" if mode == "fine-tuned" else "")
         runs += f" ({failed} failed)" if failed else ""
         figures = f"{_mean_sd(ident)} | {_mean_sd(disc)} | {_mean_sd(vert)}"
-        lines.append(f"| {source} | {k} | {mode} | {recipe} | {figures} | {runs} |")
+        active = [a for a in (_active_identification(r, rows) for r in done) if a is not None]
+        lines.append(f"| {source} | {k} | {mode} | {recipe} | {figures} | {runs} | {_mean_sd(active)} |")
     return "\n".join(lines)
 
 
@@ -346,6 +367,17 @@ def plot(rows: Sequence[dict[str, Any]], out: Path, recipe: str) -> None:
                 else:
                     ax.axhline(2, color="tab:green", lw=0.8, ls="--")
                     ax.set_xlabel("corrected cases k")
+        in_use: dict[int, list[float]] = {0: [100 * r["metrics"]["identification"] for r in base]} if base else {}
+        for r in rows:
+            active = _active_identification(r, rows) if r["source"] == source and "metrics" in r else None
+            if active is not None:
+                in_use.setdefault(r["k"], []).append(active)
+        if len(in_use) > 1:
+            ks = sorted(in_use)
+            mean, sd = (np.array([f(in_use[k]) for k in ks]) for f in (np.mean, np.std))
+            axes[0, col].errorbar(
+                ks, mean, yerr=sd, marker="s", ls=":", color="tab:orange", label="in use after Train", capsize=3
+            )
     axes[0, 0].legend(fontsize=8)
     fig.suptitle("k corrected cases of a source\nthe base never saw (dashed: targets)", fontsize=10)
     fig.tight_layout()

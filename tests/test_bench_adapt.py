@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from bench_adapt import plan_jobs
+from bench_adapt import plan_jobs, table
 
 CASES = [f"VB1/case-{i:02d}" for i in (2, 10, 11, 15, 16, 17)]
 
@@ -39,3 +39,20 @@ def test_a_seed_that_leaves_nothing_to_score_is_refused_naming_seeds_that_score(
         plan_jobs(CASES, "VB1", [0, 1, 2, 4], [1, 0], "default", ["VB1/case-02"], same_session)
     jobs = plan_jobs(CASES, "VB1", [0, 1, 2, 4], [1, 3, 4], "default", ["VB1/case-02"], same_session)
     assert all(job.scored for job in jobs) and {job.seed for job in jobs} == {1, 3, 4}
+
+
+def test_the_table_gives_the_active_model_s_identification_the_base_where_train_kept_it():
+    """Seed 1's version was activated (90 %), seed 2's was not (10 %; its base, 70 %, stays in use)."""
+
+    def row(seed: int, k: int, mode: str, identification: float, activated: bool | None = None) -> dict:
+        figures = {"dtt_mean_mm": 2.0}
+        metrics = {"identification": identification, "disc": figures, "vertebra": figures}
+        return {"recipe": "default", "source": "VB1", "seed": seed, "k": k, "mode": mode, "metrics": metrics} | (
+            {} if activated is None else {"activated": activated}
+        )
+
+    rows = [row(1, 0, "base", 0.5), row(2, 0, "base", 0.7), row(1, 4, "fine-tuned", 0.9, True)]
+    rows.append(row(2, 4, "fine-tuned", 0.1, False))
+    lines = table(rows).splitlines()
+    assert lines[-1].endswith("| 50.00 ± 40.00 | 2.00 ± 0.00 | 2.00 ± 0.00 | 2, 1 activated | 80.00 ± 10.00 |")
+    assert lines[-2].endswith("| 2 | – |")  # the bases: no active-model column
