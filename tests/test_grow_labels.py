@@ -1,9 +1,10 @@
-"""Growing a trained network to more levels keeps what it knew and starts new levels silent.
+"""Growing a trained network to more levels keeps what it knew; new neighbours start silent, far levels as copies.
 
 For every registered architecture: on the same input, the grown network's outputs on the old
-labels equal the parent's; each new label's heatmap is the background prior everywhere (below
-the weakest score inference keeps, so a new level is never proposed before training teaches
-it), and its offsets equal those of its nearest old level of the same kind.
+labels equal the parent's; each new label's outputs equal those of its nearest old level of
+the same kind, except the heatmap of a new label next to that level (L3-L4 from L4-L5), which
+is the background prior everywhere (below the weakest score inference keeps, so it is never
+proposed before training teaches it).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from _arch_contract import TINY, seeded_single_thread  # noqa: F401 (autouse fix
 from napari_ivd.inference import GAP_MIN_SCORE
 from napari_ivd.models import available, build, to_device
 from napari_ivd.models.conventions import HEATMAP_INIT_BIAS
-from napari_ivd.models.grow import grow_labels, nearest_level
+from napari_ivd.models.grow import grow_labels, nearest_level, starts_silent
 
 OLD = ("L4", "L4-L5")
-#: C3 and S1 are vertebrae (start from L4), L3-L4 and L5-S1 are discs (start from L4-L5).
+#: C3 and S1 are vertebrae (start from L4), L3-L4 and L5-S1 are discs (start from L4-L5, next to
+#: them: silent heatmaps); C3 and S1 are farther from L4 (copies).
 NEW = ("C3", "L3-L4", "L4", "L4-L5", "L5-S1", "S1")
 SOURCE = {"C3": "L4", "L3-L4": "L4-L5", "L4": "L4", "L4-L5": "L4-L5", "L5-S1": "L4-L5", "S1": "L4"}
 
@@ -73,18 +75,18 @@ def _check_grown(name: str, old_labels: tuple[str, ...], new_labels: tuple[str, 
     for key, dim in dims.items():
         for k, label in enumerate(new_labels):
             got = new[key].select(dim, k)
-            if label in old_labels or key not in SILENT:
+            if label in old_labels or key not in SILENT or not starts_silent(label, source[label]):
                 expected = old[key].select(dim, old_labels.index(source[label]))
             else:
                 expected = SILENT[key].to(got.dtype).expand_as(got)
             torch.testing.assert_close(got, expected, msg=f"{name} {key} {label}")
     for k, label in enumerate(new_labels):
-        if label not in old_labels:
+        if label not in old_labels and starts_silent(label, source[label]):
             assert torch.sigmoid(after["heatmap"][:, k]).max() < GAP_MIN_SCORE, f"{name} {label} would be proposed"
 
 
 @pytest.mark.parametrize("name", available())
-def test_grown_network_keeps_old_outputs_and_starts_new_levels_silent(name: str):
+def test_grown_network_keeps_old_outputs_starts_new_neighbours_silent_and_far_levels_as_copies(name: str):
     _check_grown(name, OLD, NEW, SOURCE)
 
 
@@ -134,3 +136,17 @@ def test_growing_names_a_label_sized_weight_its_architecture_does_not_describe(m
 )
 def test_nearest_level(name: str, candidates: tuple[str, ...], expected: str):
     assert nearest_level(name, candidates) == expected
+
+
+@pytest.mark.parametrize(
+    ("label", "source", "silent"),
+    [
+        ("S1", "L5", True),
+        ("T10-T11", "T11-T12", True),
+        ("S1", "L5-S1", True),
+        ("S1", "L4", False),
+        ("C3", "T11", False),
+    ],
+)
+def test_a_new_level_starts_silent_only_next_to_its_source(label: str, source: str, silent: bool):
+    assert starts_silent(label, source) is silent

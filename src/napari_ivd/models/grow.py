@@ -1,4 +1,4 @@
-"""Grow a trained network to more levels: per-label channels copied by name, new levels start silent.
+"""Grow a trained network to more levels: per-label channels copied by name, new neighbours start silent.
 
 A lumbar model fine-tuned on cervical cases must learn C3 without forgetting L4. Every
 architecture keeps one heatmap channel (and two offset channels, and whatever else its own
@@ -8,24 +8,27 @@ the same architecture with more labels and fills it from the trained one:
 
 * every weight not tied to labels is copied as is;
 * a per-label channel of an old label is copied from that label's channel;
-* a new label's heatmap rows (:meth:`~napari_ivd.models.conventions.PipelineNet.heatmap_heads`)
-  start silent: zero weights and the architecture's starting bias, so the new level reads the
-  background prior (about 0.02) everywhere and is never detected until training teaches it;
-  its gradients still start from trained features (only its own output row is new);
-* a new label's other per-label channels (offsets, degeneration) start as a copy of the
-  nearest old level of the same kind (a disc from the nearest disc, a vertebra from the
-  nearest vertebra; of any kind when the network has none of that kind);
+* a new label's per-label channels start as a copy of the nearest old level of the same
+  kind (a disc from the nearest disc, a vertebra from the nearest vertebra; of any kind
+  when the network has none of that kind), except its heatmap rows
+  (:meth:`~napari_ivd.models.conventions.PipelineNet.heatmap_heads`) when that level is its
+  next neighbour (:func:`starts_silent`: T10 from T11, S1 from L5): those start silent, with
+  zero weights and the architecture's starting bias, so the new level reads the background
+  prior (about 0.02) everywhere and is never proposed until training teaches it;
 * where a layer *reads* heatmaps (a stacked hourglass feeds each stack's heatmaps to the
   next), the inputs from new labels start at zero, so every old output is unchanged; a new
   label's row reads its own heatmap where its source level read its own.
 
-Why silent and not a copy of the neighbour: a copied S1 channel is L5's detector, firing on
-L5. On four corrected T1w scans whose fields of view start at T10, the grown starter kept
-such copies close and named an unseen scan one level low from top to bottom, where a refit
-without the new levels did not (README, "Adapting to a new site").
+Why: a copy of the neighbour's detector fires on the neighbour, one level away in the same
+scans. Fine-tuned on four T1w scans that add T10, T10-T11 and S1, the starter grown with
+copies named an unseen scan one level low from top to bottom; with silent starts it named
+it right (README, "Fine-tuning on your corrections"). A copy of a distant level (C3 from
+T11) gives the new level a head start instead: the cervical scans taught C3-C5 in 480 steps
+in 3 of 3 seeds as copies, in 1 of 3 silent.
 
-So on the same input the grown network gives the old network's outputs on the old labels,
-the background prior on each new label's heatmap, and its source level's offsets.
+So on the same input the grown network gives the old network's outputs on the old labels;
+on each new label its source level's outputs, but the background prior on the heatmap of a
+new neighbour.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from napari_ivd.anatomy import structure
 from napari_ivd.models.conventions import ChannelKey, PipelineNet, canonical_labels
 from napari_ivd.models.registry import to_device
 
-__all__ = ["grow_labels", "nearest_level"]
+__all__ = ["ADJACENT_ORDER", "grow_labels", "nearest_level", "starts_silent"]
 
 log = logging.getLogger(__name__)
 
@@ -112,19 +115,42 @@ def _grow_tensor(
     return out
 
 
-def _silence_new_rows(
-    grown: torch.Tensor, fresh: torch.Tensor, axes: dict[int, Sequence[ChannelKey]], old: Sequence[str]
-) -> None:
-    """Start each new label's row of a heatmap head as the freshly built network does, less its random weights.
+#: A new level whose source is this close in the cranio-caudal order (the next structure of its
+#: kind is 2 away) starts silent; a farther one starts as its source's copy.
+ADJACENT_ORDER = 2
 
+
+def starts_silent(label: str, source: str) -> bool:
+    """Whether a new level's heatmap starts silent rather than as a copy of ``source``'s (its nearest level).
+
+    Silent when ``source`` is the next structure: a copy would fire on that neighbour, which
+    sits in the same scans one level away, and teach the chain to shift by one (S1 copied
+    from L5 named an unseen T1w scan one level low). A copy of a distant level fires on
+    structures of the kind in general and gives the new level a head start (C3 copied from
+    T11 learnt C3-C5 on the cervical scans in 480 steps in 3 of 3 seeds, silent in 1 of 3).
+
+    Example
+    -------
+    >>> starts_silent("S1", "L5"), starts_silent("C3", "T11")
+    (True, False)
+    """
+    return abs(structure(label).order - structure(source).order) <= ADJACENT_ORDER
+
+
+def _silence_new_rows(
+    grown: torch.Tensor, fresh: torch.Tensor, axes: dict[int, Sequence[ChannelKey]], sources: Sequence[ChannelKey]
+) -> None:
+    """Start each new adjacent level's row of a heatmap head as the freshly built network does, less its random weights.
+
+    ``sources`` gives, per row, the (label, part) it was copied from (itself for an old label).
     A bias row keeps the fresh network's starting bias (the background prior) and a weight row
     is zero, so the row's output is that prior everywhere. A head that reads heatmaps (its
     inputs are per label too, like HCA-Net's merge of the stacks) takes the fresh row whole:
     its architecture starts it reading the label's own heatmaps, which are that prior.
     """
     reads_labels = 1 in axes
-    for i, (label, _) in enumerate(axes[0]):
-        if label not in old:
+    for i, ((label, _), (source, _)) in enumerate(zip(axes[0], sources, strict=True)):
+        if label != source and starts_silent(label, source):
             grown[i] = fresh[i] if grown.ndim == 1 or reads_labels else 0.0
 
 
@@ -185,7 +211,7 @@ def grow_labels(model: PipelineNet, labels: Sequence[str]) -> PipelineNet:
             continue
         state[name] = _grow_tensor(old.detach().cpu(), tensor.shape, axes, old_axes[source_name], name)
         if name.rsplit(".", 1)[0] in heads:
-            _silence_new_rows(state[name], tensor, axes, config.labels)
+            _silence_new_rows(state[name], tensor, axes, _sources(axes[0], old_axes[source_name][0]))
     grown.load_state_dict(state, strict=True)
     grown = to_device(grown, next(model.parameters()).device)
     grown.train(model.training)
