@@ -72,6 +72,26 @@ def test_plan_uses_verified_and_hand_corrected_cases_and_holds_out_a_verified_on
     assert plan_training(store) == plan  # deterministic
 
 
+def test_plan_names_the_cases_a_new_version_is_compared_on_unverified_first():
+    """Those the run neither trains nor validates on; a verified one last (the next proposals are for the rest)."""
+    store = _planning_store()
+    store.add_case(_volume(9), "verified-empty")
+    store.save_revision("verified-empty", [], None, status="verified")  # nothing to learn: not trained on
+    plan = plan_training(store)
+    assert set(plan.compared) == {"proposal-d", "new-e", "empty-f", "verified-empty"}
+    assert plan.compared[-1] == "verified-empty"
+    assert f"its names are compared with its parent's on 4 other cases: {', '.join(plan.compared)}" in plan.describe()
+
+    lone = AnnotationStore.open(
+        "memory://plan-nothing-else-" + str(np.random.default_rng().integers(1 << 30)), create=True
+    )
+    for i, case_id in enumerate(["manual-x", "manual-y"]):
+        lone.add_case(_volume(i), case_id)
+        lone.save_revision(case_id, POINTS, None)
+    assert plan_training(lone).compared == ()
+    assert "no other case to compare its names with its parent's on" in plan_training(lone).describe()
+
+
 def test_only_annotations_no_model_made_can_judge():
     assert can_judge("manual")
     assert not can_judge("model:ivdnet-lumbar") and not can_judge("model:ivdnet@3f2a")

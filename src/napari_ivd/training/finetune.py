@@ -43,7 +43,7 @@ from napari_ivd.training import ddp
 from napari_ivd.training.cases import LabelledCase, labels_of
 from napari_ivd.training.data import SampleConfig
 from napari_ivd.training.engine import Epoch, TrainConfig, evaluate_cases, fit, validation_key
-from napari_ivd.training.promotion import Renamed, compare_versions, comparison_cases
+from napari_ivd.training.promotion import Renamed, compare_versions
 from napari_ivd.training.store_cases import NOT_JUDGED, TrainingPlan, load_planned_cases, plan_training
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def finetune_steps(
     cfg = cfg or FineTuneConfig()
     plan = plan_training(store, cfg.validation_fraction)
     reading = load_planned_cases(store, plan)
-    compared = comparison_cases(store, plan) if plan.judged else []
+    compared = plan.compared if plan.judged else ()
 
     def body(tally: Tally) -> Generator[Progress, None, FineTuneResult]:
         yield tally.partial(0.0, plan.describe(), Phase("reading"))

@@ -9,8 +9,8 @@ mostly without a reference, but where the new version and its parent name the sa
 structure (same kind, same place) differently, one of the two is wrong, and only a person
 can say which. So such a version is stored but not made active, and the cases are named.
 
-Cost: two predictions per compared case (about a second each for a lumbar scan on two CPU
-cores), at most :data:`MAX_COMPARED_CASES` cases, those still to be corrected first.
+Which cases: :attr:`~napari_ivd.training.store_cases.TrainingPlan.compared` (at most six,
+those still to be corrected first; two predictions each).
 """
 
 from __future__ import annotations
@@ -30,14 +30,10 @@ from napari_ivd.metrics import renamed_levels
 from napari_ivd.models import load_checkpoint
 from napari_ivd.progress import Job, Progress, Tally
 from napari_ivd.store import AnnotationStore
-from napari_ivd.training.store_cases import TrainingPlan
 
-__all__ = ["MAX_COMPARED_CASES", "Renamed", "compare_versions", "comparison_cases"]
+__all__ = ["Renamed", "compare_versions"]
 
 log = logging.getLogger(__name__)
-
-#: Cases a run compares parent and new version on (two predictions each).
-MAX_COMPARED_CASES = 6
 
 
 @dataclass(frozen=True)
@@ -52,16 +48,6 @@ class Renamed:
         """``"case-15: L5 was L4, ..."``, cranio-caudal."""
         pairs = sorted(self.names.items(), key=lambda item: anatomy.structure(item[0]).order)
         return f"{self.case_id}: " + ", ".join(f"{new} was {old}" for new, old in pairs)
-
-
-def comparison_cases(store: AnnotationStore, plan: TrainingPlan, limit: int = MAX_COMPARED_CASES) -> list[str]:
-    """Up to ``limit`` of the store's cases the run neither trains on nor holds out, unverified ones first.
-
-    Why unverified first: those are the cases the next proposals are for.
-    """
-    used = {case.case_id for case in (*plan.train, *plan.validation)}
-    others = [case_id for case_id in store.case_ids() if case_id not in used]
-    return sorted(others, key=lambda case_id: store.case(case_id).status == "verified")[:limit]
 
 
 def _positions(prediction: Prediction) -> dict[str, np.ndarray]:

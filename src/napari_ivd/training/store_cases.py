@@ -43,6 +43,10 @@ __all__ = [
 
 #: One case to learn from, at the very least (judging the result needs one more, independent case).
 MIN_CASES = 1
+#: Cases (of those a run neither trains nor validates on) on which a new version's names are
+#: compared with its parent's, unverified first: the next proposals are for them. Two
+#: predictions each, about a second apiece for a lumbar scan on two CPU cores.
+COMPARED_CASES = 6
 
 #: Why a run without an independent held-out case is stored but not made active.
 NOT_JUDGED = "no independent held-out case: not judged; Make active by hand if you trust it"
@@ -74,6 +78,9 @@ class TrainingPlan:
     train_only: tuple[tuple[str, str], ...] = ()
     #: Corrected cases left out because their revision teaches nothing, with the reason (also in ``skipped``).
     unlearnable: tuple[tuple[str, str], ...] = ()
+    #: Cases the run neither trains nor validates on, on which the new version's names are compared
+    #: with its parent's before it may become active (:mod:`~napari_ivd.training.promotion`).
+    compared: tuple[str, ...] = ()
 
     @property
     def judged(self) -> bool:
@@ -105,6 +112,16 @@ class TrainingPlan:
             text += ", ".join(case_id for case_id, _ in self.train_only)
         if self.unlearnable:
             text += "\n" + _not_learnt(self.unlearnable)
+        if self.judged and self.compared:
+            text += (
+                f"\nbefore it becomes active, its names are compared with its parent's on {len(self.compared)} "
+                f"other case{'s' if len(self.compared) != 1 else ''}: {', '.join(self.compared)}"
+            )
+        elif self.judged:
+            text += (
+                "\nno other case to compare its names with its parent's on before it becomes active; import the "
+                "scans still to correct into the store"
+            )
         return text
 
 
@@ -151,11 +168,14 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
     """
     usable: list[PlannedCase] = []
     image_of: dict[str, str] = {}
+    verified: set[str] = set()
     skipped: list[tuple[str, str]] = []
     train_only: list[tuple[str, str]] = []
     unlearnable: list[tuple[str, str]] = []
     for case_id in store.case_ids():
         case = store.case(case_id)
+        if case.status == "verified":
+            verified.add(case_id)
         if case.head is None:
             skipped.append((case_id, "no saved revision"))
             continue
@@ -194,12 +214,14 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
             held |= same_image
     # a held copy that may not judge (an accepted proposal) sits the run out
     sitting_out = {case_id: _copy_reason(case_id, image_of, held) for case_id, _ in train_only if case_id in held}
+    others = [case_id for case_id, _ in (*skipped, *sitting_out.items())]
     return TrainingPlan(
         train=tuple(c for c in usable if c.case_id not in held),
         validation=tuple(c for c in usable if c.case_id in held and c.case_id not in sitting_out),
         skipped=tuple(skipped) + tuple(sitting_out.items()),
         train_only=tuple(t for t in train_only if t[0] not in sitting_out),
         unlearnable=tuple(unlearnable) + tuple(sitting_out.items()),
+        compared=tuple(sorted(others, key=lambda case_id: case_id in verified)[:COMPARED_CASES]),
     )
 
 
