@@ -47,6 +47,7 @@ from napari_ivd.active.chain import Chain, Placeholder, check_chain
 from napari_ivd.active.plausibility import Finding, implausibility, ramp
 from napari_ivd.inference import PredictedStructure, Prediction, predict
 from napari_ivd.io import SagittalView, Volume, VolumeGeometry
+from napari_ivd.metrics import SAME_PLACE_MM
 from napari_ivd.preprocess import normalize_volume
 from napari_ivd.progress import Job, Progress, Tally
 from napari_ivd.skeleton import SkeletonPrior
@@ -67,8 +68,9 @@ __all__ = [
     "summarise",
 ]
 
-#: A perturbed run's structure of the same kind within this distance is the same structure.
-MATCH_RADIUS_MM = 10.0
+#: A perturbed run's structure of the same kind within this distance is the same structure
+#: (the distance two namings of one scan are compared at, :func:`napari_ivd.metrics.renamed_levels`).
+MATCH_RADIUS_MM = SAME_PLACE_MM
 #: Spread (RMS distance from the mean position, mm) that gives uncertainty 0.5; no spread gives 0.
 SPREAD_HALF_MM = 1.0
 #: A cue this uncertain or more is worth naming as a point's reason; below it the point reads :data:`NO_DOUBT`.

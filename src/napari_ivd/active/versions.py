@@ -18,7 +18,7 @@ import numpy as np
 from napari_ivd import anatomy, metrics
 from napari_ivd.active.chain import MISCOUNT_UNCERTAINTY
 from napari_ivd.active.plausibility import Finding
-from napari_ivd.active.uncertainty import MATCH_RADIUS_MM, VolumeScore, summarise
+from napari_ivd.active.uncertainty import VolumeScore, summarise
 
 __all__ = ["compare_with_earlier"]
 
@@ -51,7 +51,7 @@ def compare_with_earlier(
         return score
     now = {s.name: np.asarray(s.xyz_mm, dtype=np.float64) for s in score.prediction.structures}
     earlier = {n: np.asarray(p, dtype=np.float64) for n, p in earlier_mm.items()}
-    renamed = metrics.renamed_levels(now, earlier, MATCH_RADIUS_MM)
+    renamed = metrics.renamed_levels(now, earlier)
     if not renamed:
         return score
     reasons = {}

@@ -155,7 +155,7 @@ def _silence_new_rows(
 
 
 def grow_labels(model: PipelineNet, labels: Sequence[str]) -> PipelineNet:
-    """The same network with ``labels`` (a superset of its own), old channels kept, new heatmaps silent.
+    """The same network with ``labels`` (a superset of its own), old channels kept, new ones from their nearest.
 
     Parameters
     ----------
