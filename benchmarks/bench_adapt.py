@@ -193,16 +193,21 @@ def _draw(
     return order, tuple(sorted(set(order[k:]) - set(seen) - twins))
 
 
+def store_case_id(name: str) -> str:
+    """The store's id of a data case (``VB1/case-16`` -> ``VB1-case-16``)."""
+    return name.replace("/", "-")
+
+
 def _store_with(cases: Sequence[LabelledCase], folder: Path, waiting: Sequence[LabelledCase] = ()) -> AnnotationStore:
     """A fresh store holding ``cases`` with their references as verified revisions, and ``waiting``'s images only."""
     store = AnnotationStore.open(folder / "annotations.zarr", create=True, fsync=False)
     for case in cases:
         points = [LabelledPoint(n, tuple(float(v) for v in ijk)) for n, ijk in case.keypoints_vox.items()]
-        case_id = case.name.replace("/", "-")
+        case_id = store_case_id(case.name)
         store.add_case(case.volume, case_id, points=points, mask=case.mask_tss, author="reference")
         store.set_status(case_id, "verified")
     for case in waiting:
-        store.add_case(case.volume, case.name.replace("/", "-"))
+        store.add_case(case.volume, store_case_id(case.name))
     return store
 
 

@@ -1,13 +1,14 @@
 """Refit one run of the adaptation benchmark with one thing changed, and say which names moved.
 
     python benchmarks/diagnose_adapt_run.py --source VB1 --seed 1 --k 1 [--base ivdnet-lumbar]
-        [--lr 1e-4] [--epochs 12] [--freeze-norm] [--largest-k 4] [--minutes 5] [--device cpu]
+        [--lr 1e-4] [--epochs 12] [--freeze-norm] [--names-unsure VB1/case-16] [--largest-k 4] [--minutes 5]
     python benchmarks/diagnose_adapt_run.py --corrected VB1/case-16 --scored VB1/case-15 VB1/case-17 ...
 
 The run is the one ``bench_adapt.py --base BASE --sources SOURCE --seeds SEED --ks ... K``
 makes (the same corrected and scored cases; ``--largest-k`` is that command's largest k,
 which decides the scored cases): the viewer's Train on a store of the k corrected cases,
-with the learning rate, epochs or batch-norm statistics changed if asked. Prints, per
+with the learning rate, epochs or batch-norm statistics changed, or some corrected cases
+marked "level names unsure" (they then teach masks only), if asked. Prints, per
 scored case, identification with the sacrum anchor on and off, and the structures the new
 version names where the reference names another structure of their kind (a chain named one
 level off lists every level). ``--corrected`` and ``--scored`` name the cases instead of a
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_adapt import DATA, _cases, _draw, _store_with, score
+from bench_adapt import DATA, _cases, _draw, _store_with, score, store_case_id
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from napari_ivd import inference
@@ -69,6 +70,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=80, help="the benchmark's --max-epochs, or fewer")
     parser.add_argument("--lr", type=float, default=FineTuneConfig.lr)
     parser.add_argument("--freeze-norm", action="store_true", help="keep the base's batch-norm statistics")
+    parser.add_argument(
+        "--names-unsure", nargs="+", default=[], metavar="CASE", help="mark these corrected cases' level names unsure"
+    )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     if args.freeze_norm:
@@ -86,9 +90,12 @@ def main() -> None:
         store = _store_with([cases[n] for n in corrected], Path(tmp))
         store.add_model(base, model_id="base")
         store.set_active_model("base", stored=True, reason="diagnosis")
+        for name in args.names_unsure:
+            store.set_names_unsure(store_case_id(name))
         result = run_steps(finetune_steps(store, cfg, author="diagnose_adapt_run"))
         model, card = load_checkpoint(model_folder(store, result.model.model_id))
-    print(f"trained on {', '.join(corrected)}: {card.get('steps')} steps; {result.reason}")
+    unsure = f" (level names unsure: {', '.join(args.names_unsure)})" if args.names_unsure else ""
+    print(f"trained on {', '.join(corrected)}{unsure}: {card.get('steps')} steps; {result.reason}")
     device = torch.device(args.device)
     anchored = inference.anchor_on_sacrum
     for name in scored:

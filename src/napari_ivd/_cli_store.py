@@ -61,6 +61,8 @@ def run_import(args: argparse.Namespace) -> int:
     store = store or AnnotationStore.open(args.store, create=True)
     for item in prepared:
         info = commit_import(store, item, author=args.author, note=args.note, status=args.status)
+        if args.names_unsure:
+            info = store.set_names_unsure(info.case_id)
         print(f"{item.files[0]} -> {store.location} case {info.case_id}: {info.status}, head {info.head or '-'}")
     return 0
 
@@ -114,7 +116,7 @@ def format_info(info: dict[str, Any], model_lines: Sequence[str] = ()) -> str:
         shape = "×".join(map(str, c["shape"]))
         lines.append(
             f"  {c['case_id']:28s} {c['status']:12s} {c['head'] or '-':8s} {c['revisions']:4d} {c['proposals']:5d} "
-            f"{shape:>14s} {c['axcodes']}"
+            f"{shape:>14s} {c['axcodes']}{'  names unsure' if c.get('names_unsure') else ''}"
         )
     return "\n".join(lines)
 
@@ -132,7 +134,8 @@ def describe_models(store: AnnotationStore) -> list[str]:
 def format_history(store: AnnotationStore, case_id: str) -> str:
     """``store history`` of one case as text, oldest revision first."""
     case = store.case(case_id)
-    lines = [f"case {case_id}: {case.status}, head {case.head or '-'}, {case.n_proposals} proposal(s)"]
+    unsure = ", level names unsure (trains masks only)" if case.names_unsure else ""
+    lines = [f"case {case_id}: {case.status}{unsure}, head {case.head or '-'}, {case.n_proposals} proposal(s)"]
     for p in store.proposals(case_id):
         lines.append(f"  {p.proposal_id}  {p.created_utc[:19]}  model {p.model}  {p.n_points} points")
     for r in store.revisions(case_id):
@@ -165,7 +168,7 @@ def format_diff(store: AnnotationStore, case_id: str | None, revisions: Sequence
 
 
 def run_store(args: argparse.Namespace) -> int:
-    """``store info|check|history|diff|repair``; ``check`` returns 1 when the store has problems."""
+    """``store info|check|history|diff|repair|names-unsure|names-sure``; ``check`` returns 1 on problems."""
     from napari_ivd.store import AnnotationStore
 
     if args.revisions and args.action != "diff":
@@ -190,6 +193,12 @@ def run_store(args: argparse.Namespace) -> int:
         return 0 if report.ok else 1
     if args.action == "diff":
         print(format_diff(store, args.case, args.revisions))
+        return 0
+    if args.action in ("names-unsure", "names-sure"):
+        if args.case is None:
+            raise IvdError(f"store {args.action} marks one case: napari-ivd store {args.action} STORE CASE")
+        case = store.set_names_unsure(args.case, args.action == "names-unsure")
+        print(format_history(store, case.case_id).splitlines()[0])
         return 0
     for case_id in [args.case] if args.case else store.case_ids():
         print(format_history(store, case_id))
@@ -220,6 +229,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         help="levels not present in the scan, comma-separated (e.g. L5-S1 on a sacralised L5; as an exported "
         "annotation.json lists them)",
     )
+    imp.add_argument(
+        "--names-unsure",
+        action="store_true",
+        help="the levels may be counted wrong (e.g. a transitional vertebra): the cases train masks, not level names",
+    )
     imp.add_argument("--case", dest="cases", action="append", help="case id (default: from the file names)")
     imp.add_argument("--status", choices=_STATUSES, help="case status after the import (e.g. verified)")
     imp.add_argument("--author", help="author of the imported revision (default: your login)")
@@ -243,7 +257,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
     store = sub.add_parser(
         "store",
-        help="inspect an annotation store: info, check, history, diff, repair",
+        help="inspect an annotation store: info, check, history, diff, repair; mark a case's level names unsure",
         description=(
             "info: settings, size, lock and cases. check: verify every committed revision (hashes, parents, "
             "masks); exits 1 with a report when something is wrong. history: the revisions of CASE (or all). "
@@ -251,11 +265,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
             "default: the head's parent to the head). "
             "repair: restore a lost or rolled-back HEAD and lost COMMITTED marks from the committed revision "
             "records, and list again models whose model.json was lost while their weights and card match "
-            "(deletes nothing; exits 1 when a committed record could not be verified)."
+            "(deletes nothing; exits 1 when a committed record could not be verified). "
+            "names-unsure / names-sure: mark whether the levels of CASE may be counted wrong (a transitional "
+            "vertebra, no end of the spine in view): such a case trains masks, not level names, and judges no "
+            "model's names."
         ),
     )
-    store.add_argument("action", choices=["info", "check", "history", "diff", "repair"])
+    store.add_argument("action", choices=["info", "check", "history", "diff", "repair", "names-unsure", "names-sure"])
     store.add_argument("store", help="store folder or fsspec URL")
-    store.add_argument("case", nargs="?", help="limit check/history to one case; the case to diff")
+    store.add_argument("case", nargs="?", help="limit check/history to one case; the case to diff or mark")
     store.add_argument("revisions", nargs="*", metavar="A B", help="diff: two revisions such as r000001 r000003")
     store.set_defaults(func=run_store)

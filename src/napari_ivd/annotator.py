@@ -187,6 +187,8 @@ class Annotator:
         self.mask: np.ndarray | None = None
         #: Levels marked not present in this scan (saved with the next revision).
         self.absent: frozenset[str] = frozenset()
+        #: The store's mark that this case's levels may be counted wrong (a case mark, not part of an edit).
+        self.names_unsure = False
         self._baseline_points: Points = ()
         self._baseline_mask: np.ndarray | None = None
         self._baseline_absent: frozenset[str] = frozenset()
@@ -225,6 +227,7 @@ class Annotator:
         self.points = _by_kind(opened.points)
         self.mask = mask if mask is not None else display_mask(opened.mask_tss, opened.volume)
         self.absent = self._baseline_absent = opened.absent
+        self.names_unsure = opened.names_unsure
         self.history.reset(self.points, self.absent)
         self._set_baseline(self.points, self.mask)
 
@@ -586,6 +589,22 @@ class Annotator:
         """Mark the open case verified in the store (its head revision); returns its row."""
         store, case_id, _, _ = self._require_case()
         return call_job("verifying", store.set_status, case_id, "verified")
+
+    def names_unsure_steps(self, unsure: bool) -> Job[CaseInfo]:
+        """Mark (or clear) that the open case's levels may be counted wrong; returns its row.
+
+        A store mark, independent of the shown edit: it needs no save, and it changes what
+        the next Train learns from the case (masks only) and what the case may judge (nothing).
+        """
+        store, case_id, _, _ = self._require_case()
+
+        def mark() -> CaseInfo:
+            info = store.set_names_unsure(case_id, unsure)
+            if self.case_id == case_id:
+                self.names_unsure = info.names_unsure
+            return info
+
+        return call_job("marking the level names " + ("unsure" if unsure else "sure"), mark)
 
     def verify(self) -> Saved | SaveConflict | CaseInfo:
         """Mark the open case verified, saving the shown annotation first when it is not saved yet."""

@@ -174,7 +174,8 @@ class OpenedCase:
     save); ``origin`` says where the shown annotation came from: ``"manual"`` (a
     revision), ``"model:<name>"`` (a proposal) or None (nothing yet); ``proposal`` is
     the shown proposal's id when the case has no revision yet; ``absent`` the levels the head
-    revision marks not present in the scan.
+    revision marks not present in the scan; ``names_unsure`` the case's mark that its levels
+    may be counted wrong.
     """
 
     case_id: str
@@ -186,6 +187,7 @@ class OpenedCase:
     status: str
     proposal: str | None = None
     absent: frozenset[str] = frozenset()
+    names_unsure: bool = False
 
 
 def open_case_steps(store: AnnotationStore, case_id: str) -> Job[OpenedCase]:
@@ -209,13 +211,31 @@ def _opened(store: AnnotationStore, case_id: str, volume: Volume, info: CaseInfo
         if ann.info is not None and getattr(ann.info, "source", "manual").startswith("model:"):
             origin = ann.info.source  # type: ignore[union-attr]
         return OpenedCase(
-            case_id, volume, ann.points, ann.mask_tss, info.head, origin, info.status, absent=frozenset(ann.absent)
+            case_id,
+            volume,
+            ann.points,
+            ann.mask_tss,
+            info.head,
+            origin,
+            info.status,
+            absent=frozenset(ann.absent),
+            names_unsure=info.names_unsure,
         )
     if info.n_proposals:
         ann = store.load_proposal(case_id)
         model = getattr(ann.info, "model", "model")
-        return OpenedCase(case_id, volume, ann.points, ann.mask_tss, None, f"model:{model}", info.status, ann.entry_id)
-    return OpenedCase(case_id, volume, (), None, None, None, info.status)
+        return OpenedCase(
+            case_id,
+            volume,
+            ann.points,
+            ann.mask_tss,
+            None,
+            f"model:{model}",
+            info.status,
+            ann.entry_id,
+            names_unsure=info.names_unsure,
+        )
+    return OpenedCase(case_id, volume, (), None, None, None, info.status, names_unsure=info.names_unsure)
 
 
 # ---------------------------------------------------------------------- models and prediction

@@ -51,7 +51,7 @@ from napari_ivd.layer_data import image_layer_data
 from napari_ivd.model_versions import ModelChoice
 from napari_ivd.models import cuda_available
 from napari_ivd.progress import Job, Progress, Tally, call_job
-from napari_ivd.store import AnnotationStore
+from napari_ivd.store import AnnotationStore, CaseInfo
 from napari_ivd.store.schema import default_author
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,13 @@ class AnnotatorWidget(QWidget):
         self.save_button.clicked.connect(lambda: self.save())
         self.verify_button.clicked.connect(lambda: self.mark_verified())
         self.next_button.clicked.connect(lambda: self.next_case())
+        self.names_unsure_box = QCheckBox("Level names unsure (e.g. transitional vertebra): train masks only")
+        self.names_unsure_box.setToolTip(
+            "Tick when the levels of this case may be counted wrong (lumbosacral transitional vertebra, no end of "
+            "the spine in view). Train then learns its masks but not its level names, and the case never judges a "
+            "model's names. Stored with the case at once; no save needed."
+        )
+        self.names_unsure_box.toggled.connect(self.mark_names_unsure)
         self.tools = PointTools(self.annotator)
         self.tools.edited.connect(self._update_status)
         self.status_label = QLabel("")
@@ -197,6 +204,7 @@ class AnnotatorWidget(QWidget):
         actions.addWidget(self.save_button, 1, 0)
         actions.addWidget(self.verify_button, 1, 1)
         actions.addWidget(self.next_button, 2, 0, 1, 2)
+        actions.addWidget(self.names_unsure_box, 3, 0, 1, 2)
         tools_box = QGroupBox("Correct points (mask: napari's label tools)")
         QVBoxLayout(tools_box).addWidget(self.tools)
         body = QWidget()
@@ -241,7 +249,7 @@ class AnnotatorWidget(QWidget):
         has_case = self.case is not None
         for button in (self.open_button, self.folder_button, self.layer_button, self.table):
             button.setEnabled(not busy)
-        for button in (self.predict_button, self.save_button, self.verify_button):
+        for button in (self.predict_button, self.save_button, self.verify_button, self.names_unsure_box):
             button.setEnabled(not busy and has_case)
         self.next_button.setEnabled(not busy and self.annotator.store is not None)
         self.cancel_button.setEnabled(busy)
@@ -356,6 +364,7 @@ class AnnotatorWidget(QWidget):
             self.case = CaseLayers(self.viewer, opened.case_id, opened.volume, opened.points, image, labels)
             self.case.labels.events.paint.connect(self._update_status)
         self.annotator.finish_open(opened, mask=self.case.labels.data)  # napari paints into the annotator's mask
+        self._show_names_unsure(opened.names_unsure)
         self.tools.set_case(self.case)
         self._update_status()
         self.table.show_current(opened.case_id)
@@ -510,6 +519,25 @@ class AnnotatorWidget(QWidget):
             return
         self.run_job(self.annotator.verify_steps(), f"Verify {self.annotator.case_id}", self.table.update_case)
 
+    def mark_names_unsure(self, unsure: bool) -> None:
+        """Store (or clear) the open case's mark that its levels may be counted wrong, in a worker."""
+        if self.case is None or not self.annotator.is_open or unsure == self.annotator.names_unsure:
+            return
+        what = f"Mark the level names of {self.annotator.case_id} {'unsure' if unsure else 'sure'}"
+
+        def stored(info: CaseInfo) -> None:
+            self.table.update_case(info)
+            if info.case_id == self.annotator.case_id:
+                self._show_names_unsure(info.names_unsure)
+
+        self.run_job(self.annotator.names_unsure_steps(unsure), what, stored)
+
+    def _show_names_unsure(self, unsure: bool) -> None:
+        """Tick the box as the store has it, without storing anything."""
+        blocked = self.names_unsure_box.blockSignals(True)
+        self.names_unsure_box.setChecked(unsure)
+        self.names_unsure_box.blockSignals(blocked)
+
     def _update_status(self, *_: Any) -> None:
         annotator = self.annotator
         if self.case is None or not annotator.is_open:
@@ -519,6 +547,7 @@ class AnnotatorWidget(QWidget):
             shown = f"revision {annotator.parent_revision}"
         else:
             shown = f"proposal of {annotator.origin}" if annotator.origin else "no annotation yet"
+        self._show_names_unsure(annotator.names_unsure)  # after every job: a refused or failed mark unticks
         state = "unsaved changes" if annotator.has_unsaved_changes() else "no unsaved changes"
         self.status_label.setText(f"{annotator.case_id} · {shown} · {state}")
 

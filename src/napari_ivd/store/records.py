@@ -29,6 +29,9 @@ class Head:
 
     Only this key is ever replaced; everything it lists was written completely before.
     ``revisions`` and ``proposals`` are ``(id, record sha256)`` pairs in commit order.
+    ``names_unsure``: the researcher is not sure the case's levels are counted right (a
+    transitional vertebra, a scan that shows neither end of the spine), see
+    :meth:`~napari_ivd.store.AnnotationStore.set_names_unsure`.
     """
 
     case_id: str
@@ -38,6 +41,7 @@ class Head:
     proposals: tuple[tuple[str, str], ...] = ()
     updated_utc: str = ""
     commit: int = 0
+    names_unsure: bool = False
 
     @property
     def revision_ids(self) -> tuple[str, ...]:
@@ -65,6 +69,8 @@ class Head:
             "updated_utc": self.updated_utc,
             "commit": self.commit,
         }
+        if self.names_unsure:  # written only when set: a case without it reads as before
+            d["names_unsure"] = True
         return json.dumps(d, indent=1).encode()
 
     @classmethod
@@ -105,6 +111,7 @@ class Head:
                 ),
                 updated_utc=str(d.get("updated_utc", "")),
                 commit=int(d.get("commit", 0)),
+                names_unsure=d.get("names_unsure", False) is True,
             )
         except (KeyError, TypeError, ValueError, StoreError) as exc:
             raise StoreError(f"{where}: HEAD is damaged ({exc}); run `napari-ivd store check`") from exc
@@ -129,6 +136,8 @@ class CaseInfo:
     n_revisions: int
     n_proposals: int
     updated_utc: str
+    #: The researcher is not sure its levels are counted right: it trains masks, not names, and judges no names.
+    names_unsure: bool = False
 
     @classmethod
     def from_records(cls, record: dict[str, Any], head: Head) -> CaseInfo:
@@ -155,6 +164,7 @@ class CaseInfo:
                 n_revisions=len(head.revisions),
                 n_proposals=len(head.proposals),
                 updated_utc=head.updated_utc,
+                names_unsure=head.names_unsure,
             )
         except (KeyError, TypeError, ValueError, IvdError) as exc:
             raise StoreError(

@@ -304,6 +304,28 @@ class AnnotationStore:
             self._writer.commit(head.bumped(status=status))
         return self.case(case_id)
 
+    def set_names_unsure(self, case_id: str, unsure: bool = True) -> CaseInfo:
+        """Mark whether the researcher is unsure the case's levels are counted right; returns its row.
+
+        A lumbosacral transitional vertebra, or a scan that shows neither C2 nor the sacrum,
+        leaves the count open: the points may sit on the right structures under names one
+        level off. Such a case still trains a model's masks (their kinds and neighbours do
+        not depend on the count), but never its level names, and it never judges a model's
+        names (:func:`napari_ivd.training.store_cases.plan_training`). The mark belongs to
+        the case, not to one revision: it stays through later saves until cleared.
+
+        Raises
+        ------
+        StoreError
+            No such case.
+        """
+        with self._lock.hold(f"mark the level names of {case_id} {'unsure' if unsure else 'sure'}"):
+            head = self._reader.head(case_id)
+            if head.names_unsure != unsure:
+                self._writer.commit(head.bumped(names_unsure=unsure))
+        log.info("%s: case %s level names %s", self.location, case_id, "unsure" if unsure else "sure")
+        return self.case(case_id)
+
     # ------------------------------------------------------------------ revisions
     def save_revision(
         self,
@@ -596,6 +618,7 @@ class AnnotationStore:
                     "shape": list(c.geometry.shape),
                     "axcodes": "".join(c.geometry.axcodes),
                     "updated_utc": c.updated_utc,
+                    "names_unsure": c.names_unsure,
                 }
             )
         return {

@@ -92,6 +92,10 @@ class LabelledCase:
     same_session : tuple of str
         Other cases that are another series of the same exam (VB1's DzZ_T1 and DzZ_T2: same
         grid, the levels in the same place): separate images, but split and judged together.
+    names_unsure : bool
+        The researcher is not sure the levels are counted right (a transitional vertebra):
+        the case trains masks only; its keypoints place training crops but teach no level
+        heatmap, and its names neither add labels nor shape the skeleton prior.
 
     Raises
     ------
@@ -111,6 +115,7 @@ class LabelledCase:
     absent: frozenset[str] = frozenset()
     duplicates: tuple[str, ...] = ()
     same_session: tuple[str, ...] = ()
+    names_unsure: bool = False
 
     def __post_init__(self) -> None:
         if self.contrast not in CONTRASTS:
@@ -184,12 +189,15 @@ def end_field_of_view(case: LabelledCase, below: str = "L5", fraction: float = 0
 def labels_of(cases: Sequence[LabelledCase], also: Sequence[str] = ()) -> tuple[str, ...]:
     """The levels the cases name with a keypoint (plus ``also``), cranio-caudal: what a model trained on them can learn.
 
+    A case whose names are unsure (:attr:`LabelledCase.names_unsure`) teaches no level.
+
     Example
     -------
     >>> labels_of([], also=["L4-L5", "C3"])
     ('C3', 'L4-L5')
     """
-    names = {structure(name).name for name in also} | {name for case in cases for name in case.keypoints_vox}
+    named = {name for case in cases if not case.names_unsure for name in case.keypoints_vox}
+    names = {structure(name).name for name in also} | named
     return tuple(sorted(names, key=lambda name: structure(name).order))
 
 

@@ -330,7 +330,8 @@ def _prepare(case: LabelledCase, cfg: SampleConfig) -> _Prepared:
     for k, name in enumerate(cfg.labels):
         if name in case.keypoints_vox:
             keypoints[k] = view.vox_to_display(case.keypoints_vox[name])[0]
-    annotated = np.all(np.isfinite(keypoints), axis=1)
+    # names unsure: no level is taught (neither where it is nor where it is not); crops go on the mask
+    annotated = np.all(np.isfinite(keypoints), axis=1) & (not case.names_unsure)
 
     annotated_any = None
     for kind_index in range(len(_SEG_KINDS)):
@@ -379,7 +380,7 @@ def _prepare(case: LabelledCase, cfg: SampleConfig) -> _Prepared:
         kind_zones=kind_zones,
         keypoints_display=keypoints,
         annotated=annotated,
-        absent=np.array([name in case.absent for name in cfg.labels], dtype=bool),
+        absent=np.array([name in case.absent and not case.names_unsure for name in cfg.labels], dtype=bool),
         slices=slices,
         lateral_slices=lateral_slices,
         anchors_jk=anchors,

@@ -112,7 +112,8 @@ def in_plane_mm(case: LabelledCase) -> dict[str, tuple[float, float]]:
 
 
 def _shapes(cases: Sequence[LabelledCase], labels: Sequence[str]) -> list[dict[str, tuple[float, float]]]:
-    return [{n: p for n, p in in_plane_mm(c).items() if n in labels} for c in cases]
+    """Each case's named keypoints in-plane; a case whose names are unsure shapes no skeleton."""
+    return [{n: p for n, p in in_plane_mm(c).items() if n in labels} for c in cases if not c.names_unsure]
 
 
 def fit_skeleton(cases: Sequence[LabelledCase], labels: Sequence[str]) -> SkeletonPrior:

@@ -48,6 +48,9 @@ MIN_CASES = 1
 #: predictions each, about a second apiece for a lumbar scan on two CPU cores.
 COMPARED_CASES = 6
 
+#: Why a case marked "level names unsure" trains but never judges (nor is compared on).
+NAMES_UNSURE = "level names unsure: trains its masks, not its names; judges no model"
+
 #: Why a run without an independent held-out case is stored but not made active.
 NOT_JUDGED = "no independent held-out case: not judged; Make active by hand if you trust it"
 
@@ -172,10 +175,13 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
     skipped: list[tuple[str, str]] = []
     train_only: list[tuple[str, str]] = []
     unlearnable: list[tuple[str, str]] = []
+    unsure: set[str] = set()
     for case_id in store.case_ids():
         case = store.case(case_id)
         if case.status == "verified":
             verified.add(case_id)
+        if case.names_unsure:
+            unsure.add(case_id)
         if case.head is None:
             skipped.append((case_id, "no saved revision"))
             continue
@@ -190,7 +196,9 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
             continue
         usable.append(PlannedCase(case_id, case.head, case.status))
         image_of[case_id] = case.image_sha256
-        if not can_judge(revision.source):
+        if case.names_unsure:
+            train_only.append((case_id, NAMES_UNSURE))
+        elif not can_judge(revision.source):
             train_only.append((case_id, _train_only_reason(revision.source)))
     if len(usable) < MIN_CASES:
         raise TrainingError(
@@ -214,7 +222,7 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
             held |= same_image
     # a held copy that may not judge (an accepted proposal) sits the run out
     sitting_out = {case_id: _copy_reason(case_id, image_of, held) for case_id, _ in train_only if case_id in held}
-    others = [case_id for case_id, _ in (*skipped, *sitting_out.items())]
+    others = [case_id for case_id, _ in (*skipped, *sitting_out.items()) if case_id not in unsure]
     return TrainingPlan(
         train=tuple(c for c in usable if c.case_id not in held),
         validation=tuple(c for c in usable if c.case_id in held and c.case_id not in sitting_out),
@@ -236,14 +244,18 @@ def nothing_to_learn(store: AnnotationStore, case_id: str, revision: RevisionInf
 
     Any named point can be learnt (a model grows to the levels its cases name); a mask only
     when it holds vertebrae or discs, so only a revision without points has its mask read.
+    A case whose level names are unsure teaches its mask alone, so it needs one.
     Levels marked absent alone teach nothing either: a training crop is placed on a point or
     a mask, and such a revision has neither.
     """
-    if revision.n_points:
+    unsure = store.case(case_id).names_unsure
+    if revision.n_points and not unsure:
         return None
     mask = store.load(case_id, revision.revision_id).mask_tss if revision.has_mask else None
     if mask is not None and mask_kinds_of(mask):
         return None
+    if unsure:
+        return "level names unsure and no vertebra or disc in its mask: only masks are learnt from such a case"
     if revision.absent:
         return (
             f"only absent levels, nothing to place a crop on ({', '.join(revision.absent)} marked absent; "
@@ -259,10 +271,12 @@ def labelled_case(store: AnnotationStore, planned: PlannedCase) -> LabelledCase:
 
     A level its mask holds but no point names gets a keypoint at the centroid of its mask,
     so the levels of a mask-only annotation are learnt too. The levels the revision marks
-    absent (not present in the scan) are taught as known background.
+    absent (not present in the scan) are taught as known background. A case marked "level
+    names unsure" teaches masks only (:attr:`LabelledCase.names_unsure`; no absent level).
     """
     volume = store.read_image(planned.case_id)
     annotation = store.load(planned.case_id, planned.revision)
+    unsure = store.case(planned.case_id).names_unsure
     mask = annotation.mask_tss
     kinds = frozenset() if mask is None else mask_kinds_of(mask)
     from_mask = points_from_tss_mask(mask, kinds=kinds) if kinds else []
@@ -281,7 +295,8 @@ def labelled_case(store: AnnotationStore, planned: PlannedCase) -> LabelledCase:
         keypoints_vox=points,
         mask_tss=mask if kinds else None,
         mask_kinds=kinds,
-        absent=frozenset(annotation.absent) - painted,
+        absent=frozenset() if unsure else frozenset(annotation.absent) - painted,
+        names_unsure=unsure,
     )
 
 
