@@ -39,7 +39,7 @@ from phantom_support import phantom_bodies, phantom_case
 from widget_support import CASE_ID, docked_annotator, make_store
 
 LUMBAR = ("L2", "L3", "L4", "L5", "S1")
-CFG = SampleConfig(labels=("L3", "L4", "L5"), crop=(96, 64), caudal_context_mm=0.0)
+CFG = SampleConfig(labels=("L3", "L4", "L5", "L5-S1"), crop=(96, 64), caudal_context_mm=0.0)
 
 
 def _store(n_cases: int = 1) -> AnnotationStore:
@@ -98,6 +98,8 @@ def test_the_command_line_marks_clears_lists_and_imports_with_the_mark(tmp_path,
     assert "level names unsure (trains masks only)" in capsys.readouterr().out
     assert main(["store", "names-unsure", str(location)]) == 2  # which case? said, not a traceback
     assert "marks one case" in capsys.readouterr().err
+    assert main(["export", "--store", str(location), "--case", "spine", "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "annotation.json").read_text())["names_unsure"] is True
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -111,7 +113,7 @@ def _samples(case) -> list[dict[str, torch.Tensor]]:
 def test_an_unsure_case_teaches_no_level_but_its_mask():
     case, _ = phantom_case(LUMBAR, set(LUMBAR))
     assert all(s["visible"].sum() > 0 for s in _samples(case))  # the same case, sure of its names, teaches them
-    for sample in _samples(dataclasses.replace(case, names_unsure=True, absent=frozenset({"L1"}))):
+    for sample in _samples(dataclasses.replace(case, names_unsure=True, absent=frozenset({"L5-S1"}))):
         assert not sample["visible"].any() and not sample["heatmap"].any() and not sample["offset_mask"].any()
         assert torch.isnan(sample["keypoints"]).all()
         seg, valid = sample["seg"], sample["seg_valid"]
@@ -156,7 +158,7 @@ def test_fine_tuning_reads_the_mark_trains_on_the_case_and_never_judges_or_compa
     assert plan.compared == ()
     assert f"train only ({NAMES_UNSURE}): spine" in plan.describe()
     learnt = labelled_case(store, next(c for c in plan.train if c.case_id == "spine"))
-    assert learnt.names_unsure and learnt.absent == frozenset() and learnt.mask_tss is not None
+    assert learnt.names_unsure and learnt.mask_tss is not None
 
     store.set_names_unsure("waiting", False)
     assert plan_training(store, validation_fraction=0.5).compared == ("waiting",)

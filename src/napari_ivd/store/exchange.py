@@ -214,7 +214,8 @@ def export_revision(
     even when empty, ``mask.nii.gz`` (TotalSpineSeg values, if the revision has a mask) and
     ``annotation.json`` (case, revision, source image, levels, and the ``absent`` levels: those
     marked not present in the scan, which no point or label file can say; give them back to
-    :func:`import_case` as ``absent``).
+    :func:`import_case` as ``absent``; and ``names_unsure``, the case's mark that its levels
+    may be counted wrong: ``import --names-unsure`` gives it back).
 
     Returns
     -------
@@ -240,6 +241,7 @@ def export_revision(
         "header_from": str(like) if like else "stored affine",
         "revision_info": None if annotation.info is None else annotation.info.__dict__,
         "absent": list(annotation.absent),
+        "names_unsure": info.names_unsure,
     }
     return write_bundle(
         out_dir,

@@ -94,8 +94,9 @@ class LabelledCase:
         grid, the levels in the same place): separate images, but split and judged together.
     names_unsure : bool
         The researcher is not sure the levels are counted right (a transitional vertebra):
-        the case trains masks only; its keypoints place training crops but teach no level
-        heatmap, and its names neither add labels nor shape the skeleton prior.
+        the case trains masks only: its keypoints teach no level heatmap (nor do its absent
+        levels, which still make the structures either side neighbours in the masks), and
+        its names neither add labels nor shape the skeleton prior.
 
     Raises
     ------

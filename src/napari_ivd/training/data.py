@@ -330,7 +330,8 @@ def _prepare(case: LabelledCase, cfg: SampleConfig) -> _Prepared:
     for k, name in enumerate(cfg.labels):
         if name in case.keypoints_vox:
             keypoints[k] = view.vox_to_display(case.keypoints_vox[name])[0]
-    # names unsure: no level is taught (neither where it is nor where it is not); crops go on the mask
+    # names unsure: no level is taught (neither where it is nor where it is not, absent ones
+    # included); crops go on the mask
     annotated = np.all(np.isfinite(keypoints), axis=1) & (not case.names_unsure)
 
     annotated_any = None

@@ -272,11 +272,10 @@ def labelled_case(store: AnnotationStore, planned: PlannedCase) -> LabelledCase:
     A level its mask holds but no point names gets a keypoint at the centroid of its mask,
     so the levels of a mask-only annotation are learnt too. The levels the revision marks
     absent (not present in the scan) are taught as known background. A case marked "level
-    names unsure" teaches masks only (:attr:`LabelledCase.names_unsure`; no absent level).
+    names unsure" teaches masks only (:attr:`LabelledCase.names_unsure`).
     """
     volume = store.read_image(planned.case_id)
     annotation = store.load(planned.case_id, planned.revision)
-    unsure = store.case(planned.case_id).names_unsure
     mask = annotation.mask_tss
     kinds = frozenset() if mask is None else mask_kinds_of(mask)
     from_mask = points_from_tss_mask(mask, kinds=kinds) if kinds else []
@@ -295,8 +294,8 @@ def labelled_case(store: AnnotationStore, planned: PlannedCase) -> LabelledCase:
         keypoints_vox=points,
         mask_tss=mask if kinds else None,
         mask_kinds=kinds,
-        absent=frozenset() if unsure else frozenset(annotation.absent) - painted,
-        names_unsure=unsure,
+        absent=frozenset(annotation.absent) - painted,
+        names_unsure=store.case(planned.case_id).names_unsure,
     )
 
 
