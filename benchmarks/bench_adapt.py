@@ -2,7 +2,7 @@
 
     python benchmarks/bench_adapt.py [--sources IVD VB1 VB2 VB3] [--ks 0 1 2 4 8] [--seeds 0 1]
                                      [--bases DIR] [--base-minutes 20] [--minutes 5] [--max-epochs 80]
-                                     [--device cpu] [--workers 1] [--out docs/adapt]
+                                     [--names-unsure VB1/case-16] [--device cpu] [--workers 1] [--out docs/adapt]
 
 For each left-out source of ``../shared/data/lumbar`` (IVD T2w, VB1 T1w, VB2 T2w, VB3 water):
 
@@ -24,6 +24,9 @@ For each left-out source of ``../shared/data/lumbar`` (IVD T2w, VB1 T1w, VB2 T2w
    version's names with its parent's on them before making it active
    (:mod:`napari_ivd.training.promotion`); the table counts the runs it activated. Scores
    do not depend on it: every fine-tuned version is scored, active or not.
+   ``--names-unsure`` marks the named cases "level names unsure" in every store that holds
+   them (corrected: they teach masks only; waiting: no comparison on them), to measure what
+   the mark does when a case's level count is in doubt.
 4. **From scratch**: the same k cases, the same held-out split, labels and budget, from
    random weights (the engine's from-scratch learning rate and warm-up).
 
@@ -41,7 +44,7 @@ import json
 import platform
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cache
@@ -80,6 +83,7 @@ class Settings:
     max_epochs: int
     start_before: float | None = None  # time.time() after which runs are not started any more
     base: str | None = None  # a given model (bundled name or folder) instead of trained bases
+    names_unsure: tuple[str, ...] = ()  # cases marked "level names unsure" wherever a store holds them
 
 
 @dataclass(frozen=True)
@@ -198,8 +202,16 @@ def store_case_id(name: str) -> str:
     return name.replace("/", "-")
 
 
-def _store_with(cases: Sequence[LabelledCase], folder: Path, waiting: Sequence[LabelledCase] = ()) -> AnnotationStore:
-    """A fresh store holding ``cases`` with their references as verified revisions, and ``waiting``'s images only."""
+def _store_with(
+    cases: Sequence[LabelledCase],
+    folder: Path,
+    waiting: Sequence[LabelledCase] = (),
+    names_unsure: Collection[str] = (),
+) -> AnnotationStore:
+    """A fresh store holding ``cases`` with their references as verified revisions, and ``waiting``'s images only.
+
+    The cases named in ``names_unsure`` are marked "level names unsure" (masks only, never judge).
+    """
     store = AnnotationStore.open(folder / "annotations.zarr", create=True, fsync=False)
     for case in cases:
         points = [LabelledPoint(n, tuple(float(v) for v in ijk)) for n, ijk in case.keypoints_vox.items()]
@@ -208,6 +220,9 @@ def _store_with(cases: Sequence[LabelledCase], folder: Path, waiting: Sequence[L
         store.set_status(case_id, "verified")
     for case in waiting:
         store.add_case(case.volume, store_case_id(case.name))
+    for case in (*cases, *waiting):
+        if case.name in names_unsure:
+            store.set_names_unsure(store_case_id(case.name))
     return store
 
 
@@ -256,6 +271,8 @@ def run_job(job: Job, settings: Settings) -> dict[str, Any]:
     device = resolve_device(settings.device)
     row: dict[str, Any] = {"recipe": job.recipe, "source": job.source, "seed": job.seed, "k": job.k, "mode": job.mode}
     row |= {"corrected": list(job.corrected), "scored": list(job.scored)}
+    if settings.names_unsure:
+        row["names_unsure"] = list(settings.names_unsure)
     if settings.start_before is not None and time.time() > settings.start_before:
         return row | {"error": "not started: --stop-after-minutes reached", "seconds": 0.0}
     start = time.perf_counter()
@@ -265,7 +282,7 @@ def run_job(job: Job, settings: Settings) -> dict[str, Any]:
                 folder, extra = base_dir(settings, job.recipe, job.source), {}
             else:
                 waiting = [cases[n] for n in job.scored] if job.mode == "fine-tuned" else []
-                store = _store_with([cases[n] for n in job.corrected], Path(tmp), waiting)
+                store = _store_with([cases[n] for n in job.corrected], Path(tmp), waiting, settings.names_unsure)
                 run = _finetune if job.mode == "fine-tuned" else _scratch
                 args = (job, settings, store) if job.mode == "fine-tuned" else (job, settings, store, Path(tmp) / "m")
                 folder, extra = run(*args)
@@ -414,6 +431,13 @@ def main() -> None:
     parser.add_argument(
         "--max-epochs", type=int, default=80, help="epoch cap of each fine-tune: what 2 CPU cores reach in 5 minutes"
     )
+    parser.add_argument(
+        "--names-unsure",
+        nargs="+",
+        default=[],
+        metavar="CASE",
+        help="mark these cases' level names unsure in every store that holds them (they then train masks only)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=1, help="runs in parallel (processes)")
     parser.add_argument(
@@ -431,7 +455,16 @@ def main() -> None:
     threads = max(1, usable_cpus() // args.workers)
     stop = None if args.stop_after_minutes is None else time.time() + 60 * args.stop_after_minutes
     settings = Settings(
-        args.data, args.bases, args.device, threads, args.base_minutes, args.minutes, args.max_epochs, stop, args.base
+        args.data,
+        args.bases,
+        args.device,
+        threads,
+        args.base_minutes,
+        args.minutes,
+        args.max_epochs,
+        stop,
+        args.base,
+        tuple(args.names_unsure),
     )
     cases = _cases(args.data)
     names = list(cases)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_adapt import DATA, _cases, _draw, _store_with, score, store_case_id
+from bench_adapt import DATA, _cases, _draw, _store_with, score
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from napari_ivd import inference
@@ -87,11 +87,9 @@ def main() -> None:
     scored = args.scored or scored
     cfg = FineTuneConfig(minutes=args.minutes, epochs=args.epochs, lr=args.lr, device=args.device, seed=args.seed)
     with tempfile.TemporaryDirectory(prefix="diagnose-adapt-") as tmp:
-        store = _store_with([cases[n] for n in corrected], Path(tmp))
+        store = _store_with([cases[n] for n in corrected], Path(tmp), names_unsure=args.names_unsure)
         store.add_model(base, model_id="base")
         store.set_active_model("base", stored=True, reason="diagnosis")
-        for name in args.names_unsure:
-            store.set_names_unsure(store_case_id(name))
         result = run_steps(finetune_steps(store, cfg, author="diagnose_adapt_run"))
         model, card = load_checkpoint(model_folder(store, result.model.model_id))
     unsure = f" (level names unsure: {', '.join(args.names_unsure)})" if args.names_unsure else ""

@@ -9,7 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from bench_adapt import plan_jobs, table
+from bench_adapt import _store_with, plan_jobs, table
+from phantom_support import phantom_case
 
 CASES = [f"VB1/case-{i:02d}" for i in (2, 10, 11, 15, 16, 17)]
 
@@ -56,3 +57,9 @@ def test_the_table_gives_the_active_model_s_identification_the_base_where_train_
     lines = table(rows).splitlines()
     assert lines[-1].endswith("| 50.00 ± 40.00 | 2.00 ± 0.00 | 2.00 ± 0.00 | 2, 1 activated | 80.00 ± 10.00 |")
     assert lines[-2].endswith("| 2 | – |")  # the bases: no active-model column
+
+
+def test_a_store_built_for_a_run_marks_the_cases_named_unsure(tmp_path):
+    case, _ = phantom_case(("L3", "L4", "L5"), {"L3", "L4", "L5"})
+    assert _store_with([case], tmp_path / "a", names_unsure={"phantom/case"}).case("phantom-case").names_unsure
+    assert not _store_with([case], tmp_path / "b").case("phantom-case").names_unsure
