@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from bench_adapt import _store_with, plan_jobs, table
+
 from phantom_support import phantom_case
 
 CASES = [f"VB1/case-{i:02d}" for i in (2, 10, 11, 15, 16, 17)]
