@@ -29,6 +29,7 @@ __all__ = [
     "KIND_PLURAL",
     "LUMBAR_LABELS",
     "RGBA",
+    "SACRAL_DISC",
     "STRUCTURES",
     "TSS_CANAL",
     "TSS_CORD",
@@ -58,6 +59,8 @@ TSS_CORD = 1
 TSS_CANAL = 2
 #: TotalSpineSeg mask value of the sacrum (our "S1").
 TSS_SACRUM = 50
+#: The lowest disc, between L5 and the sacrum: where counting levels from the sacrum starts.
+SACRAL_DISC = "L5-S1"
 
 # Regions in cranio-caudal order with their vertebra count; S1 is the sacrum as a whole.
 _REGIONS: tuple[tuple[str, int], ...] = (("C", 7), ("T", 12), ("L", 5), ("S", 1))

@@ -74,10 +74,8 @@ TYPICAL_LEVEL_STEP_MM = 33.0
 DENSE_STEP_MM = 2.0
 #: A named point takes the mask component it lies in, else the nearest one within this distance.
 COMPONENT_REACH_MM = 5.0
-#: The lowest disc: named from the disc mask when the heatmaps name L5 but not it.
-SACRAL_DISC = "L5-S1"
-#: An unnamed disc-mask component is that disc when its centroid lies this far caudal of L5,
-#: in L4→L5 steps (the disc sits about half a step below L5), ...
+#: Where the heatmaps name L5 but not L5-S1, an unnamed disc-mask component is L5-S1 when its
+#: centroid lies this far caudal of L5, in L4→L5 steps (the disc sits about half a step below), ...
 SACRAL_DISC_STEPS = (0.25, 0.9)
 #: ... at most this far (in steps) off the L4→L5 line, ...
 SACRAL_DISC_OFF_LINE = 0.5
@@ -376,7 +374,7 @@ def _sacral_disc_from_mask(
     caudal of L5 (the L4→L5 step, else the median one), near the L4→L5 line, and is not a
     speck. Returns its voxels ``(n, 3)`` on the resampled grid, or None.
     """
-    if SACRAL_DISC in named or "L5" not in named:
+    if anatomy.SACRAL_DISC in named or "L5" not in named:
         return None
     named_discs = [anatomy.structure(n).tss_value for n in named if anatomy.structure(n).kind == "disc"]
     sizes = [int(np.count_nonzero(mask == value)) for value in named_discs if value]
@@ -552,14 +550,15 @@ def _predict(
     }
     yield tally.step(f"{PREDICT_STAGES[2]} {len(chosen)} structures and labelling masks")
     mask_res = _label_masks(runner, grid, named_lrc)
-    sacral_disc = _sacral_disc_from_mask(runner, grid, named_lrc, mask_res) if SACRAL_DISC in labels else None
+    sacral_disc = _sacral_disc_from_mask(runner, grid, named_lrc, mask_res) if anatomy.SACRAL_DISC in labels else None
     if sacral_disc is not None:
-        mask_res[tuple(sacral_disc.T)] = anatomy.structure(SACRAL_DISC).tss_value
+        mask_res[tuple(sacral_disc.T)] = anatomy.structure(anatomy.SACRAL_DISC).tss_value
         lrc = sacral_disc.mean(axis=0)
-        named_lrc[SACRAL_DISC] = lrc
+        named_lrc[anatomy.SACRAL_DISC] = lrc
         # its score is what the network's own L5-S1 heatmap says there: weak, so review flags it
-        at = heat[labels.index(SACRAL_DISC), int(lrc[1] // stride), int(lrc[2] // stride)]
-        chosen[SACRAL_DISC] = Candidate(SACRAL_DISC, float(lrc[1]), float(lrc[2]), float(at))
+        row, col = (min(int(x // stride), n - 1) for x, n in zip(lrc[1:], heat.shape[1:], strict=True))
+        at = heat[labels.index(anatomy.SACRAL_DISC), row, col]
+        chosen[anatomy.SACRAL_DISC] = Candidate(anatomy.SACRAL_DISC, float(lrc[1]), float(lrc[2]), float(at))
     named_lrc = _centre_left_right_on_masks(named_lrc, mask_res)
     mask_display = _mask_to_display(mask_res, grid, view.display.shape)
     mask_file = np.ascontiguousarray(view.to_file(mask_display))

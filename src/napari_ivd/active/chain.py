@@ -40,7 +40,7 @@ from napari_ivd.skeleton import SkeletonPrior
 __all__ = ["SACRUM_DISC", "Chain", "Placeholder", "check_chain", "structure_step_mm"]
 
 #: The lowest disc: levels are counted from it.
-SACRUM_DISC = "L5-S1"
+SACRUM_DISC = anatomy.SACRAL_DISC
 #: The sacrum's first body: when a chain names it (models that learnt S1), levels are counted from it.
 SACRUM = "S1"
 #: Uncertainty of a level missing between named ones.
