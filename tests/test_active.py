@@ -391,6 +391,14 @@ def test_weak_peaks_and_an_empty_prediction():
     assert (nothing.score, nothing.reason, nothing.points) == (1.0, "no disc or vertebra found", ())
 
 
+def test_a_disc_named_from_the_mask_alone_says_so_rather_than_weak():
+    plain = _prediction(_spine())
+    structures = [replace(s, score=0.01, from_mask=True) if s.name == "L5-S1" else s for s in plain.structures]
+    by_level = {p.level: p for p in assess(replace(plain, structures=tuple(structures)), [], VIEW).points}
+    assert by_level["L5-S1"].reason == "L5-S1 seen in the disc mask only (its own heatmap 0.01)"
+    assert by_level["L5-S1"].uncertainty > by_level["L4"].uncertainty
+
+
 def test_a_perturbed_copy_keeps_every_voxel_at_its_scanner_position():
     affine = np.array([[0.0, 0.0, -0.8, 40.0], [-0.5, 0.0, 0.0, 10.0], [0.0, -0.5, 0.0, 90.0], [0, 0, 0, 1]])
     array = np.random.default_rng(0).integers(0, 1000, (80, 90, 30)).astype(np.int16)

@@ -93,6 +93,7 @@ def test_on_a_real_unseen_water_scan_the_starter_names_l5_s1_from_its_disc_mask(
     expected = reference["L5"] + (reference["L5"] - reference["L4"]) / 2
     assert np.linalg.norm(named["L5-S1"].xyz_mm - expected) < 8.0
     assert named["L5-S1"].score < inference.GAP_MIN_SCORE  # the network's own peak: review flags it as weak
+    assert [s.name for s in prediction.structures if s.from_mask] == ["L5-S1"]
     voxel = tuple(np.round(named["L5-S1"].ijk_vox).astype(int))
     assert prediction.mask_tss[voxel] == anatomy.structure("L5-S1").tss_value
 

@@ -92,6 +92,8 @@ class PredictedStructure:
     score: float
     ijk_vox: np.ndarray  # (3,) fractional voxel index on the file grid
     xyz_mm: np.ndarray  # (3,) scanner RAS mm
+    #: Named from the disc mask, not from its own heatmap (``score`` is still that heatmap's value there).
+    from_mask: bool = False
 
 
 @dataclass(frozen=True)
@@ -574,6 +576,7 @@ def _predict(
                 score=float(chosen[name].score),
                 ijk_vox=ijk_vox,
                 xyz_mm=volume.geometry.vox_to_mm(ijk_vox[None])[0],
+                from_mask=name == anatomy.SACRAL_DISC and sacral_disc is not None,
             )
         )
     timings["decode_s"] = time.perf_counter() - t2

@@ -244,6 +244,13 @@ def _chain_doubt(plain: Prediction, spreads: Sequence[float | None]) -> dict[str
     }
 
 
+def _weak(structure: PredictedStructure) -> str:
+    """Why a weak structure is doubtful, in words: a weak peak, or none (named from the disc mask)."""
+    if structure.from_mask:
+        return f"{structure.name} seen in the disc mask only (its own heatmap {structure.score:.2f})"
+    return f"{structure.name} weak ({structure.score:.2f} peak)"
+
+
 def _point(
     structure: PredictedStructure,
     runs: Sequence[Prediction],
@@ -262,7 +269,7 @@ def _point(
             len(renamed) / n if n else 0.0,
             f"{name} named {renamed[0] if renamed else name} in {len(renamed)} of {n} perturbed runs",
         ),
-        "peak": (min(1.0, max(0.0, 1.0 - structure.score)), f"{name} weak ({structure.score:.2f} peak)"),
+        "peak": (min(1.0, max(0.0, 1.0 - structure.score)), _weak(structure)),
         "shape": (shape.uncertainty, shape.reason) if shape is not None else (0.0, ""),
         "chain": (chain.uncertainty, chain.reason) if chain is not None else (0.0, ""),
         **chain_doubt,
