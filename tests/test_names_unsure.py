@@ -205,10 +205,13 @@ def test_ticking_the_box_marks_the_open_case_and_the_train_plan_says_it_trains_m
     assert AnnotationStore.open(location).case(CASE_ID).names_unsure is True
     assert f"train only ({NAMES_UNSURE}): {CASE_ID}" in widget.train_panel.plan_label.text()
     assert not widget.annotator.has_unsaved_changes()  # a case mark, not an edit to save
+    row = widget.table.case_ids().index(CASE_ID)
+    assert widget.table.item(row, 1).text() == "in progress · names unsure"
+    assert widget.table.statuses()[CASE_ID] == "in progress"  # Next case still reads the status
 
     with qtbot.waitSignal(widget.job_done, timeout=30_000):
         qtbot.mouseClick(widget.names_unsure_box, Qt.MouseButton.LeftButton)
-    assert not widget.names_unsure_box.isChecked()
+    assert not widget.names_unsure_box.isChecked() and widget.table.item(row, 1).text() == "in progress"
     assert AnnotationStore.open(location).case(CASE_ID).names_unsure is False
 
 

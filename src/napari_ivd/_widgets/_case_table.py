@@ -10,7 +10,14 @@ from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableW
 from napari_ivd.store import CaseInfo
 
 COLUMNS = ("Case", "Status", "Revision", "Score", "Reason")
-SCORE, REASON = COLUMNS.index("Score"), COLUMNS.index("Reason")
+STATUS, SCORE, REASON = COLUMNS.index("Status"), COLUMNS.index("Score"), COLUMNS.index("Reason")
+#: Shown after the status of a case whose level names are marked unsure.
+UNSURE = " · names unsure"
+
+
+def status_text(info: CaseInfo) -> str:
+    """The Status cell: the case's status, and the mark that its level names are unsure."""
+    return info.status + (UNSURE if info.names_unsure else "")
 
 
 class CaseTable(QTableWidget):
@@ -43,7 +50,10 @@ class CaseTable(QTableWidget):
 
     def statuses(self) -> dict[str, str]:
         """Status of each listed case."""
-        return {self.item(row, 0).text(): self.item(row, 1).text() for row in range(self.rowCount())}
+        return {
+            self.item(row, 0).text(): self.item(row, STATUS).text().removesuffix(UNSURE)
+            for row in range(self.rowCount())
+        }
 
     def scores(self) -> dict[str, str]:
         """Score shown for each listed case (empty text: not scored)."""
@@ -55,6 +65,8 @@ class CaseTable(QTableWidget):
             item.setFlags(Qt.ItemFlag.ItemIsSelectable | Qt.ItemFlag.ItemIsEnabled)
             if column == REASON:
                 item.setToolTip(text)
+            elif column == STATUS and text.endswith(UNSURE):
+                item.setToolTip("level names unsure: Train learns this case's masks, not its names")
             self.setItem(row, column, item)
 
     def set_cases(self, cases: Sequence[CaseInfo], current: str | None = None) -> None:
@@ -63,18 +75,17 @@ class CaseTable(QTableWidget):
         try:
             self.setRowCount(len(cases))
             for row, info in enumerate(cases):
-                self._set_row(row, (info.case_id, info.status, info.head or "—", "", ""))
+                self._set_row(row, (info.case_id, status_text(info), info.head or "—", "", ""))
             self.show_current(current)
         finally:
             self._quiet = False
 
     def update_case(self, info: CaseInfo) -> None:
-        """Refresh one row's status and revision."""
+        """Refresh one row's status (and names-unsure mark) and revision; its score and reason stay."""
         ids = self.case_ids()
         if info.case_id in ids:
             row = ids.index(info.case_id)
-            self.item(row, 1).setText(info.status)
-            self.item(row, 2).setText(info.head or "—")
+            self._set_row(row, (info.case_id, status_text(info), info.head or "—"))
 
     def set_scores(self, scores: Mapping[str, tuple[float | None, str]]) -> None:
         """Show each listed case's ``(score, reason)``; cases left out are blanked."""
