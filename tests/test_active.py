@@ -395,7 +395,7 @@ def test_a_disc_named_from_the_mask_alone_says_so_rather_than_weak():
     plain = _prediction(_spine())
     structures = [replace(s, score=0.01, from_mask=True) if s.name == "L5-S1" else s for s in plain.structures]
     by_level = {p.level: p for p in assess(replace(plain, structures=tuple(structures)), [], VIEW).points}
-    assert by_level["L5-S1"].reason == "L5-S1 seen in the disc mask only (its own heatmap 0.01)"
+    assert by_level["L5-S1"].reason == "L5-S1 seen in the mask only (its own heatmap 0.01)"
     assert by_level["L5-S1"].uncertainty > by_level["L4"].uncertainty
 
 

@@ -18,8 +18,9 @@ Steps (see docs/pipeline.md for the shared conventions):
    counted one level off is corrected;
 4. threshold the per-slice vertebral-body/disc masks, keep the 3D components that hold a
    named structure, give each voxel the level of the nearest named structure of its kind,
-   and return the mask on the file's own grid; where L5 is named and L5-S1 is not, an
-   unnamed disc component half a level below L5 is named L5-S1 (``_sacral_disc_from_mask``);
+   and return the mask on the file's own grid; below the chain's lowest named structure, down
+   to L5-S1, unnamed components of the next level's kind half a level below name the levels
+   the heatmaps missed, one at a time (``_continue_from_mask``);
 5. place each structure left-right at the centroid of its own mask (where the heatmaps
    respond across slices when it has none).
 
@@ -74,13 +75,14 @@ TYPICAL_LEVEL_STEP_MM = 33.0
 DENSE_STEP_MM = 2.0
 #: A named point takes the mask component it lies in, else the nearest one within this distance.
 COMPONENT_REACH_MM = 5.0
-#: Where the heatmaps name L5 but not L5-S1, an unnamed disc-mask component is L5-S1 when its
-#: centroid lies this far caudal of L5, in L4→L5 steps (the disc sits about half a step below), ...
-SACRAL_DISC_STEPS = (0.25, 0.9)
-#: ... at most this far (in steps) off the L4→L5 line, ...
-SACRAL_DISC_OFF_LINE = 0.5
-#: ... and holds at least this share of the median named disc's voxels (not a speck).
-SACRAL_DISC_MIN_SHARE = 0.25
+#: Below the chain's lowest named structure, down to L5-S1, an unnamed mask component of the
+#: next level's kind is that level when its centroid lies this far below, in level steps
+#: (the next structure sits about half a step below), ...
+FROM_MASK_STEPS = (0.25, 0.9)
+#: ... at most this far (in steps) off the chain's line, ...
+FROM_MASK_OFF_LINE = 0.5
+#: ... and holds at least this share of the median named structure of its kind (not a speck).
+FROM_MASK_MIN_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ class PredictedStructure:
     score: float
     ijk_vox: np.ndarray  # (3,) fractional voxel index on the file grid
     xyz_mm: np.ndarray  # (3,) scanner RAS mm
-    #: Named from the disc mask, not from its own heatmap (``score`` is still that heatmap's value there).
+    #: Named from the mask, not from its own heatmap (``score`` is still that heatmap's value there).
     from_mask: bool = False
 
 
@@ -363,63 +365,94 @@ def _label_masks(runner: _SliceRunner, grid: _Grid, named: dict[str, np.ndarray]
     return out
 
 
-def _sacral_disc_from_mask(
-    runner: _SliceRunner, grid: _Grid, named: dict[str, np.ndarray], mask: np.ndarray, threshold: float = 0.5
+def _next_below_from_mask(
+    runner: _SliceRunner,
+    grid: _Grid,
+    named: dict[str, np.ndarray],
+    mask: np.ndarray,
+    level: str,
+    threshold: float = 0.5,
 ) -> np.ndarray | None:
-    """The voxels of the L5-S1 disc where the heatmaps named L5 but not it: an unnamed disc-mask component.
+    """The voxels of ``level``, the level right below the chain's lowest named structure, from the mask.
 
-    The L5-S1 disc is labelled in few training scans (VB2 and VB3 references stop at L5), so
-    its heatmap channel stays weak on unseen scans: the bundled starter named it on 7 of 22
-    distinct unseen VB3 scans that show the sacrum, while its disc segmentation, learnt from
-    the discs of every level, held a component near the reference's L5-S1 on most of the
-    others. That component is taken when it lies :data:`SACRAL_DISC_STEPS` of a level step
-    caudal of L5 (the L4→L5 step, else the median one), near the L4→L5 line, and is not a
-    speck. Returns its voxels ``(n, 3)`` on the resampled grid, or None.
+    An unnamed component of ``level``'s kind (vertebral body or disc) is taken when its centroid
+    lies :data:`FROM_MASK_STEPS` of a level step below the lowest named structure (the step
+    from the structure of the same kind above it, else the median one), within
+    :data:`FROM_MASK_OFF_LINE` steps of that line, and holds :data:`FROM_MASK_MIN_SHARE` of
+    the named structures of its kind (not a speck). Returns its voxels ``(n, 3)`` on the
+    resampled grid, or None.
     """
-    if anatomy.SACRAL_DISC in named or "L5" not in named:
-        return None
-    named_discs = [anatomy.structure(n).tss_value for n in named if anatomy.structure(n).kind == "disc"]
-    sizes = [int(np.count_nonzero(mask == value)) for value in named_discs if value]
-    sizes = [size for size in sizes if size]
+    kind = anatomy.structure(level).kind
+    values = [anatomy.structure(n).tss_value for n in named if anatomy.structure(n).kind == kind]
+    sizes = [size for size in (int(np.count_nonzero(mask == v)) for v in values if v) if size]
     if not sizes:
         return None
     voxel_mm = np.array([grid.display_spacing_mm[0], grid.spacing_mm, grid.spacing_mm])
-    l5 = named["L5"] * voxel_mm
-    if "L4" in named:
-        step = l5 - named["L4"] * voxel_mm
+    last = max(named, key=lambda n: anatomy.structure(n).order)
+    end = named[last] * voxel_mm
+    order = anatomy.structure(last).order
+    above = anatomy.STRUCTURES[order - 2].name if order >= 2 else None  # the same kind, one level up
+    if above in named:
+        step = end - named[above] * voxel_mm
     else:
-        vertebrae = {n: p for n, p in named.items() if anatomy.structure(n).kind == "vertebra"}
-        rows_mm = np.array([p[1] for p in vertebrae.values()]) * grid.spacing_mm
-        step = np.array([0.0, _level_step_mm(vertebrae, rows_mm), 0.0])
+        same = {n: p for n, p in named.items() if anatomy.structure(n).kind == anatomy.structure(last).kind}
+        step = np.array([0.0, _level_step_mm(same, np.array([p[1] for p in same.values()]) * grid.spacing_mm), 0.0])
     length = float(np.linalg.norm(step))
     if length <= 0:
         return None
     along = step / length
-    channel = KIND_CHANNEL["disc"]
-    lo = np.floor((l5 - length) / voxel_mm).astype(int)
-    hi = np.ceil((l5 + 2 * length) / voxel_mm).astype(int) + 1
-    lo, hi = np.maximum(lo, 0), np.minimum(hi, grid.shape)
+    lo = np.maximum(np.floor((end - length) / voxel_mm).astype(int), 0)
+    hi = np.minimum(np.ceil((end + 2 * length) / voxel_mm).astype(int) + 1, grid.shape)
     lo[0], hi[0] = 0, grid.shape[0]  # every slice the spine covers
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     fg = np.zeros(tuple(hi - lo), bool)
     for i, seg in runner.seg.items():
-        fg[i] = seg[channel][box[1:]] > threshold
+        fg[i] = seg[KIND_CHANNEL[kind]][box[1:]] > threshold
     fg &= mask[box] == 0
-    components, n = ndimage.label(fg)
-    if not n:
-        return None
-    min_size = SACRAL_DISC_MIN_SHARE * float(np.median(sizes))
+    components, _ = ndimage.label(fg)
+    min_size = FROM_MASK_MIN_SHARE * float(np.median(sizes))
     best: np.ndarray | None = None
     for k, where in enumerate(ndimage.find_objects(components), start=1):
         voxels = np.argwhere(components[where] == k) + [s.start for s in where]
         if len(voxels) < min_size or (best is not None and len(voxels) <= len(best)):
             continue
-        offset = (voxels.mean(axis=0) + lo) * voxel_mm - l5
+        offset = (voxels.mean(axis=0) + lo) * voxel_mm - end
         t = float(offset @ along) / length
         off_line = float(np.linalg.norm(offset - t * length * along)) / length
-        if SACRAL_DISC_STEPS[0] <= t <= SACRAL_DISC_STEPS[1] and off_line <= SACRAL_DISC_OFF_LINE:
+        if FROM_MASK_STEPS[0] <= t <= FROM_MASK_STEPS[1] and off_line <= FROM_MASK_OFF_LINE:
             best = voxels
     return None if best is None else best + lo
+
+
+def _continue_from_mask(
+    runner: _SliceRunner, grid: _Grid, named: dict[str, np.ndarray], mask: np.ndarray, labels: list[str]
+) -> list[str]:
+    """Name the levels below the chain's end from unnamed mask components, down to L5-S1; returns them.
+
+    Few training scans label L5-S1 or name T1w levels, so on unseen scans the heatmaps of the
+    lower levels are often weak where the segmentation, learnt from every level's bodies and
+    discs, still shows them: the bundled starter named L5-S1 on 7 of 22 distinct unseen VB3
+    scans that show the sacrum (15 with this step) and stopped at L2 on VB1/case-17.
+
+    One level at a time (each must be the very next level and a label of the model), each
+    labelled in ``mask`` and added to ``named`` before the next is looked for; stops at the
+    first level the mask does not show where it belongs.
+    """
+    added: list[str] = []
+    while named:
+        last = max(named, key=lambda n: anatomy.structure(n).order)
+        if anatomy.structure(last).order >= anatomy.structure(anatomy.SACRAL_DISC).order:
+            break
+        level = anatomy.STRUCTURES[anatomy.structure(last).order + 1].name
+        if level not in labels:
+            break
+        voxels = _next_below_from_mask(runner, grid, named, mask, level)
+        if voxels is None:
+            break
+        mask[tuple(voxels.T)] = anatomy.structure(level).tss_value
+        named[level] = voxels.mean(axis=0)
+        added.append(level)
+    return added
 
 
 def _centre_left_right_on_masks(named: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -552,15 +585,11 @@ def _predict(
     }
     yield tally.step(f"{PREDICT_STAGES[2]} {len(chosen)} structures and labelling masks")
     mask_res = _label_masks(runner, grid, named_lrc)
-    sacral_disc = _sacral_disc_from_mask(runner, grid, named_lrc, mask_res) if anatomy.SACRAL_DISC in labels else None
-    if sacral_disc is not None:
-        mask_res[tuple(sacral_disc.T)] = anatomy.structure(anatomy.SACRAL_DISC).tss_value
-        lrc = sacral_disc.mean(axis=0)
-        named_lrc[anatomy.SACRAL_DISC] = lrc
-        # its score is what the network's own L5-S1 heatmap says there: weak, so review flags it
+    from_mask = _continue_from_mask(runner, grid, named_lrc, mask_res, labels)
+    for name in from_mask:  # its score is what the network's own heatmap says there: weak, so review flags it
+        lrc = named_lrc[name]
         row, col = (min(int(x // stride), n - 1) for x, n in zip(lrc[1:], heat.shape[1:], strict=True))
-        at = heat[labels.index(anatomy.SACRAL_DISC), row, col]
-        chosen[anatomy.SACRAL_DISC] = Candidate(anatomy.SACRAL_DISC, float(lrc[1]), float(lrc[2]), float(at))
+        chosen[name] = Candidate(name, float(lrc[1]), float(lrc[2]), float(heat[labels.index(name), row, col]))
     named_lrc = _centre_left_right_on_masks(named_lrc, mask_res)
     mask_display = _mask_to_display(mask_res, grid, view.display.shape)
     mask_file = np.ascontiguousarray(view.to_file(mask_display))
@@ -576,7 +605,7 @@ def _predict(
                 score=float(chosen[name].score),
                 ijk_vox=ijk_vox,
                 xyz_mm=volume.geometry.vox_to_mm(ijk_vox[None])[0],
-                from_mask=name == anatomy.SACRAL_DISC and sacral_disc is not None,
+                from_mask=name in from_mask,
             )
         )
     timings["decode_s"] = time.perf_counter() - t2

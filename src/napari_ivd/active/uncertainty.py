@@ -245,9 +245,9 @@ def _chain_doubt(plain: Prediction, spreads: Sequence[float | None]) -> dict[str
 
 
 def _weak(structure: PredictedStructure) -> str:
-    """Why a weak structure is doubtful, in words: a weak peak, or none (named from the disc mask)."""
+    """Why a weak structure is doubtful, in words: a weak peak, or none (named from the mask)."""
     if structure.from_mask:
-        return f"{structure.name} seen in the disc mask only (its own heatmap {structure.score:.2f})"
+        return f"{structure.name} seen in the mask only (its own heatmap {structure.score:.2f})"
     return f"{structure.name} weak ({structure.score:.2f} peak)"
 
 
