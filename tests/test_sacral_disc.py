@@ -92,7 +92,7 @@ def test_a_disc_the_mask_already_gives_a_level_is_not_taken_again():
 
 
 def test_nothing_is_added_below_l5_s1_nor_beyond_the_models_labels():
-    assert _continued((*CHAIN, "L5-S1"), {"L4": (115, 30)})[0] == []
+    assert _continued((*CHAIN, "L5-S1"), {"S1": (115, 30)}, labels=(*LABELS, "S1"))[0] == []  # the sacrum: no
     assert _continued(CHAIN, {"L5-S1": (100, 30)}, labels=LABELS[:-1])[0] == []  # a model without L5-S1
 
 
