@@ -24,7 +24,7 @@ import numpy as np
 from napari_ivd.errors import TrainingError
 from napari_ivd.io.annotations import points_from_tss_mask
 from napari_ivd.progress import Job, Progress, Tally
-from napari_ivd.store import AnnotationStore, RevisionInfo
+from napari_ivd.store import AnnotationStore, CaseInfo, RevisionInfo
 from napari_ivd.training.cases import LabelledCase, guess_contrast, mask_kinds_of
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def plan_training(store: AnnotationStore, validation_fraction: float = 0.2) -> T
         if case.status != "verified" and revision.source != "manual":
             skipped.append((case_id, f"head revision is an uncorrected proposal ({revision.source})"))
             continue
-        reason = nothing_to_learn(store, case_id, revision)
+        reason = nothing_to_learn(store, case, revision)
         if reason is not None:
             skipped.append((case_id, reason))
             unlearnable.append((case_id, reason))
@@ -239,7 +239,7 @@ def _copy_reason(case_id: str, image_of: Mapping[str, str], held: set[str]) -> s
     return f"same image as held-out {', '.join(twins)}: neither trains nor judges this run"
 
 
-def nothing_to_learn(store: AnnotationStore, case_id: str, revision: RevisionInfo) -> str | None:
+def nothing_to_learn(store: AnnotationStore, case: CaseInfo, revision: RevisionInfo) -> str | None:
     """Why a revision gives a model nothing to learn (no point, no vertebra or disc in its mask), else None.
 
     Any named point can be learnt (a model grows to the levels its cases name); a mask only
@@ -248,13 +248,12 @@ def nothing_to_learn(store: AnnotationStore, case_id: str, revision: RevisionInf
     Levels marked absent alone teach nothing either: a training crop is placed on a point or
     a mask, and such a revision has neither.
     """
-    unsure = store.case(case_id).names_unsure
-    if revision.n_points and not unsure:
+    if revision.n_points and not case.names_unsure:
         return None
-    mask = store.load(case_id, revision.revision_id).mask_tss if revision.has_mask else None
+    mask = store.load(case.case_id, revision.revision_id).mask_tss if revision.has_mask else None
     if mask is not None and mask_kinds_of(mask):
         return None
-    if unsure:
+    if case.names_unsure:
         return "level names unsure and no vertebra or disc in its mask: only masks are learnt from such a case"
     if revision.absent:
         return (
@@ -274,6 +273,7 @@ def labelled_case(store: AnnotationStore, planned: PlannedCase) -> LabelledCase:
     absent (not present in the scan) are taught as known background. A case marked "level
     names unsure" teaches masks only (:attr:`LabelledCase.names_unsure`).
     """
+    info = store.case(planned.case_id)
     volume = store.read_image(planned.case_id)
     annotation = store.load(planned.case_id, planned.revision)
     mask = annotation.mask_tss
@@ -289,13 +289,13 @@ def labelled_case(store: AnnotationStore, planned: PlannedCase) -> LabelledCase:
         )
     return LabelledCase(
         name=planned.case_id,
-        contrast=guess_contrast(f"{planned.case_id} {store.case(planned.case_id).source_path}"),
+        contrast=guess_contrast(f"{planned.case_id} {info.source_path}"),
         volume=volume,
         keypoints_vox=points,
         mask_tss=mask if kinds else None,
         mask_kinds=kinds,
         absent=frozenset(annotation.absent) - painted,
-        names_unsure=store.case(planned.case_id).names_unsure,
+        names_unsure=info.names_unsure,
     )
 
 
