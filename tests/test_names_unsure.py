@@ -209,6 +209,12 @@ def test_ticking_the_box_marks_the_open_case_and_the_train_plan_says_it_trains_m
     assert widget.table.item(row, 1).text() == "in progress · names unsure"
     assert widget.table.statuses()[CASE_ID] == "in progress"  # Next case still reads the status
 
+    widget.use_store(AnnotationStore.open(location))  # opened again: the box shows the stored mark
+    assert not widget.names_unsure_box.isChecked()
+    with qtbot.waitSignal(widget.case_opened, timeout=30_000):
+        widget.open_case(CASE_ID)
+    assert widget.names_unsure_box.isChecked()
+
     with qtbot.waitSignal(widget.job_done, timeout=30_000):
         qtbot.mouseClick(widget.names_unsure_box, Qt.MouseButton.LeftButton)
     assert not widget.names_unsure_box.isChecked() and widget.table.item(row, 1).text() == "in progress"

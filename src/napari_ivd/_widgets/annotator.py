@@ -51,7 +51,7 @@ from napari_ivd.layer_data import image_layer_data
 from napari_ivd.model_versions import ModelChoice
 from napari_ivd.models import cuda_available
 from napari_ivd.progress import Job, Progress, Tally, call_job
-from napari_ivd.store import AnnotationStore, CaseInfo
+from napari_ivd.store import AnnotationStore
 from napari_ivd.store.schema import default_author
 
 log = logging.getLogger(__name__)
@@ -251,6 +251,8 @@ class AnnotatorWidget(QWidget):
             button.setEnabled(not busy)
         for button in (self.predict_button, self.save_button, self.verify_button, self.names_unsure_box):
             button.setEnabled(not busy and has_case)
+        if not busy:  # after every job (a failed mark unticks) and on a store change; a click shows while it runs
+            self._show_names_unsure(self.annotator.names_unsure)
         self.next_button.setEnabled(not busy and self.annotator.store is not None)
         self.cancel_button.setEnabled(busy)
         self.models.set_busy(busy)
@@ -364,7 +366,6 @@ class AnnotatorWidget(QWidget):
             self.case = CaseLayers(self.viewer, opened.case_id, opened.volume, opened.points, image, labels)
             self.case.labels.events.paint.connect(self._update_status)
         self.annotator.finish_open(opened, mask=self.case.labels.data)  # napari paints into the annotator's mask
-        self._show_names_unsure(opened.names_unsure)
         self.tools.set_case(self.case)
         self._update_status()
         self.table.show_current(opened.case_id)
@@ -524,13 +525,8 @@ class AnnotatorWidget(QWidget):
         if self.case is None or not self.annotator.is_open or unsure == self.annotator.names_unsure:
             return
         what = f"Mark the level names of {self.annotator.case_id} {'unsure' if unsure else 'sure'}"
-
-        def stored(info: CaseInfo) -> None:
-            self.table.update_case(info)
-            if info.case_id == self.annotator.case_id:
-                self._show_names_unsure(info.names_unsure)
-
-        self.run_job(self.annotator.names_unsure_steps(unsure), what, stored)
+        # the box follows the annotator's mark once the job ends (_set_busy)
+        self.run_job(self.annotator.names_unsure_steps(unsure), what, self.table.update_case)
 
     def _show_names_unsure(self, unsure: bool) -> None:
         """Tick the box as the store has it, without storing anything."""
@@ -547,7 +543,6 @@ class AnnotatorWidget(QWidget):
             shown = f"revision {annotator.parent_revision}"
         else:
             shown = f"proposal of {annotator.origin}" if annotator.origin else "no annotation yet"
-        self._show_names_unsure(annotator.names_unsure)  # after every job: a refused or failed mark unticks
         state = "unsaved changes" if annotator.has_unsaved_changes() else "no unsaved changes"
         self.status_label.setText(f"{annotator.case_id} · {shown} · {state}")
 
