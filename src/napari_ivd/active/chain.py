@@ -37,10 +37,8 @@ from napari_ivd import anatomy
 from napari_ivd.active.plausibility import Finding, longest_ordered
 from napari_ivd.skeleton import SkeletonPrior
 
-__all__ = ["SACRUM_DISC", "Chain", "Placeholder", "check_chain", "structure_step_mm"]
+__all__ = ["Chain", "Placeholder", "check_chain", "structure_step_mm"]
 
-#: The lowest disc: levels are counted from it.
-SACRUM_DISC = anatomy.SACRAL_DISC
 #: The sacrum's first body: when a chain names it (models that learnt S1), levels are counted from it.
 SACRUM = "S1"
 #: Uncertainty of a level missing between named ones.
@@ -199,7 +197,7 @@ def _missing_beyond(
 
 def _above_sacrum(present: Sequence[str]) -> str:
     """The lowest of the ``present`` structures down to L5-S1: L5-S1, or L5 when L5-S1 is marked absent."""
-    return max((name for name in present if _order(name) <= _order(SACRUM_DISC)), key=_order)
+    return max((name for name in present if _order(name) <= _order(anatomy.SACRAL_DISC)), key=_order)
 
 
 def _apart(upper: str, lower: str, absent: Collection[str]) -> int:
@@ -296,8 +294,8 @@ def check_chain(
     unanchored = ""
     if step_mm is not None and step_mm > 0:
         top = top or (prior.labels[0] if prior is not None else None)
-        if _order(names[-1]) < _order(SACRUM_DISC):
-            below = _missing_beyond(names[-1], 1, points, step_mm, extent_mm, SACRUM_DISC)
+        if _order(names[-1]) < _order(anatomy.SACRAL_DISC):
+            below = _missing_beyond(names[-1], 1, points, step_mm, extent_mm, anatomy.SACRAL_DISC)
             missing += below
             present = [s.name for s in anatomy.STRUCTURES if s.name not in gone]
             if not below and _order(names[-1]) < _order(_above_sacrum(present)):
