@@ -76,6 +76,21 @@ def test_a_deleted_head_is_reported_reimport_keeps_the_revisions_and_repair_rest
     assert fresh.check().ok, fresh.check().format()
 
 
+def test_a_rebuilt_head_says_that_status_and_names_unsure_mark_must_be_set_again(three, capsys):
+    """The records keep neither: the repair line must say so rather than drop them quietly."""
+    loc = three.location
+    three.set_status(CASE, "verified")
+    three.set_names_unsure(CASE)
+    (_case(three) / "HEAD").unlink()
+    code, out = _run(capsys, "store", "repair", loc)
+    assert code == 0 and "HEAD rebuilt from the records" in out and "the case is now 'in progress'" in out
+    assert f"napari-ivd store names-unsure STORE {CASE}" in out
+    info = AnnotationStore.open(loc).case(CASE)
+    assert (info.status, info.names_unsure) == ("in progress", False)
+    code, out = _run(capsys, "store", "repair", loc)  # a consistent HEAD: nothing rebuilt, nothing said
+    assert code == 0 and "rebuilt" not in out
+
+
 def _image_volume() -> Volume:
     image = (np.arange(np.prod(SHAPE)) % 251).reshape(SHAPE).astype(np.int16)
     return Volume(image, GEOMETRY, Path("crash.nii.gz"))
@@ -97,7 +112,7 @@ def test_a_rolled_back_head_is_reported_a_save_on_it_deletes_nothing_and_repair_
         AnnotationStore.open(loc).save_revision(CASE, points, mask)
     assert _snapshot(Path(loc)) == before  # r000003 is still there, byte for byte
     code, out = _run(capsys, "store", "repair", loc, CASE)
-    assert code == 0 and "restored r000003" in out
+    assert code == 0 and "restored r000003" in out and "rebuilt" not in out  # HEAD kept: status and marks too
     fresh = AnnotationStore.open(loc)
     assert fresh.case(CASE).head == "r000003" and fresh.check().ok
     np.testing.assert_array_equal(fresh.load(CASE).mask_tss, r3.mask_tss)

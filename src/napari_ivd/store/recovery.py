@@ -78,13 +78,19 @@ def find_lost_entries(keys: KeyValue, case_id: str) -> list[str]:
 
 @dataclass(frozen=True)
 class RepairResult:
-    """What :func:`repair_case` did: the entries it listed again or marked again, those it could not verify."""
+    """What :func:`repair_case` did: the entries it listed again or marked again, those it could not verify.
+
+    ``rebuilt_status``: the status given to a lost ``HEAD`` rebuilt from the records (None when
+    none was rebuilt); the records hold neither the case's status nor its "level names unsure"
+    mark, so the line says what to set again.
+    """
 
     case_id: str
     restored: tuple[str, ...]
     unverified: tuple[str, ...]
     head: str | None
     marked: tuple[str, ...] = ()
+    rebuilt_status: str | None = None
 
     def format(self) -> str:
         """One line for the command line."""
@@ -101,7 +107,14 @@ class RepairResult:
             if self.unverified
             else ""
         )
-        return f"case {self.case_id}: {done}{'; ' + marked if marked else ''}{bad}"
+        lost = (
+            f"; HEAD rebuilt from the records, which keep no status or marks: the case is now {self.rebuilt_status!r}, "
+            "so mark it verified again if it was, and its level names unsure again if they were "
+            f"(`napari-ivd store names-unsure STORE {self.case_id}`)"
+            if self.rebuilt_status is not None
+            else ""
+        )
+        return f"case {self.case_id}: {done}{'; ' + marked if marked else ''}{bad}{lost}"
 
 
 def lost_cases(reader: StoreReader) -> list[str]:
@@ -248,7 +261,9 @@ def repair_case(reader: StoreReader, case_id: str) -> RepairResult:
         commit(keys, new)
         log.info("%s: case %s repaired, restored %s", reader.location, case_id, ", ".join(restored) or "HEAD")
         base = new
-    return RepairResult(case_id, restored, tuple(bad_r + bad_p), base.head, tuple(marked))
+    return RepairResult(
+        case_id, restored, tuple(bad_r + bad_p), base.head, tuple(marked), None if head is not None else base.status
+    )
 
 
 def _intact(reader: StoreReader, head: Head) -> Head:
