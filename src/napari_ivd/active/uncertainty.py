@@ -25,11 +25,14 @@ uncertain points or case-level findings (a missing level, names off by one, stru
 found only when perturbed, too few structures). Each missing level comes with a
 placeholder where it should be. Four forward passes per case in all.
 
-On the 31 VB3 cases the bundled starter never saw, the graded spread and peak and the two
-chain cues raise the rank correlation of uncertainty with the actual point error from
+On the 31 VB3 cases the starter of 2026-12-04 never saw, the graded spread and peak and the
+two chain cues raised the rank correlation of uncertainty with the actual point error from
 +0.23 to about +0.5 (``benchmarks/bench_point_uncertainty.py``; the weights were chosen on
-the odd-numbered cases only). Heatmap sharpness around the peak and the distance between
-the voted position and the heatmap maximum did not track the error there.
+the odd-numbered cases only); heatmap sharpness around the peak and the distance between
+the voted position and the heatmap maximum did not track the error there. Today's starter
+on its 34 unseen scans: +0.36; the VB3-naive base on 43 VB3 scans: +0.45 (2026-12-06,
+``benchmarks/point-uncertainty/``): chains named one level off on scans whose heatmaps are
+confident stay unflagged.
 """
 
 from __future__ import annotations
