@@ -2,7 +2,7 @@
 
     python benchmarks/bench_point_uncertainty.py [--model ivdnet-lumbar] [--data ../shared/data/lumbar]
                                                  [--all-held-out] [--sources VB1 ...] [--device cpu|cuda]
-                                                 [--json out.json]
+                                                 [--json out.json] [--replay earlier.json]
 
 Scores every held-out dev case of every contrast (the split `napari-ivd train` holds out,
 same seed; a model trained on one of them is refused), or with ``--all-held-out`` every
@@ -16,7 +16,10 @@ Last, the cases whose prediction a researcher must fix as a whole (a chain named
 a missed level: :func:`napari_ivd.metrics.chain_failures`, L5-S1 counted where
 :func:`~napari_ivd.metrics.sacrum_in_view`) and where the case score ranks them among the
 cases: the issue's target is every one of them in the top quarter. ``--json`` keeps every
-point's cues and every case's findings, so another case score can be judged from it offline.
+point's cues and every case's findings; ``--replay`` reports on such a file without scoring
+again. Before a change to the scorer is judged on a rerun, the report also prints the best
+other combinations of the cues (mean, maximum, noisy-or, each also without one cue) and
+ranks the cases by their points' mean uncertainty beside the ranking's case score.
 """
 
 from __future__ import annotations
@@ -46,38 +49,74 @@ def _spearman(x: list[float], y: list[float]) -> tuple[float | None, float | Non
     return float(result.statistic), float(result.pvalue)
 
 
-def _rank_failures(rows: list[dict]) -> dict:
-    """Print and return where the cases with a chain failure rank by case score (1 = first)."""
-    order = sorted(rows, key=lambda r: -r["score"])
+def _mean_point_uncertainty(rows: list[dict], points: list[dict]) -> dict[str, float]:
+    """Each case's mean point uncertainty (over its judged points); 1.0 for a case with none judged."""
+    by_case: dict[str, list[float]] = {}
+    for p in points:
+        by_case.setdefault(p["case"], []).append(p["uncertainty"])
+    return {r["case"]: float(np.mean(by_case[r["case"]])) if r["case"] in by_case else 1.0 for r in rows}
+
+
+def _rank_failures(rows: list[dict], scores: dict[str, float], label: str) -> dict:
+    """Print and return where the cases with a chain failure rank by ``scores`` (1 = first)."""
+    order = sorted(rows, key=lambda r: -scores[r["case"]])
     quarter = max(1, -(-len(order) // 4))
     failed = [(rank, r) for rank, r in enumerate(order, 1) if r["failures"]]
     inside = sum(rank <= quarter for rank, _ in failed)
     print(
-        f"\ncases with a chain failure (misnamed or missing level): {len(failed)} of {len(order)}; "
-        f"{inside} of them in the top quarter (rank <= {quarter})"
+        f"\ncases with a chain failure (misnamed or missing level), ranked by {label}: {len(failed)} of "
+        f"{len(order)}; {inside} of them in the top quarter (rank <= {quarter})"
     )
     for rank, r in failed:
-        print(f"  rank {rank:3d}  {r['case']:14s} score {r['score']:.2f}  {', '.join(r['failures'])}")
+        print(f"  rank {rank:3d}  {r['case']:14s} {label} {scores[r['case']]:.2f}  {', '.join(r['failures'])}")
     return {"top_quarter": quarter, "n_failed": len(failed), "in_top_quarter": inside}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model folder or bundled name (default: starter model)")
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/lumbar")
-    parser.add_argument("--all-held-out", action="store_true", help="every case not in the card's trained_on")
-    parser.add_argument("--sources", nargs="+", help="only cases of these sources (e.g. VB1 VB3)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+def _combinations(points: list[dict]) -> dict[str, np.ndarray]:
+    """Other ways to combine the cues: mean, maximum and noisy-or of all of them and of all but one."""
+    cues = np.array([[p[c] for c in CUES] for p in points], float).reshape(len(points), len(CUES))
+    out = {}
+    for left_out in (None, *CUES):
+        x = cues[:, [i for i, c in enumerate(CUES) if c != left_out]]
+        suffix = "" if left_out is None else f" without {left_out}"
+        out |= {f"mean{suffix}": x.mean(1), f"max{suffix}": x.max(1), f"noisy-or{suffix}": 1 - np.prod(1 - x, 1)}
+    return out
 
+
+def report(points: list[dict], rows: list[dict]) -> dict:
+    """Print how uncertainty tracks the point error, and where the failing cases rank; return the figures."""
+    error = [p["error_mm"] for p in points]
+    results: dict = {"spearman": {}, "combinations": {}}
+    print(f"\nSpearman rank correlation with the actual point error ({len(points)} points, {len(rows)} cases):")
+    for cue in ("uncertainty", *CUES):
+        rho, p_value = _spearman([p[cue] for p in points], error)
+        results["spearman"][cue] = {"rho": rho, "p": p_value}
+        print(f"  {cue:12s} " + ("constant over these points" if rho is None else f"rho {rho:+.3f}  (p {p_value:.2g})"))
+    for name, values in _combinations(points).items():
+        results["combinations"][name] = _spearman(list(values), error)[0]
+    best = sorted(((r, n) for n, r in results["combinations"].items() if r is not None), reverse=True)[:3]
+    print("  best other combinations of the cues: " + "; ".join(f"{n} {r:+.3f}" for r, n in best))
+    judged = [c for c in rows if c["error_mm"] is not None]
+    mean_points = _mean_point_uncertainty(rows, points)
+    case_scores = {"score": {r["case"]: r["score"] for r in rows}, "mean point uncertainty": mean_points}
+    for label, scores in case_scores.items():
+        rho, p_value = _spearman([scores[c["case"]] for c in judged], [c["error_mm"] for c in judged])
+        results["spearman"]["case_score" if label == "score" else "case_mean_points"] = {"rho": rho, "p": p_value}
+        shown = "undefined" if rho is None else f"rho {rho:+.3f}  (p {p_value:.2g})"
+        print(f"  case {label} vs mean case error: {shown}")
+    results["failures_ranked"] = _rank_failures(rows, case_scores["score"], "score")
+    results["failures_ranked_by_mean_points"] = _rank_failures(rows, mean_points, "mean point uncertainty")
+    return results
+
+
+def _score_cases(args: argparse.Namespace) -> tuple[str, list[dict], list[dict]]:
+    """Score every judged case with the active-learning scorer: (model name, per-point rows, per-case rows)."""
     device = resolve_device(args.device)
     model, card = load_checkpoint(find_model_dir(args.model), device=device)
     try:
         dev = judged_cases(load_lumbar_cases(args.data), card, unseen=args.all_held_out, sources=args.sources or ())
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-
     points: list[dict] = []
     rows: list[dict] = []
     print(f"model {card['name']} on {device}; {len(dev)} dev cases")
@@ -116,18 +155,27 @@ def main() -> None:
             + (f"  [{', '.join(failures)}]" if failures else "")
         )
 
-    error = [p["error_mm"] for p in points]
-    results = {"model": card["name"], "n_points": len(points), "cases": rows, "points": points, "spearman": {}}
-    print(f"\nSpearman rank correlation with the actual point error ({len(points)} points, {len(rows)} cases):")
-    for cue in ("uncertainty", *CUES):
-        rho, p_value = _spearman([p[cue] for p in points], error)
-        results["spearman"][cue] = {"rho": rho, "p": p_value}
-        print(f"  {cue:12s} " + ("constant over these points" if rho is None else f"rho {rho:+.3f}  (p {p_value:.2g})"))
-    judged = [c for c in rows if c["error_mm"] is not None]
-    rho, p_value = _spearman([c["score"] for c in judged], [c["error_mm"] for c in judged])
-    results["spearman"]["case_score"] = {"rho": rho, "p": p_value}
-    print("  case score vs mean case error: " + ("undefined" if rho is None else f"rho {rho:+.3f}  (p {p_value:.2g})"))
-    results["failures_ranked"] = _rank_failures(rows)
+    return card["name"], points, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model folder or bundled name (default: starter model)")
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/lumbar")
+    parser.add_argument("--all-held-out", action="store_true", help="every case not in the card's trained_on")
+    parser.add_argument("--sources", nargs="+", help="only cases of these sources (e.g. VB1 VB3)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", type=Path, help="write every point's cues and every case's findings here")
+    parser.add_argument("--replay", type=Path, help="report on an earlier run's --json instead of scoring")
+    args = parser.parse_args()
+
+    if args.replay is not None:
+        earlier = json.loads(args.replay.read_text())
+        name, points, rows = earlier["model"], earlier["points"], earlier["cases"]
+        print(f"model {name}: {args.replay} ({len(rows)} cases)")
+    else:
+        name, points, rows = _score_cases(args)
+    results = {"model": name, "n_points": len(points), "cases": rows, "points": points} | report(points, rows)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

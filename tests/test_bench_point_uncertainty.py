@@ -1,0 +1,78 @@
+"""The point-uncertainty benchmark's report: correlations, other cue combinations, failing cases' ranks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from bench_point_uncertainty import CUES, _combinations, main, report
+
+
+def _point(case: str, error_mm: float, spread: float, chain: float = 0.0) -> dict:
+    cues = dict.fromkeys(CUES, 0.0) | {"spread": spread, "chain": chain}
+    uncertainty = 1 - (1 - spread) * (1 - chain)
+    return {"case": case, "level": "L1", "uncertainty": uncertainty, "error_mm": error_mm} | cues
+
+
+def _run() -> tuple[list[dict], list[dict]]:
+    """Four cases: 'off' is named a level off (30 mm) and ranks last by score but first by its points."""
+    points = [
+        _point("off", 30.0, 0.8, 0.9),
+        _point("off", 31.0, 0.9, 0.9),
+        _point("a", 1.0, 0.1),
+        _point("a", 2.0, 0.2),
+        _point("b", 3.0, 0.3),
+        _point("b", 4.0, 0.4),
+        _point("c", 5.0, 0.5),
+    ]
+    rows = [
+        {"case": "off", "score": 0.1, "error_mm": 30.5, "failures": ["misnamed"]},
+        {"case": "a", "score": 0.9, "error_mm": 1.5, "failures": []},
+        {"case": "b", "score": 0.8, "error_mm": 3.5, "failures": []},
+        {"case": "c", "score": 0.7, "error_mm": 5.0, "failures": []},
+    ]
+    return points, rows
+
+
+def test_the_report_ranks_failing_cases_by_both_case_scores_and_tracks_the_point_error(capsys):
+    points, rows = _run()
+    results = report(points, rows)
+    assert results["spearman"]["spread"]["rho"] == pytest.approx(1.0)
+    assert results["spearman"]["case_score"]["rho"] == pytest.approx(-1.0)
+    assert results["spearman"]["case_mean_points"]["rho"] == pytest.approx(1.0)
+    assert results["failures_ranked"] == {"top_quarter": 1, "n_failed": 1, "in_top_quarter": 0}
+    assert results["failures_ranked_by_mean_points"] == {"top_quarter": 1, "n_failed": 1, "in_top_quarter": 1}
+    out = capsys.readouterr().out
+    assert "rank   4  off" in out and "rank   1  off" in out
+
+
+def test_a_case_with_nothing_judged_ranks_first_by_its_points():
+    points, rows = _run()
+    rows.append({"case": "empty", "score": 0.0, "error_mm": None, "failures": ["missing level"]})
+    results = report(points, rows)
+    assert results["failures_ranked_by_mean_points"]["in_top_quarter"] == 2  # 'empty' (1.0) and 'off'
+
+
+def test_the_combinations_include_each_cue_left_out():
+    points, _ = _run()
+    combos = _combinations(points)
+    assert len(combos) == 3 * (1 + len(CUES))
+    assert combos["noisy-or"] == pytest.approx([p["uncertainty"] for p in points])
+    assert combos["max without spread"] == pytest.approx([0.9, 0.9, 0, 0, 0, 0, 0])
+
+
+def test_replay_reports_on_an_earlier_json_without_scoring(tmp_path, monkeypatch, capsys):
+    points, rows = _run()
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"model": "m", "points": points, "cases": rows}))
+    again = tmp_path / "again.json"
+    monkeypatch.setattr(sys, "argv", ["bench", "--replay", str(earlier), "--json", str(again)])
+    main()
+    assert "model m:" in capsys.readouterr().out
+    written = json.loads(again.read_text())
+    assert written["points"] == points and written["failures_ranked_by_mean_points"]["in_top_quarter"] == 1
