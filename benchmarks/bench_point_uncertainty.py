@@ -17,9 +17,11 @@ a missed level: :func:`napari_ivd.metrics.chain_failures`, L5-S1 counted where
 :func:`~napari_ivd.metrics.sacrum_in_view`) and where the case score ranks them among the
 cases: the issue's target is every one of them in the top quarter. ``--json`` keeps every
 point's cues and every case's findings; ``--replay`` reports on such a file without scoring
-again. Before a change to the scorer is judged on a rerun, the report also prints the best
-other combinations of the cues (mean, maximum, noisy-or, each also without one cue) and
-ranks the cases by their points' mean uncertainty beside the ranking's case score.
+again. The combined uncertainty's rho also gets a 95 % interval from resampling whole cases
+(a case's points share its errors, so the p value over points flatters a few scans).
+Before a change to the scorer is judged on a rerun, the report also prints the best other
+combinations of the cues (mean, maximum, noisy-or, each also without one cue) and ranks the
+cases by their points' mean uncertainty beside the ranking's case score.
 """
 
 from __future__ import annotations
@@ -47,6 +49,32 @@ def _spearman(x: list[float], y: list[float]) -> tuple[float | None, float | Non
         return None, None
     result = spearmanr(x, y)
     return float(result.statistic), float(result.pvalue)
+
+
+def _case_interval(points: list[dict], resamples: int = 1000, seed: int = 0) -> tuple[float, float] | None:
+    """95 % interval of the uncertainty's rho when whole cases are drawn again with replacement.
+
+    A case's points share its errors (a chain named one level off puts them all 30 mm out),
+    so they are not independent: resampling cases, not points, says how far a rho measured
+    on a few scans would move on other scans like them. None with fewer than two cases.
+    """
+    by_case: dict[str, list[dict]] = {}
+    for p in points:
+        by_case.setdefault(p["case"], []).append(p)
+    cases = list(by_case.values())
+    if len(cases) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    rhos = []
+    for _ in range(resamples):
+        drawn = [p for i in rng.integers(len(cases), size=len(cases)) for p in cases[i]]
+        rho = _spearman([p["uncertainty"] for p in drawn], [p["error_mm"] for p in drawn])[0]
+        if rho is not None:
+            rhos.append(rho)
+    if not rhos:
+        return None
+    low, high = np.percentile(rhos, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def _mean_point_uncertainty(rows: list[dict], points: list[dict]) -> dict[str, float]:
@@ -92,6 +120,10 @@ def report(points: list[dict], rows: list[dict]) -> dict:
         rho, p_value = _spearman([p[cue] for p in points], error)
         results["spearman"][cue] = {"rho": rho, "p": p_value}
         print(f"  {cue:12s} " + ("constant over these points" if rho is None else f"rho {rho:+.3f}  (p {p_value:.2g})"))
+    interval = _case_interval(points)
+    results["spearman"]["uncertainty"]["case_interval"] = interval
+    if interval is not None:
+        print(f"  uncertainty's rho, 95 % interval resampling whole cases: {interval[0]:+.3f} to {interval[1]:+.3f}")
     for name, values in _combinations(points).items():
         results["combinations"][name] = _spearman(list(values), error)[0]
     best = sorted(((r, n) for n, r in results["combinations"].items() if r is not None), reverse=True)[:3]

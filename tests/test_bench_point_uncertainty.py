@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from bench_point_uncertainty import CUES, _combinations, main, report
+from bench_point_uncertainty import CUES, _case_interval, _combinations, main, report
 
 
 def _point(case: str, error_mm: float, spread: float, chain: float = 0.0) -> dict:
@@ -76,3 +76,17 @@ def test_replay_reports_on_an_earlier_json_without_scoring(tmp_path, monkeypatch
     assert "model m:" in capsys.readouterr().out
     written = json.loads(again.read_text())
     assert written["points"] == points and written["failures_ranked_by_mean_points"]["in_top_quarter"] == 1
+
+
+def test_the_interval_resamples_whole_cases():
+    same = [_point(case, error, error / 10) for case in "abcd" for error in (1.0, 2.0, 3.0)]
+    assert _case_interval(same) == pytest.approx((1.0, 1.0))
+    # Only the two 'off' cases make rho positive; inside every other case uncertainty runs
+    # against the error. About 1 in 11 draws of six cases misses both (rho -1): the 2.5th
+    # percentile but not the 25th; a draw of 20 points almost never does.
+    off = [_point(case, 30.0 + i, 0.9 + i / 100) for case in ("off1", "off2") for i in range(4)]
+    against = [_point(case, 4.0 - i, i / 10) for case in "abcd" for i in (1, 2, 3)]
+    low, high = _case_interval(off + against)
+    assert low == pytest.approx(-1.0) and high > 0.5
+    assert report(off + against, [])["spearman"]["uncertainty"]["case_interval"] == pytest.approx((low, high))
+    assert _case_interval(off[:4]) is None  # one case
