@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from bench_adapt import _store_with, plan_jobs, table
+import bench_adapt
+from bench_adapt import _store_with, plan_jobs, score, table
 
 from phantom_support import phantom_case
 
@@ -56,11 +58,29 @@ def test_the_table_gives_the_active_model_s_identification_the_base_where_train_
     rows = [row(1, 0, "base", 0.5), row(2, 0, "base", 0.7), row(1, 4, "fine-tuned", 0.9, True)]
     rows.append(row(2, 4, "fine-tuned", 0.1, False))
     lines = table(rows).splitlines()
-    assert lines[-1].endswith("| 50.00 ± 40.00 | 2.00 ± 0.00 | 2.00 ± 0.00 | 2, 1 activated | 80.00 ± 10.00 |")
-    assert lines[-2].endswith("| 2 | – |")  # the bases: no active-model column
+    assert lines[-1].endswith("| 50.00 ± 40.00 | 2.00 ± 0.00 | 2.00 ± 0.00 | 2, 1 activated | 80.00 ± 10.00 | – |")
+    assert lines[-2].endswith("| 2 | – | – |")  # the bases: no active-model column; runs of before: no nameable figure
+    rows[0]["metrics"]["identification_nameable"] = 0.625
+    assert table(rows).splitlines()[-2].endswith("| 2 | – | 62.50 |")
 
 
 def test_a_store_built_for_a_run_marks_the_cases_named_unsure(tmp_path):
     case, _ = phantom_case(("L3", "L4", "L5"), {"L3", "L4", "L5"})
     assert _store_with([case], tmp_path / "a", names_unsure={"phantom/case"}).case("phantom-case").names_unsure
     assert not _store_with([case], tmp_path / "b").case("phantom-case").names_unsure
+
+
+def test_identification_of_the_nameable_levels_leaves_out_the_levels_the_model_lacks(monkeypatch):
+    """Two cases, 10 reference levels; 2 (T10, S1) are not among the model's labels; 6 identified."""
+    figures = {"dtt_mean_mm": 2.0, "dtt_sd_mm": 1.0, "fpr": 0.0}
+    summary = {
+        "disc": figures | {"n_annotated": 4, "identification": 0.5},
+        "vertebra": figures | {"n_annotated": 6, "identification": 2 / 3},
+    }
+    monkeypatch.setattr(bench_adapt, "evaluate_cases", lambda *args: {"keypoints": summary})
+    levels = (["T10", "L1", "L1-L2", "L2", "L2-L3"], ["L3", "L3-L4", "L4", "L4-L5", "S1"])
+    cases = [SimpleNamespace(keypoints_vox=dict.fromkeys(names)) for names in levels]
+    card = {"labels": ["L1", "L1-L2", "L2", "L2-L3", "L3", "L3-L4", "L4", "L4-L5", "L5"]}
+    metrics = score(None, card, cases, "cpu")
+    assert metrics["identification"] == pytest.approx(0.6)
+    assert metrics["identification_nameable"] == pytest.approx(0.75)
