@@ -18,7 +18,9 @@ a missed level: :func:`napari_ivd.metrics.chain_failures`, L5-S1 counted where
 cases: the issue's target is every one of them in the top quarter. ``--json`` keeps every
 point's cues and every case's findings; ``--replay`` reports on such a file without scoring
 again. The combined uncertainty's rho also gets a 95 % interval from resampling whole cases
-(a case's points share its errors, so the p value over points flatters a few scans).
+(a case's points share its errors, so the p value over points flatters a few scans), and
+the report says how many points the viewer marks as likely wrong and how many of the points
+more than 5 mm off are among them.
 Before a change to the scorer is judged on a rerun, the report also prints the best other
 combinations of the cues (mean, maximum, noisy-or, each also without one cue) and ranks the
 cases by their points' mean uncertainty beside the ranking's case score.
@@ -33,15 +35,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import mannwhitneyu, spearmanr
 
-from napari_ivd.active import score_volume_steps
+from napari_ivd.active import UNSURE_POINT, score_volume_steps
 from napari_ivd.metrics import chain_failures, sacrum_in_view
 from napari_ivd.models import find_model_dir, load_checkpoint, resolve_device
 from napari_ivd.training.cases import judged_cases, load_lumbar_cases
 from napari_ivd.worklist import run_steps
 
 CUES = ("spread", "lost", "renamed", "peak", "shape", "chain", "chain_weak", "chain_moves")
+#: A point farther than this from its reference is wrong (the distance FNR and FPR are counted at).
+WRONG_MM = 5.0
 
 
 def _spearman(x: list[float], y: list[float]) -> tuple[float | None, float | None]:
@@ -75,6 +79,25 @@ def _case_interval(points: list[dict], resamples: int = 1000, seed: int = 0) -> 
         return None
     low, high = np.percentile(rhos, [2.5, 97.5])
     return float(low), float(high)
+
+
+def _highlighted(points: list[dict]) -> dict:
+    """What the viewer's orange border does: the points it marks, the wrong ones among them, and the AUC.
+
+    A point is marked at :data:`~napari_ivd.active.UNSURE_POINT` or more; wrong is more than
+    :data:`WRONG_MM` from its reference. The AUC is the chance that a wrong point is more
+    uncertain than a right one (ties count half; None without both).
+    """
+    wrong = [p["uncertainty"] for p in points if p["error_mm"] > WRONG_MM]
+    right = [p["uncertainty"] for p in points if p["error_mm"] <= WRONG_MM]
+    auc = mannwhitneyu(wrong, right).statistic / (len(wrong) * len(right)) if wrong and right else None
+    marked = [p for p in points if p["uncertainty"] >= UNSURE_POINT]
+    return {
+        "marked": len(marked),
+        "wrong": len(wrong),
+        "wrong_marked": sum(p["error_mm"] > WRONG_MM for p in marked),
+        "auc": None if auc is None else float(auc),
+    }
 
 
 def _mean_point_uncertainty(rows: list[dict], points: list[dict]) -> dict[str, float]:
@@ -124,6 +147,13 @@ def report(points: list[dict], rows: list[dict]) -> dict:
     results["spearman"]["uncertainty"]["case_interval"] = interval
     if interval is not None:
         print(f"  uncertainty's rho, 95 % interval resampling whole cases: {interval[0]:+.3f} to {interval[1]:+.3f}")
+    shown = results["highlighted"] = _highlighted(points)
+    auc = "undefined" if shown["auc"] is None else f"{shown['auc']:.2f}"
+    print(
+        f"  marked in the viewer (uncertainty >= {UNSURE_POINT}): {shown['marked']} of {len(points)} points, "
+        f"{shown['wrong_marked']} of the {shown['wrong']} more than {WRONG_MM:g} mm off; "
+        f"AUC of uncertainty for those {auc}"
+    )
     for name, values in _combinations(points).items():
         results["combinations"][name] = _spearman(list(values), error)[0]
     best = sorted(((r, n) for n, r in results["combinations"].items() if r is not None), reverse=True)[:3]

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from bench_point_uncertainty import CUES, _case_interval, _combinations, main, report
+from bench_point_uncertainty import CUES, _case_interval, _combinations, _highlighted, main, report
 
 
 def _point(case: str, error_mm: float, spread: float, chain: float = 0.0) -> dict:
@@ -90,3 +90,11 @@ def test_the_interval_resamples_whole_cases():
     assert low == pytest.approx(-1.0) and high > 0.5
     assert report(off + against, [])["spearman"]["uncertainty"]["case_interval"] == pytest.approx((low, high))
     assert _case_interval(off[:4]) is None  # one case
+
+
+def test_the_marked_points_and_the_auc_count_the_points_more_than_5_mm_off():
+    points, _ = _run()  # uncertainties 0.98, 0.99, 0.1, 0.2, 0.3, 0.4, 0.5; errors 30, 31, 1, 2, 3, 4, 5
+    assert _highlighted(points) == {"marked": 2, "wrong": 2, "wrong_marked": 2, "auc": pytest.approx(1.0)}
+    points[0]["uncertainty"] = 0.45  # one wrong point below the mark, and below one right point
+    assert _highlighted(points) == {"marked": 1, "wrong": 2, "wrong_marked": 1, "auc": pytest.approx(0.9)}
+    assert _highlighted(points[2:])["auc"] is None  # none wrong (5.0 mm is not more than 5)

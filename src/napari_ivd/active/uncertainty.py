@@ -82,9 +82,9 @@ NOTEWORTHY = 0.3
 EXPECTED_STRUCTURES = 6
 #: The case score: weights of the highest, second and third uncertainty among points and findings.
 TOP_WEIGHTS = (0.6, 0.25, 0.15)
-#: A point at least this uncertain is highlighted in the viewer as likely wrong (on the unseen
-#: VB3/VB1 scans, duplicates merged, 2026-12-05, benchmarks/point-uncertainty/starter-all-held-out.json:
-#: 76 of 286 points, 21 of the 29 that are more than 5 mm off).
+#: A point at least this uncertain is highlighted in the viewer as likely wrong. The starter on
+#: its 34 unseen scans marks 101 of 311 points, 22 of the 30 more than 5 mm off; a model bad at a
+#: source marks nearly all (``bench_point_uncertainty.py --replay benchmarks/point-uncertainty/*.json``).
 UNSURE_POINT = 0.7
 #: The reason of a point, or of a case, in which no cue found anything.
 NO_DOUBT = "no doubt found"
