@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import mannwhitneyu, spearmanr
 
-from napari_ivd.active import UNSURE_POINT, score_volume_steps
+from napari_ivd.active import UNSURE_POINT, CaseRecord, VolumeScore, rank, score_volume_steps
+from napari_ivd.active.plausibility import Finding
 from napari_ivd.metrics import chain_failures, sacrum_in_view
 from napari_ivd.models import find_model_dir, load_checkpoint, resolve_device
 from napari_ivd.training.cases import judged_cases, load_lumbar_cases
@@ -108,18 +109,31 @@ def _mean_point_uncertainty(rows: list[dict], points: list[dict]) -> dict[str, f
     return {r["case"]: float(np.mean(by_case[r["case"]])) if r["case"] in by_case else 1.0 for r in rows}
 
 
-def _rank_failures(rows: list[dict], scores: dict[str, float], label: str) -> dict:
-    """Print and return where the cases with a chain failure rank by ``scores`` (1 = first)."""
-    order = sorted(rows, key=lambda r: -scores[r["case"]])
-    quarter = max(1, -(-len(order) // 4))
-    failed = [(rank, r) for rank, r in enumerate(order, 1) if r["failures"]]
-    inside = sum(rank <= quarter for rank, _ in failed)
+def _ranking_order(rows: list[dict]) -> list[dict]:
+    """The rows in the order the viewer's ``uncertainty`` ranking gives their cases (cases to fix as a whole first)."""
+    records = [CaseRecord(r["case"], score=r["score"], fix_first=_volume_score(r).fix_first) for r in rows]
+    by_case = {r["case"]: r for r in rows}
+    return [by_case[ranked.case_id] for ranked in rank(records, "uncertainty")]
+
+
+def _volume_score(row: dict) -> VolumeScore:
+    """A case row's score and findings as the scorer gave them (points left out)."""
+    return VolumeScore(row["score"], row["reason"], (), tuple(Finding(**f) for f in row["findings"]), 0.0)
+
+
+def _rank_failures(rows: list[dict], scores: dict[str, float], label: str, order: list[dict] | None = None) -> dict:
+    """Print and return where the cases with a chain failure rank in ``order`` (default: by ``scores``; 1 = first)."""
+    ranked = order if order is not None else sorted(rows, key=lambda r: -scores[r["case"]])
+    quarter = max(1, -(-len(ranked) // 4))
+    failed = [(n, r) for n, r in enumerate(ranked, 1) if r["failures"]]
+    inside = sum(n <= quarter for n, _ in failed)
+    how = "the ranking (cases to fix as a whole first, then score)" if order is not None else label
     print(
-        f"\ncases with a chain failure (misnamed or missing level), ranked by {label}: {len(failed)} of "
-        f"{len(order)}; {inside} of them in the top quarter (rank <= {quarter})"
+        f"\ncases with a chain failure (misnamed or missing level), ranked by {how}: {len(failed)} of "
+        f"{len(ranked)}; {inside} of them in the top quarter (rank <= {quarter})"
     )
-    for rank, r in failed:
-        print(f"  rank {rank:3d}  {r['case']:14s} {label} {scores[r['case']]:.2f}  {', '.join(r['failures'])}")
+    for n, r in failed:
+        print(f"  rank {n:3d}  {r['case']:14s} {label} {scores[r['case']]:.2f}  {', '.join(r['failures'])}")
     return {"top_quarter": quarter, "n_failed": len(failed), "in_top_quarter": inside}
 
 
@@ -166,7 +180,7 @@ def report(points: list[dict], rows: list[dict]) -> dict:
         results["spearman"]["case_score" if label == "score" else "case_mean_points"] = {"rho": rho, "p": p_value}
         shown = "undefined" if rho is None else f"rho {rho:+.3f}  (p {p_value:.2g})"
         print(f"  case {label} vs mean case error: {shown}")
-    results["failures_ranked"] = _rank_failures(rows, case_scores["score"], "score")
+    results["failures_ranked"] = _rank_failures(rows, case_scores["score"], "score", _ranking_order(rows))
     results["failures_ranked_by_mean_points"] = _rank_failures(rows, mean_points, "mean point uncertainty")
     return results
 

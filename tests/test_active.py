@@ -37,11 +37,13 @@ from napari_ivd.active import (
     score_store_steps,
 )
 from napari_ivd.active.chain import UNANCHORED_UNCERTAINTY
+from napari_ivd.active.plausibility import Finding
 from napari_ivd.errors import RankingError
 from napari_ivd.inference import PredictedStructure, Prediction
 from napari_ivd.io import SagittalView, Volume, VolumeGeometry
 from napari_ivd.io.annotations import LabelledPoint
 from napari_ivd.models import UNetConfig, build, find_model_dir, load_checkpoint, save_checkpoint
+from napari_ivd.progress import Job
 from napari_ivd.skeleton import SkeletonPrior
 from napari_ivd.store import AnnotationStore
 from napari_ivd.worklist import run_steps
@@ -95,6 +97,18 @@ def test_uncertainty_strategy_puts_the_most_informative_case_first_and_leaves_ve
     assert [r.rank for r in rows] == [1, 2, 3, 4, 5]
     assert rows[0].score == pytest.approx(0.9) and rows[0].reason == "L4-L5 unsure (4.2 mm spread)"
     assert rows[-1].score is None and rows[-1].reason.startswith("not scored")
+
+
+def test_uncertainty_strategy_puts_the_cases_to_fix_as_a_whole_first_surest_first_whatever_their_score():
+    records = [
+        CaseRecord("sound-but-unsure", score=0.99),
+        CaseRecord("miscounted", score=0.5, fix_first=0.9),
+        CaseRecord("not-counted-from-the-sacrum", score=0.7, fix_first=UNANCHORED_UNCERTAINTY),
+        CaseRecord("gap", score=0.8, fix_first=0.9),
+        CaseRecord("unscored"),
+    ]
+    order = [r.case_id for r in rank(records, "uncertainty")]
+    assert order == ["gap", "miscounted", "not-counted-from-the-sacrum", "sound-but-unsure", "unscored"]
 
 
 def test_uncertainty_diversity_strategy_takes_the_different_case_before_a_near_duplicate():
@@ -284,10 +298,13 @@ def test_the_scorer_adds_the_chain_to_each_points_uncertainty_and_places_the_mis
     assert by_level["L2-L3"].components["chain"] == pytest.approx(0.9) and by_level["L2-L3"].uncertainty >= 0.9
     assert by_level["L5"].reason == "L5: no doubt found"
     assert scored.reason.startswith("names one level off from the sacrum") and scored.score > 0.5
+    assert scored.fix_first == pytest.approx(0.9)
+    assert assess(_prediction(spine), [_prediction(spine)] * 3, VIEW, _prior()).fix_first == 0.0
 
     short = {n: p for n, p in spine.items() if n != "L5-S1"}
     scored = assess(_prediction(short), [_prediction(short)] * 3, VIEW, _prior())
     assert scored.reason == "L5-S1 missing: the chain stops 63 mm above the end of the scan"
+    assert scored.fix_first == pytest.approx(0.8)
     (placeholder,) = scored.placeholders
     ijk = VIEW.display_to_vox(np.array([[32.0, *spine["L5-S1"]]]))[0]
     assert placeholder.level == "L5-S1" and placeholder.position == pytest.approx(GEOMETRY.vox_to_mm(ijk[None])[0])
@@ -389,6 +406,7 @@ def test_weak_peaks_and_an_empty_prediction():
     assert weak.reason.endswith("weak (0.15 peak)") and weak.score == pytest.approx(1 - 0.15**2)  # own and chain's
     nothing = assess(_prediction({}), [], VIEW)
     assert (nothing.score, nothing.reason, nothing.points) == (1.0, "no disc or vertebra found", ())
+    assert nothing.fix_first == 1.0  # the whole case to annotate: ranked first
 
 
 def test_a_disc_named_from_the_mask_alone_says_so_rather_than_weak():
@@ -514,6 +532,29 @@ def test_a_cache_of_another_scoring_version_or_image_is_not_trusted(counted):
     cache.save()
     _ranked(store)
     assert counted["scored"][4:] == ["n0.nii.gz"]
+
+
+def test_a_store_case_the_chain_checks_say_to_fix_ranks_first_also_from_the_cache(monkeypatch):
+    """scan-1 scores low but misses a level; scan-0 scores high with nothing to fix as a whole."""
+    real = ranking.score_volume_steps
+
+    def score(volume, *args, **kwargs):
+        job = real(volume, *args, **kwargs)
+
+        def body(tally):
+            scored = yield from tally.run(job)
+            if volume.path.name != "n1.nii.gz":
+                return replace(scored, score=0.95, reason="L3 weak (0.05 peak)", findings=())
+            return replace(scored, score=0.3, findings=(Finding(0.9, "L4 missing between L3 and L5", "L4", True),))
+
+        return Job(job.total, body)
+
+    monkeypatch.setattr(ranking, "score_volume_steps", score)
+    store = _store()
+    first = _ranked(store)
+    assert [(c.case_id, c.score) for c in first.cases] == [("scan-1", pytest.approx(0.3)), ("scan-0", 0.95)]
+    monkeypatch.setattr(ranking, "score_volume_steps", real)
+    assert _ranked(store).case_ids() == ["scan-1", "scan-0"]  # the cache keeps what the checks found
 
 
 def test_ranking_a_store_with_an_unknown_strategy_is_refused():

@@ -36,7 +36,7 @@ def _run() -> tuple[list[dict], list[dict]]:
         {"case": "b", "score": 0.8, "error_mm": 3.5, "failures": []},
         {"case": "c", "score": 0.7, "error_mm": 5.0, "failures": []},
     ]
-    return points, rows
+    return points, [r | {"reason": "", "findings": []} for r in rows]
 
 
 def test_the_report_ranks_failing_cases_by_both_case_scores_and_tracks_the_point_error(capsys):
@@ -51,9 +51,21 @@ def test_the_report_ranks_failing_cases_by_both_case_scores_and_tracks_the_point
     assert "rank   4  off" in out and "rank   1  off" in out
 
 
+def test_the_ranking_puts_a_case_the_chain_checks_say_to_fix_first_whatever_its_score(capsys):
+    points, rows = _run()
+    found = {"uncertainty": 0.9, "reason": "names one level off from the sacrum", "level": "L5", "headline": True}
+    rows[0]["findings"] = [found]
+    assert report(points, rows)["failures_ranked"]["in_top_quarter"] == 1
+    assert "rank   1  off            score 0.10" in capsys.readouterr().out
+    rows[0]["findings"] = [found | {"headline": False}]  # the same doubt as a mere cue: the score decides
+    assert report(points, rows)["failures_ranked"]["in_top_quarter"] == 0
+
+
 def test_a_case_with_nothing_judged_ranks_first_by_its_points():
     points, rows = _run()
-    rows.append({"case": "empty", "score": 0.0, "error_mm": None, "failures": ["missing level"]})
+    rows.append(
+        {"case": "empty", "score": 0.0, "error_mm": None, "failures": ["missing level"], "reason": "", "findings": []}
+    )
     results = report(points, rows)
     assert results["failures_ranked_by_mean_points"]["in_top_quarter"] == 2  # 'empty' (1.0) and 'off'
 

@@ -51,8 +51,9 @@ class Finding:
     """Something suspicious, how suspicious (0..1) and why, in words.
 
     ``level`` names the structure it concerns (None for the whole case); ``headline`` marks
-    what a researcher fixes (a missing level, names off by one), which becomes the case's
-    reason before the symptoms it causes (an odd spacing, a point off the learned shape).
+    what a researcher fixes (nothing found, a missing level, names off by one), which becomes
+    the case's reason before the symptoms it causes (an odd spacing, a point off the learned
+    shape) and puts the case first in the ``uncertainty`` ranking.
     """
 
     uncertainty: float

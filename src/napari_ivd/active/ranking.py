@@ -3,7 +3,9 @@
 Strategies (:data:`STRATEGIES`):
 
 * ``random``: a seeded shuffle, the baseline every other strategy must beat;
-* ``uncertainty``: most informative first (:mod:`napari_ivd.active.uncertainty`);
+* ``uncertainty``: first the cases the chain checks say need fixing as a whole (a missing
+  level, names off by one, names not counted from the sacrum), then the most informative
+  (:mod:`napari_ivd.active.uncertainty`);
 * ``uncertainty+diversity``: greedy k-center over the model's embeddings weighted by
   uncertainty (:mod:`napari_ivd.active.diversity`), so a batch of picks does not repeat
   one kind of scan and covers what the verified cases do not.
@@ -48,8 +50,10 @@ class CaseRecord:
     """What ranking knows about one case.
 
     ``score`` is its informativeness in [0, 1] (None: not scored); ``embedding`` what the
-    model sees in it (None: not embedded). Verified cases are never ranked; their
-    embeddings are what ``uncertainty+diversity`` keeps away from.
+    model sees in it (None: not embedded); ``fix_first`` how sure the chain checks are that
+    the whole case needs fixing (:attr:`~napari_ivd.active.uncertainty.VolumeScore.fix_first`;
+    0: they found nothing). Verified cases are never ranked; their embeddings are what
+    ``uncertainty+diversity`` keeps away from.
     """
 
     case_id: str
@@ -57,6 +61,7 @@ class CaseRecord:
     score: float | None = None
     reason: str = ""
     embedding: np.ndarray | None = None
+    fix_first: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -98,8 +103,13 @@ def check_strategy(strategy: str) -> str:
 
 
 def _by_score(records: Sequence[CaseRecord]) -> list[CaseRecord]:
-    """Highest score first; unscored cases last; ties by case id."""
-    return sorted(records, key=lambda r: (r.score is None, -(r.score or 0.0), r.case_id))
+    """Cases to fix as a whole first (surest first), then highest score; unscored cases last; ties by case id.
+
+    A missing level or a miscount is the costliest error to find by eye and what a
+    correction teaches most; the score, a mix of cues, saturates near 1 on a scan the
+    model is bad at, so it alone ranked such cases among sound ones.
+    """
+    return sorted(records, key=lambda r: (r.score is None, -r.fix_first, -(r.score or 0.0), r.case_id))
 
 
 def _diverse(candidates: list[CaseRecord], labelled: list[CaseRecord]) -> list[tuple[CaseRecord, float | None, str]]:
@@ -139,7 +149,8 @@ def rank(records: Sequence[CaseRecord], strategy: str = "uncertainty", seed: int
     Returns
     -------
     list of RankedCase
-        Best first. ``score`` is the strategy's: the case's informativeness (``uncertainty``),
+        Best first (``uncertainty``: cases to fix as a whole first, see :class:`CaseRecord`).
+        ``score`` is the strategy's: the case's informativeness (``uncertainty``),
         its informativeness times its share of the largest remaining distance to what is
         annotated or picked (``uncertainty+diversity``), or the informativeness if known
         (``random``).
@@ -315,6 +326,7 @@ def _ranking(
                 None if score is None else score.score,
                 failed.get(info.case_id, "" if score is None else score.reason),
                 None if entry is None else entry.embedding,
+                0.0 if score is None else score.fix_first,
             )
         )
     return Ranking(strategy, key, tuple(rank(records, strategy, seed)), scores)

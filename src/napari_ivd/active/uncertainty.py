@@ -145,6 +145,15 @@ class VolumeScore:
     placeholders: tuple[Placeholder, ...] = ()
     prediction: Prediction | None = field(default=None, repr=False, compare=False)
 
+    @property
+    def fix_first(self) -> float:
+        """How sure the chain checks are that the whole case needs fixing: its strongest headline finding, else 0.
+
+        A missing level or names off by one (0.8-0.9), or names not counted from the sacrum
+        (0.35): what ranking puts first, before any score (:func:`napari_ivd.active.rank`).
+        """
+        return max((f.uncertainty for f in self.findings if f.headline), default=0.0)
+
     def unsure_levels(self, threshold: float = UNSURE_POINT) -> dict[str, float]:
         """Levels at least ``threshold`` uncertain, with their uncertainty (what the viewer highlights)."""
         return {p.level: p.uncertainty for p in self.points if p.uncertainty >= threshold}
@@ -345,7 +354,7 @@ def assess(
         placeholder per missing level.
     """
     if not plain.structures:
-        nothing = Finding(1.0, "no disc or vertebra found")
+        nothing = Finding(1.0, "no disc or vertebra found", headline=True)  # the whole case to annotate
         return VolumeScore(1.0, nothing.reason, (), (nothing,), plain.mid_sagittal_mm, prediction=plain)
     in_plane = plane_positions_mm(plain.structures, view)
     shape = implausibility(in_plane, prior)
