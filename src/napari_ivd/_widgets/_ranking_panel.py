@@ -33,9 +33,10 @@ log = logging.getLogger(__name__)
 #: Strategies in the order offered, with their tooltips. What they say of learning speed is
 #: the README's full-budget active-learning simulation without duplicated scans (VB3 left out, 5 seeds, 2026-12-06).
 STRATEGY_HELP = {
-    "uncertainty": "The cases most likely wrong first: missing or miscounted levels, the model's doubts"
-    " (perturbation spread, weak peaks, odd anatomy); in simulation it ended ahead of random after 10 cases"
-    " in 4 of 5 runs (level in the fifth), by too little to promise fewer corrections",
+    "uncertainty": "The cases most likely wrong first: nothing found, missing or miscounted levels, then the"
+    " model's doubts (perturbation spread, weak peaks, odd anatomy); in simulation (before missing and miscounted"
+    " levels came first) it ended ahead of random after 10 cases in 4 of 5 runs (level in the fifth), by too"
+    " little to promise fewer corrections",
     "uncertainty+diversity": "Doubtful and unlike the verified cases and each other (greedy k-center);"
     " in simulation it taught the model less than random (ahead in 1 of 5 runs)",
     "random": "A seeded random order: the baseline",
