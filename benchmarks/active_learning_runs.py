@@ -24,7 +24,9 @@ import numpy as np
 #: Bump when the benchmark's round logic (the cases, start draw, picking, fine-tuning, judging)
 #: changes what a seed measures: seeds run before and after then fall under different keys.
 #: 2: a scan shipped twice is one case (:func:`napari_ivd.training.cases.merge_duplicates`).
-ROUND_LOGIC = 2
+#: 3: the uncertainty order puts the cases the chain checks say to fix as a whole first
+#: (:attr:`napari_ivd.active.CaseRecord.fix_first`).
+ROUND_LOGIC = 3
 
 EXPERIMENT_FILE = "experiment.json"
 
@@ -54,11 +56,13 @@ def experiment_settings(
     max_pool: int | None,
     device: str,
     patience: int | None = None,
+    round_logic: int | None = None,
 ) -> dict[str, Any]:
     """What makes two seeds comparable; ``device`` is ``cpu`` or ``cuda`` (the budget is wall-clock time).
 
     ``patience`` (None: the viewer's early stopping) enters the settings only when given, so
-    the seeds run before the option existed keep their key.
+    the seeds run before the option existed keep their key. ``round_logic`` (None: today's,
+    :data:`ROUND_LOGIC`) names an earlier one, to report the seeds run under it.
     """
     return {
         "pool_source": pool_source,
@@ -73,7 +77,7 @@ def experiment_settings(
         "strategies": sorted(strategies),  # each strategy's rounds are independent of the others'
         "max_pool": max_pool,
         "device": device,
-        "round_logic": ROUND_LOGIC,
+        "round_logic": ROUND_LOGIC if round_logic is None else int(round_logic),
         **({"patience": int(patience)} if patience is not None else {}),
     }
 

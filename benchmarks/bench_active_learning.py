@@ -85,6 +85,7 @@ import numpy as np
 import torch
 from active_learning_runs import (
     EXPERIMENT_FILE,
+    ROUND_LOGIC,
     experiment_key,
     experiment_settings,
     merge,
@@ -303,6 +304,7 @@ def _settings(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         max_pool=args.max_pool,
         device=resolve_device(args.device).type,
         patience=args.patience,
+        round_logic=args.round_logic,
     )
 
 
@@ -567,7 +569,16 @@ def main() -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="run nothing: table and plot from the seeds finished so far"
     )
+    parser.add_argument(
+        "--round-logic",
+        type=int,
+        help=f"with --report-only: the seeds of an earlier round logic (today's: {ROUND_LOGIC}; its code is gone)",
+    )
     args = parser.parse_args()
+    if args.round_logic not in (None, ROUND_LOGIC) and not args.report_only:
+        parser.error(
+            f"--round-logic {args.round_logic} can only be reported (--report-only): seeds run today use {ROUND_LOGIC}"
+        )
     if not args.pool_source and not args.contrast:
         args.contrast = "water"
     shown = [a for a in sys.argv[1:] if a != "--report-only"]

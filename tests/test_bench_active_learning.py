@@ -95,6 +95,38 @@ def test_experiment_key_changes_with_the_round_logic(monkeypatch: pytest.MonkeyP
     assert _key() != before
 
 
+#: The README's command for the kept VB3 experiment, whose seeds ran under round logic 2.
+KEPT = Path(__file__).resolve().parents[1] / "benchmarks" / "active-learning-vb3"
+KEPT_COMMAND = (
+    f"--pool-source VB3 --base {KEPT / 'base'} --work {KEPT} --val-fraction 0.4 --start 2 --k 2 --rounds 4"
+    " --minutes 5 --patience 1000 --seeds 0 1 2 3 4 --workers 2 --device cpu --report-only"
+).split()
+
+
+def test_the_kept_experiment_is_reported_under_its_round_logic_and_not_under_today_s(monkeypatch, capsys, tmp_path):
+    import bench_active_learning as bench
+
+    png = ["--png", str(tmp_path / "report.png")]
+    monkeypatch.setattr(sys, "argv", ["bench", *KEPT_COMMAND, *png, "--round-logic", "2"])
+    bench.main()
+    assert "experiment e35ea9726f66: 5 of the 5 seeds asked for" in capsys.readouterr().out
+    assert (tmp_path / "report.csv").exists()
+    monkeypatch.setattr(sys, "argv", ["bench", *KEPT_COMMAND, *png])
+    with pytest.raises(SystemExit, match=r"no seed of experiment (.|\n)*e35ea9726f66 \(differs: round_logic 2 → 3\)"):
+        bench.main()
+
+
+def test_an_earlier_round_logic_cannot_run_new_seeds(monkeypatch, capsys):
+    import bench_active_learning as bench
+
+    monkeypatch.setattr(
+        sys, "argv", ["bench", *[a for a in KEPT_COMMAND if a != "--report-only"], "--round-logic", "2"]
+    )
+    with pytest.raises(SystemExit):
+        bench.main()
+    assert "--round-logic 2 can only be reported (--report-only)" in capsys.readouterr().err
+
+
 def _row(seed: int, strategy: str, n: int, identification: float, error_mm: float) -> dict[str, Any]:
     return {
         "seed": seed,
