@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from napari_ivd.models import find_model_dir, load_checkpoint
 from napari_ivd.progress import run_steps
 from napari_ivd.training.cases import load_lumbar_case
 from napari_ivd.training.data import SampleConfig
-from napari_ivd.training.engine import TrainConfig, evaluate_cases, evaluate_groups, fit
+from napari_ivd.training.engine import TrainConfig, evaluate_cases, evaluate_groups, fit, trained_on
 
 
 @pytest.mark.slow
@@ -138,3 +139,13 @@ def test_early_stopping_counts_worse_validations_not_ties(shared_data, tmp_path,
     assert sum(r.validation is not None for r in reports) == validated
     _, saved = load_checkpoint(tmp_path / "model")
     assert saved["steps"] == (6 if errors[0] == errors[1] else 1)
+
+
+def test_a_child_model_lists_what_its_parent_trained_on_before_its_own_cases():
+    cases = [SimpleNamespace(name=n) for n in ("VB3/case-02", "VB1/case-15")]
+    assert trained_on({"trained_on": ["VB1/case-15", "VB2/case-07"]}, cases) == [
+        "VB1/case-15",
+        "VB2/case-07",
+        "VB3/case-02",
+    ]
+    assert trained_on(None, cases) == ["VB3/case-02", "VB1/case-15"]  # from scratch: this run's cases

@@ -13,7 +13,7 @@ import pytest
 
 from napari_ivd.cli import build_parser, main
 from napari_ivd.model_versions import model_folder
-from napari_ivd.models import load_checkpoint, read_card
+from napari_ivd.models import find_model_dir, load_checkpoint, read_card
 from napari_ivd.store import AnnotationStore
 from napari_ivd.training.data import AUGMENTATIONS
 
@@ -58,7 +58,9 @@ def test_train_from_a_store_with_one_corrected_case_stores_an_unjudged_version_n
     assert "not active: no independent held-out case: not judged; Make active by hand if you trust it" in out
     assert AnnotationStore.open(location).active_model() is None
     card = version.card
-    assert card["trained_on"] == ["VB3-case-01"] and card["held_out"] == {"cases": [], "count": 0}
+    parent_seen = read_card(find_model_dir("ivdnet-lumbar"))["trained_on"]
+    assert card["trained_on"] == [*parent_seen, "VB3-case-01"]  # what the parent saw, then the correction
+    assert card["held_out"] == {"cases": [], "count": 0}
     assert card["metrics"]["validation"] is None and card["metrics_before"]["validation"] is None
     load_checkpoint(model_folder(store, version.model_id))  # a whole model, weights matching the card
     assert main(["store", "info", str(location)]) == 0

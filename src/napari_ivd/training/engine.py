@@ -237,6 +237,16 @@ def _starting_model(
     return cfg, config, to_device(build(cfg.model, config), device), None
 
 
+def trained_on(parent_card: dict[str, Any] | None, train_cases: Sequence[LabelledCase]) -> list[str]:
+    """Every case whose labels shaped the weights: the parent's (its card's ``trained_on``), then this run's.
+
+    A model fine-tuned or grown from a parent has seen what the parent saw, so judging it
+    "on cases it never saw" (``judged_cases(..., unseen=True)``) must leave those out too.
+    """
+    inherited = list((parent_card or {}).get("trained_on", []))
+    return inherited + [c.name for c in train_cases if c.name not in set(inherited)]
+
+
 def fit(
     cfg: TrainConfig,
     sample_cfg: SampleConfig,
@@ -254,7 +264,8 @@ def fit(
     worse than the best (one as good as the best replaces it and resets the count). Fine-tuning
     (``init_from``) keeps the parent's skeleton prior, learnt from more cases than a
     handful of corrections; when ``sample_cfg.labels`` hold levels the parent lacks, the
-    parent's heads and prior grow to them (:func:`starting_skeleton`). On CUDA the forward
+    parent's heads and prior grow to them (:func:`starting_skeleton`), and the card's
+    ``trained_on`` lists the parent's cases before this run's (:func:`trained_on`). On CUDA the forward
     pass runs in mixed precision and an out-of-memory step halves the batch and goes on. Under ``torchrun`` (see
     :mod:`napari_ivd.training.ddp`) every rank trains and only rank 0 validates and saves.
 
@@ -296,6 +307,7 @@ def _fit(
     if list(sample_cfg.labels) != labels:
         raise ValueError(f"sample labels {sample_cfg.labels} differ from the model's {labels}")
     skeleton = starting_skeleton(parent_card, train_cases, labels)
+    seen = trained_on(parent_card, train_cases)
     card = {
         "name": cfg.model,
         "labels": labels,
@@ -329,7 +341,7 @@ def _fit(
             "metrics": {"validation": validation},
             "train_config": cfg.to_dict(),
             "sample_config": sample_cfg.to_dict(),
-            "trained_on": [c.name for c in train_cases],
+            "trained_on": seen,
             "training_seconds": round(time.perf_counter() - start, 1),
             "steps": step,
             "device": str(device),
