@@ -107,10 +107,12 @@ def test_the_kept_experiment_is_reported_under_its_round_logic_and_not_under_tod
     import bench_active_learning as bench
 
     png = ["--png", str(tmp_path / "report.png")]
+    plotted: list[Path] = []
+    monkeypatch.setattr(bench, "plot", lambda results, path: plotted.append(path))  # matplotlib is a benchmark extra
     monkeypatch.setattr(sys, "argv", ["bench", *KEPT_COMMAND, *png, "--round-logic", "2"])
     bench.main()
     assert "experiment e35ea9726f66: 5 of the 5 seeds asked for" in capsys.readouterr().out
-    assert (tmp_path / "report.csv").exists()
+    assert (tmp_path / "report.csv").exists() and plotted == [tmp_path / "report.png"]
     monkeypatch.setattr(sys, "argv", ["bench", *KEPT_COMMAND, *png])
     with pytest.raises(SystemExit, match=r"no seed of experiment (.|\n)*e35ea9726f66 \(differs: round_logic 2 → 3\)"):
         bench.main()
