@@ -56,6 +56,14 @@ def _spearman(x: list[float], y: list[float]) -> tuple[float | None, float | Non
     return float(result.statistic), float(result.pvalue)
 
 
+def _points_by_case(points: list[dict]) -> dict[str, list[dict]]:
+    """The judged points grouped by their case."""
+    by_case: dict[str, list[dict]] = {}
+    for p in points:
+        by_case.setdefault(p["case"], []).append(p)
+    return by_case
+
+
 def _case_interval(points: list[dict], resamples: int = 1000, seed: int = 0) -> tuple[float, float] | None:
     """95 % interval of the uncertainty's rho when whole cases are drawn again with replacement.
 
@@ -63,10 +71,7 @@ def _case_interval(points: list[dict], resamples: int = 1000, seed: int = 0) -> 
     so they are not independent: resampling cases, not points, says how far a rho measured
     on a few scans would move on other scans like them. None with fewer than two cases.
     """
-    by_case: dict[str, list[dict]] = {}
-    for p in points:
-        by_case.setdefault(p["case"], []).append(p)
-    cases = list(by_case.values())
+    cases = list(_points_by_case(points).values())
     if len(cases) < 2:
         return None
     rng = np.random.default_rng(seed)
@@ -103,10 +108,11 @@ def _highlighted(points: list[dict]) -> dict:
 
 def _mean_point_uncertainty(rows: list[dict], points: list[dict]) -> dict[str, float]:
     """Each case's mean point uncertainty (over its judged points); 1.0 for a case with none judged."""
-    by_case: dict[str, list[float]] = {}
-    for p in points:
-        by_case.setdefault(p["case"], []).append(p["uncertainty"])
-    return {r["case"]: float(np.mean(by_case[r["case"]])) if r["case"] in by_case else 1.0 for r in rows}
+    by_case = _points_by_case(points)
+    return {
+        r["case"]: float(np.mean([p["uncertainty"] for p in by_case[r["case"]]])) if r["case"] in by_case else 1.0
+        for r in rows
+    }
 
 
 def _ranking_order(rows: list[dict]) -> list[dict]:
@@ -121,13 +127,11 @@ def _volume_score(row: dict) -> VolumeScore:
     return VolumeScore(row["score"], row["reason"], (), tuple(Finding(**f) for f in row["findings"]), 0.0)
 
 
-def _rank_failures(rows: list[dict], scores: dict[str, float], label: str, order: list[dict] | None = None) -> dict:
-    """Print and return where the cases with a chain failure rank in ``order`` (default: by ``scores``; 1 = first)."""
-    ranked = order if order is not None else sorted(rows, key=lambda r: -scores[r["case"]])
+def _rank_failures(ranked: list[dict], scores: dict[str, float], label: str, how: str) -> dict:
+    """Print and return where the cases with a chain failure rank in ``ranked`` (1 = first), shown with ``scores``."""
     quarter = max(1, -(-len(ranked) // 4))
     failed = [(n, r) for n, r in enumerate(ranked, 1) if r["failures"]]
     inside = sum(n <= quarter for n, _ in failed)
-    how = "the ranking (cases to fix as a whole first, then score)" if order is not None else label
     print(
         f"\ncases with a chain failure (misnamed or missing level), ranked by {how}: {len(failed)} of "
         f"{len(ranked)}; {inside} of them in the top quarter (rank <= {quarter})"
@@ -180,8 +184,12 @@ def report(points: list[dict], rows: list[dict]) -> dict:
         results["spearman"]["case_score" if label == "score" else "case_mean_points"] = {"rho": rho, "p": p_value}
         shown = "undefined" if rho is None else f"rho {rho:+.3f}  (p {p_value:.2g})"
         print(f"  case {label} vs mean case error: {shown}")
-    results["failures_ranked"] = _rank_failures(rows, case_scores["score"], "score", _ranking_order(rows))
-    results["failures_ranked_by_mean_points"] = _rank_failures(rows, mean_points, "mean point uncertainty")
+    results["failures_ranked"] = _rank_failures(
+        _ranking_order(rows), case_scores["score"], "score", "the ranking (cases to fix as a whole first, then score)"
+    )
+    by_points = sorted(rows, key=lambda r: -mean_points[r["case"]])
+    label = "mean point uncertainty"
+    results["failures_ranked_by_mean_points"] = _rank_failures(by_points, mean_points, label, label)
     return results
 
 

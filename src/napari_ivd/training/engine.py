@@ -244,7 +244,8 @@ def trained_on(parent_card: dict[str, Any] | None, train_cases: Sequence[Labelle
     "on cases it never saw" (``judged_cases(..., unseen=True)``) must leave those out too.
     """
     inherited = list((parent_card or {}).get("trained_on", []))
-    return inherited + [c.name for c in train_cases if c.name not in set(inherited)]
+    known = set(inherited)
+    return inherited + [c.name for c in train_cases if c.name not in known]
 
 
 def fit(
