@@ -30,6 +30,7 @@ from napari_ivd.models import (
     available,
     build,
     load_checkpoint,
+    read_card,
     save_checkpoint,
     usable_cpus,
 )
@@ -247,6 +248,16 @@ def test_card_that_is_not_json_or_from_the_future_is_refused(tmp_path: Path):
     (folder / CARD_NAME).write_text("{not json")
     with pytest.raises(CheckpointError, match=r"card\.json is not readable JSON"):
         load_checkpoint(folder)
+
+
+def test_a_card_whose_parent_names_no_model_is_refused_with_the_fix(tmp_path: Path):
+    """A hand-written ``parent`` would crash the model list; the card is refused with what to do."""
+    folder, _ = _trained_tiny(tmp_path)
+    _edit_card(folder, parent="ivdnet-lumbar (bundled starter)")
+    with pytest.raises(CheckpointError, match=r"'parent' must be an object naming the model.*remove or restore"):
+        read_card(folder)
+    _edit_card(folder, parent={"model": "ivdnet-lumbar", "stored": False})
+    assert read_card(folder)["parent"]["model"] == "ivdnet-lumbar"
 
 
 def test_weights_that_do_not_fit_the_card_config_are_refused_listing_the_shapes(tmp_path: Path):

@@ -18,6 +18,7 @@ from napari_ivd.io import read_volume
 from napari_ivd.models import BUNDLED_MODELS_DIR, find_model_dir, load_checkpoint, read_card
 
 CASE = "lumbar/VB2/case-07"  # stored I, P, R; 381 x 381 x 77; vertebrae T11-L5 annotated
+UNSEEN_OFF_BY_ONE = "lumbar/VB3/case-49"  # the starter never saw it and names it one level off
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +89,16 @@ def test_evaluate_cli_reports_the_papers_metrics(predicted, tmp_path, capsys):
 
 
 def test_predict_cli_says_what_to_check_first(shared_data, tmp_path, capsys):
-    assert main(["predict", str(shared_data / CASE / "image.nii.gz"), "--out", str(tmp_path), "--device", "cpu"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    # the starter's chain stops at L5 on this scan, with the sacrum far below (issue 19)
-    assert lines[-1].startswith("  check: L5-S1 missing: the chain stops") and lines[-1].endswith(
-        "above the end of the scan"
+    # a scan the starter never saw and names one level off: its chain stops short of the top
+    scan = shared_data / UNSEEN_OFF_BY_ONE / "image.nii.gz"
+    assert main(["predict", str(scan), "--out", str(tmp_path), "--device", "cpu"]) == 0
+    checks = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  check: ")]
+    assert checks[0].startswith("  check: L1 missing: the chain stops") and checks[0].endswith(
+        "below the top of the scan"
     )
+    # and nothing to check where it names the whole chain
+    assert main(["predict", str(shared_data / CASE / "image.nii.gz"), "--out", str(tmp_path), "--device", "cpu"]) == 0
+    assert "check:" not in capsys.readouterr().out
 
 
 def test_predict_on_a_bad_file_exits_2_with_the_reason(tmp_path, capsys):

@@ -96,15 +96,15 @@ def test_nothing_is_added_below_l5_s1_nor_beyond_the_models_labels():
     assert _continued(CHAIN, {"L5-S1": (100, 30)}, labels=LABELS[:-1])[0] == []  # a model without L5-S1
 
 
-def test_on_a_real_unseen_water_scan_the_starter_names_l5_s1_from_its_disc_mask(shared_data, monkeypatch):
-    """VB3/case-42 (never trained on): the heatmaps stop at L5, the disc mask shows L5-S1."""
+def test_on_a_real_unseen_scan_the_starter_names_l5_s1_from_its_disc_mask(shared_data, monkeypatch):
+    """VB2/case-19 (T2w, never trained on): the heatmaps stop at L5, the disc mask shows L5-S1."""
     model, card = load_checkpoint(find_model_dir("ivdnet-lumbar"))
-    assert "VB3/case-42" not in card["trained_on"]
-    case = shared_data / "lumbar/VB3/case-42"
+    assert "VB2/case-19" not in card["trained_on"]
+    case = shared_data / "lumbar/VB2/case-19"
     volume = read_volume(case / "image.nii.gz")
     points, _ = find_annotations(case, volume.geometry)
     reference = {p.level: volume.geometry.vox_to_mm(np.asarray(p.ijk_vox)[None])[0] for p in points}
-    assert "L5-S1" not in reference  # VB3 references stop at L5: the place is L5 + (L5 - L4) / 2
+    assert "L5-S1" not in reference  # VB2 references stop at L5: the place is L5 + (L5 - L4) / 2
 
     prediction = inference.predict(volume, model, card, "cpu")
     named = {s.name: s for s in prediction.structures}

@@ -405,6 +405,18 @@ def test_a_weak_peak_never_turns_a_doubtful_pair_into_a_spine(prior):
     assert inference.name_points(heat, offset, list(LUMBAR), 2, prior, SPACING_MM, (440, 260)) == ({}, False)
 
 
+def test_three_doubtful_structures_are_no_spine_but_four_are(prior):
+    """A lumbar model's three weak peaks on a cervical scan name nothing; a fourth makes them a chain."""
+    truth = _patient(seed=29)
+    three = {n: 0.0 for n in LUMBAR} | {"L3": 0.3, "L3-L4": 0.4, "L4": 0.3}
+    heat, offset = _network_output(truth, three)
+    assert inference.name_points(heat, offset, list(LUMBAR), 2, prior, SPACING_MM, (440, 260)) == ({}, False)
+
+    heat, offset = _network_output(truth, three | {"L4-L5": 0.3})
+    named, _ = inference.name_points(heat, offset, list(LUMBAR), 2, prior, SPACING_MM, (440, 260))
+    assert list(named) == ["L3", "L3-L4", "L4", "L4-L5"]
+
+
 def _also_called(heat: np.ndarray, offset: np.ndarray, name: str, other: str) -> None:
     """Let channel ``other`` also see ``name``'s peak (with its offsets), as a network unsure of the name does."""
     k, o = LUMBAR.index(name), LUMBAR.index(other)

@@ -136,6 +136,8 @@ def test_train_from_a_folder_on_stacked_slices_and_continue_from_it(small_lumbar
         card = read_card(folder)
         assert card["config"]["in_channels"] == card["input"]["in_channels"] == 3
         assert card["sample_config"]["in_channels"] == 3
+    assert "init_from" not in read_card(first)
+    assert read_card(second)["init_from"] == {"folder": "first", "weights_sha256": read_card(first)["weights_sha256"]}
     model, _ = load_checkpoint(second)
     assert next(model.parameters()).shape[1] == 3  # the stem's first convolution takes three slices
 

@@ -16,6 +16,7 @@ from qtpy.QtCore import Qt
 from napari_ivd import anatomy
 from napari_ivd.corrections import same_points
 from napari_ivd.inference import PREDICT_STAGES
+from napari_ivd.io import read_volume
 from napari_ivd.store import AnnotationStore
 from widget_support import (
     CASE_07,
@@ -52,8 +53,8 @@ def test_annotator_predicts_corrects_and_saves_a_revision_that_a_fresh_viewer_fi
     shown = len(notification_manager.records)
     with qtbot.waitSignal(widget.predicted, timeout=PREDICT_TIMEOUT_MS):
         qtbot.mouseClick(widget.next_button, Qt.MouseButton.LeftButton)
-    # what to look at first: the starter stops at L5 on this scan (issue 19), and says so
-    assert f"{CASE_ID}: check L5-S1 missing: the chain stops" in "\n".join(notifications_since(shown))
+    # the starter names this scan's whole chain: nothing to look at first
+    assert not [n for n in notifications_since(shown) if ": check " in n]
     case = widget.case
     vertebrae, labels = case.points_layers["vertebra"], case.labels
     proposed = case.points()
@@ -76,12 +77,12 @@ def test_annotator_predicts_corrects_and_saves_a_revision_that_a_fresh_viewer_fi
     assert labels.selected_label == anatomy.structure("L3").tss_value  # the label follows the point
     assert widget.has_unsaved_changes()
 
-    # 2. the whole spine was counted one level too high: Shift+D in the canvas shifts every level down
-    qtbot.keyClick(canvas(viewer), Qt.Key.Key_D, Qt.KeyboardModifier.ShiftModifier)
-    assert [p.level for p in case.points()] == [anatomy.shift(p.level, 1).name for p in proposed]
-    assert labels.selected_label == anatomy.structure("L4").tss_value
+    # 2. the whole spine was counted one level too low: Shift+U in the canvas shifts every level up
+    qtbot.keyClick(canvas(viewer), Qt.Key.Key_U, Qt.KeyboardModifier.ShiftModifier)
+    assert [p.level for p in case.points()] == [anatomy.shift(p.level, -1).name for p in proposed]
+    assert labels.selected_label == anatomy.structure("L2").tss_value
 
-    # the mask's labels moved with the points: L3's label is L4's now, under the renamed point
+    # the mask's labels moved with the points: L3's label is L2's now, under the renamed point
     assert labels.data[tuple(np.round(vertebrae.data[index]).astype(int))] in (0, labels.selected_label)
 
     # 3. fix one mask voxel with napari's brush, in the selected structure's label (the first one beside it without)
@@ -100,7 +101,7 @@ def test_annotator_predicts_corrects_and_saves_a_revision_that_a_fresh_viewer_fi
         qtbot.mouseClick(widget.save_button, Qt.MouseButton.LeftButton)
     assert saved.args == ["r000001"] and not widget.has_unsaved_changes()
     expected_points, expected_mask = case.points(), case.mask_tss()
-    assert expected_mask[file_voxel] == anatomy.structure("L4").tss_value
+    assert expected_mask[file_voxel] == anatomy.structure("L2").tss_value
 
     # a fresh viewer finds exactly that revision
     _viewer2, widget2 = docked_annotator(make_napari_viewer)
@@ -112,10 +113,25 @@ def test_annotator_predicts_corrects_and_saves_a_revision_that_a_fresh_viewer_fi
     assert widget2.annotator.parent_revision == "r000001"
     assert same_points(widget2.case.points(), expected_points, tol_vox=1e-4)
     reopened = widget2.case.mask_tss()
-    assert reopened[file_voxel] == anatomy.structure("L4").tss_value
+    assert reopened[file_voxel] == anatomy.structure("L2").tss_value
     assert np.array_equal(reopened, expected_mask)
     info = AnnotationStore.open(location).revision(CASE_ID)
     assert (info.author, info.parent, info.source) == ("dr-test", None, "manual")
+
+
+def test_after_predicting_the_annotator_says_what_to_check_first(make_napari_viewer, qtbot, shared_data, tmp_path):
+    """A scan the starter never saw and names one level off: its chain stops short of the top, said at once."""
+    location = tmp_path / "annotations.zarr"
+    store = AnnotationStore.open(location, create=True, fsync=False)
+    store.add_case(read_volume(shared_data / "lumbar/VB3/case-49/image.nii.gz"), "VB3_case-49")
+    _viewer, widget = docked_annotator(make_napari_viewer)
+    widget.dialogs.store = location
+    qtbot.mouseClick(widget.open_button, Qt.MouseButton.LeftButton)
+    shown = len(notification_manager.records)
+    with qtbot.waitSignal(widget.predicted, timeout=PREDICT_TIMEOUT_MS):
+        qtbot.mouseClick(widget.next_button, Qt.MouseButton.LeftButton)
+    (said,) = [n for n in notifications_since(shown) if ": check " in n]
+    assert said.startswith("VB3_case-49: check L1 missing: the chain stops") and "below the top of the scan" in said
 
 
 def test_cancel_stops_a_prediction_and_leaves_the_case_as_it_was(make_napari_viewer, qtbot, image_only_store, tmp_path):

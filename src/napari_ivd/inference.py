@@ -60,8 +60,11 @@ MIN_SCORE = 0.1
 #: Lowest heatmap probability of a detection that fills a gap in the chosen chain: the
 #: structures on either side vouch for it, and its low score marks it for review.
 GAP_MIN_SCORE = 0.05
-#: Fewer structures than this are proposed only when one of them scores CONFIDENT_SCORE.
-MIN_STRUCTURES = 3
+#: Fewer structures than this are proposed only when one of them scores CONFIDENT_SCORE. Two
+#: levels (vertebra, disc, vertebra, disc) is the least a lumbar scan shows; a lumbar model
+#: trained with contrast and crop augmentation finds three weak "L3, L3-L4, L4" on a cervical
+#: scan (TPTBox's C5-C7 sample, peaks 0.13-0.42), so three are no spine.
+MIN_STRUCTURES = 4
 CONFIDENT_SCORE = 0.5
 #: A mask voxel is given a level only this fraction of the level spacing (S-I) from it.
 LEVEL_REACH = 0.6

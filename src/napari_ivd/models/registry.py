@@ -529,7 +529,7 @@ def read_card(model_dir: Path) -> dict[str, Any]:
     ------
     CheckpointError
         Folder or card missing, card not valid JSON or not an object, unsupported
-        ``format_version``, or required entries missing.
+        ``format_version``, required entries missing, or a ``parent`` that names no model.
 
     Config fields the card predates take the value it meant
     (:attr:`ModelConfig.CARD_LEGACY_VALUES`).
@@ -562,6 +562,12 @@ def read_card(model_dir: Path) -> dict[str, Any]:
     missing = [k for k in ("name", "config", "labels", "weights_sha256") if k not in card]
     if missing:
         raise CheckpointError(f"{card_path} lacks {', '.join(missing)}; re-export the model with save_checkpoint")
+    parent = card.get("parent")
+    if parent is not None and not (isinstance(parent, dict) and isinstance(parent.get("model"), str)):
+        raise CheckpointError(
+            f"{card_path}: 'parent' must be an object naming the model it was fine-tuned from "
+            f"(as a store's fine-tune writes it), not {parent!r:.80}; remove or restore that entry"
+        )
     entry = _REGISTRY.get(card["name"])
     if entry is not None and isinstance(card["config"], dict):
         card["config"] = {**entry.config_cls.CARD_LEGACY_VALUES, **card["config"]}

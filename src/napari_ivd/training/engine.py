@@ -248,6 +248,17 @@ def trained_on(parent_card: dict[str, Any] | None, train_cases: Sequence[Labelle
     return inherited + [c.name for c in train_cases if c.name not in known]
 
 
+def initialised_from(init_from: Path | None, parent_card: dict[str, Any] | None) -> dict[str, Any]:
+    """The card entry naming the weights a run started from (folder and sha256); empty from scratch.
+
+    Written by the engine so a model grown or continued from another (``train --init``) says
+    which one without a hand-edited card; a store's fine-tune adds its own ``parent`` entry.
+    """
+    if init_from is None or parent_card is None:
+        return {}
+    return {"init_from": {"folder": Path(init_from).name, "weights_sha256": parent_card.get("weights_sha256")}}
+
+
 def fit(
     cfg: TrainConfig,
     sample_cfg: SampleConfig,
@@ -338,6 +349,7 @@ def _fit(
     def save(validation: dict[str, Any] | None) -> dict[str, Any]:
         extra = {
             "skeleton": card["skeleton"],
+            **initialised_from(init_from, parent_card),
             **(card_extra or {}),
             "metrics": {"validation": validation},
             "train_config": cfg.to_dict(),
