@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
+
+def _scratch_folder(prefix: str) -> str:
+    """A temporary folder for this test run, removed when the run ends."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 # napari writes its settings to the home folder unless told otherwise; keep tests hermetic.
-os.environ.setdefault("NAPARI_CONFIG", os.path.join(tempfile.mkdtemp(prefix="napari-ivd-test-"), "settings.yaml"))
+os.environ.setdefault("NAPARI_CONFIG", os.path.join(_scratch_folder("napari-ivd-test-"), "settings.yaml"))
 # stored model versions and converted .pt files are exported to a cache folder; keep it per test run.
-os.environ.setdefault("NAPARI_IVD_MODEL_CACHE", tempfile.mkdtemp(prefix="napari-ivd-models-"))
+os.environ.setdefault("NAPARI_IVD_MODEL_CACHE", _scratch_folder("napari-ivd-models-"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NAPARI_IVD_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -206,9 +206,15 @@ def test_a_level_missing_between_named_ones_gets_a_placeholder_between_its_neigh
         "L2-L3": "L2-L3 next to missing L3",
         "L4": "L4 next to missing L3-L4",
     }
+    assert chain.in_words() == ["L3 and L3-L4 missing between L2-L3 and L4"]  # one cause, said once
     del spine["L1"]  # a level above the model's first one is not "missing": it cannot name it
     assert {f.level for f in check_chain(spine, EXTENT, _prior(), top="L1-L2").case} == {"L3", "L3-L4"}
-    assert {f.level for f in check_chain(spine, EXTENT, _prior()).case} == {"L1", "L3", "L3-L4"}
+    both = check_chain(spine, EXTENT, _prior())
+    assert {f.level for f in both.case} == {"L1", "L3", "L3-L4"}
+    assert both.in_words() == [  # two causes: two lines, in the order found
+        "L3 and L3-L4 missing between L2-L3 and L4",
+        "L1 missing: the chain stops 37 mm below the top of the scan",
+    ]
 
 
 def test_a_prediction_is_checked_against_the_skeleton_it_was_named_with():
@@ -230,6 +236,7 @@ def test_a_chain_that_stops_short_of_the_sacrum_misses_the_levels_the_scan_still
         "L5 missing: the chain stops 80 mm above the end of the scan",
         "L5-S1 missing: the chain stops 80 mm above the end of the scan",
     ]
+    assert chain.in_words() == ["L5 and L5-S1 missing: the chain stops 80 mm above the end of the scan"]
     assert [(p.level, p.position) for p in chain.placeholders] == [
         ("L5", pytest.approx(_spine()["L5"])),
         ("L5-S1", pytest.approx(_spine()["L5-S1"])),
@@ -241,6 +248,7 @@ def test_a_chain_that_stops_short_of_the_sacrum_misses_the_levels_the_scan_still
     assert [f.reason for f in ended.case] == [
         "the scan ends 6 mm below L4-L5, above the sacrum: names not counted from it"
     ]
+    assert ended.in_words() == [ended.case[0].reason]  # a reason naming no missing level is said as is
     assert {n: f.uncertainty for n, f in ended.points.items()} == dict.fromkeys(spine, UNANCHORED_UNCERTAINTY)
     whole = _spine()  # down to L5-S1 at the scan's end: counted from the sacrum, nothing in doubt
     assert check_chain(whole, (float(whole["L5-S1"][0]) + 5.0, 99.0), _prior()) == Chain()

@@ -131,7 +131,8 @@ def test_after_predicting_the_annotator_says_what_to_check_first(make_napari_vie
     with qtbot.waitSignal(widget.predicted, timeout=PREDICT_TIMEOUT_MS):
         qtbot.mouseClick(widget.next_button, Qt.MouseButton.LeftButton)
     (said,) = [n for n in notifications_since(shown) if ": check " in n]
-    assert said.startswith("VB3_case-49: check L1 missing: the chain stops") and "below the top of the scan" in said
+    assert said.startswith("VB3_case-49: check L1, T12-L1 and T12 missing: the chain stops")
+    assert said.endswith("below the top of the scan")
 
 
 def test_cancel_stops_a_prediction_and_leaves_the_case_as_it_was(make_napari_viewer, qtbot, image_only_store, tmp_path):

@@ -61,8 +61,8 @@ def run_predict(args: argparse.Namespace) -> int:
         levels = " ".join(s.name for s in prediction.structures) or "nothing"
         anchored = " (named from the sacrum)" if prediction.named_from_sacrum else ""
         print(f"{image}: {levels}{anchored} -> {out} ({prediction.seconds['total_s']:.2f} s)")
-        for finding in check_prediction(prediction, volume.view).case:
-            print(f"  check: {finding.reason}")
+        for said in check_prediction(prediction, volume.view).in_words():
+            print(f"  check: {said}")
     return 2 if failures else 0
 
 

@@ -451,9 +451,9 @@ class AnnotatorWidget(QWidget):
         if not prediction.structures:
             show_warning(f"{case_id}: the model found no disc or vertebra; annotate by hand")
         elif annotator.volume is not None:  # what to look at first: missing levels, a count nothing checks
-            checks = check_prediction(prediction, annotator.volume.view, absent=annotator.absent).case
+            checks = check_prediction(prediction, annotator.volume.view, absent=annotator.absent).in_words()
             if checks:
-                show_info(f"{case_id}: check " + "; ".join(finding.reason for finding in checks))
+                show_info(f"{case_id}: check " + "; ".join(checks))
 
         def go_to_spine() -> None:  # a turn of its own: re-slicing every layer redraws the canvas
             if self.case is not None and self.case.case_id == case_id:

@@ -66,6 +66,8 @@ UNANCHORED_UNCERTAINTY = 0.35
 MIN_PAIRS = 2
 
 _NUMBERS = {1: "one", 2: "two", 3: "three"}
+#: What a missing level's reason says after its name ("L1 missing: the chain stops ...").
+_MISSING = " missing"
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,25 @@ class Chain:
     case: tuple[Finding, ...] = ()
     points: dict[str, Finding] = field(default_factory=dict)
     placeholders: tuple[Placeholder, ...] = ()
+
+    def in_words(self) -> list[str]:
+        """The case findings' reasons in order, the levels missing for one cause said in one line.
+
+        Each missing level is its own finding (its own placeholder to accept or delete), but a
+        researcher reads "L1, T12-L1 and T12 missing: the chain stops 66 mm below the top of
+        the scan" once rather than the same cause three times.
+        """
+        levels: dict[str, list[str]] = {}
+        for finding in self.case:
+            level, missing, cause = finding.reason.partition(_MISSING)
+            one_level = bool(missing) and level == finding.level
+            levels.setdefault(cause if one_level else finding.reason, []).extend([level] if one_level else [])
+        return [f"{_listed(names)}{_MISSING}{key}" if names else key for key, names in levels.items()]
+
+
+def _listed(names: Sequence[str]) -> str:
+    """``"L1"``, ``"L1 and T12-L1"``, ``"L1, T12-L1 and T12"``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _order(name: str) -> int:
@@ -145,7 +166,7 @@ def _missing_between(
     for name in anatomy.span(a, b)[1:-1]:
         t = (_order(name) - start) / (end - start)
         position = points[a] + t * (points[b] - points[a])
-        reason = f"{name} missing between {a} and {b}"
+        reason = f"{name}{_MISSING} between {a} and {b}"
         out.append(
             (
                 Finding(GAP_UNCERTAINTY, reason, name, headline=True),
@@ -185,7 +206,7 @@ def _missing_beyond(
         margin = INSIDE_STEPS * step_mm
         if not (margin <= position[0] <= rows - margin and 0 <= position[1] <= cols):
             break
-        reason = f"{name} missing: the chain stops {room:.0f} mm {where}"
+        reason = f"{name}{_MISSING}: the chain stops {room:.0f} mm {where}"
         out.append(
             (
                 Finding(END_UNCERTAINTY, reason, name, headline=True),
