@@ -140,7 +140,7 @@ def _pick(
         for case in pool:
             scored = run_steps(score_volume_steps(case.volume, model, card, device))
             embedding = embed_volume(case.volume, model, card, device, scored.mid_sagittal_mm)
-            records.append(CaseRecord(case.name, "new", scored.score, scored.reason, embedding, scored.fix_first))
+            records.append(CaseRecord.from_score(case.name, "new", scored, embedding))
         if strategy == "uncertainty+diversity":
             for case in annotated:
                 mid_mm = points_mid_sagittal_mm(case.volume.view, np.array(list(case.keypoints_vox.values())))

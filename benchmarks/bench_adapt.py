@@ -374,9 +374,9 @@ def plot(rows: Sequence[dict[str, Any]], out: Path, recipe: str) -> None:
     for col, source in enumerate(sources):
         base = [r for r in rows if r["source"] == source and r["mode"] == "base" and "metrics" in r]
         for mode, colour in (("fine-tuned", "tab:blue"), ("scratch", "tab:grey")):
-            runs = base + [r for r in rows if r["source"] == source and r["mode"] == mode and "metrics" in r]
-            if mode == "scratch":
-                runs = [r for r in runs if r["mode"] == "scratch"]
+            own = [r for r in rows if r["source"] == source and r["mode"] == mode and "metrics" in r]
+            runs = own if mode == "scratch" else base + own
+            label = mode if own else "base (k = 0)"  # a k = 0-only run fine-tuned nothing
             ks = sorted({r["k"] for r in runs})
             for row, (what, fetch) in enumerate(
                 (
@@ -392,7 +392,7 @@ def plot(rows: Sequence[dict[str, Any]], out: Path, recipe: str) -> None:
                 x = [k for k, _ in kept]
                 mean = np.array([np.mean(v) for _, v in kept])
                 sd = np.array([np.std(v) for _, v in kept])
-                ax.errorbar(x, mean, yerr=sd, marker="o", color=colour, label=mode, capsize=3)
+                ax.errorbar(x, mean, yerr=sd, marker="o", color=colour, label=label, capsize=3)
                 ax.set_xticks(sorted({r["k"] for r in rows if r["source"] == source}))
                 ax.set_ylabel(what) if col == 0 else None
                 if row == 0:

@@ -117,7 +117,7 @@ def _mean_point_uncertainty(rows: list[dict], points: list[dict]) -> dict[str, f
 
 def _ranking_order(rows: list[dict]) -> list[dict]:
     """The rows in the order the viewer's ``uncertainty`` ranking gives their cases (cases to fix as a whole first)."""
-    records = [CaseRecord(r["case"], score=r["score"], fix_first=_volume_score(r).fix_first) for r in rows]
+    records = [CaseRecord.from_score(r["case"], "new", _volume_score(r)) for r in rows]
     by_case = {r["case"]: r for r in rows}
     return [by_case[ranked.case_id] for ranked in rank(records, "uncertainty")]
 

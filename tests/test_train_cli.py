@@ -142,6 +142,16 @@ def test_train_from_a_folder_on_stacked_slices_and_continue_from_it(small_lumbar
     assert next(model.parameters()).shape[1] == 3  # the stem's first convolution takes three slices
 
 
+def test_train_from_a_parent_that_saw_every_dev_case_is_refused_before_training(small_lumbar, tmp_path, capsys):
+    """The starter trained on all four cases: none can judge its child, so nothing trains."""
+    out = tmp_path / "child"
+    args = ["--lumbar", str(small_lumbar), "--init", "ivdnet-lumbar", "--out", str(out), "--dev-fraction", "0.25"]
+    assert main(["train", *args, "--epochs", "1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "every dev case of this split is one ivdnet-lumbar trained on" in err and "another --seed" in err
+    assert not out.exists()
+
+
 def test_train_from_a_folder_rejects_even_or_conflicting_slice_stacks(small_lumbar, tmp_path, capsys):
     out = ["--lumbar", str(small_lumbar), "--epochs", "1", "--out", str(tmp_path / "m")]
     assert main(["train", *out, "--in-channels", "2"]) == 2

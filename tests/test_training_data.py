@@ -23,6 +23,7 @@ from napari_ivd.training.cases import (
     load_lumbar_cases,
     merge_duplicates,
     split_cases,
+    unseen_by_parent,
 )
 from napari_ivd.training.data import END_CLEARANCE_MM, ROBUST_AUGMENTATION, SampleConfig, SliceDataset
 
@@ -381,8 +382,20 @@ def test_a_model_is_judged_only_on_cases_it_did_not_train_on(lumbar_cases):
     assert {c.name for c in judged_cases(cases, {"trained_on": trained[:5]}, unseen=True)} == set(trained[5:]) | dev
     vb1 = judged_cases(cases, {"trained_on": trained}, unseen=True, sources=["VB1"])
     assert [c.name for c in vb1] == sorted(dev & {n for n in lumbar_cases if n.startswith("VB1/")})
-    with pytest.raises(ValueError, match=r"trained on dev cases \['IVD/case-11'\]"):
+    with pytest.raises(ValueError, match=r"trained on dev cases \['IVD/case-11'\].*never saw"):
         judged_cases(cases, {"trained_on": [*trained, "IVD/case-11"]})
+
+
+def test_dev_cases_a_parent_trained_on_train_its_child_instead_of_judging_it(lumbar_cases):
+    cases = list(lumbar_cases.values())
+    train, dev = split_cases(cases, seed=0)
+    parent_saw = ["VB1/case-11", dev[0].name]  # VB1/case-11's other series, case-10, goes with it
+    child_train, child_dev = unseen_by_parent(train, dev, parent_saw)
+    moved = {c.name for c in dev} - {c.name for c in child_dev}
+    assert moved == {dev[0].name, "VB1/case-10", "VB1/case-11"} & {c.name for c in dev}
+    assert "VB1/case-10" in moved and dev[0].name in moved
+    assert [c.name for c in child_train] == [c.name for c in train] + [c.name for c in dev if c.name in moved]
+    assert unseen_by_parent(train, dev, []) == (train, dev)
 
 
 def test_disc_only_case_never_teaches_vertebrae_as_background(lumbar_cases):

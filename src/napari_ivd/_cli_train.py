@@ -62,7 +62,8 @@ def _train_from_store(args: argparse.Namespace, main: bool) -> int:
 
 
 def _train_from_folder(args: argparse.Namespace, main: bool) -> int:
-    from napari_ivd.training.cases import labels_of, load_lumbar_cases, split_cases
+    from napari_ivd.models import find_model_dir, read_card
+    from napari_ivd.training.cases import labels_of, load_lumbar_cases, split_cases, unseen_by_parent
     from napari_ivd.training.data import AUGMENTATIONS, SampleConfig
     from napari_ivd.training.engine import TrainConfig, fit
     from napari_ivd.training.finetune import parent_sample_config
@@ -81,6 +82,17 @@ def _train_from_folder(args: argparse.Namespace, main: bool) -> int:
             return 2
     train, dev = split_cases(cases, dev_fraction=args.dev_fraction, seed=args.seed)
     if args.init is not None:  # the parent's slices and channels, which its weights expect; its labels grown
+        split = len(dev)
+        train, dev = unseen_by_parent(train, dev, read_card(find_model_dir(args.init)).get("trained_on", []))
+        if split and not dev:
+            print(
+                f"every dev case of this split is one {args.init} trained on, so none could judge the new model; "
+                "pass another --seed or a larger --dev-fraction",
+                file=sys.stderr,
+            )
+            return 2
+        if main and len(dev) < split:
+            print(f"{split - len(dev)} dev cases train instead of validating: {args.init} trained on them")
         sample_cfg = parent_sample_config(args.init, train)
     elif not labels_of(train):
         print(f"no training case under {args.data} names a level (points or a labelled mask)", file=sys.stderr)

@@ -63,6 +63,20 @@ class CaseRecord:
     embedding: np.ndarray | None = None
     fix_first: float = 0.0
 
+    @classmethod
+    def from_score(
+        cls,
+        case_id: str,
+        status: str,
+        score: VolumeScore | None,
+        embedding: np.ndarray | None = None,
+        reason: str = "",
+    ) -> CaseRecord:
+        """What ranking keeps of a case's score (None: not scored); ``reason``, when given, says why instead."""
+        if score is None:
+            return cls(case_id, status, reason=reason, embedding=embedding)
+        return cls(case_id, status, score.score, reason or score.reason, embedding, score.fix_first)
+
 
 @dataclass(frozen=True)
 class RankedCase:
@@ -319,14 +333,6 @@ def _ranking(
         score = entry.score if entry is not None else None
         if score is not None:
             scores[info.case_id] = score
-        records.append(
-            CaseRecord(
-                info.case_id,
-                info.status,
-                None if score is None else score.score,
-                failed.get(info.case_id, "" if score is None else score.reason),
-                None if entry is None else entry.embedding,
-                0.0 if score is None else score.fix_first,
-            )
-        )
+        embedding = None if entry is None else entry.embedding
+        records.append(CaseRecord.from_score(info.case_id, info.status, score, embedding, failed.get(info.case_id, "")))
     return Ranking(strategy, key, tuple(rank(records, strategy, seed)), scores)

@@ -41,6 +41,7 @@ __all__ = [
     "mask_kinds_of",
     "merge_duplicates",
     "split_cases",
+    "unseen_by_parent",
 ]
 
 #: Image contrasts a case may have ("unknown": a store case whose name does not say).
@@ -434,6 +435,18 @@ def split_cases(
     return train, dev
 
 
+def unseen_by_parent(
+    train: Sequence[LabelledCase], dev: Sequence[LabelledCase], trained_on: Iterable[str]
+) -> tuple[list[LabelledCase], list[LabelledCase]]:
+    """``(train, dev)`` with the dev cases a parent trained on (its card's ``trained_on``) moved to train.
+
+    A model started from a parent's weights has learnt what the parent learnt: judging it on
+    those cases would choose its checkpoint on training data and flatter its card.
+    """
+    seen = set(trained_on)
+    return [*train, *(c for c in dev if c.seen_in(seen))], [c for c in dev if not c.seen_in(seen)]
+
+
 def judged_cases(
     cases: Sequence[LabelledCase], card: Mapping[str, Any], unseen: bool = False, sources: Sequence[str] = ()
 ) -> list[LabelledCase]:
@@ -456,5 +469,8 @@ def judged_cases(
         judged = split_cases(cases, seed=card.get("train_config", {}).get("seed", 0))[1]
         leaked = sorted(c.name for c in judged if c.seen_in(trained_on))
         if leaked:
-            raise ValueError(f"the model was trained on dev cases {leaked}; pass a model trained with this split")
+            raise ValueError(
+                f"the model was trained on dev cases {leaked}; pass a model trained with this split, "
+                "or judge it on every case it never saw (unseen; the benchmarks' --all-held-out)"
+            )
     return [c for c in judged if c.keypoints_vox and (not sources or c.name.split("/")[0] in sources)]
