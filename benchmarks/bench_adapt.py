@@ -85,6 +85,7 @@ class Settings:
     start_before: float | None = None  # time.time() after which runs are not started any more
     base: str | None = None  # a given model (bundled name or folder) instead of trained bases
     names_unsure: tuple[str, ...] = ()  # cases marked "level names unsure" wherever a store holds them
+    patience: int = FineTuneConfig.patience  # stale validations before a fine-tune stops
 
 
 @dataclass(frozen=True)
@@ -248,11 +249,21 @@ def score(model: torch.nn.Module, card: dict[str, Any], cases: Sequence[Labelled
     }
 
 
+def _finetune_config(settings: Settings, seed: int) -> FineTuneConfig:
+    """The viewer's Train settings with this benchmark's budget, epoch cap and patience."""
+    return FineTuneConfig(
+        minutes=settings.minutes,
+        epochs=settings.max_epochs,
+        patience=settings.patience,
+        device=settings.device,
+        seed=seed,
+    )
+
+
 def _finetune(job: Job, settings: Settings, store: AnnotationStore) -> tuple[Path, dict[str, Any]]:
     store.add_model(base_dir(settings, job.recipe, job.source), model_id="base")
     store.set_active_model("base", stored=True, reason="benchmark base")
-    cfg = FineTuneConfig(minutes=settings.minutes, epochs=settings.max_epochs, device=settings.device, seed=job.seed)
-    result = run_steps(finetune_steps(store, cfg, author="bench_adapt"))
+    result = run_steps(finetune_steps(store, _finetune_config(settings, job.seed), author="bench_adapt"))
     folder = model_folder(store, result.model.model_id)
     return folder, {"activated": result.activated, "reason": result.reason}
 
@@ -263,7 +274,7 @@ def _scratch(job: Job, settings: Settings, store: AnnotationStore, out: Path) ->
     train, val = run_steps(load_planned_cases(store, plan))
     # the fine-tune's sampling and labels exactly: the base's settings, grown to the training cases' levels
     sample_cfg = parent_sample_config(base_dir(settings, job.recipe, job.source), train)
-    fine = FineTuneConfig(minutes=settings.minutes, epochs=settings.max_epochs, device=settings.device, seed=job.seed)
+    fine = _finetune_config(settings, job.seed)
     cfg = replace(fine.train_config(), lr=TrainConfig.lr, warmup_steps=TrainConfig.warmup_steps)
     saved = run_steps(fit(cfg, sample_cfg, train, val, out))
     if saved is None:
@@ -444,6 +455,12 @@ def main() -> None:
         "--max-epochs", type=int, default=80, help="epoch cap of each fine-tune: what 2 CPU cores reach in 5 minutes"
     )
     parser.add_argument(
+        "--patience",
+        type=int,
+        default=FineTuneConfig.patience,
+        help="validations without improvement before a fine-tune stops (the viewer's Train uses the default)",
+    )
+    parser.add_argument(
         "--names-unsure",
         nargs="+",
         default=[],
@@ -477,6 +494,7 @@ def main() -> None:
         stop,
         args.base,
         tuple(args.names_unsure),
+        args.patience,
     )
     cases = _cases(args.data)
     names = list(cases)
@@ -502,7 +520,7 @@ def main() -> None:
     print(
         f"{len(jobs)} runs over {', '.join(args.sources)}; torch {torch.__version__}, {platform.machine()}, "
         f"{args.device}, {args.workers} workers x {threads} threads; fine-tune {args.minutes} min, "
-        f"at most {args.max_epochs} epochs",
+        f"at most {args.max_epochs} epochs, patience {args.patience}",
         flush=True,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)

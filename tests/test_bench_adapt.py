@@ -84,3 +84,11 @@ def test_identification_of_the_nameable_levels_leaves_out_the_levels_the_model_l
     metrics = score(None, card, cases, "cpu")
     assert metrics["identification"] == pytest.approx(0.6)
     assert metrics["identification_nameable"] == pytest.approx(0.75)
+
+
+def test_each_fine_tune_runs_with_the_benchmark_s_budget_epoch_cap_and_patience():
+    settings = bench_adapt.Settings(Path("data"), Path("bases"), "cpu", 1, 20.0, 5.0, 80, patience=12)
+    engine = bench_adapt._finetune_config(settings, seed=3).train_config()
+    assert (engine.minutes, engine.max_epochs, engine.patience, engine.seed) == (5.0, 80, 12, 3)
+    viewer_default = bench_adapt.Settings(Path("data"), Path("bases"), "cpu", 1, 20.0, 5.0, 80)
+    assert bench_adapt._finetune_config(viewer_default, seed=0).patience == bench_adapt.FineTuneConfig.patience
