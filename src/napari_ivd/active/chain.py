@@ -98,11 +98,13 @@ class Chain:
         researcher reads "L1, T12-L1 and T12 missing: the chain stops 66 mm below the top of
         the scan" once rather than the same cause three times.
         """
-        levels: dict[str, list[str]] = {}
+        levels: dict[str, list[str]] = {}  # what is said -> the levels missing for it (none: said as is)
         for finding in self.case:
             level, missing, cause = finding.reason.partition(_MISSING)
-            one_level = bool(missing) and level == finding.level
-            levels.setdefault(cause if one_level else finding.reason, []).extend([level] if one_level else [])
+            if missing and level == finding.level:
+                levels.setdefault(cause, []).append(level)
+            else:
+                levels.setdefault(finding.reason, [])
         return [f"{_listed(names)}{_MISSING}{key}" if names else key for key, names in levels.items()]
 
 
