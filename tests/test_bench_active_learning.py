@@ -95,7 +95,7 @@ def test_experiment_key_changes_with_the_round_logic(monkeypatch: pytest.MonkeyP
     assert _key() != before
 
 
-#: The README's command for the kept VB3 experiment, whose seeds ran under round logic 2.
+#: The README's command for the kept VB3 experiment: five seeds under round logic 2, and those of today's logic.
 KEPT = Path(__file__).resolve().parents[1] / "benchmarks" / "active-learning-vb3"
 KEPT_COMMAND = (
     f"--pool-source VB3 --base {KEPT / 'base'} --work {KEPT} --val-fraction 0.4 --start 2 --k 2 --rounds 4"
