@@ -121,16 +121,17 @@ def test_store_survives_a_writer_killed_at_random_instants(tmp_path):
 
 
 @pytest.mark.slow
-def test_store_survives_fifty_more_random_kills(tmp_path):
-    """Fifty more kill instants, ten per store: one store of fifty made the suite's longest test
+def test_store_survives_forty_more_random_kills(tmp_path):
+    """Forty more kill instants, ten per store: one store of fifty made the suite's longest test
     (290 s of its 11 min on 2 cores), as each kill re-checks every revision the earlier ones left.
-    The five stores are independent, so two are crashed at a time (each kill mostly waits)."""
-    folders = [tmp_path / f"store-{i}" for i in range(5)]
+    The four stores are independent, so two are crashed at a time (each kill mostly waits): two
+    rounds of two stores, where five stores took three (59 s of a suite at the 10-minute limit)."""
+    folders = [tmp_path / f"store-{i}" for i in range(4)]
     for folder in folders:
         folder.mkdir()
     with ThreadPoolExecutor(max_workers=2) as pool:
-        saved = list(pool.map(lambda i: _crash_many_times(folders[i], kills=10, seed=11 + i), range(5)))
-    assert sum(saved) >= 25
+        saved = list(pool.map(lambda i: _crash_many_times(folders[i], kills=10, seed=11 + i), range(4)))
+    assert sum(saved) >= 20
 
 
 def test_readers_see_only_complete_revisions_while_a_writer_saves(tmp_path):
