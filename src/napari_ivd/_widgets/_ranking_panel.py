@@ -31,7 +31,8 @@ from napari_ivd.store import AnnotationStore
 log = logging.getLogger(__name__)
 
 #: Strategies in the order offered, with their tooltips. What they say of learning speed is
-#: the README's full-budget active-learning simulation without duplicated scans (VB3 left out, 5 seeds, 2026-12-06).
+#: the full-budget active-learning simulation without duplicated scans (VB3 left out, 5 seeds, 2026-12-06;
+#: docs/active-learning-evidence.md).
 STRATEGY_HELP = {
     "uncertainty": "The cases most likely wrong first: nothing found, missing or miscounted levels, then the"
     " model's doubts (perturbation spread, weak peaks, odd anatomy); in simulation (before missing and miscounted"

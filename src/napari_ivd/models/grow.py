@@ -22,7 +22,7 @@ the same architecture with more labels and fills it from the trained one:
 Why: a copy of the neighbour's detector fires on the neighbour, one level away in the same
 scans. Fine-tuned on four T1w scans that add T10, T10-T11 and S1, the starter grown with
 copies named an unseen scan one level low from top to bottom; with silent starts it named
-it right (README, "Fine-tuning on your corrections"). A copy of a distant level (C3 from
+it right (docs/fine-tuning-evidence.md). A copy of a distant level (C3 from
 T11) gives the new level a head start instead: the cervical scans taught C3-C5 in 480 steps
 in 3 of 3 seeds as copies, in 1 of 3 silent.
 

@@ -3,7 +3,7 @@
 A fine-tuning run is judged on its held-out cases, and with four corrected cases that is
 one case. On T1w scans a fine-tuned starter validated better than its parent on its one
 held-out case (1.6 mm against the parent's 20 mm cap) and named another scan, which neither
-had trained on, one level low from top to bottom (README, "Fine-tuning on your corrections"). One
+had trained on, one level low from top to bottom (docs/fine-tuning-evidence.md). One
 held-out case cannot see that. The store's other cases can: neither trained on nor held out,
 mostly without a reference, but where the new version and its parent name the same
 structure (same kind, same place) differently, one of the two is wrong, and only a person
