@@ -3,7 +3,7 @@
     python benchmarks/bench_predict.py [--model ivdnet-lumbar] [--data ../shared/data/lumbar]
                                        [--device cpu|cuda] [--repeats 7] [--json out.json]
                                        [--cases VB2/case-19 ...] [--all-held-out] [--sources VB1 ...]
-                                       [--end-below L5]
+                                       [--end-below L5] [--per-case]
 
 The dev cases are the ones `napari-ivd train` held out (same split, same seed); a model
 trained on some of them is refused. With ``--all-held-out``: every case the model's card
@@ -25,7 +25,9 @@ sacrum (:func:`napari_ivd.skeleton.anchor_on_sacrum`). ``--cases`` limits everyt
 ``--end-below L5`` judges every case as if its scan stopped half a level below L5, with the
 sacrum out of view (:func:`napari_ivd.training.cases.end_field_of_view`; cases that do not
 annotate L5 and L4 are left out), so the names must come from something else than the
-sacrum; the L5-S1 count is then not made.
+sacrum; the L5-S1 count is then not made. ``--per-case`` adds one line per case: how many of
+its reference levels are named right, and its distance to target; a chain named one level
+off reads 0 of 9 there, where the overall rate only drops.
 Figures only — the targets live in the issue, not here.
 """
 
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument(
         "--end-below", metavar="LEVEL", help="judge the scans as if they stopped half a level below LEVEL (e.g. L5)"
     )
+    parser.add_argument("--per-case", action="store_true", help="also one line per case: levels named right")
     args = parser.parse_args()
     if args.repeats < 0:
         parser.error("--repeats must be 0 (no latency figures) or more")
@@ -114,7 +117,8 @@ def main() -> None:
         for s in sources
         for dev_of in [[d for d in dev if d.name.startswith(f"{s}/")]]
     }
-    results = evaluate_groups(model, card, groups, device, on_prediction=judge_l5_s1)
+    per_case = {c.name: [c] for c in dev} if args.per_case else {}
+    results = evaluate_groups(model, card, groups | per_case, device, on_prediction=judge_l5_s1)
     for name, cases in groups.items():
         report = results[name]
         seconds = np.array(report["predict_seconds"])
@@ -134,6 +138,9 @@ def main() -> None:
             + (f" ({others})" if others else "")
         )
     print(f"levels renamed from the sacrum on {len(from_sacrum)}/{len(l5_s1)} scans: {', '.join(from_sacrum) or '-'}")
+    if per_case:
+        print("\n== per case: reference levels named right (own level within 5 mm), distance to target")
+        print("\n".join(case_line(name, results[name]) for name in per_case))
     if args.json:
         report = {
             "device": str(device),
@@ -144,6 +151,15 @@ def main() -> None:
             "named_from_sacrum": from_sacrum,
         }
         args.json.write_text(json.dumps(report, indent=2))
+
+
+def case_line(name: str, report: dict) -> str:
+    """One case's line from its :func:`~napari_ivd.training.engine.evaluate_cases` report: levels right, distance."""
+    kinds = [k for k in report["keypoints"].values() if k["n_annotated"]]
+    annotated = sum(k["n_annotated"] for k in kinds)
+    right = sum(round(k["identification"] * k["n_annotated"]) for k in kinds)
+    distance = "-" if report["error_mm"] is None else f"{report['error_mm']:.1f} mm"
+    return f"{name}: {right}/{annotated} levels named right, distance {distance}"
 
 
 def _shape(case: LabelledCase) -> str:
