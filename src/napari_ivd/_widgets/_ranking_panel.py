@@ -30,14 +30,12 @@ from napari_ivd.store import AnnotationStore
 
 log = logging.getLogger(__name__)
 
-#: Strategies in the order offered, with their tooltips. What they say of learning speed is
-#: the full-budget active-learning simulation without duplicated scans (VB3 left out, 5 seeds, 2026-12-06;
-#: docs/active-learning-evidence.md).
+#: Strategies in the order offered, with their tooltips. What they say of learning speed is the
+#: README's active-learning simulation with today's order (VB3 left out, 5 seeds, 2026-12-07).
 STRATEGY_HELP = {
     "uncertainty": "The cases most likely wrong first: nothing found, missing or miscounted levels, then the"
-    " model's doubts (perturbation spread, weak peaks, odd anatomy); in simulation (before missing and miscounted"
-    " levels came first) it ended ahead of random after 10 cases in 4 of 5 runs (level in the fifth), by too"
-    " little to promise fewer corrections",
+    " model's doubts (perturbation spread, weak peaks, odd anatomy) - the order to check cases in; in simulation"
+    " it taught the model no faster than random (level after 10 cases over 5 runs): no fewer corrections",
     "uncertainty+diversity": "Doubtful and unlike the verified cases and each other (greedy k-center);"
     " in simulation it taught the model less than random (ahead in 1 of 5 runs)",
     "random": "A seeded random order: the baseline",
