@@ -6,13 +6,9 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from bench_predict import case_line, main
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lumbar"
 
 
 def _report(disc: tuple[int, float | None], vertebra: tuple[int, float | None], error_mm: float | None) -> dict:
@@ -32,12 +28,11 @@ def test_case_line_counts_levels_named_right_over_both_kinds() -> None:
     assert case_line("y", _report((0, None), (0, None), None)) == "y: 0/0 levels named right, distance -"
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data/lumbar")
-def test_per_case_lines_name_the_scan_named_one_level_off(tmp_path, monkeypatch, capsys) -> None:
+def test_per_case_lines_name_the_scan_named_one_level_off(shared_data: Path, tmp_path, monkeypatch, capsys) -> None:
     cases = ["VB2/case-19", "VB3/case-39"]  # the starter's unseen scans: one named right, one a level off
     for case in cases:  # a data folder of just these two (reading all of them takes seconds)
         (tmp_path / case).parent.mkdir(exist_ok=True)
-        (tmp_path / case).symlink_to(DATA / case)
+        (tmp_path / case).symlink_to(shared_data / "lumbar" / case)
     argv = ["bench", "--data", str(tmp_path), "--all-held-out", "--repeats", "0", "--device", "cpu", "--per-case"]
     monkeypatch.setattr(sys, "argv", argv)
     main()
