@@ -61,7 +61,7 @@ from napari_ivd.model_versions import model_folder
 from napari_ivd.models import load_checkpoint, read_card, resolve_device, usable_cpus
 from napari_ivd.store import AnnotationStore
 from napari_ivd.training.cases import LabelledCase, labels_of, load_lumbar_cases, split_cases
-from napari_ivd.training.data import AUGMENTATIONS, SampleConfig
+from napari_ivd.training.data import AUGMENTATIONS, SampleConfig, with_augmentation
 from napari_ivd.training.engine import TrainConfig, evaluate_cases, fit
 from napari_ivd.training.finetune import FineTuneConfig, finetune_steps, parent_sample_config
 from napari_ivd.training.store_cases import load_planned_cases, plan_training
@@ -117,7 +117,7 @@ def _setup(settings: Settings) -> None:
 
 def sample_config(recipe: str, labels: Sequence[str]) -> SampleConfig:
     """Training samples of an augmentation recipe (:data:`napari_ivd.training.data.AUGMENTATIONS`)."""
-    return SampleConfig(labels=tuple(labels), **AUGMENTATIONS[recipe])
+    return with_augmentation(SampleConfig(labels=tuple(labels)), recipe)
 
 
 def base_dir(settings: Settings, recipe: str, source: str) -> Path:

@@ -15,7 +15,7 @@ from napari_ivd.cli import build_parser, main
 from napari_ivd.model_versions import model_folder
 from napari_ivd.models import find_model_dir, load_checkpoint, read_card
 from napari_ivd.store import AnnotationStore
-from napari_ivd.training.data import AUGMENTATIONS
+from napari_ivd.training.data import AUGMENTATIONS, ROBUST_AUGMENTATION
 
 
 @pytest.mark.slow
@@ -131,12 +131,16 @@ def test_train_from_a_folder_on_stacked_slices_and_continue_from_it(small_lumbar
     first, second = tmp_path / "first", tmp_path / "second"
     common = ["--lumbar", str(small_lumbar), "--epochs", "1", "--device", "cpu", "--dev-fraction", "0.25"]
     assert main(["train", *common, "--in-channels", "3", "--out", str(first)]) == 0
-    assert main(["train", *common, "--init", str(first), "--out", str(second), "--lr", "1e-4"]) == 0
+    robust = ["--augmentation", "robust"]
+    assert main(["train", *common, "--init", str(first), "--out", str(second), "--lr", "1e-4", *robust]) == 0
     for folder in (first, second):
         card = read_card(folder)
         assert card["config"]["in_channels"] == card["input"]["in_channels"] == 3
         assert card["sample_config"]["in_channels"] == 3
     assert "init_from" not in read_card(first)
+    # the recipe asked for is the one trained with (and recorded), not the parent's
+    assert read_card(first)["sample_config"]["remap_probability"] == 0.0
+    assert read_card(second)["sample_config"]["remap_probability"] == ROBUST_AUGMENTATION["remap_probability"]
     assert read_card(second)["init_from"] == {"folder": "first", "weights_sha256": read_card(first)["weights_sha256"]}
     model, _ = load_checkpoint(second)
     assert next(model.parameters()).shape[1] == 3  # the stem's first convolution takes three slices

@@ -25,7 +25,14 @@ from napari_ivd.training.cases import (
     split_cases,
     unseen_by_parent,
 )
-from napari_ivd.training.data import END_CLEARANCE_MM, ROBUST_AUGMENTATION, SampleConfig, SliceDataset
+from napari_ivd.training.data import (
+    AUGMENTATIONS,
+    END_CLEARANCE_MM,
+    ROBUST_AUGMENTATION,
+    SampleConfig,
+    SliceDataset,
+    with_augmentation,
+)
 
 # --- a PSR phantom: Gaussian blobs at known keypoints, ellipsoid bodies in TSS values ---------
 # File axes: i -> Posterior (0.7 mm), j -> Superior (0.9 mm), k -> Right (3 mm).
@@ -443,6 +450,19 @@ def test_site_augmentation_changes_intensities_only_and_inverts_when_asked(phant
         assert c["image"].min() >= 0.0 and c["image"].max() <= 1.0
     with pytest.raises(ValueError, match="probability"):
         SampleConfig(invert_probability=1.5)
+
+
+def test_a_recipe_replaces_a_parents_augmentation_and_keeps_the_rest():
+    """Fine-tuning with ``--augmentation``: the recipe asked for, on the parent's labels and geometry."""
+    parent = SampleConfig(labels=("L4", "L4-L5", "L5"), crop=(128, 96), **AUGMENTATIONS["robust-fov"])
+    plain = with_augmentation(parent, "default")
+    assert (plain.labels, plain.crop) == (parent.labels, parent.crop)
+    assert plain.remap_probability == plain.fov_cut_probability == plain.blur_sigma_max_px == 0.0
+    robust = with_augmentation(plain, "robust")
+    assert {name: getattr(robust, name) for name in ROBUST_AUGMENTATION} == ROBUST_AUGMENTATION
+    assert robust.fov_cut_probability == 0.0 and robust.labels == parent.labels
+    with pytest.raises(KeyError):
+        with_augmentation(parent, "strong")
 
 
 def test_a_shortened_field_of_view_ends_above_the_sacrum_and_leaves_what_it_cut_unknown(lumbar_cases):

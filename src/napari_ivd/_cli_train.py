@@ -64,7 +64,7 @@ def _train_from_store(args: argparse.Namespace, main: bool) -> int:
 def _train_from_folder(args: argparse.Namespace, main: bool) -> int:
     from napari_ivd.models import find_model_dir, read_card
     from napari_ivd.training.cases import labels_of, load_lumbar_cases, split_cases, unseen_by_parent
-    from napari_ivd.training.data import AUGMENTATIONS, SampleConfig
+    from napari_ivd.training.data import SampleConfig, with_augmentation
     from napari_ivd.training.engine import TrainConfig, fit
     from napari_ivd.training.finetune import parent_sample_config
 
@@ -94,15 +94,19 @@ def _train_from_folder(args: argparse.Namespace, main: bool) -> int:
         if main and len(dev) < split:
             print(f"{split - len(dev)} dev cases train instead of validating: {args.init} trained on them")
         sample_cfg = parent_sample_config(args.init, train)
+        if args.augmentation is not None:
+            sample_cfg = with_augmentation(sample_cfg, args.augmentation)
     elif not labels_of(train):
         print(f"no training case under {args.data} names a level (points or a labelled mask)", file=sys.stderr)
         return 2
     else:
         try:
-            sample_cfg = SampleConfig(
-                labels=labels_of(train),
-                in_channels=SampleConfig.in_channels if args.in_channels is None else args.in_channels,
-                **AUGMENTATIONS[args.augmentation],
+            sample_cfg = with_augmentation(
+                SampleConfig(
+                    labels=labels_of(train),
+                    in_channels=SampleConfig.in_channels if args.in_channels is None else args.in_channels,
+                ),
+                args.augmentation or "default",
             )
         except ValueError as exc:
             print(f"--in-channels: {exc}", file=sys.stderr)
@@ -199,9 +203,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--augmentation",
         choices=["default", "robust", "robust-fov"],
-        default="default",
         help="with --data: 'robust' adds other sites' looks (intensity curves, inversion, bias field, blur); "
-        "'robust-fov' also ends some fields of view above the sacrum",
+        "'robust-fov' also ends some fields of view above the sacrum (default: 'default', or with --init the "
+        "parent's)",
     )
     train.add_argument(
         "--keep",

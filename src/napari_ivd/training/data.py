@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -656,6 +656,24 @@ AUGMENTATIONS: dict[str, dict[str, float]] = {
     "robust": ROBUST_AUGMENTATION,
     "robust-fov": {**ROBUST_AUGMENTATION, "fov_cut_probability": 0.3},
 }
+
+
+def with_augmentation(cfg: SampleConfig, recipe: str) -> SampleConfig:
+    """``cfg`` with the augmentation of ``recipe`` (:data:`AUGMENTATIONS`), everything else kept.
+
+    Every setting any recipe changes is set: to the recipe's value, or else to the
+    :class:`SampleConfig` default. So ``"default"`` turns a robust parent's site changes off,
+    and a fine-tuned model's card records the augmentation it was trained with.
+
+    Raises
+    ------
+    KeyError
+        For a recipe not in :data:`AUGMENTATIONS`.
+    """
+    settings = AUGMENTATIONS[recipe]
+    defaults = SampleConfig()
+    names = {name for every in AUGMENTATIONS.values() for name in every}
+    return replace(cfg, **{name: settings.get(name, getattr(defaults, name)) for name in names})
 
 
 def _augment_site(image: np.ndarray, cfg: SampleConfig, rng: np.random.Generator) -> None:
