@@ -19,6 +19,7 @@ from napari_ivd.anatomy import structure
 from napari_ivd.models.decode import Candidate
 from napari_ivd.skeleton import (
     SkeletonPrior,
+    anchor_on_junction,
     anchor_on_sacrum,
     extend_chain,
     fill_gaps,
@@ -567,6 +568,83 @@ def test_a_weak_absent_or_misplaced_sacrum_leaves_the_chain_alone(case):
     candidates = [*chain.values()] + ([] if case == "no S1" else [sacrum])
 
     named, renamed = anchor_on_sacrum(chain, candidates, labels)
+
+    assert not renamed and named == chain and list(named) == list(chain)
+
+
+def _named_down(truth: dict[str, tuple[float, float]]) -> dict[str, Candidate]:
+    """A chain counted one level too low from the top and run past the sacrum: L4 called L5, L5 called S1.
+
+    The names it gives at the bottom are weak in their channels (the network sees L4 there, not L5).
+    """
+    down = {n: WITH_SACRUM[WITH_SACRUM.index(n) + 2] for n in truth if WITH_SACRUM.index(n) + 2 < len(WITH_SACRUM)}
+    return {new: Candidate(new, *truth[n], 0.2 if new in ("L5", "L5-S1", "S1") else 0.9) for n, new in down.items()}
+
+
+def _junction(truth: dict[str, tuple[float, float]], l5: float = 0.8, disc: float = 0.2, s1: float = 0.25) -> list:
+    """What a network that sees the bottom right detects there: L5 confidently, the disc and S1 weakly."""
+    return [
+        Candidate("L5", *truth["L5"], l5),
+        Candidate("L5-S1", *truth["L5-S1"], disc),
+        Candidate("S1", *truth["S1"], s1),
+    ]
+
+
+def test_a_chain_run_past_the_sacrum_is_named_from_the_junction_it_passed():
+    truth = _with_sacrum(_patient(seed=41))
+    chain = _named_down(truth)
+    assert (chain["S1"].row, chain["S1"].col) == truth[
+        "L5"
+    ] and "L5-S1" in chain  # the L5 body called S1, L4-L5 called L5-S1
+
+    named, renamed = anchor_on_junction(chain, [*chain.values(), *_junction(truth)], WITH_SACRUM)
+
+    assert renamed and list(named) == list(WITH_SACRUM)
+    assert all((named[n].row, named[n].col) == truth[n] for n in named)
+    assert [named[n].score for n in ("L4-L5", "L5", "L5-S1", "S1")] == [0.2, 0.8, 0.2, 0.25]  # the junction's own
+
+
+def test_a_chain_named_one_level_high_over_a_weak_sacrum_is_named_from_the_junction():
+    truth = _with_sacrum(_patient(seed=42))
+    chain = {c.label: c for c in _named_up(truth)}  # the L5 body called L4, L5-S1 called L4-L5
+    candidates = [*chain.values(), *_junction(truth)]
+    assert anchor_on_sacrum(chain, candidates, WITH_SACRUM) == (chain, False)  # S1 too weak to anchor on
+
+    named, renamed = anchor_on_junction(chain, candidates, WITH_SACRUM)
+
+    assert renamed and list(named) == list(WITH_SACRUM[2:])
+    assert all((named[n].row, named[n].col) == truth[n] for n in named)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["right chain", "weak L5", "weak sacrum", "no S1", "S1 above", "off the chain", "below is not it", "no S1 label"],
+)
+def test_a_chain_keeps_its_names_without_a_junction_that_names_it_otherwise(case):
+    truth = _with_sacrum(_patient(seed=43))
+    chain, labels = _named_down(truth), WITH_SACRUM
+    junction = _junction(truth)
+    if case == "right chain":
+        chain = {n: Candidate(n, *truth[n], 0.9) for n in WITH_SACRUM}
+    elif case == "weak L5":
+        junction = _junction(truth, l5=0.4)
+    elif case == "weak sacrum":
+        junction = _junction(truth, disc=0.1, s1=0.1)
+    elif case == "no S1":
+        junction = junction[:2]
+    elif case == "S1 above":  # the S1 peak on the L4 body: no junction in a row
+        junction = [*junction[:2], Candidate("S1", *truth["L4"], 0.9)]
+    elif case == "off the chain":  # a row of junction peaks beside the spine, on no chain vertebra
+        shift = 2j * abs(complex(*truth["L5"]) - complex(*truth["L4"]))
+        junction = [Candidate(c.label, c.row + shift.real, c.col + shift.imag, c.score) for c in junction]
+    elif case == "below is not it":  # the chain holds a structure below the junction's L5 that is not its disc
+        chain = {c.label: c for c in _named_up(truth)}
+        disc = chain["L4-L5"]
+        aside = 0.7 * abs(complex(*truth["L5-S1"]) - complex(*truth["L5"]))  # beyond half a spacing
+        chain["L4-L5"] = Candidate("L4-L5", disc.row, disc.col + aside, disc.score)
+    elif case == "no S1 label":
+        labels = LUMBAR
+    named, renamed = anchor_on_junction(chain, [*chain.values(), *junction], labels)
 
     assert not renamed and named == chain and list(named) == list(chain)
 

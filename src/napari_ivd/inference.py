@@ -15,7 +15,9 @@ Steps (see docs/pipeline.md for the shared conventions):
    next levels (``skeleton.extend_chain``; a weaker one only under its own name); a model
    with an S1 label that sees the sacrum confidently one step below the chain's lowest disc
    names the chain from it (``skeleton.anchor_on_sacrum``: that disc is L5-S1), so a chain
-   counted one level off is corrected;
+   counted one level off is corrected; so does one that sees L5, L5-S1 and S1 in a row at a
+   chain vertebra named otherwise, the chain having run past the sacrum
+   (``skeleton.anchor_on_junction``);
 4. threshold the per-slice vertebral-body/disc masks, keep the 3D components that hold a
    named structure, give each voxel the level of the nearest named structure of its kind,
    and return the mask on the file's own grid; below the chain's lowest named structure, down
@@ -50,7 +52,15 @@ from napari_ivd.io.bundle import write_bundle
 from napari_ivd.models.decode import Candidate, decode, pool_channels
 from napari_ivd.preprocess import ModelInput, channel_picks, network_input, pad_to_multiple
 from napari_ivd.progress import Job, Progress, Tally, run_steps
-from napari_ivd.skeleton import SkeletonPrior, anchor_on_sacrum, extend_chain, fill_gaps, gaps, search
+from napari_ivd.skeleton import (
+    SkeletonPrior,
+    anchor_on_junction,
+    anchor_on_sacrum,
+    extend_chain,
+    fill_gaps,
+    gaps,
+    search,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +120,9 @@ class Prediction:
     model: str
     mid_sagittal_mm: float  # left-right position of the slab centre, display mm
     seconds: dict[str, float] = field(default_factory=dict)
-    #: True when the levels were renamed from the sacrum (``skeleton.anchor_on_sacrum``), not
-    #: as the network counted them: the viewer and active learning can say so.
+    #: True when the levels were renamed from the sacrum (``skeleton.anchor_on_sacrum`` or
+    #: ``skeleton.anchor_on_junction``), not as the network counted them: the viewer and
+    #: active learning can say so.
     named_from_sacrum: bool = False
     #: The skeleton the names were searched with (the model card's), None without one: the
     #: chain checks measure missing levels against it (:func:`napari_ivd.active.check_prediction`).
@@ -641,8 +652,10 @@ def name_points(
     (down to :data:`GAP_MIN_SCORE`, per label, then per kind: :func:`_kind_candidates`) and
     it is extended past its ends (by weaker peaks too, under their own names, once it holds
     :data:`MIN_STRUCTURES`), else the best candidate per label; a confident sacrum
-    then names the chain from L5-S1, and a lone doubtful pair is no spine, so nothing is
-    named. Returns the named candidates and
+    then names the chain from L5-S1 (:func:`~napari_ivd.skeleton.anchor_on_sacrum`), or
+    the lumbosacral junction from L5 where the chain ran past it
+    (:func:`~napari_ivd.skeleton.anchor_on_junction`), and a lone doubtful pair is no
+    spine, so nothing is named. Returns the named candidates and
     whether the sacrum renamed them.
     """
     rows, cols = slice_shape
@@ -663,6 +676,8 @@ def name_points(
     else:
         chosen = _best_per_label(candidates)
     chosen, named_from_sacrum = anchor_on_sacrum(chosen, candidates, labels)
+    if not named_from_sacrum:
+        chosen, named_from_sacrum = anchor_on_junction(chosen, candidates, labels)
     if len(chosen) < MIN_STRUCTURES and all(c.score < CONFIDENT_SCORE for c in chosen.values()):
         return {}, False  # name nothing rather than invent levels
     return chosen, named_from_sacrum

@@ -19,6 +19,8 @@ show only part of the spine:
 * :func:`anchor_on_sacrum` renames that chain from the sacrum when the network sees it
   confidently one step below the lowest disc: the disc above the sacrum is L5-S1 whatever
   the chain called it, so a chain counted one level off is corrected, not trusted.
+  :func:`anchor_on_junction` does the same when the chain runs past the sacrum (the L5 body
+  called S1): the network sees L5, the L5-S1 disc and S1 in a row at the chain's lowest body.
 * :func:`search` chooses at most one candidate per label, in strictly increasing row order,
   minimising a scale-invariant cost (fit residual in steps, minus rewarded scores, plus a
   charge for every detected label left out). It never invents a label: a label is either one
@@ -42,7 +44,16 @@ import numpy as np
 from napari_ivd.anatomy import structure
 from napari_ivd.models.decode import Candidate
 
-__all__ = ["SkeletonPrior", "anchor_on_sacrum", "extend_chain", "fill_gaps", "gaps", "hypothesis_cost", "search"]
+__all__ = [
+    "SkeletonPrior",
+    "anchor_on_junction",
+    "anchor_on_sacrum",
+    "extend_chain",
+    "fill_gaps",
+    "gaps",
+    "hypothesis_cost",
+    "search",
+]
 
 log = logging.getLogger(__name__)
 
@@ -1065,3 +1076,93 @@ def anchor_on_sacrum(
         log.info("sacrum anchor: chain renamed by %+d labels (%s was %s)", shift, lowest_disc, disc)
     others = {name: c for name, c in chosen.items() if name not in index}
     return {name: named[name] for name in sorted(named, key=index.__getitem__)} | others, shift != 0
+
+
+def anchor_on_junction(
+    chosen: Mapping[str, Candidate],
+    candidates: Sequence[Candidate],
+    labels: Sequence[str],
+    min_score: float = 0.5,
+    min_sacral_score: float = 0.3,
+    tolerance: float = 0.5,
+) -> tuple[dict[str, Candidate], bool]:
+    """Name the chain from the lumbosacral junction when the chain runs past it.
+
+    Why: a network can count the upper levels one too low and still see the bottom right.
+    The skeleton search then trusts the many upper names, names the L5 body S1 and L4 L5,
+    and :func:`anchor_on_sacrum` cannot help: nothing lies below the chain. But the L5
+    channel peaks on the real L5, with the L5-S1 disc and the S1 body below it, and the
+    sacrum is the landmark to count from.
+
+    What: the junction is the L5, L5-S1 and S1 candidates, one after the other caudally, each
+    0.4 to 1.6 label spacings (0.25 for S1, whose centroid sits close under the disc) from the
+    one above, and within 73° (S1: 78°, the sacrum bends back) of the chain's direction; of
+    those rows, the one with the highest summed score. It names the chain only when its L5
+    scores ``min_score``, its disc and S1 together ``min_sacral_score``, and its L5 lies on a
+    chain vertebra (within ``tolerance`` of a spacing) named otherwise; chain structures below
+    that vertebra must be the junction's disc and S1 themselves, else the chain is left alone.
+    The chain's structures above that vertebra are renamed by one shift, names that leave
+    ``labels`` are dropped, and L5, L5-S1 and S1 take the junction's points with their own
+    scores. The spacing is the median per-label step of the chain.
+
+    Returns
+    -------
+    (dict of str -> Candidate, bool)
+        The chain, cranio-caudal, and whether it was renamed; unchanged (a new dict) and
+        False without a junction that names it otherwise.
+    """
+    unchanged = dict(chosen), False
+    index = {name: i for i, name in enumerate(labels)}
+    junction_labels = tuple(structure(n).name for n in ("L5", "L5-S1", "S1"))
+    chain = {name: c for name, c in chosen.items() if name in index}
+    order = sorted(chain, key=index.__getitem__)
+    if not set(junction_labels) <= set(index) or len(order) < 3:
+        return unchanged
+    steps = [(_at(chain[b]) - _at(chain[a])) / (index[b] - index[a]) for a, b in itertools.pairwise(order)]
+    per_label = complex(float(np.median([z.real for z in steps])), float(np.median([z.imag for z in steps])))
+    if abs(per_label) == 0:
+        return unchanged
+    direction = per_label / abs(per_label)
+
+    def follows(above: Candidate, below: Candidate, nearest: float, cosine: float) -> bool:
+        step = _at(below) - _at(above)
+        along = (step * direction.conjugate()).real
+        return nearest <= abs(step) / abs(per_label) <= 1.6 and along >= cosine * abs(step)
+
+    by_label = {n: [c for c in candidates if _canonical(c.label) == n] for n in junction_labels}
+    rows = [
+        (l5, disc, s1)
+        for l5 in by_label[junction_labels[0]]
+        if l5.score >= min_score
+        for disc in by_label[junction_labels[1]]
+        if follows(l5, disc, 0.4, 0.3)
+        for s1 in by_label[junction_labels[2]]
+        if follows(disc, s1, 0.25, 0.2)
+    ]
+    if not rows:
+        return unchanged
+    junction = dict(zip(junction_labels, max(rows, key=lambda row: sum(c.score for c in row)), strict=True))
+    if junction["L5-S1"].score + junction["S1"].score < min_sacral_score:
+        return unchanged
+    radius = tolerance * abs(per_label)
+    on_l5 = min(order, key=lambda n: abs(_at(chain[n]) - _at(junction["L5"])))
+    if abs(_at(chain[on_l5]) - _at(junction["L5"])) > radius or structure(on_l5).kind != "vertebra":
+        return unchanged
+    shift = index["L5"] - index[on_l5]
+    if shift == 0:
+        return unchanged
+    for name in order[order.index(on_l5) + 1 :]:  # below it: the junction's own disc and S1, or no renaming
+        new = index[name] + shift
+        if not 0 <= new < len(labels) or labels[new] not in junction:
+            return unchanged
+        if abs(_at(chain[name]) - _at(junction[labels[new]])) > radius:
+            return unchanged
+    named = {
+        labels[index[n] + shift]: Candidate(labels[index[n] + shift], c.row, c.col, c.score)
+        for n, c in chain.items()
+        if index[n] <= index[on_l5] and index[n] + shift >= 0
+    }
+    named |= {n: Candidate(n, junction[n].row, junction[n].col, junction[n].score) for n in junction_labels}
+    log.info("lumbosacral junction: chain renamed by %+d labels (L5 was %s)", shift, on_l5)
+    others = {name: c for name, c in chosen.items() if name not in index}
+    return {name: named[name] for name in sorted(named, key=index.__getitem__)} | others, True
