@@ -1066,16 +1066,32 @@ def anchor_on_sacrum(
     if misplaced or any(abs(_at(chain[n]) - _at(s1)) > radius for n in below):
         return unchanged
     shift = index[lowest_disc] - index[disc]
-    named = {
-        labels[index[name] + shift]: Candidate(labels[index[name] + shift], c.row, c.col, c.score)
-        for name, c in chain.items()
-        if index[name] <= index[disc] and index[name] + shift >= 0
-    }
-    named[sacrum] = Candidate(sacrum, s1.row, s1.col, s1.score)
     if shift:
         log.info("sacrum anchor: chain renamed by %+d labels (%s was %s)", shift, lowest_disc, disc)
+    return _renamed(chosen, labels, disc, shift, {sacrum: s1}), shift != 0
+
+
+def _renamed(
+    chosen: Mapping[str, Candidate],
+    labels: Sequence[str],
+    last: str,
+    shift: int,
+    landmarks: Mapping[str, Candidate],
+) -> dict[str, Candidate]:
+    """The chain down to ``last`` renamed by ``shift`` labels, then ``landmarks`` under their keys.
+
+    Names that leave ``labels`` are dropped; the detections keep their places and scores.
+    Structures not in ``labels`` follow, unchanged.
+    """
+    index = {name: i for i, name in enumerate(labels)}
+    named = {
+        labels[index[name] + shift]: Candidate(labels[index[name] + shift], c.row, c.col, c.score)
+        for name, c in chosen.items()
+        if name in index and index[name] <= index[last] and index[name] + shift >= 0
+    }
+    named |= {name: Candidate(name, c.row, c.col, c.score) for name, c in landmarks.items()}
     others = {name: c for name, c in chosen.items() if name not in index}
-    return {name: named[name] for name in sorted(named, key=index.__getitem__)} | others, shift != 0
+    return {name: named[name] for name in sorted(named, key=index.__getitem__)} | others
 
 
 def anchor_on_junction(
@@ -1157,12 +1173,5 @@ def anchor_on_junction(
             return unchanged
         if abs(_at(chain[name]) - _at(junction[labels[new]])) > radius:
             return unchanged
-    named = {
-        labels[index[n] + shift]: Candidate(labels[index[n] + shift], c.row, c.col, c.score)
-        for n, c in chain.items()
-        if index[n] <= index[on_l5] and index[n] + shift >= 0
-    }
-    named |= {n: Candidate(n, junction[n].row, junction[n].col, junction[n].score) for n in junction_labels}
     log.info("lumbosacral junction: chain renamed by %+d labels (L5 was %s)", shift, on_l5)
-    others = {name: c for name, c in chosen.items() if name not in index}
-    return {name: named[name] for name in sorted(named, key=index.__getitem__)} | others, True
+    return _renamed(chosen, labels, on_l5, shift, junction), True
