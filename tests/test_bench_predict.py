@@ -29,7 +29,7 @@ def test_case_line_counts_levels_named_right_over_both_kinds() -> None:
 
 
 def test_per_case_lines_name_the_scan_named_one_level_off(shared_data: Path, tmp_path, monkeypatch, capsys) -> None:
-    cases = ["VB2/case-19", "VB3/case-39"]  # the starter's unseen scans: one named right, one a level off
+    cases = ["VB2/case-19", "VB3/case-49"]  # the starter's unseen scans: one named right, one a level off
     for case in cases:  # a data folder of just these two (reading all of them takes seconds)
         (tmp_path / case).parent.mkdir(exist_ok=True)
         (tmp_path / case).symlink_to(shared_data / "lumbar" / case)
@@ -41,4 +41,4 @@ def test_per_case_lines_name_the_scan_named_one_level_off(shared_data: Path, tmp
     counts = {m[1]: (int(m[2]), int(m[3])) for line in lines if (m := re.match(r"(\S+): (\d+)/(\d+) levels", line))}
     assert sorted(counts) == cases
     assert counts["VB2/case-19"][0] == counts["VB2/case-19"][1] > 0  # every level named
-    assert counts["VB3/case-39"][0] < counts["VB3/case-39"][1] // 2  # named one level off
+    assert counts["VB3/case-49"][0] < counts["VB3/case-49"][1] // 2  # named one level off
