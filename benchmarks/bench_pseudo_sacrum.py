@@ -35,7 +35,7 @@ import torch
 
 from napari_ivd.models import find_model_dir, load_checkpoint, read_card
 from napari_ivd.preprocess import ModelInput, channel_picks, network_input, pad_to_multiple
-from napari_ivd.progress import run_steps
+from napari_ivd.progress import Progress, run_steps
 from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases, unseen_by_parent
 from napari_ivd.training.data import with_augmentation
 from napari_ivd.training.engine import TrainConfig, fit
@@ -172,7 +172,12 @@ def main() -> None:
     sample_cfg = with_augmentation(parent_sample_config(model_dir, train), "robust")
     cfg = TrainConfig(model=card["name"], minutes=args.minutes, device="cpu", seed=0, lr=args.lr, keep="last")
     extra = {"pseudo_s1": taught, "min_score": args.min_score}
-    saved = run_steps(fit(cfg, sample_cfg, train, dev, args.train, init_from=model_dir, card_extra=extra))
+
+    def show(report: Progress) -> None:  # a line every 25 epochs (about a minute on one CPU thread)
+        if report.detail.epoch % 25 == 0:
+            print(report.detail.line(), flush=True)
+
+    saved = run_steps(fit(cfg, sample_cfg, train, dev, args.train, init_from=model_dir, card_extra=extra), show)
     print(json.dumps(saved["metrics"] if saved else None, indent=1))
 
 
