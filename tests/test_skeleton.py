@@ -618,7 +618,17 @@ def test_a_chain_named_one_level_high_over_a_weak_sacrum_is_named_from_the_junct
 
 @pytest.mark.parametrize(
     "case",
-    ["right chain", "weak L5", "weak sacrum", "no S1", "S1 above", "off the chain", "below is not it", "no S1 label"],
+    [
+        "right chain",
+        "weak L5",
+        "weak sacrum",
+        "no S1",
+        "S1 above",
+        "S1 stronger at L5",
+        "off the chain",
+        "below is not it",
+        "no S1 label",
+    ],
 )
 def test_a_chain_keeps_its_names_without_a_junction_that_names_it_otherwise(case):
     truth = _with_sacrum(_patient(seed=43))
@@ -634,6 +644,8 @@ def test_a_chain_keeps_its_names_without_a_junction_that_names_it_otherwise(case
         junction = junction[:2]
     elif case == "S1 above":  # the S1 peak on the L4 body: no junction in a row
         junction = [*junction[:2], Candidate("S1", *truth["L4"], 0.9)]
+    elif case == "S1 stronger at L5":  # the sacrum peaks where the junction's L5 is: that body is S1
+        junction = [*junction, Candidate("S1", *truth["L5"], 0.4)]
     elif case == "off the chain":  # a row of junction peaks beside the spine, on no chain vertebra
         shift = 2j * abs(complex(*truth["L5"]) - complex(*truth["L4"]))
         junction = [Candidate(c.label, c.row + shift.real, c.col + shift.imag, c.score) for c in junction]

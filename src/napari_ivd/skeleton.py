@@ -1114,7 +1114,8 @@ def anchor_on_junction(
     0.4 to 1.6 label spacings (0.25 for S1, whose centroid sits close under the disc) from the
     one above, and within 73° (S1: 78°, the sacrum bends back) of the chain's direction; of
     those rows, the one with the highest summed score. It names the chain only when its L5
-    scores ``min_score``, its disc and S1 together ``min_sacral_score``, and its L5 lies on a
+    scores ``min_score``, its disc and S1 together ``min_sacral_score``, its S1 is the
+    strongest S1 detection (else the sacrum is elsewhere, maybe where this L5 is), its L5 lies on a
     chain vertebra (within ``tolerance`` of a spacing) named otherwise; chain structures below
     that vertebra must be the junction's disc and S1 themselves, else the chain is left alone.
     The chain's structures above that vertebra are renamed by one shift, names that leave
@@ -1160,6 +1161,8 @@ def anchor_on_junction(
     junction = dict(zip(junction_labels, max(rows, key=lambda row: sum(c.score for c in row)), strict=True))
     if junction["L5-S1"].score + junction["S1"].score < min_sacral_score:
         return unchanged
+    if junction["S1"] is not max(by_label[junction_labels[2]], key=lambda c: c.score):
+        return unchanged  # the sacrum is where S1 peaks strongest (as for anchor_on_sacrum), not below it
     radius = tolerance * abs(per_label)
     on_l5 = min(order, key=lambda n: abs(_at(chain[n]) - _at(junction["L5"])))
     if abs(_at(chain[on_l5]) - _at(junction["L5"])) > radius or structure(on_l5).kind != "vertebra":
