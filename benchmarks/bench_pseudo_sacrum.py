@@ -46,7 +46,7 @@ NEAREST, FARTHEST, MAX_ANGLE_DEG = 0.6, 1.15, 65.0
 SLAB_MM, EDGE_MM = 3.0, 4.0
 
 
-def _display_mm(case: LabelledCase, level: str) -> np.ndarray:
+def _display_index(case: LabelledCase, level: str) -> np.ndarray:
     """The (lr, si, ap) display index of a reference level."""
     view = case.volume.view
     return view.vox_to_display(case.keypoints_vox[level][None])[0]
@@ -57,16 +57,16 @@ def s1_heatmap(model: torch.nn.Module, card: dict[str, Any], case: LabelledCase)
     """The model's S1 heatmap, mean over the display slices within ``SLAB_MM`` of the reference L5."""
     model_input = ModelInput.from_card(card)
     view = case.volume.view
-    centre, n_slices = round(float(_display_mm(case, "L5")[0])), view.display.shape[0]
+    centre, n_slices = round(float(_display_index(case, "L5")[0])), view.display.shape[0]
     half = max(1, math.ceil(SLAB_MM / view.spacing_mm[0]))
-    slab = range(max(0, centre - half), min(n_slices, centre + half + 1))
-    resampled = network_input(case.volume, model_input)
-    x = np.stack(
-        [
-            pad_to_multiple(resampled[channel_picks(i, n_slices, model_input.in_channels)], model_input.multiple)
-            for i in slab
-        ]
-    )
+    picks = [
+        channel_picks(i, n_slices, model_input.in_channels)
+        for i in range(max(0, centre - half), min(n_slices, centre + half + 1))
+    ]
+    needed = sorted({int(i) for pick in picks for i in pick})  # only the slab's slices are resampled
+    resampled = network_input(case.volume, model_input, needed)
+    at = {index: k for k, index in enumerate(needed)}
+    x = np.stack([pad_to_multiple(resampled[[at[int(i)] for i in pick]], model_input.multiple) for pick in picks])
     heat = torch.sigmoid(model(torch.from_numpy(x.astype(np.float32)))["heatmap"]).numpy()
     return heat[:, list(card["labels"]).index("S1")].mean(axis=0)
 
@@ -76,7 +76,7 @@ def propose_s1(case: LabelledCase, heat: np.ndarray, card: dict[str, Any]) -> tu
     model_input = ModelInput.from_card(card)
     view = case.volume.view
     spacing = np.asarray(view.spacing_mm[1:])
-    l4, l5 = (_display_mm(case, level) for level in ("L4", "L5"))
+    l4, l5 = (_display_index(case, level) for level in ("L4", "L5"))
     l5_mm = l5[1:] * spacing
     step = l5_mm - l4[1:] * spacing
     length = float(np.linalg.norm(step))
@@ -112,11 +112,11 @@ def proposals(model: torch.nn.Module, card: dict[str, Any], cases: Sequence[Labe
         s1, score = found
         view = case.volume.view
         if "S1" in case.keypoints_vox:
-            truth = _display_mm(case, "S1")
+            truth = _display_index(case, "S1")
             error = float(np.linalg.norm((truth[1:] - s1[1:]) * np.asarray(view.spacing_mm[1:])))
             print(f"{case.name}: labels S1; the rule lands {error:.1f} mm from it (score {score:.2f})")
             continue
-        disc = (s1 + _display_mm(case, "L5")) / 2
+        disc = (s1 + _display_index(case, "L5")) / 2
         out[case.name] = {
             "S1": view.display_to_vox(s1[None])[0].tolist(),
             "L5-S1": view.display_to_vox(disc[None])[0].tolist(),

@@ -593,9 +593,8 @@ def _junction(truth: dict[str, tuple[float, float]], l5: float = 0.8, disc: floa
 def test_a_chain_run_past_the_sacrum_is_named_from_the_junction_it_passed():
     truth = _with_sacrum(_patient(seed=41))
     chain = _named_down(truth)
-    assert (chain["S1"].row, chain["S1"].col) == truth[
-        "L5"
-    ] and "L5-S1" in chain  # the L5 body called S1, L4-L5 called L5-S1
+    assert (chain["S1"].row, chain["S1"].col) == truth["L5"]  # the L5 body called S1
+    assert (chain["L5-S1"].row, chain["L5-S1"].col) == truth["L4-L5"]  # and L4-L5 called L5-S1
 
     named, renamed = anchor_on_junction(chain, [*chain.values(), *_junction(truth)], WITH_SACRUM)
 
