@@ -20,7 +20,9 @@ point's cues and every case's findings; ``--replay`` reports on such a file with
 again. The combined uncertainty's rho also gets a 95 % interval from resampling whole cases
 (a case's points share its errors, so the p value over points flatters a few scans), and
 the report says how many points the viewer marks as likely wrong and how many of the points
-more than 5 mm off are among them.
+more than 5 mm off are among them, and where rho comes from: inside the right points, inside
+the wrong ones, and the rho a cue would score that told wrong from right perfectly and nothing
+more (below 0.5 when few points are wrong, so the target then asks for ranking millimetres).
 Before a change to the scorer is judged on a rerun, the report also prints the best other
 combinations of the cues (mean, maximum, noisy-or, each also without one cue) and ranks the
 cases by their points' mean uncertainty beside the ranking's case score.
@@ -106,6 +108,27 @@ def _highlighted(points: list[dict]) -> dict:
     }
 
 
+def _split_by_right_and_wrong(points: list[dict]) -> dict:
+    """Where rho can come from: inside the right points, inside the wrong ones, and from telling them apart.
+
+    ``separation_only`` is the rho of a cue that told every wrong point (more than
+    :data:`WRONG_MM` off) from every right one and ranked nothing else: when few points are
+    wrong it stays below the 0.5 target, and the rest must come from ranking the right
+    points' millimetres (``within_right``). None where a group has fewer than three points.
+    """
+    error = [p["error_mm"] for p in points]
+    wrong = [e > WRONG_MM for e in error]
+    groups = {
+        name: [p for p, w in zip(points, wrong, strict=True) if w == is_wrong]
+        for name, is_wrong in (("within_right", False), ("within_wrong", True))
+    }
+    out = {
+        name: _spearman([p["uncertainty"] for p in group], [p["error_mm"] for p in group])[0]
+        for name, group in groups.items()
+    }
+    return out | {"separation_only": _spearman([float(w) for w in wrong], error)[0]}
+
+
 def _mean_point_uncertainty(rows: list[dict], points: list[dict]) -> dict[str, float]:
     """Each case's mean point uncertainty (over its judged points); 1.0 for a case with none judged."""
     by_case = _points_by_case(points)
@@ -171,6 +194,13 @@ def report(points: list[dict], rows: list[dict]) -> dict:
         f"  marked in the viewer (uncertainty >= {UNSURE_POINT}): {shown['marked']} of {len(points)} points, "
         f"{shown['wrong_marked']} of the {shown['wrong']} more than {WRONG_MM:g} mm off; "
         f"AUC of uncertainty for those {auc}"
+    )
+    split = results["split"] = _split_by_right_and_wrong(points)
+    shown_rho = {k: "undefined" if r is None else f"{r:+.3f}" for k, r in split.items()}
+    print(
+        f"  uncertainty's rho inside the right points {shown_rho['within_right']}, inside the wrong ones "
+        f"{shown_rho['within_wrong']}; a cue that only told wrong from right, perfectly, would score "
+        f"{shown_rho['separation_only']}"
     )
     for name, values in _combinations(points).items():
         results["combinations"][name] = _spearman(list(values), error)[0]

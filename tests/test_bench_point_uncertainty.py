@@ -6,11 +6,20 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from bench_point_uncertainty import CUES, _case_interval, _combinations, _highlighted, main, report
+from bench_point_uncertainty import (
+    CUES,
+    _case_interval,
+    _combinations,
+    _highlighted,
+    _split_by_right_and_wrong,
+    main,
+    report,
+)
 
 
 def _point(case: str, error_mm: float, spread: float, chain: float = 0.0) -> dict:
@@ -110,3 +119,19 @@ def test_the_marked_points_and_the_auc_count_the_points_more_than_5_mm_off():
     points[0]["uncertainty"] = 0.45  # one wrong point below the mark, and below one right point
     assert _highlighted(points) == {"marked": 1, "wrong": 2, "wrong_marked": 1, "auc": pytest.approx(0.9)}
     assert _highlighted(points[2:])["auc"] is None  # none wrong (5.0 mm is not more than 5)
+
+
+def test_rho_is_split_into_the_right_points_the_wrong_ones_and_telling_them_apart(capsys):
+    points, rows = _run()  # errors 30, 31 (wrong), 1, 2, 3, 4, 5 (right: 5.0 is not more than 5)
+    split = report(points, rows)["split"]
+    assert split["within_right"] == pytest.approx(1.0)  # spread 0.1 ... 0.5 follows 1 ... 5 mm
+    assert split["within_wrong"] is None  # two points
+    # ranks of the errors 1..7 against a 0/1 flag on the top two: the separation alone
+    flag, ranks = [0, 0, 0, 0, 0, 1, 1], [1, 2, 3, 4, 5, 6, 7]
+    expected = float(np.corrcoef(flag, ranks)[0, 1])
+    assert split["separation_only"] == pytest.approx(expected)
+    assert f"would score {expected:+.3f}" in capsys.readouterr().out
+    points[2]["uncertainty"], points[6]["uncertainty"] = points[6]["uncertainty"], points[2]["uncertainty"]
+    assert _split_by_right_and_wrong(points)["within_right"] < 0.5  # 1 mm and 5 mm swapped
+    none_wrong = _split_by_right_and_wrong(points[2:])
+    assert none_wrong["separation_only"] is None and none_wrong["within_wrong"] is None

@@ -32,7 +32,8 @@ the odd-numbered cases only); heatmap sharpness around the peak and the distance
 the voted position and the heatmap maximum did not track the error there. Today's starter
 on its 34 unseen scans: +0.36; the VB3-naive base on 43 VB3 scans: +0.45 (2026-12-06,
 ``benchmarks/point-uncertainty/``): chains named one level off on scans whose heatmaps are
-confident stay unflagged.
+confident stay unflagged. The distance from a keypoint to the centroid of its own predicted
+mask did not track the error on the right points either (2026-12-07, ``docs/active-learning-evidence.md``).
 """
 
 from __future__ import annotations
