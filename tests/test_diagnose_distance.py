@@ -1,0 +1,47 @@
+"""The distance diagnosis: per-axis signed errors of the points named right, and their summary."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from diagnose_distance import display_mm, signed_errors, summary_line
+
+from napari_ivd.io import SagittalView, VolumeGeometry
+
+
+def test_only_levels_named_within_5_mm_of_their_own_reference_are_judged_with_their_sign():
+    reference = {"L4": np.array([10.0, 50.0, 30.0]), "L4-L5": np.array([10.0, 62.0, 28.0]), "L5": np.zeros(3)}
+    predicted = {
+        "L4": np.array([11.0, 49.0, 30.0]),  # right: 1 mm to the side, 1 mm up
+        "L4-L5": np.array([10.0, 74.0, 28.0]),  # 12 mm off: a wrong point, not an imprecise one
+        "L3": np.array([10.0, 20.0, 30.0]),  # not annotated
+    }
+    errors = signed_errors(predicted, reference)
+    assert list(errors) == ["vertebra"]
+    np.testing.assert_allclose(errors["vertebra"], [[1.0, -1.0, 0.0]])
+    predicted["L4-L5"] = np.array([10.0, 66.0, 28.0])  # 4 mm low: judged
+    np.testing.assert_allclose(signed_errors(predicted, reference)["disc"], [[0.0, 4.0, 0.0]])
+
+
+def test_the_summary_gives_the_mean_distance_and_each_axis_bias_and_rms():
+    line = summary_line("VB3 disc", [np.array([1.0, 0.0, 0.0]), np.array([-1.0, 0.0, 3.0])])
+    assert "n=  2" in line and "distance 2.08 mm" in line  # (1 + sqrt(10)) / 2
+    assert "left-right +0.00 / 1.00" in line
+    assert "anterior-posterior +1.50 / 2.12" in line
+
+
+def test_display_mm_puts_the_file_grid_on_the_sagittal_display_grid_in_mm():
+    # file voxel axes point posterior, inferior and right, the last 2 mm apart (the slices)
+    affine = np.array([[0, 0, 2.0, 0], [-1.0, 0, 0, 0], [0, -1.0, 0, 0], [0, 0, 0, 1]])
+    geometry = VolumeGeometry(affine, (40, 50, 10))
+    view = SagittalView(geometry)
+    one = display_mm(view, np.array([[3.0, 4.0, 5.0]]))[0]
+    two = display_mm(view, np.array([[3.0, 4.0, 6.0]]))[0]  # one voxel along the file's left-right axis
+    assert np.linalg.norm(two - one) == pytest.approx(2.0)
+    assert np.flatnonzero(np.abs(two - one) > 1e-9).tolist() == [0]  # left-right is the display's first axis
