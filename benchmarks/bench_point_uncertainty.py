@@ -37,13 +37,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from judged_scans import add_model_and_scan_options, load_model, scans_to_judge
 from scipy.stats import mannwhitneyu, spearmanr
 
 from napari_ivd.active import UNSURE_POINT, CaseRecord, VolumeScore, rank, score_volume_steps
 from napari_ivd.active.plausibility import Finding
 from napari_ivd.metrics import chain_failures, sacrum_in_view
-from napari_ivd.models import find_model_dir, load_checkpoint, resolve_device
-from napari_ivd.training.cases import judged_cases, load_lumbar_cases
 from napari_ivd.worklist import run_steps
 
 CUES = ("spread", "lost", "renamed", "peak", "shape", "chain", "chain_weak", "chain_moves")
@@ -225,12 +224,8 @@ def report(points: list[dict], rows: list[dict]) -> dict:
 
 def _score_cases(args: argparse.Namespace) -> tuple[str, list[dict], list[dict]]:
     """Score every judged case with the active-learning scorer: (model name, per-point rows, per-case rows)."""
-    device = resolve_device(args.device)
-    model, card = load_checkpoint(find_model_dir(args.model), device=device)
-    try:
-        dev = judged_cases(load_lumbar_cases(args.data), card, unseen=args.all_held_out, sources=args.sources or ())
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from None
+    model, card, device = load_model(args)
+    dev = scans_to_judge(args, card)
     points: list[dict] = []
     rows: list[dict] = []
     print(f"model {card['name']} on {device}; {len(dev)} dev cases")
@@ -274,11 +269,7 @@ def _score_cases(args: argparse.Namespace) -> tuple[str, list[dict], list[dict]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model folder or bundled name (default: starter model)")
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/lumbar")
-    parser.add_argument("--all-held-out", action="store_true", help="every case not in the card's trained_on")
-    parser.add_argument("--sources", nargs="+", help="only cases of these sources (e.g. VB1 VB3)")
-    parser.add_argument("--device", default="auto")
+    add_model_and_scan_options(parser)
     parser.add_argument("--json", type=Path, help="write every point's cues and every case's findings here")
     parser.add_argument("--replay", type=Path, help="report on an earlier run's --json instead of scoring")
     args = parser.parse_args()

@@ -41,26 +41,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from judged_scans import add_model_and_scan_options, load_model, scans_to_judge
 
 from napari_ivd._cli_predict import format_report
 from napari_ivd.inference import Prediction, predict
 from napari_ivd.io import Volume
 from napari_ivd.metrics import l5_s1_outcome, sacrum_in_view
-from napari_ivd.models import find_model_dir, load_checkpoint, resolve_device
-from napari_ivd.training.cases import LabelledCase, end_field_of_view, judged_cases, load_lumbar_cases
+from napari_ivd.training.cases import LabelledCase, end_field_of_view
 from napari_ivd.training.engine import evaluate_groups
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model folder or bundled name (default: starter model)")
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/lumbar")
-    parser.add_argument("--device", default="auto")
+    add_model_and_scan_options(parser)
     parser.add_argument("--repeats", type=int, default=7, help="warm predictions timed per volume shape")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--cases", nargs="+", metavar="SET/CASE", help="only these dev cases (default: all)")
-    parser.add_argument("--all-held-out", action="store_true", help="every case not in the card's trained_on")
-    parser.add_argument("--sources", nargs="+", help="only cases of these sources (e.g. VB1 VB3)")
     parser.add_argument(
         "--end-below", metavar="LEVEL", help="judge the scans as if they stopped half a level below LEVEL (e.g. L5)"
     )
@@ -69,14 +65,10 @@ def main() -> None:
     if args.repeats < 0:
         parser.error("--repeats must be 0 (no latency figures) or more")
 
-    device = resolve_device(args.device)
     t0 = time.perf_counter()
-    model, card = load_checkpoint(find_model_dir(args.model), device=device)
+    model, card, device = load_model(args)
     load_s = time.perf_counter() - t0
-    try:
-        dev = judged_cases(load_lumbar_cases(args.data), card, unseen=args.all_held_out, sources=args.sources or ())
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from None
+    dev = scans_to_judge(args, card)
     if args.cases:
         unknown = sorted(set(args.cases) - {c.name for c in dev})
         if unknown:

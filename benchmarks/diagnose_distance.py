@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
+from judged_scans import add_model_and_scan_options, load_model, scans_to_judge
 
 from napari_ivd import anatomy
 from napari_ivd.inference import predict
 from napari_ivd.io import SagittalView
-from napari_ivd.models import find_model_dir, load_checkpoint, resolve_device
-from napari_ivd.training.cases import judged_cases, load_lumbar_cases
 
 #: The display grid's axes, in its order.
 AXES = ("left-right", "superior-inferior", "anterior-posterior")
@@ -70,19 +68,11 @@ def summary_line(label: str, errors: list[np.ndarray]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model folder or bundled name (default: starter model)")
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/lumbar")
-    parser.add_argument("--all-held-out", action="store_true", help="every case not in the card's trained_on")
-    parser.add_argument("--sources", nargs="+", help="only cases of these sources (e.g. VB1 VB3)")
-    parser.add_argument("--device", default="auto")
+    add_model_and_scan_options(parser)
     args = parser.parse_args()
 
-    device = resolve_device(args.device)
-    model, card = load_checkpoint(find_model_dir(args.model), device=device)
-    try:
-        cases = judged_cases(load_lumbar_cases(args.data), card, unseen=args.all_held_out, sources=args.sources or ())
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from None
+    model, card, device = load_model(args)
+    cases = scans_to_judge(args, card)
     groups: dict[str, list[np.ndarray]] = {}
     for case in cases:
         view = case.volume.view

@@ -1,7 +1,8 @@
-"""The distance diagnosis: per-axis signed errors of the points named right, and their summary."""
+"""The distance diagnosis (per-axis errors of the points named right) and the scans the benchmarks judge."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -45,3 +46,13 @@ def test_display_mm_puts_the_file_grid_on_the_sagittal_display_grid_in_mm():
     two = display_mm(view, np.array([[3.0, 4.0, 6.0]]))[0]  # one voxel along the file's left-right axis
     assert np.linalg.norm(two - one) == pytest.approx(2.0)
     assert np.flatnonzero(np.abs(two - one) > 1e-9).tolist() == [0]  # left-right is the display's first axis
+
+
+def test_a_benchmark_with_no_scan_left_to_judge_says_so_in_words(shared_data):
+    from judged_scans import scans_to_judge
+
+    args = argparse.Namespace(data=shared_data / "lumbar", all_held_out=True, sources=["VB2"])
+    assert [c.name for c in scans_to_judge(args, {"name": "m", "trained_on": ["VB2/case-07"]})][:1] == ["VB2/case-12"]
+    every_vb2 = [f"VB2/case-{n}" for n in ("07", "12", "14", "17", "18", "19", "23")]
+    with pytest.raises(SystemExit, match=r"no labelled scan of VB2 under .* is left to judge m on"):
+        scans_to_judge(args, {"name": "m", "trained_on": every_vb2})
