@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from napari_ivd.errors import CheckpointError
 from napari_ivd.models import find_model_dir, load_checkpoint, resolve_device
 from napari_ivd.training.cases import LabelledCase, judged_cases, load_lumbar_cases
 
@@ -25,9 +26,12 @@ def add_model_and_scan_options(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any], torch.device]:
-    """The model the options name, on their device."""
+    """The model the options name, on their device; one that cannot be loaded exits in words."""
     device = resolve_device(args.device)
-    model, card = load_checkpoint(find_model_dir(args.model), device=device)
+    try:
+        model, card = load_checkpoint(find_model_dir(args.model), device=device)
+    except CheckpointError as exc:
+        raise SystemExit(str(exc)) from None
     return model, card, device
 
 

@@ -56,3 +56,14 @@ def test_a_benchmark_with_no_scan_left_to_judge_says_so_in_words(shared_data):
     every_vb2 = [f"VB2/case-{n}" for n in ("07", "12", "14", "17", "18", "19", "23")]
     with pytest.raises(SystemExit, match=r"no labelled scan of VB2 under .* is left to judge m on"):
         scans_to_judge(args, {"name": "m", "trained_on": every_vb2})
+
+
+def test_a_model_that_cannot_be_loaded_stops_the_benchmark_in_words(tmp_path):
+    from judged_scans import load_model
+
+    with pytest.raises(SystemExit, match="not a model folder"):
+        load_model(argparse.Namespace(model=str(tmp_path / "nothing"), device="cpu"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "card.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="broken"):
+        load_model(argparse.Namespace(model=str(tmp_path / "broken"), device="cpu"))
