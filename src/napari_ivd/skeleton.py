@@ -1090,8 +1090,7 @@ def _renamed(
         if name in index and index[name] <= index[last] and index[name] + shift >= 0
     }
     named |= {name: Candidate(name, c.row, c.col, c.score) for name, c in landmarks.items()}
-    others = {name: c for name, c in chosen.items() if name not in index}
-    return {name: named[name] for name in sorted(named, key=index.__getitem__)} | others
+    return _in_order(named, chosen, index)
 
 
 def anchor_on_junction(
