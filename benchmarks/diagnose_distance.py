@@ -30,15 +30,11 @@ AXES = ("left-right", "superior-inferior", "anterior-posterior")
 RIGHT_WITHIN_MM = 5.0
 
 
-def display_mm(view: SagittalView, ijk: np.ndarray) -> np.ndarray:
-    """(N, 3) file-grid voxel indices -> (N, 3) mm on the display grid (left-right, S-I, A-P)."""
-    return view.vox_to_display(np.asarray(ijk, float).reshape(-1, 3)) * np.asarray(view.spacing_mm)
-
-
 def _by_name(view: SagittalView, ijk_by_name: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Each level's file-grid voxel index as display-grid mm."""
     names = list(ijk_by_name)
-    return dict(zip(names, display_mm(view, np.array([ijk_by_name[n] for n in names])), strict=True))
+    ijk = np.array([ijk_by_name[n] for n in names], float).reshape(-1, 3)
+    return dict(zip(names, view.vox_to_display_mm(ijk), strict=True))
 
 
 def signed_errors(

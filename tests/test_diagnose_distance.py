@@ -11,9 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from diagnose_distance import display_mm, signed_errors, summary_line
-
-from napari_ivd.io import SagittalView, VolumeGeometry
+from diagnose_distance import signed_errors, summary_line
 
 
 def test_only_levels_named_within_5_mm_of_their_own_reference_are_judged_with_their_sign():
@@ -35,17 +33,6 @@ def test_the_summary_gives_the_mean_distance_and_each_axis_bias_and_rms():
     assert "n=  2" in line and "distance 2.08 mm" in line  # (1 + sqrt(10)) / 2
     assert "left-right +0.00 / 1.00" in line
     assert "anterior-posterior +1.50 / 2.12" in line
-
-
-def test_display_mm_puts_the_file_grid_on_the_sagittal_display_grid_in_mm():
-    # file voxel axes point posterior, inferior and right, the last 2 mm apart (the slices)
-    affine = np.array([[0, 0, 2.0, 0], [-1.0, 0, 0, 0], [0, -1.0, 0, 0], [0, 0, 0, 1]])
-    geometry = VolumeGeometry(affine, (40, 50, 10))
-    view = SagittalView(geometry)
-    one = display_mm(view, np.array([[3.0, 4.0, 5.0]]))[0]
-    two = display_mm(view, np.array([[3.0, 4.0, 6.0]]))[0]  # one voxel along the file's left-right axis
-    assert np.linalg.norm(two - one) == pytest.approx(2.0)
-    assert np.flatnonzero(np.abs(two - one) > 1e-9).tolist() == [0]  # left-right is the display's first axis
 
 
 def test_a_benchmark_with_no_scan_left_to_judge_says_so_in_words(shared_data):

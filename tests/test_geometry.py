@@ -129,3 +129,13 @@ def test_label_centroids_agree_with_scipy_and_leave_out_absent_values_and_backgr
         np.testing.assert_allclose(got[value], ndimage.center_of_mass(labels == value))
     only_rows = label_centroids(labels, [7], axes=(1,))[7]
     assert np.isnan(only_rows[[0, 2]]).all() and only_rows[1] == pytest.approx(got[7][1])
+
+
+def test_vox_to_display_mm_measures_along_the_display_axes_in_mm():
+    # file voxel axes point posterior, inferior and right, the last 2 mm apart (the slices)
+    affine = np.array([[0, 0, 2.0, 0], [-1.0, 0, 0, 0], [0, -1.0, 0, 0], [0, 0, 0, 1]])
+    view = SagittalView(VolumeGeometry(affine, (40, 50, 10)))
+    one, two = view.vox_to_display_mm(np.array([[3.0, 4.0, 5.0], [3.0, 4.0, 6.0]]))  # one voxel apart across slices
+    assert np.linalg.norm(two - one) == pytest.approx(2.0)
+    assert np.flatnonzero(np.abs(two - one) > 1e-9).tolist() == [0]  # left-right is the display's first axis
+    np.testing.assert_allclose(one, view.vox_to_display([3.0, 4.0, 5.0])[0] * np.asarray(view.spacing_mm))

@@ -187,9 +187,8 @@ def plane_positions_mm(structures: Sequence[PredictedStructure], view: SagittalV
     """Each structure's (row_mm, col_mm) on the sagittal display plane (rows S→I, cols A→P)."""
     if not structures:
         return {}
-    display = view.vox_to_display(np.array([s.ijk_vox for s in structures]))
-    spacing = np.asarray(view.spacing_mm[1:])
-    return {s.name: display[i, 1:] * spacing for i, s in enumerate(structures)}
+    display_mm = view.vox_to_display_mm(np.array([s.ijk_vox for s in structures]))
+    return {s.name: display_mm[i, 1:] for i, s in enumerate(structures)}
 
 
 def plane_extent_mm(view: SagittalView) -> tuple[float, float]:

@@ -202,3 +202,7 @@ class SagittalView:
     def vox_to_display(self, ijk_vox: ArrayLike) -> NDArray[np.float64]:
         """Map the file's voxel indices (N, 3) to layer data coordinates (N, 3)."""
         return _apply_affine(np.linalg.inv(self.display_to_vox_affine), ijk_vox)
+
+    def vox_to_display_mm(self, ijk_vox: ArrayLike) -> NDArray[np.float64]:
+        """The file's voxel indices (N, 3) as mm along the display axes (left-right, S→I, A→P) from its first voxel."""
+        return self.vox_to_display(ijk_vox) * np.asarray(self.spacing_mm)

@@ -273,7 +273,7 @@ def _kind_zones(case: LabelledCase, mask_file: np.ndarray, is_kind: np.ndarray) 
             box = boxes[value - 1]
             centre = ndimage.center_of_mass(components[box] == value)
             centres_vox.append([c + s.start for c, s in zip(centre, box, strict=True)])
-        centres = view.vox_to_display(np.array(centres_vox)) * np.asarray(view.spacing_mm)
+        centres = view.vox_to_display_mm(np.array(centres_vox))
         names: list[str | None] = [from_tss(int(v)).name for v in values] if named else [None] * len(values)
         order = np.argsort([c[1] for c in centres] if not named else [structure(n).order for n in names])
         out.append(_known_zones([centres[i] for i in order], [names[i] for i in order], case.absent))

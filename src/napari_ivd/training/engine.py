@@ -103,11 +103,10 @@ class Epoch:
 def in_plane_mm(case: LabelledCase) -> dict[str, tuple[float, float]]:
     """A case's keypoints as (row_mm, col_mm) in its sagittal display plane (for the skeleton)."""
     view = case.volume.view
-    spacing = view.spacing_mm
     out = {}
     for name, ijk in case.keypoints_vox.items():
-        _, j, k = view.vox_to_display(np.asarray(ijk)[None])[0]
-        out[name] = (float(j * spacing[1]), float(k * spacing[2]))
+        _, row_mm, col_mm = view.vox_to_display_mm(np.asarray(ijk)[None])[0]
+        out[name] = (float(row_mm), float(col_mm))
     return out
 
 
