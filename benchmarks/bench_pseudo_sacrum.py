@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from judged_scans import DATA
 
-from napari_ivd.models import find_model_dir, load_checkpoint, read_card
+from napari_ivd.models import find_model_dir, load_checkpoint
 from napari_ivd.preprocess import ModelInput, channel_picks, network_input, pad_to_multiple
 from napari_ivd.progress import Progress, run_steps
 from napari_ivd.training.cases import LabelledCase, load_lumbar_cases, split_cases, unseen_by_parent
@@ -143,7 +144,7 @@ def with_proposals(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ivdnet-lumbar", help="model folder or bundled name")
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/lumbar")
+    parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--min-score", type=float, default=0.2, help="weakest proposal trained on")
     parser.add_argument("--json", type=Path, help="write the proposals here")
     parser.add_argument("--train", type=Path, metavar="OUT", help="fine-tune the model into this folder")
@@ -164,7 +165,7 @@ def main() -> None:
     if args.train is None:
         return
     train, dev = split_cases(cases, dev_fraction=0.2, seed=0)
-    train, dev = unseen_by_parent(train, dev, read_card(model_dir).get("trained_on", []))
+    train, dev = unseen_by_parent(train, dev, card.get("trained_on", []))
     if not args.without:
         train = with_proposals(train, proposed, args.min_score)
     taught = [c.name for c in train if c.name in proposed and "S1" in c.keypoints_vox]
